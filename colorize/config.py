@@ -1,0 +1,134 @@
+"""Model configurations as data (open_clip style): full-size presets and tiny test presets.
+
+Every number here is either the released SD2.1-based ColorizeDiffusion configuration
+(thesis ch. 5; official ``configs/inference/*.yaml``) or a tiny variant that keeps the same
+topology for tests and fixtures.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+Version = Literal["mult", "switch", "v2"]
+Parameterization = Literal["eps", "v"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """SD2.1 denoising U-Net (``DualCondUNet``)."""
+
+    in_channels: int = 4
+    out_channels: int = 4
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (4, 2, 1)
+    num_head_channels: int = 64
+    transformer_depth: int = 1
+    context_dim: int = 1024
+
+
+@dataclass(frozen=True)
+class SketchEncoderConfig:
+    """Sketch encoder (``MultiEncoder``): five hints added after input blocks 0, 3, 6, 9, 11."""
+
+    in_ch: int = 3
+    model_channels: int = 320
+    ch_mults: tuple[int, ...] = (1, 2, 4, 4)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """kl-f8 autoencoder (SD ``AutoencoderKL``)."""
+
+    embed_dim: int = 4
+    z_channels: int = 4
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    scale_factor: float = 0.18215
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """OpenCLIP reference/text encoder, given as an open_clip model config (name + dict)."""
+
+    name: str = "ViT-H-14"
+    embed_dim: int = 1024
+    vision: dict[str, Any] = field(
+        default_factory=lambda: {"image_size": 224, "layers": 32, "width": 1280, "head_width": 80, "patch_size": 14}
+    )
+    text: dict[str, Any] = field(
+        default_factory=lambda: {"context_length": 77, "vocab_size": 49408, "width": 1024, "heads": 16, "layers": 24}
+    )
+
+    def open_clip_config(self) -> dict[str, Any]:
+        return {"embed_dim": self.embed_dim, "vision_cfg": dict(self.vision), "text_cfg": dict(self.text)}
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Scaled-linear DDPM schedule shared by all versions."""
+
+    linear_start: float = 0.00085
+    linear_end: float = 0.012
+    timesteps: int = 1000
+
+
+@dataclass(frozen=True)
+class ColorizerConfig:
+    """A whole colorizer: which version, parameterisation and sub-module sizes."""
+
+    version: Version = "mult"
+    parameterization: Parameterization = "eps"
+    unet: UNetConfig = UNetConfig()
+    sketch: SketchEncoderConfig = SketchEncoderConfig()
+    vae: VAEConfig = VAEConfig()
+    clip: ClipConfig = ClipConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @property
+    def tiny(self) -> bool:
+        return self.unet.model_channels < 320
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FULL_MULT = ColorizerConfig()
+
+TINY_CLIP = ClipConfig(
+    name="colorize-tiny-clip",
+    embed_dim=64,
+    vision={"image_size": 224, "layers": 2, "width": 64, "head_width": 16, "patch_size": 14},
+    text={"context_length": 77, "vocab_size": 49408, "width": 8, "heads": 2, "layers": 3},
+)
+
+TINY_MULT = ColorizerConfig(
+    unet=UNetConfig(model_channels=32, channel_mult=(1, 1, 1, 2), num_head_channels=16, context_dim=64),
+    sketch=SketchEncoderConfig(model_channels=32, ch_mults=(1, 1, 1, 2)),
+    vae=VAEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1),
+    clip=TINY_CLIP,
+)
+
+PRESETS: dict[str, ColorizerConfig] = {"full": FULL_MULT, "tiny": TINY_MULT}
+
+__all__ = [
+    "ClipConfig",
+    "ColorizerConfig",
+    "FULL_MULT",
+    "PRESETS",
+    "ScheduleConfig",
+    "SketchEncoderConfig",
+    "TINY_CLIP",
+    "TINY_MULT",
+    "UNetConfig",
+    "VAEConfig",
+    "replace",
+]

@@ -1,0 +1,158 @@
+"""Loading fixtures, comparing outputs with their tolerances, and the kind registry."""
+from __future__ import annotations
+
+import importlib
+import json
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file
+
+KindFn = Callable[["Fixture"], dict[str, torch.Tensor]]
+_KINDS: dict[str, KindFn] = {}
+_KIND_MODULES = (
+    "unet_mult",
+    "sketch_encoder",
+    "vae",
+    "clip_embedder",
+    "sampler",
+)
+
+
+def register(kind: str) -> Callable[[KindFn], KindFn]:
+    """Decorator: register ``fn(fixture) -> {output name: tensor}`` for a fixture kind."""
+
+    def deco(fn: KindFn) -> KindFn:
+        _KINDS[kind] = fn
+        return fn
+
+    return deco
+
+
+def kinds() -> dict[str, KindFn]:
+    """All implemented kinds (imports the kind modules on first use)."""
+    for mod in _KIND_MODULES:
+        try:
+            importlib.import_module(f"colorize.parity.kinds.{mod}")
+        except ModuleNotFoundError as e:  # a kind not written yet
+            if e.name != f"colorize.parity.kinds.{mod}":
+                raise
+    return dict(_KINDS)
+
+
+@dataclass
+class Fixture:
+    """One golden fixture: JSON metadata plus weights, inputs and expected outputs."""
+
+    name: str
+    kind: str
+    meta: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+
+    @property
+    def scalars(self) -> dict[str, Any]:
+        return self.meta.get("scalar_args", {})
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta.get("constructor_config", {})
+
+    def weights(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """State-dict entries under ``prefix`` with the prefix stripped."""
+        n = len(prefix)
+        return {k[n:]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
+
+    def tolerance(self, output: str) -> float:
+        tol = self.meta.get("tolerance", {})
+        per = tol.get("per_output", {}).get(output)
+        if per is not None:
+            return float(per["max_abs"])
+        groups = tol.get("per_group_max_abs", {})
+        return float(groups.get("all", max(groups.values()) if groups else 1e-5))
+
+
+def load_fixture(json_path: Path) -> Fixture:
+    meta = json.loads(Path(json_path).read_text())
+    tensors = load_file(str(Path(json_path).with_suffix(".safetensors")))
+    sd = {k: v for k, v in tensors.items() if not k.startswith(("input:", "output:"))}
+    ins = {k[len("input:"):]: v for k, v in tensors.items() if k.startswith("input:")}
+    outs = {k[len("output:"):]: v for k, v in tensors.items() if k.startswith("output:")}
+    return Fixture(Path(json_path).stem, meta.get("fixture", Path(json_path).stem), meta, sd, ins, outs)
+
+
+@dataclass
+class FixtureResult:
+    name: str
+    kind: str
+    passed: bool
+    worst_output: str = ""
+    max_abs_diff: float = float("nan")
+    tolerance: float = float("nan")
+    error: str = ""
+    per_output: dict[str, tuple[float, float, bool]] = field(default_factory=dict)
+
+    def line(self) -> str:
+        status = "PASS" if self.passed else "FAIL"
+        if self.error:
+            return f"{self.name:<24} {'-':>10} {'-':>8}  {status}  ({self.error})"
+        return (
+            f"{self.name:<24} {self.max_abs_diff:>10.3e} {self.tolerance:>8.0e}  {status}"
+            f"  (worst: {self.worst_output})"
+        )
+
+
+def compare(fixture: Fixture, produced: dict[str, torch.Tensor]) -> FixtureResult:
+    """Compare every stored output with what was produced; a missing output fails."""
+    res = FixtureResult(fixture.name, fixture.kind, True)
+    worst_ratio = -1.0
+    for name, expected in fixture.outputs.items():
+        tol = fixture.tolerance(name)
+        got = produced.get(name)
+        if got is None:
+            res.per_output[name] = (float("inf"), tol, False)
+            res.passed = False
+            res.error = f"output {name!r} not produced"
+            continue
+        got = got.detach().to("cpu", torch.float64)
+        if got.shape != expected.shape:
+            res.per_output[name] = (float("inf"), tol, False)
+            res.passed = False
+            res.error = f"output {name!r} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+            continue
+        diff = (got - expected.to(torch.float64)).abs().max().item() if expected.numel() else 0.0
+        ok = diff <= tol
+        res.per_output[name] = (diff, tol, ok)
+        res.passed &= ok
+        ratio = diff / tol if tol > 0 else (0.0 if diff == 0 else float("inf"))
+        if ratio > worst_ratio:
+            worst_ratio, res.worst_output, res.max_abs_diff, res.tolerance = ratio, name, diff, tol
+    return res
+
+
+def run_fixture(fixture: Fixture) -> FixtureResult:
+    fn = kinds().get(fixture.kind)
+    if fn is None:
+        return FixtureResult(fixture.name, fixture.kind, False, error=f"kind {fixture.kind!r} not implemented")
+    try:
+        with torch.no_grad():
+            produced = fn(fixture)
+    except Exception as e:  # reported, not raised: the runner prints one line per fixture
+        tb = traceback.format_exc(limit=-2).strip().splitlines()[-1]
+        return FixtureResult(fixture.name, fixture.kind, False, error=f"{type(e).__name__}: {e} [{tb}]")
+    return compare(fixture, produced)
+
+
+def run_directory(directory: Path, only: list[str] | None = None) -> list[FixtureResult]:
+    """Run every fixture in ``directory`` (optionally only the given kinds or names)."""
+    results = []
+    for path in sorted(Path(directory).glob("*.json")):
+        meta_kind = json.loads(path.read_text()).get("fixture", path.stem)
+        if only and meta_kind not in only and path.stem not in only:
+            continue
+        results.append(run_fixture(load_fixture(path)))
+    return results

@@ -1,0 +1,57 @@
+"""Shared test helpers: where the official fixtures are, and a CI-aware skip."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fixtures_dir() -> Path | None:
+    """``$COLORIZE_FIXTURES`` or ``../shared/fixtures/official`` next to the checkout."""
+    env = os.environ.get("COLORIZE_FIXTURES")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "fixtures" / "official")
+    for c in candidates:
+        if c.is_dir() and any(c.glob("*.json")):
+            return c
+    return None
+
+
+def layouts_dir() -> Path | None:
+    env = os.environ.get("COLORIZE_LAYOUTS")
+    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "layouts"]:
+        if c.is_dir() and any(c.glob("keys_*.json")):
+            return c
+    return None
+
+
+def _require(path: Path | None, what: str, how: str) -> Path:
+    if path is not None:
+        return path
+    msg = f"{what} not found: {how}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{msg} (CI=true: a missing {what} is a failure, not a skip)")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    return _require(
+        fixtures_dir(),
+        "official golden fixtures",
+        "set COLORIZE_FIXTURES to a folder of <name>.json + <name>.safetensors fixtures "
+        "(the project's shared/fixtures/official) or place it at ../shared/fixtures/official",
+    )
+
+
+@pytest.fixture(scope="session")
+def layout_dir() -> Path:
+    return _require(
+        layouts_dir(),
+        "official key layouts",
+        "set COLORIZE_LAYOUTS to the folder holding keys_{mult,switch,v2}.json "
+        "(the project's shared/layouts) or place it at ../shared/layouts",
+    )

@@ -1,0 +1,36 @@
+"""The parity runner itself: tolerance lookup, comparison, and failure on unknown kinds."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from colorize.parity.core import compare, load_fixture, run_directory
+
+
+def _write(tmp: Path, kind: str, outputs: dict[str, torch.Tensor], tol: float) -> Path:
+    meta = {"fixture": kind, "tolerance": {"per_group_max_abs": {"all": tol}, "per_output": {}}}
+    (tmp / f"{kind}.json").write_text(json.dumps(meta))
+    save_file({f"output:{k}": v for k, v in outputs.items()}, str(tmp / f"{kind}.safetensors"))
+    return tmp / f"{kind}.json"
+
+
+def test_compare_respects_tolerance(tmp_path: Path) -> None:
+    fx = load_fixture(_write(tmp_path, "demo", {"y": torch.zeros(3)}, 1e-3))
+    assert compare(fx, {"y": torch.full((3,), 5e-4)}).passed
+    bad = compare(fx, {"y": torch.full((3,), 2e-3)})
+    assert not bad.passed and abs(bad.max_abs_diff - 2e-3) < 1e-9
+
+
+def test_missing_output_and_shape_mismatch_fail(tmp_path: Path) -> None:
+    fx = load_fixture(_write(tmp_path, "demo", {"y": torch.zeros(3)}, 1e-3))
+    assert not compare(fx, {}).passed
+    assert not compare(fx, {"y": torch.zeros(4)}).passed
+
+
+def test_unknown_kind_counts_as_failure(tmp_path: Path) -> None:
+    _write(tmp_path, "no_such_kind", {"y": torch.zeros(1)}, 1e-3)
+    (res,) = run_directory(tmp_path)
+    assert not res.passed and "not implemented" in res.error
