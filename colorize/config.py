@@ -100,6 +100,23 @@ class ColorizerConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ColorizerConfig":
+        """Inverse of :meth:`to_dict` (lists become tuples); unknown keys are an error."""
+
+        def sub(klass: type, v: dict[str, Any]) -> Any:
+            return klass(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
+
+        return cls(
+            version=d.get("version", "mult"),
+            parameterization=d.get("parameterization", "eps"),
+            unet=sub(UNetConfig, d["unet"]),
+            sketch=sub(SketchEncoderConfig, d["sketch"]),
+            vae=sub(VAEConfig, d["vae"]),
+            clip=ClipConfig(**d["clip"]) if "clip" in d else ClipConfig(),
+            schedule=sub(ScheduleConfig, d["schedule"]) if "schedule" in d else ScheduleConfig(),
+        )
+
 
 FULL_MULT = ColorizerConfig()
 

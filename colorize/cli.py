@@ -1,0 +1,101 @@
+"""Command line: ``python -m colorize {run,inspect,download,make-tiny-weights}``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from colorize.device import PRECISIONS
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="colorize a sketch with a reference image")
+    p.add_argument("--sketch", required=True, type=Path, help="line art (black lines on white, or see --polarity)")
+    p.add_argument("--reference", required=True, type=Path, help="colour reference image")
+    p.add_argument("--out", required=True, type=Path, help="output PNG path (not overwritten unless --overwrite)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint path or manifest name (default: the v1 checkpoint)")
+    p.add_argument("--clip", default=None, help="OpenCLIP ViT-H-14 file (open_clip or clip_vision format) or manifest name")
+    p.add_argument("--models-dir", type=Path, default=None, help="models folder (default: $COLORIZE_MODELS_DIR or a user cache)")
+    p.add_argument("--no-download", action="store_true", help="never download missing weights")
+    p.add_argument("--width", type=int, default=None, help="output width (multiple of 64; default from the sketch, ~512² area)")
+    p.add_argument("--height", type=int, default=None, help="output height (multiple of 64)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--sampler", default="dpm_solver", help="dpm_solver (official default), euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, ddim")
+    p.add_argument("--scheduler", default="karras", help="karras or uniform (k-diffusion samplers)")
+    p.add_argument("--ref-cfg", type=float, default=4.0, help="reference guidance scale (1 = off)")
+    p.add_argument("--sketch-cfg", type=float, default=1.0, help="sketch guidance scale (1 = off)")
+    p.add_argument("--strength", type=float, default=1.0, help="reference strength (cross-attention scale)")
+    p.add_argument("--sketch-strength", type=float, default=1.0, help="sketch hint strength")
+    p.add_argument("--polarity", choices=("auto", "invert", "keep"), default="auto", help="sketch polarity handling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from colorize.pipeline import Colorizer, GenerationSettings
+    from colorize.preprocess import load_image, tensor_to_pil
+    from colorize.progress import ProgressBar
+    from colorize.weights import default_checkpoint_name, default_clip_name, resolve
+
+    if args.out.exists() and not args.overwrite:
+        print(f"error: {args.out} exists; pass --overwrite or choose another --out", file=sys.stderr)
+        return 2
+    sketch, reference = load_image(args.sketch), load_image(args.reference)
+    download = not args.no_download
+    ckpt = resolve(args.checkpoint or default_checkpoint_name(), args.models_dir, download=download)
+    clip = resolve(args.clip or default_clip_name(), args.models_dir, download=download)
+    model = Colorizer.from_files(ckpt, clip, device=args.device, precision=args.precision)
+    settings = GenerationSettings(
+        steps=args.steps, sampler=args.sampler, scheduler=args.scheduler, reference_cfg=args.ref_cfg,
+        sketch_cfg=args.sketch_cfg, reference_strength=args.strength, sketch_strength=args.sketch_strength,
+        seed=args.seed, width=args.width, height=args.height, polarity=args.polarity,
+    )
+    bar = ProgressBar(settings.steps, "sampling")
+    image = model.colorize(sketch, reference, settings, callback=lambda info: bar.update())
+    bar.close()
+    from colorize.io import atomic_path
+
+    with atomic_path(args.out, overwrite=args.overwrite) as tmp:
+        tensor_to_pil(image)[0].save(tmp, format="PNG")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_make_tiny(args: argparse.Namespace) -> int:
+    from colorize.tiny import write_tiny_weights
+
+    for name, path in write_tiny_weights(args.directory, seed=args.seed).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m colorize", description="ColorizeDiffusion command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    sub.add_parser("inspect", help="describe a checkpoint or layout JSON", add_help=False)
+    sub.add_parser("download", help="fetch weights listed in weights_manifest.json", add_help=False)
+    tiny = sub.add_parser("make-tiny-weights", help="write tiny random weights (ComfyUI models layout)")
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    if argv and argv[0] == "inspect":
+        from colorize.inspect import main as inspect_main
+
+        return inspect_main(argv[1:])
+    if argv and argv[0] == "download":
+        from colorize.weights import main_download
+
+        return main_download(argv[1:])
+    args = parser.parse_args(argv)
+    from colorize.errors import user_errors
+
+    with user_errors() as status:
+        status.code = {"run": _cmd_run, "make-tiny-weights": _cmd_make_tiny}[args.command](args)
+    return status.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Atomic file writes: a file appears under its final name complete, or not at all."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; on success rename it into place.
+
+    On any error the temporary file is removed and ``final`` is left untouched. With
+    ``overwrite=False`` an existing ``final`` is never replaced.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists; not overwriting it (delete or rename it first)")
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def save_safetensors_atomic(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None, overwrite: bool = False
+) -> Path:
+    """``safetensors.torch.save_file`` through :func:`atomic_path`."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` block of a safetensors file ({} if none)."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})

@@ -1,0 +1,162 @@
+"""Input preprocessing: image loading, sketch polarity and fitting, reference tensors, sizes.
+
+Conventions (thesis §5.3; official ``backend/functool.py``): images are tensors in [-1, 1];
+a sketch fed to the sketch encoder has **lines = +1 and background = -1**; the target size is
+a multiple of 64 (the sketch encoder's deepest hint is at stride 64).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SketchPolarity = Literal["invert", "keep", "auto"]
+SIZE_MULTIPLE = 64
+
+
+class InputError(ValueError):
+    """A user input (image, size, tensor) that cannot be used, with the fix in the message."""
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read an image file as a ``(1, 3, H, W)`` float tensor in [0, 1].
+
+    Grayscale, palette, 16-bit and CMYK images become RGB; transparency is composited
+    over white (a transparent line-art background is paper, not black).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return pil_to_tensor(im)
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"cannot read {path} as an image ({e}); use a PNG, JPEG or WebP file") from e
+
+
+def pil_to_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL image of any mode → ``(1, 3, H, W)`` float in [0, 1] (alpha over white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        gray = np.clip(arr / peak, 0.0, 1.0).astype(np.float32)
+        return torch.from_numpy(gray)[None, None].expand(1, 3, *gray.shape).contiguous()
+    if im.mode == "F":
+        gray = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+        return torch.from_numpy(gray)[None, None].expand(1, 3, *gray.shape).contiguous()
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def tensor_to_pil(image: torch.Tensor) -> list[Image.Image]:
+    """``(B, 3, H, W)`` in [-1, 1] → list of 8-bit RGB PIL images."""
+    x = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in x]
+
+
+def check_image(image: torch.Tensor, name: str) -> torch.Tensor:
+    """Validate a ``(B, C, H, W)`` image tensor; 1- or 4-channel inputs become 3-channel."""
+    if not isinstance(image, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4:
+        raise InputError(f"{name} must have shape (B, C, H, W); got {tuple(image.shape)}")
+    if image.shape[1] == 1:
+        image = image.expand(-1, 3, -1, -1)
+    elif image.shape[1] == 4:
+        image = image[:, :3]
+    elif image.shape[1] != 3:
+        raise InputError(f"{name} must have 1, 3 or 4 channels; got {image.shape[1]}")
+    if image.shape[-1] < 8 or image.shape[-2] < 8:
+        raise InputError(f"{name} is too small ({image.shape[-2]}x{image.shape[-1]} px); use at least 8x8")
+    if not torch.isfinite(image).all():
+        raise InputError(f"{name} contains NaN or infinite values; check the node or code that produced it")
+    return image.float()
+
+
+def to_signed(image01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] → [-1, 1]."""
+    return image01 * 2.0 - 1.0
+
+
+def round_size(value: int, multiple: int = SIZE_MULTIPLE) -> int:
+    """Nearest positive multiple of ``multiple``."""
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def target_size(
+    sketch_hw: tuple[int, int], width: int | None = None, height: int | None = None, base: int = 512
+) -> tuple[int, int]:
+    """Output ``(height, width)``, multiples of 64.
+
+    Given sizes are rounded to the nearest multiple of 64. A missing side follows the
+    sketch's aspect ratio; with neither, the area is about ``base``² (512 for v1).
+    """
+    h, w = sketch_hw
+    if width is not None and height is not None:
+        return round_size(height), round_size(width)
+    if width is not None:
+        return round_size(width * h / w), round_size(width)
+    if height is not None:
+        return round_size(height), round_size(height * w / h)
+    s = base / math.sqrt(h * w)
+    return round_size(h * s), round_size(w * s)
+
+
+def is_dark_on_light(image01: torch.Tensor) -> bool:
+    """True when the image is mostly light (dark lines on paper), judged by its median."""
+    return bool(image01.float().mean(1).median() > 0.5)
+
+
+def prepare_sketch(
+    sketch01: torch.Tensor, size: tuple[int, int], polarity: SketchPolarity = "auto"
+) -> torch.Tensor:
+    """Line art in [0, 1] → ``(B, 3, H, W)`` in [-1, 1] with lines +1, fitted and padded.
+
+    ``polarity``: ``invert`` for black lines on white (the official default), ``keep`` for
+    white lines on black, ``auto`` picks by the median brightness. The sketch keeps its aspect
+    ratio (bicubic, antialiased, fit inside ``size``) and is centre-padded with -1 (no lines).
+    """
+    sketch01 = check_image(sketch01, "sketch")
+    if polarity not in ("invert", "keep", "auto"):
+        raise InputError(f"unknown sketch polarity {polarity!r}; use 'invert', 'keep' or 'auto'")
+    invert = polarity == "invert" or (polarity == "auto" and is_dark_on_light(sketch01))
+    x = to_signed(sketch01)
+    x = -x if invert else x
+    return fit_and_pad(x, size, fill=-1.0)
+
+
+def fit_and_pad(x: torch.Tensor, size: tuple[int, int], fill: float) -> torch.Tensor:
+    """Resize ``x`` to fit inside ``size`` keeping its aspect, then centre-pad with ``fill``."""
+    H, W = size
+    if H % SIZE_MULTIPLE or W % SIZE_MULTIPLE:
+        raise InputError(f"target size {H}x{W} is not a multiple of {SIZE_MULTIPLE}; use e.g. {round_size(H)}x{round_size(W)}")
+    h, w = x.shape[-2:]
+    r = min(H / h, W / w)
+    nh, nw = max(1, int(h * r)), max(1, int(w * r))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+    top, left = (H - nh) // 2, (W - nw) // 2
+    return F.pad(x, (left, W - nw - left, top, H - nh - top), value=fill)
+
+
+def prepare_reference(reference01: torch.Tensor) -> torch.Tensor:
+    """Reference in [0, 1] → [-1, 1] at native resolution (the CLIP encoder squashes it to 224²)."""
+    return to_signed(check_image(reference01, "reference"))
+
+
+def blank_sketch(batch: int, size: tuple[int, int]) -> torch.Tensor:
+    """The unconditional sketch: all -1 (no lines)."""
+    return torch.full((batch, 3, *size), -1.0)

@@ -1,0 +1,1 @@
+"""Training scripts built on ``colorize`` (never on ``nodes``)."""
