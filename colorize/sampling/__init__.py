@@ -1,0 +1,55 @@
+"""Sampling: dual-CFG denoiser wrappers, sigma schedules and samplers.
+
+Typical use (k-diffusion-style samplers)::
+
+    schedule = DiscreteSchedule.from_config(cfg.schedule)
+    den = GuidedDenoiser(model_fn, schedule, "eps", ref_scale=4.0, sketch_scale=1.0)
+    sigmas = SCHEDULERS["karras"](steps, schedule, device)
+    x = SAMPLERS["dpmpp_2m"](den, noise * sigmas[0], sigmas, callback=cb, generator=gen)
+
+The official default ("diffuser_dpm") has its own integer timesteps and starting latent::
+
+    x = sample_dpm_solver(den.model_output, noise, steps, cfg.schedule, "eps", callback=cb)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor
+
+from colorize.sampling.denoiser import (
+    COND,
+    UNCOND_REF,
+    UNCOND_SKETCH,
+    GuidedDenoiser,
+    combine_guidance,
+    guidance_rows,
+    scalings,
+    to_denoised,
+)
+from colorize.sampling.dpm_solver import dpm_solver_schedule, leading_timesteps, sample_dpm_solver
+from colorize.sampling.samplers import SAMPLERS
+from colorize.sampling.schedules import exponential, karras, karras_sigmas, uniform_sigmas
+
+SCHEDULERS: dict[str, Callable[..., Tensor]] = {
+    "karras": karras,
+    "uniform": uniform_sigmas,
+    "exponential": exponential,
+}
+
+__all__ = [
+    "COND",
+    "GuidedDenoiser",
+    "SAMPLERS",
+    "SCHEDULERS",
+    "UNCOND_REF",
+    "UNCOND_SKETCH",
+    "combine_guidance",
+    "dpm_solver_schedule",
+    "guidance_rows",
+    "karras_sigmas",
+    "leading_timesteps",
+    "sample_dpm_solver",
+    "scalings",
+    "to_denoised",
+]

@@ -1,0 +1,61 @@
+"""Sigma schedules for the k-diffusion-style samplers: small pure functions, each returning ``n + 1``
+decreasing float32 sigmas that end in 0 (the final denoise to x0).
+
+``sigma_min`` / ``sigma_max`` default to the discrete schedule's first / last sigma in float32 (what the
+official k-diffusion path passes for its "Karras" and "Exponential" schedulers, fixture ``sampler``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from colorize.schedule import DiscreteSchedule
+
+
+def _append_zero(sigmas: Tensor) -> Tensor:
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def karras_sigmas(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Karras et al. (2022), eq. 5: interpolate linearly in ``sigma**(1/rho)`` from sigma_max to sigma_min."""
+    ramp = torch.linspace(0, 1, n, device=device)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def exponential_sigmas(n: int, sigma_min: float, sigma_max: float, device: torch.device | str = "cpu") -> Tensor:
+    """Sigmas evenly spaced in log-sigma from sigma_max to sigma_min."""
+    return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, device=device).exp())
+
+
+def uniform_sigmas(n: int, schedule: DiscreteSchedule, device: torch.device | str = "cpu") -> Tensor:
+    """Sigmas at ``n`` evenly spaced continuous timesteps from T-1 down to 0 (k-diffusion's discrete default)."""
+    t = torch.linspace(schedule.num_timesteps - 1, 0, n, device=device)
+    return _append_zero(schedule.t_to_sigma(t))
+
+
+def karras(n: int, schedule: DiscreteSchedule, device: torch.device | str = "cpu", rho: float = 7.0) -> Tensor:
+    """Karras sigmas between the schedule's own sigma_min and sigma_max."""
+    return karras_sigmas(n, schedule.sigma_min, schedule.sigma_max, rho, device)
+
+
+def exponential(n: int, schedule: DiscreteSchedule, device: torch.device | str = "cpu") -> Tensor:
+    """Exponential sigmas between the schedule's own sigma_min and sigma_max."""
+    return exponential_sigmas(n, schedule.sigma_min, schedule.sigma_max, device)
+
+
+__all__ = [
+    "exponential",
+    "exponential_sigmas",
+    "karras",
+    "karras_sigmas",
+    "uniform_sigmas",
+]
