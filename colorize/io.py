@@ -25,12 +25,19 @@ def atomic_path(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(f"{final} already exists; not overwriting it (delete or rename it first)")
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_safetensors_atomic(

@@ -50,8 +50,6 @@ class ReferenceEncoder(nn.Module):
         self.cfg = cfg
         self.image_size = int(oc["vision_cfg"].get("image_size", 224))
         self.visual = _build_vision_tower(oc["embed_dim"], oc["vision_cfg"], quick_gelu)
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.context_length = int(oc["text_cfg"].get("context_length", 77))
         if with_text:
             text = _build_text_tower(oc["embed_dim"], oc["text_cfg"], quick_gelu)
@@ -61,8 +59,6 @@ class ReferenceEncoder(nn.Module):
             self.ln_final = text.ln_final
             self.text_projection = text.text_projection
             self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
-            causal = torch.full((self.context_length, self.context_length), float("-inf")).triu_(1)
-            self.register_buffer("attn_mask", causal, persistent=False)
         self.requires_grad_(False)
         self.eval()
 
@@ -77,7 +73,7 @@ class ReferenceEncoder(nn.Module):
     def drop_text(self) -> None:
         """Remove the text tower (e.g. after loading a vision-only checkpoint)."""
         for name in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection",
-                     "logit_scale", "attn_mask"):
+                     "logit_scale"):
             if hasattr(self, name):
                 delattr(self, name)
 
@@ -88,7 +84,9 @@ class ReferenceEncoder(nn.Module):
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=True,
                           antialias=True)
         x = (x + 1.0) / 2.0
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
 
     def encode_image(self, image: Tensor, output: TokenOutput = "full", preprocess: bool = True) -> Tensor:
         """Tokens after ``ln_post`` and ``proj`` on every token: "full" (b, 1+g², d), "local" (b, g², d),
@@ -129,7 +127,8 @@ class ReferenceEncoder(nn.Module):
         ids = ids.to(device=self.token_embedding.weight.device, dtype=torch.long)
         n, length = ids.shape
         x = self.token_embedding(ids) + self.positional_embedding[:length]
-        mask = self.attn_mask[:length, :length].to(x.dtype)
+        # causal mask built per call (no buffer: the module can then be built on the meta device)
+        mask = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
         x = _run_blocks(self.transformer, list(self.transformer.resblocks)[:-1], x, mask)
         x = self.ln_final(x)
         x = x[torch.arange(n, device=x.device), ids.argmax(dim=-1)]  # EOT token (largest id)

@@ -1,0 +1,136 @@
+"""Building the colorizer's modules from checkpoint files (released or tiny) without extra copies.
+
+Modules are built on the ``meta`` device and receive the file's tensors with
+``load_state_dict(assign=True)``, so a 4 GB checkpoint needs about 4 GB of memory, not 8, and no
+time is spent on a random initialisation that is thrown away.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Mapping, TypeVar
+
+import torch
+from torch import nn
+
+from colorize.checkpoint import (
+    CONFIG_METADATA_KEY,
+    CheckpointError,
+    detect_version,
+    expected_layout,
+    infer_config,
+    load_state_dict_file,
+    read_metadata,
+    split_by_prefix,
+    validate_keys,
+)
+from colorize.config import ClipConfig, ColorizerConfig
+
+M = TypeVar("M", bound=nn.Module)
+PathLike = str | os.PathLike[str]
+
+
+def materialize(factory: Callable[[], M], state_dict: Mapping[str, torch.Tensor], what: str) -> M:
+    """``factory()`` on the meta device, then the given weights assigned strictly (clear error on mismatch)."""
+    with torch.device("meta"):
+        module = factory()
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    validate_keys(expected, state_dict, optional=(), what=what)
+    module.load_state_dict(dict(state_dict), strict=True, assign=True)
+    leftover = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    if leftover:  # a non-persistent buffer the file cannot provide: a bug in the module, not the file
+        raise RuntimeError(f"{what}: tensors not provided by the state dict: {leftover[:5]}")
+    return module
+
+
+@dataclass
+class ColorizerModules:
+    """The four networks of a v1 colorizer plus its config (all on CPU, the file's dtypes)."""
+
+    config: ColorizerConfig
+    unet: nn.Module
+    sketch_encoder: nn.Module
+    vae: nn.Module
+    reference_encoder: nn.Module | None
+    alphas_cumprod: torch.Tensor | None
+
+
+def load_checkpoint_modules(path: PathLike) -> ColorizerModules:
+    """U-Net, sketch encoder and VAE of a ColorizeDiffusion checkpoint (version detected from keys)."""
+    from colorize.models.sketch_encoder import SketchEncoder
+    from colorize.models.unet import DualCondUNet
+    from colorize.models.vae import AutoencoderKL
+
+    sd = load_state_dict_file(path)
+    name = os.path.basename(os.fspath(path))
+    version = detect_version(sd, source=name)
+    if version != "mult":
+        raise CheckpointError(
+            f"{name} is a {version} checkpoint (detected from its keys). This release runs v1 ('mult') "
+            "checkpoints; v1.5 ('switch') and v2 support is under way. Use mult-eps-ft.safetensors for now."
+        )
+    metadata = read_metadata(path) if os.fspath(path).endswith(".safetensors") else {}
+    config = infer_config(sd, metadata)
+    parts = split_by_prefix(sd)
+    if not config.tiny:
+        layout = {k: v for k, v in expected_layout(version).items()}
+        validate_keys(layout, sd, what=name)
+    unet = materialize(lambda: DualCondUNet(config.unet), parts["unet"], f"{name} (U-Net)")
+    sketch = materialize(lambda: SketchEncoder(config.sketch), parts["sketch_encoder"], f"{name} (sketch encoder)")
+    vae = materialize(lambda: AutoencoderKL(config.vae), parts["vae"], f"{name} (VAE)")
+    ref = None
+    if parts.get("clip_visual"):
+        ref = load_reference_encoder_from_state_dict(
+            {**{"visual." + k: v for k, v in parts["clip_visual"].items()},
+             **dict(parts.get("clip_text") or {})},
+            config.clip,
+            name,
+        )
+    acp = parts.get("schedule", {}).get("alphas_cumprod")
+    return ColorizerModules(config, unet, sketch, vae, ref, acp)
+
+
+def clip_config_for(metadata: Mapping[str, str]) -> ClipConfig:
+    """The CLIP config stored by the tiny-weights writer, else OpenCLIP ViT-H-14."""
+    if CONFIG_METADATA_KEY in metadata:
+        return ColorizerConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY])).clip
+    return ClipConfig()
+
+
+def load_reference_encoder_from_state_dict(
+    sd: Mapping[str, torch.Tensor], cfg: ClipConfig, what: str
+) -> nn.Module:
+    """A frozen :class:`~colorize.models.clip.ReferenceEncoder` from open_clip or clip_vision weights."""
+    from colorize.models.clip import ReferenceEncoder
+    from colorize.models.clip_convert import to_open_clip
+
+    try:
+        oc = to_open_clip(dict(sd))
+    except ValueError as e:
+        raise CheckpointError(f"{what}: not a usable CLIP ViT checkpoint: {e}") from None
+    with_text = "token_embedding.weight" in oc
+    width = cfg.vision.get("width")
+    conv = oc.get("visual.conv1.weight")
+    if conv is not None and conv.shape[0] != width:
+        raise CheckpointError(
+            f"{what}: this CLIP vision tower is {conv.shape[0]} wide, but the colorizer needs "
+            f"{cfg.name} (width {width}). Use the OpenCLIP ViT-H-14 laion2b_s32b_b79k weights "
+            "(CLIP-ViT-H-14-laion2B-s32B-b79K)."
+        )
+    with torch.device("meta"):
+        enc = ReferenceEncoder(cfg, with_text=with_text)
+    if with_text and "logit_scale" not in oc:
+        oc["logit_scale"] = torch.zeros(())
+    expected = {k: tuple(v.shape) for k, v in enc.state_dict().items()}
+    validate_keys(expected, oc, optional=(), what=what)
+    enc.load_state_dict(oc, strict=True, assign=True)
+    enc.requires_grad_(False)
+    return enc
+
+
+def load_reference_encoder(path: PathLike) -> nn.Module:
+    """The reference encoder from an open_clip-format or HF/ComfyUI clip_vision-format file."""
+    sd = load_state_dict_file(path)
+    metadata = read_metadata(path) if os.fspath(path).endswith(".safetensors") else {}
+    return load_reference_encoder_from_state_dict(sd, clip_config_for(metadata), os.path.basename(os.fspath(path)))

@@ -1,0 +1,239 @@
+"""The v1 colorization pipeline: reference tokens + sketch hints → dual-CFG sampling → VAE decode.
+
+Thesis §5.3: the reference image is encoded by the frozen OpenCLIP ViT-H/14 into 256 patch tokens
+that every U-Net cross-attention reads; the sketch encoder's five hints are added to the U-Net
+features (Eq. 5.1); sampling uses dual classifier-free guidance over the reference and the sketch.
+Everything reference- or sketch-derived is computed once per generation and reused at every step.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from colorize.config import ColorizerConfig
+from colorize.device import resolve_device, resolve_dtype
+from colorize.models.strength import NUM_ATTENTION_BLOCKS, block_reference_scales, level_reference_scales
+from colorize.preprocess import InputError, blank_sketch, check_image, prepare_reference, prepare_sketch, target_size
+from colorize.sampling import SAMPLERS, SCHEDULERS, COND, UNCOND_REF, UNCOND_SKETCH, GuidedDenoiser, sample_dpm_solver
+from colorize.schedule import DiscreteSchedule
+
+StepCallback = Callable[[dict[str, Any]], None]
+SCHEDULER_CHOICES = ("leading", *SCHEDULERS)
+
+
+@dataclass
+class GenerationSettings:
+    """Everything a generation needs besides the images. Defaults are the official app's.
+
+    ``sampler="dpm_solver"`` with ``scheduler="leading"`` is the app's default (DPM-Solver++ 2M on
+    the diffusers "leading" timesteps); ``level_strengths`` maps ``encoder``/``middle``/``low``
+    to the app's per-level cross-attention sliders; ``block_strengths`` (16 values) overrides them.
+    """
+
+    steps: int = 20
+    sampler: str = "dpm_solver"
+    scheduler: str = "leading"
+    reference_cfg: float = 4.0
+    sketch_cfg: float = 1.0
+    reference_strength: float = 1.0
+    level_strengths: Mapping[str, float] | None = None
+    block_strengths: Sequence[float] | None = None
+    sketch_strength: float = 1.0
+    seed: int = 0
+    width: int | None = None
+    height: int | None = None
+    polarity: str = "auto"
+
+    def validate(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.scheduler not in SCHEDULER_CHOICES:
+            raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULER_CHOICES)}")
+        if not 1 <= self.steps <= 1000:
+            raise InputError(f"steps must be between 1 and 1000, got {self.steps}")
+        if self.block_strengths is not None and len(self.block_strengths) != NUM_ATTENTION_BLOCKS:
+            raise InputError(f"block_strengths needs {NUM_ATTENTION_BLOCKS} values, got {len(self.block_strengths)}")
+
+    def reference_scales(self) -> list[float]:
+        if self.block_strengths is not None:
+            return block_reference_scales(self.block_strengths, self.reference_strength)
+        return level_reference_scales(self.reference_strength, self.level_strengths)
+
+
+@dataclass
+class Conditioning:
+    """Per-generation inputs of the U-Net: reference tokens and sketch hints (cond and all -1 sketch)."""
+
+    context: Tensor
+    hints: list[Tensor]
+    hints_uncond: list[Tensor]
+    _stacked: dict[tuple[str, ...], tuple[Tensor, list[Tensor]]] = field(default_factory=dict)
+
+    def rows(self, rows: tuple[str, ...]) -> tuple[Tensor, list[Tensor]]:
+        """Context and hints stacked for the given CFG row groups (cached per row layout)."""
+        if rows not in self._stacked:
+            ctx = {COND: self.context, UNCOND_REF: torch.zeros_like(self.context), UNCOND_SKETCH: self.context}
+            hin = {COND: self.hints, UNCOND_REF: self.hints, UNCOND_SKETCH: self.hints_uncond}
+            context = torch.cat([ctx[r] for r in rows])
+            hints = [torch.cat([hin[r][i] for r in rows]) for i in range(len(self.hints))]
+            self._stacked[rows] = (context, hints)
+        return self._stacked[rows]
+
+
+def sampling_sigmas(settings: GenerationSettings, schedule: DiscreteSchedule, cfg: ColorizerConfig, device: torch.device) -> Tensor:
+    """The sigma schedule for the k-diffusion-style samplers (``leading`` = the official timesteps)."""
+    if settings.scheduler == "leading":
+        from colorize.sampling import dpm_solver_schedule
+
+        timesteps, _ = dpm_solver_schedule(settings.steps, cfg.schedule)
+        sig = schedule.t_to_sigma(timesteps.float())
+        return torch.cat([sig, sig.new_zeros(1)]).to(device)
+    return SCHEDULERS[settings.scheduler](settings.steps, schedule, device=device)
+
+
+class Colorizer:
+    """A loaded v1 colorizer: ``colorize(sketch, reference, settings) -> image``.
+
+    Device and precision are choices of the caller (``auto`` = CUDA/MPS in fp16 where present,
+    else CPU in fp32). As in the official app, the U-Net and sketch encoder run in the chosen
+    precision while the U-Net's time embedding and output head, the VAE and CLIP stay fp32.
+    """
+
+    def __init__(
+        self,
+        config: ColorizerConfig,
+        unet: nn.Module,
+        sketch_encoder: nn.Module,
+        vae: nn.Module,
+        reference_encoder: nn.Module,
+        device: str | torch.device = "auto",
+        precision: str | torch.dtype = "auto",
+        alphas_cumprod: Tensor | None = None,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(precision, self.device)
+        self.unet = unet.to(self.device, self.dtype).eval().requires_grad_(False)
+        if self.dtype != torch.float32:
+            self.unet.time_embed.float()
+            self.unet.out.float()
+        self.sketch_encoder = sketch_encoder.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.vae = vae.to(self.device, torch.float32).eval().requires_grad_(False)
+        self.reference_encoder = reference_encoder.to(self.device, torch.float32).eval()
+        self.schedule = (
+            DiscreteSchedule(alphas_cumprod.float()) if alphas_cumprod is not None
+            else DiscreteSchedule.from_config(config.schedule)
+        )
+
+    @classmethod
+    def from_files(
+        cls,
+        checkpoint: str | os.PathLike[str],
+        clip: str | os.PathLike[str] | None,
+        device: str | torch.device = "auto",
+        precision: str | torch.dtype = "auto",
+    ) -> "Colorizer":
+        """Load a released (or tiny) checkpoint and the OpenCLIP ViT-H/14 file."""
+        from colorize.loader import load_checkpoint_modules, load_reference_encoder
+
+        mods = load_checkpoint_modules(checkpoint)
+        ref = load_reference_encoder(clip) if clip is not None else mods.reference_encoder
+        if ref is None:
+            raise InputError("no CLIP weights: pass the OpenCLIP ViT-H-14 file (open_clip or clip_vision format)")
+        return cls(mods.config, mods.unet, mods.sketch_encoder, mods.vae, ref, device, precision, mods.alphas_cumprod)
+
+    # ------------------------------------------------------------------ encoders
+    @torch.no_grad()
+    def encode_reference(self, reference: Tensor) -> Tensor:
+        """Reference image(s) in [-1, 1] → (b, 256, C) patch tokens (CLS dropped, as the released models use)."""
+        tokens = self.reference_encoder.encode_image(check_image(reference, "reference").to(self.device), "full")
+        return tokens[:, 1:]
+
+    @torch.no_grad()
+    def encode_sketch(self, sketch: Tensor, strength: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
+        """Prepared sketch(es) (lines +1) → (hints, hints of the blank sketch), both × ``strength``."""
+        sketch = sketch.to(self.device, self.dtype)
+        both = self.sketch_encoder(torch.cat([sketch, blank_sketch(sketch.shape[0], tuple(sketch.shape[-2:])).to(sketch)]))
+        b = sketch.shape[0]
+        return [h[:b] * strength for h in both], [h[b:] * strength for h in both]
+
+    def conditioning(self, sketch: Tensor, reference: Tensor, settings: GenerationSettings) -> Conditioning:
+        tokens = self.encode_reference(reference)
+        hints, hints_uncond = self.encode_sketch(sketch, settings.sketch_strength)
+        b = max(tokens.shape[0], hints[0].shape[0])
+        tokens = _repeat_to(tokens, b, "reference")
+        hints = [_repeat_to(h, b, "sketch") for h in hints]
+        hints_uncond = [_repeat_to(h, b, "sketch") for h in hints_uncond]
+        return Conditioning(tokens.to(self.dtype), hints, hints_uncond)
+
+    # ------------------------------------------------------------------ sampling
+    def initial_noise(self, batch: int, size: tuple[int, int], seed: int) -> Tensor:
+        """Seeded standard-normal latent, drawn on the CPU so a seed gives the same image on any device."""
+        f = self.config.vae.downsample_factor
+        g = torch.Generator().manual_seed(int(seed))
+        shape = (batch, self.config.vae.z_channels, size[0] // f, size[1] // f)
+        return torch.randn(shape, generator=g).to(self.device)
+
+    @torch.no_grad()
+    def sample(
+        self, cond: Conditioning, size: tuple[int, int], settings: GenerationSettings, callback: StepCallback | None = None
+    ) -> Tensor:
+        """Run the sampler; returns the final latent (b, 4, H/8, W/8), unscaled (VAE space × 0.18215)."""
+        settings.validate()
+        scales = settings.reference_scales()
+        unet = self.unet
+
+        def model_fn(x: Tensor, t: Tensor, rows: tuple[str, ...]) -> Tensor:
+            context, hints = cond.rows(rows)
+            return unet(x, t, context, hints, scales).float()
+
+        den = GuidedDenoiser(model_fn, self.schedule, self.config.parameterization,
+                             settings.reference_cfg, settings.sketch_cfg)
+        noise = self.initial_noise(cond.context.shape[0], size, settings.seed)
+        total = settings.steps
+
+        def step(info: dict[str, Any]) -> None:
+            if callback is not None:
+                callback({**info, "total": total})
+
+        if settings.sampler == "dpm_solver" and settings.scheduler == "leading":
+            return sample_dpm_solver(den.model_output, noise, settings.steps, self.config.schedule,
+                                     self.config.parameterization, callback=step)
+        sigmas = sampling_sigmas(settings, self.schedule, self.config, self.device)
+        gen = torch.Generator(device=self.device).manual_seed(int(settings.seed) + 1)
+        return SAMPLERS[settings.sampler](den, noise * sigmas[0], sigmas, callback=step, generator=gen)
+
+    @torch.no_grad()
+    def decode(self, latent: Tensor) -> Tensor:
+        """Latent → image in [-1, 1]."""
+        z = latent.to(self.device, torch.float32) / self.config.vae.scale_factor
+        return self.vae.decode(z).clamp(-1, 1)
+
+    # ------------------------------------------------------------------ all at once
+    def colorize(
+        self,
+        sketch01: Tensor,
+        reference01: Tensor,
+        settings: GenerationSettings | None = None,
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """Sketch and reference images in [0, 1] (B, C, H, W) → colorized image in [-1, 1]."""
+        settings = settings or GenerationSettings()
+        settings.validate()
+        sketch01 = check_image(sketch01, "sketch")
+        size = target_size(tuple(sketch01.shape[-2:]), settings.width, settings.height)
+        sketch = prepare_sketch(sketch01, size, settings.polarity)  # type: ignore[arg-type]
+        cond = self.conditioning(sketch, prepare_reference(reference01), settings)
+        return self.decode(self.sample(cond, size, settings, callback))
+
+
+def _repeat_to(x: Tensor, batch: int, what: str) -> Tensor:
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(batch, *x.shape[1:])
+    raise InputError(f"{what} batch of {x.shape[0]} cannot be paired with a batch of {batch}; use 1 or the same size")
