@@ -25,9 +25,9 @@ def atomic_path(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(f"{final} already exists; not overwriting it (delete or rename it first)")
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # temp files are private (0600); give the result the usual mode
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):

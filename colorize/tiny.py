@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from colorize.checkpoint import CONFIG_METADATA_KEY
 from colorize.config import TINY_MULT, ColorizerConfig
 from colorize.io import safetensors_metadata, save_safetensors_atomic
 
-CONFIG_METADATA_KEY = "colorize_config"
 TINY_METADATA_KEY = "colorize_tiny"
 
 

@@ -1,0 +1,258 @@
+"""``python -m colorize inspect PATH``: what a checkpoint (or a layout JSON) is, from its keys.
+
+Reports version, parameterisation, size and derived config, dtypes per component, and how the
+keys match the released full-size layout of the detected version. Reads headers only, so a
+7 GB file is inspected in well under a second (safetensors).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from colorize.checkpoint import (
+    COMPONENTS,
+    OPTIONAL_COMPONENTS,
+    VERSION_TITLES,
+    CheckpointError,
+    TensorInfo,
+    compare_keys,
+    detect_version,
+    expected_layout,
+    infer_config,
+    parameterization_for,
+    read_header,
+    read_metadata,
+    split_by_prefix,
+)
+from colorize.config import FULL_MULT, ColorizerConfig
+
+_OPTIONAL_WHY = {
+    "clip_visual": "loaded from the separate CLIP file",
+    "clip_text": "loaded from the separate CLIP file",
+    "schedule": "recomputed from the schedule config",
+}
+
+
+@dataclass
+class ComponentReport:
+    """Key match of one component against the expected layout."""
+
+    name: str
+    expected: int
+    present: int
+    missing: int
+    unexpected: int
+    mismatched: int
+    optional: bool
+    strict: bool = True  # False when the file is not full size: key sets depend on the widths
+    dtypes: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)  # a few offending keys
+
+    @property
+    def ok(self) -> bool:
+        if self.optional and self.present == 0 and self.unexpected == 0:
+            return True
+        if not self.strict:
+            return self.present > 0
+        return self.missing == 0 and self.unexpected == 0 and self.mismatched == 0
+
+
+@dataclass
+class InspectReport:
+    """Everything ``inspect`` prints, as data."""
+
+    path: str
+    source: str  # "safetensors", "torch" or "layout-json"
+    n_tensors: int
+    n_params: int
+    version: str | None = None
+    parameterization: str | None = None
+    size: str | None = None  # "full", "tiny" or "custom"
+    config: ColorizerConfig | None = None
+    config_source: str | None = None  # "metadata" or "shapes"
+    shapes_compared: bool = False
+    components: list[ComponentReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(c.ok for c in self.components)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def _size_label(cfg: ColorizerConfig) -> str:
+    if (cfg.unet, cfg.sketch) == (FULL_MULT.unet, FULL_MULT.sketch):
+        return "full"
+    return "tiny" if cfg.tiny else "custom"
+
+
+def load_layout_json(path: str | Path) -> dict[str, TensorInfo]:
+    """A key -> shape-list JSON (``keys_*.json`` or ``.json.gz``) as header-like infos (dtype unknown)."""
+    p = Path(path)
+    raw = p.read_bytes()
+    data = json.loads(gzip.decompress(raw) if p.name.endswith(".gz") else raw)
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise CheckpointError(f"{p.name}: not a layout JSON (expected an object mapping key names to shape lists).")
+    return {k: TensorInfo(tuple(int(s) for s in v), None) for k, v in data.items()}
+
+
+def _component_reports(header: Mapping[str, TensorInfo], version: str, full_size: bool) -> list[ComponentReport]:
+    got_parts = split_by_prefix(header)
+    exp_parts = split_by_prefix(expected_layout(version))
+    reports = []
+    for name in COMPONENTS:
+        exp, got = exp_parts[name], got_parts[name]
+        if not exp and not got:
+            continue
+        m = compare_keys(exp, got, optional=(), check_shapes=full_size)
+        optional = name in OPTIONAL_COMPONENTS
+        dtypes = Counter(info.dtype for info in got.values() if info.dtype)
+        bad = m.unexpected[:3] + [k for k, _, _ in m.mismatched[:3]]
+        if not (optional and not got):
+            bad = m.missing[:3] + bad
+        reports.append(
+            ComponentReport(
+                name, len(exp), len(m.present), len(m.missing), len(m.unexpected), len(m.mismatched),
+                optional, full_size or name == "unexpected", dict(sorted(dtypes.items())), bad,
+            )
+        )
+    return reports
+
+
+def inspect_header(
+    header: Mapping[str, TensorInfo], metadata: Mapping[str, str] | None = None, path: str = "", source: str = ""
+) -> InspectReport:
+    """Build the report from a key -> :class:`TensorInfo` map (no file access)."""
+    rep = InspectReport(path, source, len(header), sum(i.numel for i in header.values()))
+    try:
+        rep.version = detect_version(header, source=Path(path).name or None)
+    except CheckpointError as e:
+        rep.error = str(e)
+        return rep
+    rep.parameterization = parameterization_for(rep.version)
+    try:
+        rep.config = infer_config(header, metadata)
+        rep.config_source = "metadata" if metadata and "colorize_config" in metadata else "shapes"
+        rep.size = _size_label(rep.config)
+    except CheckpointError as e:
+        rep.notes.append(f"config could not be derived: {e}")
+    rep.shapes_compared = rep.size == "full"
+    if rep.config is not None and rep.config_source == "shapes" and rep.config.unet.model_channels % 64:
+        rep.notes.append(
+            f"num_head_channels is not stored in the weights; assumed {rep.config.unet.num_head_channels}"
+        )
+    if not rep.shapes_compared:
+        rep.notes.append(
+            "not full size: shapes are not compared, and key names can differ from the released layout where "
+            "widths differ (e.g. skip_connection); only absent components count as a mismatch"
+        )
+    rep.components = _component_reports(header, rep.version, rep.shapes_compared)
+    return rep
+
+
+def inspect_path(path: str | Path) -> InspectReport:
+    """Inspect a checkpoint (.safetensors/.ckpt/.pt/.pth/.bin) or a layout JSON."""
+    p = Path(path)
+    if p.name.endswith((".json", ".json.gz")):
+        if not p.is_file():
+            raise CheckpointError(f"layout file not found: {p}")
+        return inspect_header(load_layout_json(p), None, str(p), "layout-json")
+    header = read_header(p)
+    metadata = read_metadata(p)
+    return inspect_header(header, metadata, str(p), "safetensors" if p.suffix.lower() == ".safetensors" else "torch")
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
+
+
+def _config_summary(cfg: ColorizerConfig, present: set[str]) -> str:
+    u, s, v = cfg.unet, cfg.sketch, cfg.vae
+    sketch = f"sketch encoder {s.model_channels} ch x {tuple(s.ch_mults)}" if "sketch_encoder" in present else "no sketch encoder"
+    vae = f"VAE {v.ch} ch x {tuple(v.ch_mult)}, {v.num_res_blocks} res blocks" if "vae" in present else "no VAE in the file"
+    return (
+        f"U-Net {u.model_channels} ch x {tuple(u.channel_mult)}, {u.num_res_blocks} res blocks, "
+        f"attn at {tuple(u.attention_resolutions)}, heads of {u.num_head_channels}, context {u.context_dim}; "
+        f"{sketch}; {vae}"
+    )
+
+
+def format_report(rep: InspectReport) -> str:
+    """Human-readable text of a report."""
+    lines = [f"file:             {rep.path} ({rep.source}, {rep.n_tensors} tensors, {_fmt_params(rep.n_params)} values)"]
+    if rep.error:
+        lines.append(f"result:           NOT RECOGNISED - {rep.error}")
+        return "\n".join(lines)
+    lines += [
+        f"version:          {rep.version} - {VERSION_TITLES[rep.version]}",
+        f"parameterization: {rep.parameterization} ({'v-prediction' if rep.parameterization == 'v' else 'epsilon-prediction'}; from the keys, not the file name)",
+    ]
+    if rep.config is not None:
+        lines.append(f"size:             {rep.size} (config from {rep.config_source})")
+        present = {c.name for c in rep.components if c.present}
+        lines.append(f"config:           {_config_summary(rep.config, present)}")
+    lines.append("")
+    lines.append(f"{'component':<16} {'expected':>8} {'present':>8} {'missing':>8} {'unexpect':>8} {'shape!=':>8}  dtypes")
+    for c in rep.components:
+        dt = ", ".join(f"{k} x{n}" for k, n in c.dtypes.items()) or "-"
+        if c.optional and c.present == 0 and c.unexpected == 0:
+            dt = f"absent (optional: {_OPTIONAL_WHY[c.name]})"
+        shp = str(c.mismatched) if rep.shapes_compared else "-"
+        lines.append(f"{c.name:<16} {c.expected:>8} {c.present:>8} {c.missing:>8} {c.unexpected:>8} {shp:>8}  {dt}")
+    for n in rep.notes:
+        lines.append(f"note: {n}")
+    bad = [c for c in rep.components if not c.ok]
+    lines.append("")
+    if not bad:
+        lines.append(f"result:           OK - matches the released {rep.version} key layout")
+    else:
+        lines.append(f"result:           MISMATCH in {', '.join(c.name for c in bad)}")
+        for c in bad:
+            lines.append(f"  {c.name}: e.g. {', '.join(c.examples)}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m colorize inspect PATH [--json]``: 0 = recognised and complete, 1 = key mismatch,
+    2 = unreadable or not a ColorizeDiffusion file."""
+    parser = argparse.ArgumentParser(
+        prog="python -m colorize inspect",
+        description="Describe a ColorizeDiffusion checkpoint or a key-layout JSON (reads headers only).",
+    )
+    parser.add_argument("path", type=Path, help="checkpoint (.safetensors/.ckpt/.pt/.pth/.bin) or layout .json")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        rep = inspect_path(args.path)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=1, default=str))
+    else:
+        print(format_report(rep))
+    if rep.error:
+        return 2
+    return 0 if rep.ok else 1
+
+
+__all__ = [
+    "ComponentReport",
+    "InspectReport",
+    "format_report",
+    "inspect_header",
+    "inspect_path",
+    "load_layout_json",
+    "main",
+]
