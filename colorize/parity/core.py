@@ -19,6 +19,11 @@ _KIND_MODULES = (
     "vae",
     "clip_embedder",
     "sampler",
+    "switch_split_attention",
+    "switch_conditioning",
+    "v2_encoders",
+    "v2_unet",
+    "manipulation",
 )
 
 
