@@ -37,15 +37,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from colorize.pipeline import Colorizer, GenerationSettings
     from colorize.preprocess import load_image, tensor_to_pil
     from colorize.progress import ProgressBar
-    from colorize.weights import default_checkpoint_name, default_clip_name, resolve
+    from colorize.weights import WeightsMissingError, default_checkpoint_name, default_clip_name, resolve
 
     if args.out.exists() and not args.overwrite:
         print(f"error: {args.out} exists; pass --overwrite or choose another --out", file=sys.stderr)
         return 2
     sketch, reference = load_image(args.sketch), load_image(args.reference)
-    download = not args.no_download
-    ckpt = resolve(args.checkpoint or default_checkpoint_name(), args.models_dir, download=download)
-    clip = resolve(args.clip or default_clip_name(), args.models_dir, download=download)
+    paths, missing = [], []
+    for name in (args.checkpoint or default_checkpoint_name(), args.clip or default_clip_name()):
+        try:  # resolve both before failing, so one run names every missing file
+            paths.append(resolve(name, args.models_dir, download=not args.no_download))
+        except WeightsMissingError as e:
+            missing.append(str(e))
+    if missing:
+        raise WeightsMissingError("\n\n".join(missing))
+    ckpt, clip = paths
     model = Colorizer.from_files(ckpt, clip, device=args.device, precision=args.precision)
     settings = GenerationSettings(
         steps=args.steps, sampler=args.sampler, scheduler=args.scheduler, reference_cfg=args.ref_cfg,

@@ -34,3 +34,14 @@ def test_unknown_kind_counts_as_failure(tmp_path: Path) -> None:
     _write(tmp_path, "no_such_kind", {"y": torch.zeros(1)}, 1e-3)
     (res,) = run_directory(tmp_path)
     assert not res.passed and "not implemented" in res.error
+
+
+def test_parity_command_passes_on_v1_fixtures(fixture_dir: Path, capsys) -> None:
+    """``python -m colorize.parity DIR --only <v1 kinds>``: every line PASS, exit 0."""
+    from colorize.parity.__main__ import main
+
+    v1 = ["unet_mult", "sketch_encoder", "vae", "clip_embedder", "sampler"]
+    code = main([str(fixture_dir), "--only", *v1])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert sum(line.split()[0] in v1 and "PASS" in line for line in out.splitlines()) == len(v1)

@@ -1,0 +1,174 @@
+"""End to end on tiny random weights: the library pipeline and ``python -m colorize``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from colorize.cli import main
+from colorize.pipeline import Colorizer, GenerationSettings
+from colorize.preprocess import InputError
+from colorize.sampling import SAMPLERS
+from colorize.tiny import write_tiny_weights
+
+REPO = Path(__file__).resolve().parents[1]
+SKETCH, REFERENCE = REPO / "examples" / "sketch.png", REPO / "examples" / "reference.png"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    write_tiny_weights(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tiny_dir: Path) -> tuple[Path, Path]:
+    (ckpt,) = (tiny_dir / "colorizediffusion").glob("*.safetensors")
+    (clip,) = (tiny_dir / "clip_vision").glob("*.safetensors")
+    return ckpt, clip
+
+
+@pytest.fixture(scope="module")
+def model(tiny_files: tuple[Path, Path]) -> Colorizer:
+    return Colorizer.from_files(*tiny_files, device="cpu")
+
+
+def S(**kw: object) -> GenerationSettings:
+    """Settings for a small, fast generation (64×64 unless given)."""
+    return GenerationSettings(**{"width": 64, "height": 64, **kw})  # type: ignore[arg-type]
+
+
+def _run(*args: str) -> int:
+    return main(["run", "--sketch", str(SKETCH), "--reference", str(REFERENCE), *args])
+
+
+def test_cli_end_to_end_writes_png(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.png"
+    assert _run("--out", str(out), "--models-dir", str(tiny_dir), "--steps", "4", "--width", "256", "--height", "256") == 0
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (256, 256) and im.mode == "RGB"
+        assert np.asarray(im).std() > 0  # not a blank image
+
+
+def test_cli_missing_weights_names_every_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _run("--out", str(tmp_path / "o.png"), "--models-dir", str(tmp_path / "empty"), "--no-download")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    for needle in ("mult-eps-ft.safetensors", "open_clip-ViT-H-14", str(tmp_path / "empty"), "tellurion/ColorizeDiffusion"):
+        assert needle in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_never_overwrites_output(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o.png"
+    out.write_bytes(b"precious")
+    assert _run("--out", str(out), "--models-dir", str(tiny_dir), "--steps", "1") == 2
+    assert out.read_bytes() == b"precious" and "--overwrite" in capsys.readouterr().err
+
+
+def test_renamed_checkpoint_still_detected(tiny_files: tuple[Path, Path], tmp_path: Path) -> None:
+    renamed = tmp_path / "some-v-prediction-model.safetensors"
+    renamed.write_bytes(tiny_files[0].read_bytes())
+    m = Colorizer.from_files(renamed, tiny_files[1], device="cpu")
+    assert m.config.version == "mult" and m.config.parameterization == "eps"
+
+
+@pytest.mark.parametrize("kind", ["foreign", "truncated", "missing"])
+def test_bad_checkpoints_give_clear_cli_errors(
+    kind: str, tiny_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.safetensors"
+    if kind == "foreign":
+        save_file({"encoder.layer.0.weight": torch.zeros(4, 4)}, str(bad))
+    elif kind == "truncated":
+        data = tiny_files[0].read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    code = _run("--out", str(tmp_path / "o.png"), "--checkpoint", str(bad), "--clip", str(tiny_files[1]), "--no-download")
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err
+    assert {"foreign": "not a ColorizeDiffusion", "truncated": "truncated", "missing": "bad.safetensors"}[kind] in err
+
+
+def test_odd_sizes_are_rounded_to_multiples_of_64(model: Colorizer) -> None:
+    sketch = torch.rand(1, 3, 90, 130)
+    out = model.colorize(sketch, torch.rand(1, 3, 50, 50), GenerationSettings(steps=1, width=100, height=70))
+    assert out.shape == (1, 3, 64, 128)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
+def test_image_modes_through_the_cli(mode: str, tiny_dir: Path, tmp_path: Path) -> None:
+    with Image.open(SKETCH) as im:
+        src = im.convert("L").resize((96, 96))
+    img = {"L": src, "RGBA": src.convert("RGBA"), "P": src.convert("P"),
+           "I;16": Image.fromarray(np.asarray(src, np.uint16) * 257)}[mode]
+    path = tmp_path / f"s_{mode.replace(';', '')}.png"
+    img.save(path)
+    out = tmp_path / "o.png"
+    code = main(["run", "--sketch", str(path), "--reference", str(path), "--out", str(out),
+                 "--models-dir", str(tiny_dir), "--steps", "1", "--width", "64", "--height", "64"])
+    assert code == 0 and out.is_file()
+
+
+def test_nan_inputs_rejected(model: Colorizer) -> None:
+    ref = torch.rand(1, 3, 64, 64)
+    ref[0, 1, 3, 3] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        model.colorize(torch.rand(1, 3, 64, 64), ref, S(steps=1))
+
+
+def test_seed_determinism(model: Colorizer) -> None:
+    s, r = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    a = model.colorize(s, r, S(steps=2, seed=3))
+    b = model.colorize(s, r, S(steps=2, seed=3))
+    c = model.colorize(s, r, S(steps=2, seed=4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_runs(model: Colorizer, sampler: str) -> None:
+    scheduler = "leading" if sampler == "dpm_solver" else "karras"
+    steps = []
+    out = model.colorize(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64),
+                         S(steps=3, sampler=sampler, scheduler=scheduler, sketch_cfg=2.0),
+                         callback=lambda info: steps.append(info["i"]))
+    assert torch.isfinite(out).all() and out.shape == (1, 3, 64, 64) and steps == [0, 1, 2]
+
+
+def test_interrupt_from_callback(model: Colorizer) -> None:
+    class Stop(Exception):
+        pass
+
+    def cb(info: dict) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        model.colorize(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64), S(steps=5), callback=cb)
+
+
+def test_bf16_precision_runs(tiny_files: tuple[Path, Path]) -> None:
+    m = Colorizer.from_files(*tiny_files, device="cpu", precision="bf16")
+    assert m.unet.input_blocks[0][0].weight.dtype == torch.bfloat16
+    assert m.unet.out[2].weight.dtype == torch.float32  # output head stays fp32, as in the official app
+    out = m.colorize(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64), S(steps=1))
+    assert torch.isfinite(out).all()
+
+
+def test_reference_and_sketch_cfg_change_the_result(model: Colorizer) -> None:
+    s, r = torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128)
+    kw = {"steps": 2, "width": 128, "height": 128}  # single-row batches need > 1 value per GroupNorm group
+    base = model.colorize(s, r, S(reference_cfg=1.0, **kw))
+    assert not torch.equal(base, model.colorize(s, r, S(reference_cfg=5.0, **kw)))
+    assert not torch.equal(base, model.colorize(s, r, S(reference_cfg=1.0, reference_strength=0.0, **kw)))
+
+
+def test_make_tiny_weights_refuses_to_overwrite_user_files(tmp_path: Path) -> None:
+    user = tmp_path / "colorizediffusion" / "mult-eps-ft.safetensors"
+    user.parent.mkdir(parents=True)
+    user.write_bytes(b"a real checkpoint")
+    assert main(["make-tiny-weights", str(tmp_path)]) == 2
+    assert user.read_bytes() == b"a real checkpoint"
