@@ -29,6 +29,7 @@ from colorize.config import (
     VAEConfig,
     Version,
 )
+from colorize.schedule import BUFFER_NAMES
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -48,20 +49,7 @@ COMPONENT_PREFIXES: dict[str, str] = {
     "bg_encoder": "bg_encoder.",
     "style_encoder": "style_encoder.",
 }
-SCHEDULE_BUFFERS: tuple[str, ...] = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-)
+SCHEDULE_BUFFERS: tuple[str, ...] = BUFFER_NAMES
 COMPONENTS: tuple[str, ...] = (*COMPONENT_PREFIXES, "schedule", "unexpected")
 OPTIONAL_COMPONENTS: tuple[str, ...] = ("clip_visual", "clip_text", "schedule")
 # CLIP comes from its own file and the schedule buffers are recomputed (§5.1): never required.

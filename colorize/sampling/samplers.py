@@ -115,13 +115,17 @@ def sample_dpmpp_2m(
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
+    lower_order_final: bool = False,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al., 2022, Alg. 2): multistep second order in lambda = -log sigma.
 
-    First order on the first step and on a final step to sigma = 0 (there it returns x0).
+    First order on the first step and on a final step to sigma = 0 (there it returns x0). With
+    ``lower_order_final`` and fewer than 15 steps the last step is first order even when its target
+    sigma is not 0 (diffusers' rule, used by :func:`sample_dpm_solver`).
     """
+    n = len(sigmas) - 1
     old_denoised, h_last = None, None
-    for i in range(len(sigmas) - 1):
+    for i in range(n):
         denoised = _step(model, x, sigmas[i], i, extra_args, callback)
         s, s_next = sigmas[i], sigmas[i + 1]
         if s_next == 0:
@@ -129,7 +133,8 @@ def sample_dpmpp_2m(
             break
         h = s.log() - s_next.log()
         d = denoised
-        if old_denoised is not None:
+        first_order_last = lower_order_final and i == n - 1 and n < 15
+        if old_denoised is not None and not first_order_last:
             r = h_last / h
             d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
         x = (s_next / s) * x - torch.expm1(-h) * d
@@ -168,7 +173,6 @@ def sample_dpmpp_2m_sde(
     return x
 
 
-@torch.no_grad()
 def sample_dpm_solver(
     model: Denoiser,
     x: Tensor,
@@ -179,26 +183,10 @@ def sample_dpm_solver(
 ) -> Tensor:
     """DPM-Solver++(2M) with diffusers' step rules (order 2, lower-order first and final step), on any sigmas.
 
-    Same update as :func:`sample_dpmpp_2m`, except that with fewer than 15 steps the final step is first order
-    even when the last sigma is not 0 (diffusers' ``lower_order_final``). For the official default sampler with its own
-    integer timesteps use :func:`colorize.sampling.dpm_solver.sample_dpm_solver`.
+    For the official default sampler with its own integer timesteps use
+    :func:`colorize.sampling.dpm_solver.sample_dpm_solver`.
     """
-    n = len(sigmas) - 1
-    old_denoised, h_last = None, None
-    for i in range(n):
-        denoised = _step(model, x, sigmas[i], i, extra_args, callback)
-        s, s_next = sigmas[i], sigmas[i + 1]
-        if s_next == 0:
-            x = denoised
-            break
-        h = s.log() - s_next.log()
-        d = denoised
-        if old_denoised is not None and (i < n - 1 or n >= 15):
-            r = h_last / h
-            d = denoised + (denoised - old_denoised) / (2 * r)
-        x = (s_next / s) * x - torch.expm1(-h) * d
-        old_denoised, h_last = denoised, h
-    return x
+    return sample_dpmpp_2m(model, x, sigmas, extra_args, callback, generator, lower_order_final=True)
 
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
