@@ -21,7 +21,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=None, help="output height (multiple of 64)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--sampler", default="dpm_solver", help="dpm_solver (official default), euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, ddim")
-    p.add_argument("--scheduler", default="karras", help="karras or uniform (k-diffusion samplers)")
+    p.add_argument("--scheduler", default="leading",
+                   help="leading (official DDPM timesteps; with dpm_solver = the official app's default), karras, uniform, exponential")
     p.add_argument("--ref-cfg", type=float, default=4.0, help="reference guidance scale (1 = off)")
     p.add_argument("--sketch-cfg", type=float, default=1.0, help="sketch guidance scale (1 = off)")
     p.add_argument("--strength", type=float, default=1.0, help="reference strength (cross-attention scale)")

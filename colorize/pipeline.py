@@ -95,6 +95,115 @@ def sampling_sigmas(settings: GenerationSettings, schedule: DiscreteSchedule, cf
     return SCHEDULERS[settings.scheduler](settings.steps, schedule, device=device)
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (modules may be moved between calls, e.g. by ComfyUI)."""
+    return next(module.parameters()).device
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def cast_for_inference(
+    unet: nn.Module, sketch_encoder: nn.Module, vae: nn.Module, device: torch.device, dtype: torch.dtype
+) -> None:
+    """Place and cast in place, as the official app: U-Net and sketch encoder in ``dtype`` (the U-Net's time
+    embedding and output head stay fp32), the VAE in fp32; all frozen and in eval mode."""
+    unet.to(device, dtype).eval().requires_grad_(False)
+    if dtype != torch.float32:
+        unet.time_embed.float()
+        unet.out.float()
+    sketch_encoder.to(device, dtype).eval().requires_grad_(False)
+    vae.to(device, torch.float32).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def reference_tokens(reference_encoder: nn.Module, reference: Tensor) -> Tensor:
+    """Reference image(s) in [-1, 1] → (b, 256, C) patch tokens (CLS dropped, as the released models use).
+
+    ``reference_encoder`` is anything with ``encode_image(image, "full") -> (b, 1 + 256, C)``; the image is
+    moved to the device of its first parameter when it has one."""
+    image = check_image(reference, "reference")
+    params = getattr(reference_encoder, "parameters", None)
+    if params is not None:
+        image = image.to(next(params()).device)
+    return reference_encoder.encode_image(image, "full")[:, 1:]
+
+
+@torch.no_grad()
+def sketch_hints(sketch_encoder: nn.Module, sketch: Tensor, strength: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
+    """Prepared sketch(es) (lines +1, background -1) → (hints, hints of the blank sketch), both × ``strength``.
+
+    Runs on the encoder's device and dtype (Eq. 5.1: the hints are added to the U-Net features)."""
+    sketch = sketch.to(module_device(sketch_encoder), module_dtype(sketch_encoder))
+    both = sketch_encoder(torch.cat([sketch, blank_sketch(sketch.shape[0], tuple(sketch.shape[-2:])).to(sketch)]))
+    b = sketch.shape[0]
+    return [h[:b] * strength for h in both], [h[b:] * strength for h in both]
+
+
+def make_conditioning(
+    tokens: Tensor, hints: Sequence[Tensor], hints_uncond: Sequence[Tensor], dtype: torch.dtype, device: torch.device | None = None
+) -> Conditioning:
+    """Pair reference tokens with sketch hints (a batch of 1 is repeated to the other's batch size)."""
+    b = max(tokens.shape[0], hints[0].shape[0])
+    move = (lambda t: t.to(device)) if device is not None else (lambda t: t)
+    tokens = move(_repeat_to(tokens, b, "reference"))
+    hints = [move(_repeat_to(h, b, "sketch")) for h in hints]
+    hints_uncond = [move(_repeat_to(h, b, "sketch")) for h in hints_uncond]
+    return Conditioning(tokens.to(dtype), hints, hints_uncond)
+
+
+def initial_noise(config: ColorizerConfig, batch: int, size: tuple[int, int], seed: int, device: torch.device) -> Tensor:
+    """Seeded standard-normal latent, drawn on the CPU so a seed gives the same image on any device."""
+    f = config.vae.downsample_factor
+    g = torch.Generator().manual_seed(int(seed))
+    shape = (batch, config.vae.z_channels, size[0] // f, size[1] // f)
+    return torch.randn(shape, generator=g).to(device)
+
+
+@torch.no_grad()
+def sample_latent(
+    unet: nn.Module,
+    schedule: DiscreteSchedule,
+    config: ColorizerConfig,
+    cond: Conditioning,
+    size: tuple[int, int],
+    settings: GenerationSettings,
+    callback: StepCallback | None = None,
+) -> Tensor:
+    """Dual-CFG sampling on the U-Net's device; returns the final latent (b, 4, H/8, W/8) in the
+    diffusion space (VAE latent × ``scale_factor``, 0.18215). ``callback`` gets every step's info dict
+    plus ``total``; an exception raised there stops sampling (how hosts interrupt)."""
+    settings.validate()
+    scales = settings.reference_scales()
+    device = module_device(unet)
+
+    def model_fn(x: Tensor, t: Tensor, rows: tuple[str, ...]) -> Tensor:
+        context, hints = cond.rows(rows)
+        return unet(x, t, context, hints, scales).float()
+
+    den = GuidedDenoiser(model_fn, schedule, config.parameterization, settings.reference_cfg, settings.sketch_cfg)
+    noise = initial_noise(config, cond.context.shape[0], size, settings.seed, device)
+    total = settings.steps
+
+    def step(info: dict[str, Any]) -> None:
+        if callback is not None:
+            callback({**info, "total": total})
+
+    if settings.sampler == "dpm_solver" and settings.scheduler == "leading":
+        return sample_dpm_solver(den.model_output, noise, settings.steps, config.schedule,
+                                 config.parameterization, callback=step)
+    sigmas = sampling_sigmas(settings, schedule, config, device)
+    gen = torch.Generator(device=device).manual_seed(int(settings.seed) + 1)
+    return SAMPLERS[settings.sampler](den, noise * sigmas[0], sigmas, callback=step, generator=gen)
+
+
+@torch.no_grad()
+def vae_decode(vae: nn.Module, z: Tensor) -> Tensor:
+    """Raw VAE latent (ComfyUI's LATENT convention, *not* × 0.18215) → image in [-1, 1], on the VAE's device."""
+    return vae.decode(z.to(module_device(vae), torch.float32)).clamp(-1, 1)
+
+
 class Colorizer:
     """A loaded v1 colorizer: ``colorize(sketch, reference, settings) -> image``.
 
@@ -117,12 +226,8 @@ class Colorizer:
         self.config = config
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
-        self.unet = unet.to(self.device, self.dtype).eval().requires_grad_(False)
-        if self.dtype != torch.float32:
-            self.unet.time_embed.float()
-            self.unet.out.float()
-        self.sketch_encoder = sketch_encoder.to(self.device, self.dtype).eval().requires_grad_(False)
-        self.vae = vae.to(self.device, torch.float32).eval().requires_grad_(False)
+        cast_for_inference(unet, sketch_encoder, vae, self.device, self.dtype)
+        self.unet, self.sketch_encoder, self.vae = unet, sketch_encoder, vae
         self.reference_encoder = reference_encoder.to(self.device, torch.float32).eval()
         self.schedule = (
             DiscreteSchedule(alphas_cumprod.float()) if alphas_cumprod is not None
@@ -147,71 +252,33 @@ class Colorizer:
         return cls(mods.config, mods.unet, mods.sketch_encoder, mods.vae, ref, device, precision, mods.alphas_cumprod)
 
     # ------------------------------------------------------------------ encoders
-    @torch.no_grad()
     def encode_reference(self, reference: Tensor) -> Tensor:
         """Reference image(s) in [-1, 1] → (b, 256, C) patch tokens (CLS dropped, as the released models use)."""
-        tokens = self.reference_encoder.encode_image(check_image(reference, "reference").to(self.device), "full")
-        return tokens[:, 1:]
+        return reference_tokens(self.reference_encoder, reference)
 
-    @torch.no_grad()
     def encode_sketch(self, sketch: Tensor, strength: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
         """Prepared sketch(es) (lines +1) → (hints, hints of the blank sketch), both × ``strength``."""
-        sketch = sketch.to(self.device, self.dtype)
-        both = self.sketch_encoder(torch.cat([sketch, blank_sketch(sketch.shape[0], tuple(sketch.shape[-2:])).to(sketch)]))
-        b = sketch.shape[0]
-        return [h[:b] * strength for h in both], [h[b:] * strength for h in both]
+        return sketch_hints(self.sketch_encoder, sketch, strength)
 
     def conditioning(self, sketch: Tensor, reference: Tensor, settings: GenerationSettings) -> Conditioning:
         tokens = self.encode_reference(reference)
         hints, hints_uncond = self.encode_sketch(sketch, settings.sketch_strength)
-        b = max(tokens.shape[0], hints[0].shape[0])
-        tokens = _repeat_to(tokens, b, "reference")
-        hints = [_repeat_to(h, b, "sketch") for h in hints]
-        hints_uncond = [_repeat_to(h, b, "sketch") for h in hints_uncond]
-        return Conditioning(tokens.to(self.dtype), hints, hints_uncond)
+        return make_conditioning(tokens, hints, hints_uncond, self.dtype)
 
     # ------------------------------------------------------------------ sampling
     def initial_noise(self, batch: int, size: tuple[int, int], seed: int) -> Tensor:
         """Seeded standard-normal latent, drawn on the CPU so a seed gives the same image on any device."""
-        f = self.config.vae.downsample_factor
-        g = torch.Generator().manual_seed(int(seed))
-        shape = (batch, self.config.vae.z_channels, size[0] // f, size[1] // f)
-        return torch.randn(shape, generator=g).to(self.device)
+        return initial_noise(self.config, batch, size, seed, self.device)
 
-    @torch.no_grad()
     def sample(
         self, cond: Conditioning, size: tuple[int, int], settings: GenerationSettings, callback: StepCallback | None = None
     ) -> Tensor:
         """Run the sampler; returns the final latent (b, 4, H/8, W/8), unscaled (VAE space × 0.18215)."""
-        settings.validate()
-        scales = settings.reference_scales()
-        unet = self.unet
+        return sample_latent(self.unet, self.schedule, self.config, cond, size, settings, callback)
 
-        def model_fn(x: Tensor, t: Tensor, rows: tuple[str, ...]) -> Tensor:
-            context, hints = cond.rows(rows)
-            return unet(x, t, context, hints, scales).float()
-
-        den = GuidedDenoiser(model_fn, self.schedule, self.config.parameterization,
-                             settings.reference_cfg, settings.sketch_cfg)
-        noise = self.initial_noise(cond.context.shape[0], size, settings.seed)
-        total = settings.steps
-
-        def step(info: dict[str, Any]) -> None:
-            if callback is not None:
-                callback({**info, "total": total})
-
-        if settings.sampler == "dpm_solver" and settings.scheduler == "leading":
-            return sample_dpm_solver(den.model_output, noise, settings.steps, self.config.schedule,
-                                     self.config.parameterization, callback=step)
-        sigmas = sampling_sigmas(settings, self.schedule, self.config, self.device)
-        gen = torch.Generator(device=self.device).manual_seed(int(settings.seed) + 1)
-        return SAMPLERS[settings.sampler](den, noise * sigmas[0], sigmas, callback=step, generator=gen)
-
-    @torch.no_grad()
     def decode(self, latent: Tensor) -> Tensor:
-        """Latent → image in [-1, 1]."""
-        z = latent.to(self.device, torch.float32) / self.config.vae.scale_factor
-        return self.vae.decode(z).clamp(-1, 1)
+        """Latent (VAE space × 0.18215, as :meth:`sample` returns) → image in [-1, 1]."""
+        return vae_decode(self.vae, latent.float() / self.config.vae.scale_factor)
 
     # ------------------------------------------------------------------ all at once
     def colorize(
