@@ -1,0 +1,159 @@
+"""Model configs inferred from checkpoint shapes (or from the tiny writer's metadata)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from typing import Any, Iterable, Mapping
+
+from colorize.checkpoint.common import CheckpointError, shape_of
+from colorize.checkpoint.keys import (
+    detect_version,
+    parameterization_for,
+    split_by_prefix,
+)
+from colorize.config import (
+    ClipConfig,
+    ColorizerConfig,
+    SketchEncoderConfig,
+    UNetConfig,
+    VAEConfig,
+)
+
+CONFIG_METADATA_KEY = "colorize_config"  # safetensors __metadata__ entry holding ColorizerConfig.to_dict() JSON
+
+# --------------------------------------------------------------------------------------------
+# Config inference from shapes
+# --------------------------------------------------------------------------------------------
+
+
+def _need(shapes: Mapping[str, Any], key: str, what: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise CheckpointError(f"cannot infer the {what} configuration: key {key!r} is missing.")
+    return shape_of(shapes[key])
+
+
+def _indices(keys: Iterable[str], pattern: str) -> list[int]:
+    rx = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in keys if (m := rx.match(k))})
+
+
+def default_num_head_channels(model_channels: int) -> int:
+    """Head width when no metadata says: 64 (SD2.1) if it divides the width, else the largest of
+    32/16/8 giving at least two heads at the first level (matches the tiny presets)."""
+    if model_channels % 64 == 0:
+        return 64
+    for c in (32, 16, 8):
+        if model_channels % c == 0 and model_channels // c >= 2:
+            return c
+    return model_channels
+
+
+def infer_unet_config(unet: Mapping[str, Any], num_head_channels: int | None = None) -> UNetConfig:
+    """UNetConfig from U-Net shapes (keys without the ``model.diffusion_model.`` prefix)."""
+    w0 = _need(unet, "input_blocks.0.0.weight", "U-Net")
+    mc, in_ch = w0[0], w0[1]
+    out_ch = _need(unet, "out.2.weight", "U-Net")[0]
+    blocks = _indices(unet, r"input_blocks\.(\d+)\.")
+    downs = _indices(unet, r"input_blocks\.(\d+)\.0\.op\.weight$")
+    levels = len(downs) + 1
+    n_res, rem = divmod(len(blocks) - 1 - len(downs), levels)
+    if rem or n_res < 1:
+        raise CheckpointError(f"cannot infer the U-Net configuration: {len(blocks)} input blocks do not form {levels} levels.")
+    mult, attn, attn_blocks = [], [], []
+    for level in range(levels):
+        first = 1 + level * (n_res + 1)
+        ch = _need(unet, f"input_blocks.{first}.0.out_layers.3.weight", "U-Net")[0]
+        if ch % mc:
+            raise CheckpointError(f"cannot infer the U-Net configuration: level {level} width {ch} is not a multiple of {mc}.")
+        mult.append(ch // mc)
+        if any(k.startswith(f"input_blocks.{first}.1.") for k in unet):
+            attn.append(2**level)
+            attn_blocks.append(f"input_blocks.{first}.1.")
+    k_keys = sorted(k for k in unet if k.endswith("attn2.to_k.weight"))
+    if not k_keys:
+        raise CheckpointError("cannot infer the U-Net configuration: no cross-attention (attn2.to_k) weights found.")
+    context_dim = shape_of(unet[k_keys[0]])[1]
+    depth_src = attn_blocks[0] if attn_blocks else "middle_block.1."
+    depth = len(_indices(unet, re.escape(depth_src) + r"transformer_blocks\.(\d+)\.")) or 1
+    return UNetConfig(
+        in_channels=in_ch,
+        out_channels=out_ch,
+        model_channels=mc,
+        channel_mult=tuple(mult),
+        num_res_blocks=n_res,
+        attention_resolutions=tuple(sorted(attn, reverse=True)),
+        num_head_channels=num_head_channels or default_num_head_channels(mc),
+        transformer_depth=depth,
+        context_dim=context_dim,
+    )
+
+
+def infer_sketch_config(sketch: Mapping[str, Any]) -> SketchEncoderConfig:
+    """SketchEncoderConfig from ``control_encoder.*`` shapes (prefix stripped)."""
+    in_ch = _need(sketch, "model.0.weight", "sketch encoder")[1]
+    mc = _need(sketch, "zero_layer.0.weight", "sketch encoder")[0]
+    outs = _indices(sketch, r"output_blocks\.(\d+)\.1\.weight$")
+    return SketchEncoderConfig(
+        in_ch=in_ch,
+        model_channels=mc,
+        ch_mults=tuple(shape_of(sketch[f"output_blocks.{i}.1.weight"])[0] // mc for i in outs),
+    )
+
+
+def infer_vae_config(vae: Mapping[str, Any]) -> VAEConfig:
+    """VAEConfig from ``first_stage_model.*`` shapes (prefix stripped)."""
+    conv_in = _need(vae, "encoder.conv_in.weight", "VAE")
+    ch = conv_in[0]
+    levels = _indices(vae, r"encoder\.down\.(\d+)\.")
+    ch_mult = tuple(_need(vae, f"encoder.down.{i}.block.0.conv2.weight", "VAE")[0] // ch for i in levels)
+    return VAEConfig(
+        embed_dim=_need(vae, "quant_conv.weight", "VAE")[0] // 2,
+        z_channels=_need(vae, "decoder.conv_in.weight", "VAE")[1],
+        in_channels=conv_in[1],
+        out_ch=_need(vae, "decoder.conv_out.weight", "VAE")[0],
+        ch=ch,
+        ch_mult=ch_mult,
+        num_res_blocks=len(_indices(vae, r"encoder\.down\.0\.block\.(\d+)\.")),
+    )
+
+
+def _config_from_metadata(text: str) -> ColorizerConfig:
+    try:
+        return ColorizerConfig.from_dict(json.loads(text))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"the {CONFIG_METADATA_KEY!r} metadata entry is not a valid config ({e}).") from None
+
+
+def infer_config(
+    shapes: Mapping[str, Any],
+    metadata: Mapping[str, str] | None = None,
+    num_head_channels: int | None = None,
+) -> ColorizerConfig:
+    """A :class:`ColorizerConfig` for a checkpoint, from its key shapes.
+
+    The ``colorize_config`` metadata entry (written by the tiny-weights writer) is preferred
+    when present; it is checked against the U-Net shapes. Otherwise every size is derived from
+    shapes; ``num_head_channels`` is not visible in shapes, so it comes from the argument or
+    :func:`default_num_head_channels`. Components missing from the file keep their defaults;
+    the CLIP config is always the default (CLIP comes from a separate file).
+    """
+    version = detect_version(shapes)
+    parts = split_by_prefix(shapes)
+    if metadata and CONFIG_METADATA_KEY in metadata:
+        cfg = _config_from_metadata(metadata[CONFIG_METADATA_KEY])
+        w0 = parts["unet"].get("input_blocks.0.0.weight")
+        if w0 is not None and shape_of(w0)[0] != cfg.unet.model_channels:
+            raise CheckpointError(
+                f"the {CONFIG_METADATA_KEY!r} metadata says model_channels={cfg.unet.model_channels} but the "
+                f"U-Net weights have {shape_of(w0)[0]}; the file was modified after it was written."
+            )
+        return replace(cfg, version=version, parameterization=parameterization_for(version))
+    return ColorizerConfig(
+        version=version,
+        parameterization=parameterization_for(version),
+        unet=infer_unet_config(parts["unet"], num_head_channels),
+        sketch=infer_sketch_config(parts["sketch_encoder"]) if parts["sketch_encoder"] else SketchEncoderConfig(),
+        vae=infer_vae_config(parts["vae"]) if parts["vae"] else VAEConfig(),
+        clip=ClipConfig(),
+    )
