@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from colorize.preprocess import InputError
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -18,9 +20,16 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from e
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but this PyTorch build sees no CUDA GPU; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(f"device {name!r} requested but Metal (MPS) is not available; use --device cpu or auto")
+    return device
 
 
 def resolve_dtype(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -31,5 +40,5 @@ def resolve_dtype(precision: str | torch.dtype | None, device: torch.device) -> 
     if precision == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if precision not in _DTYPES:
-        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     return _DTYPES[precision]

@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from colorize.checkpoint import (
+    COMPONENT_PREFIXES,
     CONFIG_METADATA_KEY,
     CheckpointError,
-    detect_version,
     expected_layout,
-    infer_config,
     load_state_dict_file,
+    read_checkpoint_info,
     read_metadata,
     split_by_prefix,
     validate_keys,
@@ -56,37 +56,37 @@ class ColorizerModules:
     alphas_cumprod: torch.Tensor | None
 
 
-def load_checkpoint_modules(path: PathLike) -> ColorizerModules:
-    """U-Net, sketch encoder and VAE of a ColorizeDiffusion checkpoint (version detected from keys)."""
+def load_checkpoint_modules(path: PathLike, include_clip: bool = False) -> ColorizerModules:
+    """U-Net, sketch encoder and VAE of a ColorizeDiffusion checkpoint (version detected from keys).
+
+    The header is read first: version, config and key layout are checked before any tensor is
+    loaded, and only the needed components are read (CLIP weights a checkpoint may carry are
+    skipped unless ``include_clip``).
+    """
     from colorize.models.sketch_encoder import SketchEncoder
     from colorize.models.unet import DualCondUNet
     from colorize.models.vae import AutoencoderKL
 
-    sd = load_state_dict_file(path)
     name = os.path.basename(os.fspath(path))
-    version = detect_version(sd, source=name)
-    if version != "mult":
+    info = read_checkpoint_info(path)
+    if info.version != "mult":
         raise CheckpointError(
-            f"{name} is a {version} checkpoint (detected from its keys). This release runs v1 ('mult') "
+            f"{name} is a {info.version} checkpoint (detected from its keys). This release runs v1 ('mult') "
             "checkpoints; v1.5 ('switch') and v2 support is under way. Use mult-eps-ft.safetensors for now."
         )
-    metadata = read_metadata(path) if os.fspath(path).endswith(".safetensors") else {}
-    config = infer_config(sd, metadata)
-    parts = split_by_prefix(sd)
+    config = info.config
     if not config.tiny:
-        layout = {k: v for k, v in expected_layout(version).items()}
-        validate_keys(layout, sd, what=name)
-    unet = materialize(lambda: DualCondUNet(config.unet), parts["unet"], f"{name} (U-Net)")
-    sketch = materialize(lambda: SketchEncoder(config.sketch), parts["sketch_encoder"], f"{name} (sketch encoder)")
-    vae = materialize(lambda: AutoencoderKL(config.vae), parts["vae"], f"{name} (VAE)")
+        validate_keys(expected_layout(info.version), info.header, what=name)
+    wanted = ["unet", "sketch_encoder", "vae"] + (["clip_visual", "clip_text"] if include_clip else [])
+    prefixes = [COMPONENT_PREFIXES[c] for c in wanted] + ["alphas_cumprod"]
+    parts = split_by_prefix(load_state_dict_file(path, prefixes=prefixes))
+    unet = materialize(lambda: DualCondUNet(config.unet), parts.pop("unet"), f"{name} (U-Net)")
+    sketch = materialize(lambda: SketchEncoder(config.sketch), parts.pop("sketch_encoder"), f"{name} (sketch encoder)")
+    vae = materialize(lambda: AutoencoderKL(config.vae), parts.pop("vae"), f"{name} (VAE)")
     ref = None
-    if parts.get("clip_visual"):
-        ref = load_reference_encoder_from_state_dict(
-            {**{"visual." + k: v for k, v in parts["clip_visual"].items()},
-             **dict(parts.get("clip_text") or {})},
-            config.clip,
-            name,
-        )
+    if include_clip and parts.get("clip_visual"):
+        sd = {**{"visual." + k: v for k, v in parts["clip_visual"].items()}, **dict(parts.get("clip_text") or {})}
+        ref = load_reference_encoder_from_state_dict(sd, config.clip, name)
     acp = parts.get("schedule", {}).get("alphas_cumprod")
     return ColorizerModules(config, unet, sketch, vae, ref, acp)
 
@@ -99,9 +99,13 @@ def clip_config_for(metadata: Mapping[str, str]) -> ClipConfig:
 
 
 def load_reference_encoder_from_state_dict(
-    sd: Mapping[str, torch.Tensor], cfg: ClipConfig, what: str
+    sd: Mapping[str, torch.Tensor], cfg: ClipConfig, what: str, with_text: bool = True
 ) -> nn.Module:
-    """A frozen :class:`~colorize.models.clip.ReferenceEncoder` from open_clip or clip_vision weights."""
+    """A frozen :class:`~colorize.models.clip.ReferenceEncoder` from open_clip or clip_vision weights.
+
+    ``with_text=False`` drops the text tower (354 M parameters for ViT-H) even when the file has it:
+    colorization needs only the vision tower; text manipulation needs both.
+    """
     from colorize.models.clip import ReferenceEncoder
     from colorize.models.clip_convert import to_open_clip
 
@@ -109,7 +113,9 @@ def load_reference_encoder_from_state_dict(
         oc = to_open_clip(dict(sd))
     except ValueError as e:
         raise CheckpointError(f"{what}: not a usable CLIP ViT checkpoint: {e}") from None
-    with_text = "token_embedding.weight" in oc
+    with_text = with_text and "token_embedding.weight" in oc
+    if not with_text:
+        oc = {k: v for k, v in oc.items() if k.startswith("visual.")}
     width = cfg.vision.get("width")
     conv = oc.get("visual.conv1.weight")
     if conv is not None and conv.shape[0] != width:
@@ -129,8 +135,9 @@ def load_reference_encoder_from_state_dict(
     return enc
 
 
-def load_reference_encoder(path: PathLike) -> nn.Module:
+def load_reference_encoder(path: PathLike, with_text: bool = True) -> nn.Module:
     """The reference encoder from an open_clip-format or HF/ComfyUI clip_vision-format file."""
     sd = load_state_dict_file(path)
     metadata = read_metadata(path) if os.fspath(path).endswith(".safetensors") else {}
-    return load_reference_encoder_from_state_dict(sd, clip_config_for(metadata), os.path.basename(os.fspath(path)))
+    name = os.path.basename(os.fspath(path))
+    return load_reference_encoder_from_state_dict(sd, clip_config_for(metadata), name, with_text)

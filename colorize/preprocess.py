@@ -65,25 +65,45 @@ def tensor_to_pil(image: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in x]
 
 
-def check_image(image: torch.Tensor, name: str) -> torch.Tensor:
-    """Validate a ``(B, C, H, W)`` image tensor; 1- or 4-channel inputs become 3-channel."""
+def check_image(image: torch.Tensor, name: str, value_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Validate a ``(B, C, H, W)`` image tensor and return it as float.
+
+    1-channel images become 3-channel; 4-channel ones are composited over white (as
+    :func:`load_image` does: a transparent line-art background is paper). Integer tensors
+    (uint8 / uint16 / int) are scaled to [0, 1]. Float values must lie in ``value_range``.
+    """
     if not isinstance(image, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
     if image.ndim == 3:
         image = image[None]
     if image.ndim != 4:
         raise InputError(f"{name} must have shape (B, C, H, W); got {tuple(image.shape)}")
-    if image.shape[1] == 1:
-        image = image.expand(-1, 3, -1, -1)
-    elif image.shape[1] == 4:
-        image = image[:, :3]
-    elif image.shape[1] != 3:
+    if image.shape[1] not in (1, 3, 4):
         raise InputError(f"{name} must have 1, 3 or 4 channels; got {image.shape[1]}")
     if image.shape[-1] < 8 or image.shape[-2] < 8:
         raise InputError(f"{name} is too small ({image.shape[-2]}x{image.shape[-1]} px); use at least 8x8")
+    if not image.is_floating_point():
+        peak = 255.0 if image.dtype == torch.uint8 else float(max(int(image.max()), 1))
+        image = image.float() / (65535.0 if peak > 255 else peak)
+        image = image * (value_range[1] - value_range[0]) + value_range[0]
+    image = image.float()
     if not torch.isfinite(image).all():
         raise InputError(f"{name} contains NaN or infinite values; check the node or code that produced it")
-    return image.float()
+    lo, hi = float(image.min()), float(image.max())
+    tol = 1e-3 * (value_range[1] - value_range[0])
+    if lo < value_range[0] - tol or hi > value_range[1] + tol:
+        raise InputError(
+            f"{name} values must lie in [{value_range[0]:g}, {value_range[1]:g}]; got [{lo:.4g}, {hi:.4g}]. "
+            "Convert 0..255 images with x / 255 and [-1, 1] images with (x + 1) / 2."
+        )
+    image = image.clamp(*value_range)
+    if image.shape[1] == 1:
+        image = image.expand(-1, 3, -1, -1)
+    elif image.shape[1] == 4:
+        lo_v, hi_v = value_range
+        alpha = (image[:, 3:] - lo_v) / (hi_v - lo_v)
+        image = image[:, :3] * alpha + hi_v * (1 - alpha)  # over white
+    return image
 
 
 def to_signed(image01: torch.Tensor) -> torch.Tensor:

@@ -97,3 +97,21 @@ def test_nan_and_bad_shapes_rejected() -> None:
     with pytest.raises(InputError, match="channels"):
         prepare_reference(torch.zeros(1, 2, 64, 64))
     assert prepare_reference(torch.zeros(1, 4, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_integer_tensors_are_scaled_and_out_of_range_floats_rejected() -> None:
+    u8 = torch.full((1, 3, 16, 16), 255, dtype=torch.uint8)
+    u8[..., 0, 0] = 0
+    x = prepare_reference(u8)
+    assert x.max() == 1 and x.min() == -1
+    with pytest.raises(InputError, match=r"\[0, 1\].*255"):
+        prepare_reference(torch.full((1, 3, 16, 16), 200.0))
+    with pytest.raises(InputError, match=r"\(x \+ 1\) / 2"):
+        prepare_sketch(torch.full((1, 3, 64, 64), -1.0), (64, 64))
+
+
+def test_rgba_tensor_is_composited_over_white() -> None:
+    rgba = torch.zeros(1, 4, 64, 64)  # black, fully transparent except one opaque line
+    rgba[:, 3, 32, :] = 1.0
+    s = prepare_sketch(rgba, (64, 64), "invert")
+    assert torch.all(s[:, :, 32, :] == 1) and torch.all(s[:, :, 10, :] == -1)

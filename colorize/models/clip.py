@@ -81,8 +81,11 @@ class ReferenceEncoder(nn.Module):
     def preprocess(self, image: Tensor) -> Tensor:
         """[-1,1] image of any size → squash-resized (S×S, bicubic, align_corners, antialias), CLIP-normalised."""
         x = image.float()
+        device = x.device
+        if device.type == "mps":  # antialiased bicubic is missing on MPS in many torch releases; it is cheap on CPU
+            x = x.cpu()
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=True,
-                          antialias=True)
+                          antialias=True).to(device)
         x = (x + 1.0) / 2.0
         mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
