@@ -1,9 +1,28 @@
-"""ComfyUI entry point for the ColorizeDiffusion node pack.
+"""ComfyUI entry point of the ColorizeDiffusion node pack (classic ``NODE_CLASS_MAPPINGS`` API).
 
-ComfyUI imports this folder as a package; the nodes themselves live in ``nodes/`` and the
-model code in ``colorize/`` (pure PyTorch, usable without ComfyUI).
+ComfyUI imports this folder from ``custom_nodes/`` under a module name made from its path, so the pack's
+own library ``colorize`` is made importable by putting this folder on ``sys.path``. The nodes live in
+``nodes/`` and the model code in ``colorize/`` (plain PyTorch, usable without ComfyUI).
 """
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+import os
+import sys
+
+_PACK_DIR = os.path.dirname(os.path.abspath(__file__))
+if _PACK_DIR not in sys.path:
+    sys.path.insert(0, _PACK_DIR)
+
+_colorize = sys.modules.get("colorize")
+_own = os.path.realpath(os.path.join(_PACK_DIR, "colorize"))
+if _colorize is not None and not os.path.realpath(getattr(_colorize, "__file__", "") or "").startswith(_own):
+    raise ImportError(
+        f"another module named 'colorize' is already imported ({getattr(_colorize, '__file__', '?')}); "
+        f"the ColorizeDiffusion pack needs its own ({os.path.join(_PACK_DIR, 'colorize')})"
+    )
+
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:  # loaded as a plain module (e.g. by a tool scanning the repository): no relative imports
+    NODE_CLASS_MAPPINGS: dict = {}
+    NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

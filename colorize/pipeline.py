@@ -104,6 +104,13 @@ def module_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def noise_schedule(config: ColorizerConfig, alphas_cumprod: Tensor | None = None) -> DiscreteSchedule:
+    """The checkpoint's stored ``alphas_cumprod`` when it has them, else the config's scaled-linear schedule."""
+    if alphas_cumprod is not None:
+        return DiscreteSchedule(alphas_cumprod.float())
+    return DiscreteSchedule.from_config(config.schedule)
+
+
 def cast_for_inference(
     unet: nn.Module, sketch_encoder: nn.Module, vae: nn.Module, device: torch.device, dtype: torch.dtype
 ) -> None:
@@ -123,7 +130,7 @@ def reference_tokens(reference_encoder: nn.Module, reference: Tensor) -> Tensor:
 
     ``reference_encoder`` is anything with ``encode_image(image, "full") -> (b, 1 + 256, C)``; the image is
     moved to the device of its first parameter when it has one."""
-    image = check_image(reference, "reference")
+    image = check_image(reference, "reference", value_range=(-1.0, 1.0))
     params = getattr(reference_encoder, "parameters", None)
     if params is not None:
         image = image.to(next(params()).device)
@@ -229,10 +236,7 @@ class Colorizer:
         cast_for_inference(unet, sketch_encoder, vae, self.device, self.dtype)
         self.unet, self.sketch_encoder, self.vae = unet, sketch_encoder, vae
         self.reference_encoder = reference_encoder.to(self.device, torch.float32).eval()
-        self.schedule = (
-            DiscreteSchedule(alphas_cumprod.float()) if alphas_cumprod is not None
-            else DiscreteSchedule.from_config(config.schedule)
-        )
+        self.schedule = noise_schedule(config, alphas_cumprod)
 
     @classmethod
     def from_files(

@@ -1,1 +1,40 @@
-"""ComfyUI nodes (thin layer over ``colorize``): filled in by the node-pack work."""
+"""ComfyUI nodes: a thin layer over ``colorize`` (socket types, tooltips, model folders, progress, Cancel).
+
+Classic ``NODE_CLASS_MAPPINGS`` API, so every class imports and runs without ComfyUI (unit tests). Importing
+this package registers ``models/colorizediffusion`` with ComfyUI when ComfyUI is running, and nothing else:
+weights are only read or downloaded when a loader node runs.
+"""
+from __future__ import annotations
+
+from .decode import Decode
+from .loaders import CheckpointLoader, ReferenceEncoderFromCLIPVision, ReferenceEncoderLoader
+from .models import register_folders
+from .reference import ReferenceEmbed
+from .sampler import Sampler
+from .sketch import SketchHintsNode, SketchPreprocess
+
+NODE_CLASS_MAPPINGS = {
+    "ColorizeDiffusionCheckpointLoader": CheckpointLoader,
+    "ColorizeDiffusionReferenceEncoderLoader": ReferenceEncoderLoader,
+    "ColorizeDiffusionReferenceEncoderFromCLIPVision": ReferenceEncoderFromCLIPVision,
+    "ColorizeDiffusionReferenceEmbed": ReferenceEmbed,
+    "ColorizeDiffusionSketchPreprocess": SketchPreprocess,
+    "ColorizeDiffusionSketchHints": SketchHintsNode,
+    "ColorizeDiffusionSampler": Sampler,
+    "ColorizeDiffusionDecode": Decode,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ColorizeDiffusionCheckpointLoader": "ColorizeDiffusion Checkpoint Loader",
+    "ColorizeDiffusionReferenceEncoderLoader": "ColorizeDiffusion Reference Encoder Loader",
+    "ColorizeDiffusionReferenceEncoderFromCLIPVision": "ColorizeDiffusion Reference Encoder from CLIP Vision",
+    "ColorizeDiffusionReferenceEmbed": "ColorizeDiffusion Reference Embed",
+    "ColorizeDiffusionSketchPreprocess": "ColorizeDiffusion Sketch Preprocess",
+    "ColorizeDiffusionSketchHints": "ColorizeDiffusion Sketch Hints",
+    "ColorizeDiffusionSampler": "ColorizeDiffusion Sampler",
+    "ColorizeDiffusionDecode": "ColorizeDiffusion Decode",
+}
+
+register_folders()
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

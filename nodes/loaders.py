@@ -1,0 +1,132 @@
+"""Loader nodes: the ColorizeDiffusion checkpoint and the OpenCLIP ViT-H/14 reference encoder."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from colorize.device import PRECISIONS
+from colorize.loader import load_checkpoint_modules, load_reference_encoder
+from colorize.pipeline import cast_for_inference, noise_schedule
+from colorize.weights import DEFAULT_CHECKPOINT, DEFAULT_CLIP, manifest_entry
+
+from .host import ManagedModule, load_device, offload_device, unet_dtype
+from .models import CHECKPOINT_FOLDER, CLIP_FOLDER, list_files, resolve_file
+from .reference import ClipVisionReference, OpenClipReference
+from .types import COLORIZE_MODEL, COLORIZE_REFERENCE_ENCODER, ColorizeModel
+
+SUPPORTED_VERSIONS = ("mult",)  # v1; later releases add "switch" and "v2"
+
+
+def default_file(name: str) -> str:
+    return str(manifest_entry(name)["filename"])
+
+
+class CheckpointLoader:
+    """models/colorizediffusion file → COLORIZE_MODEL (+ a line describing it)."""
+
+    DESCRIPTION = (
+        "Loads a ColorizeDiffusion checkpoint (U-Net, sketch encoder and VAE) from models/colorizediffusion. "
+        "The version is detected from the file's keys, not its name, and shown in the 'info' output. A "
+        "listed file that is not on disk yet is downloaded from Hugging Face on first use (CC-BY-NC-SA-4.0 "
+        "weights: non-commercial use only)."
+    )
+    CATEGORY = "ColorizeDiffusion/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = (COLORIZE_MODEL, "STRING")
+    RETURN_NAMES = ("model", "info")
+    OUTPUT_TOOLTIPS = (
+        "The colorizer: feed it to Sketch Hints, Sampler and Decode.",
+        "File, detected version (v1 'mult'), prediction type and precision.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "ckpt_name": (list_files(CHECKPOINT_FOLDER, SUPPORTED_VERSIONS), {
+                "default": default_file(DEFAULT_CHECKPOINT),
+                "tooltip": "Checkpoint in models/colorizediffusion (mult-eps-ft = ColorizeDiffusion v1). "
+                           "A missing listed file is downloaded (3.9 GB) when the node first runs."}),
+            "precision": (list(PRECISIONS), {
+                "default": "auto",
+                "tooltip": "U-Net and sketch-encoder precision. auto = ComfyUI's choice for the device "
+                           "(fp16 on most GPUs, fp32 on CPU). The VAE always runs in fp32."}),
+        }}
+
+    def load(self, ckpt_name: str, precision: str) -> dict[str, Any]:
+        path = resolve_file(CHECKPOINT_FOLDER, ckpt_name)
+        mods = load_checkpoint_modules(path)  # detects the version from the keys; non-v1 files get a clear error
+        params = sum(p.numel() for p in mods.unet.parameters())
+        dtype = unet_dtype(precision, load_device("unet"), params)
+        cast_for_inference(mods.unet, mods.sketch_encoder, mods.vae, offload_device("unet"), dtype)
+        model = ColorizeModel(
+            name=ckpt_name,
+            config=mods.config,
+            unet=ManagedModule(mods.unet, "unet"),
+            sketch_encoder=ManagedModule(mods.sketch_encoder, "unet"),
+            vae=ManagedModule(mods.vae, "vae"),
+            schedule=noise_schedule(mods.config, mods.alphas_cumprod),
+            dtype=dtype,
+        )
+        info = model.describe()
+        return {"ui": {"text": [info]}, "result": (model, info)}
+
+
+class ReferenceEncoderLoader:
+    """models/clip_vision file → COLORIZE_REFERENCE_ENCODER."""
+
+    DESCRIPTION = (
+        "Loads the OpenCLIP ViT-H/14 (laion2b_s32b_b79k) reference encoder from models/clip_vision: the "
+        "open_clip file, or the vision-only CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors that IPAdapter users "
+        "already have. A listed file that is not on disk yet is downloaded on first use. Only the vision "
+        "tower is kept in memory."
+    )
+    CATEGORY = "ColorizeDiffusion/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = (COLORIZE_REFERENCE_ENCODER,)
+    RETURN_NAMES = ("encoder",)
+    OUTPUT_TOOLTIPS = ("The reference encoder: feed it to Reference Embed.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "clip_name": (list_files(CLIP_FOLDER), {
+                "default": default_file(DEFAULT_CLIP),
+                "tooltip": "OpenCLIP ViT-H-14 laion2b_s32b_b79k weights in models/clip_vision (open_clip or "
+                           "Hugging Face CLIPVisionModel format). Other CLIP models do not fit the colorizer."}),
+        }}
+
+    def load(self, clip_name: str) -> tuple[OpenClipReference]:
+        encoder = load_reference_encoder(resolve_file(CLIP_FOLDER, clip_name))
+        if encoder.has_text:
+            encoder.drop_text()  # v1 colorization reads image tokens only
+        encoder.to(offload_device("clip"), torch.float32)
+        return (OpenClipReference(encoder),)
+
+
+class ReferenceEncoderFromCLIPVision:
+    """CLIP_VISION (ComfyUI's own loader) → COLORIZE_REFERENCE_ENCODER."""
+
+    DESCRIPTION = (
+        "Uses a CLIP vision model loaded by ComfyUI's 'Load CLIP Vision' node as the reference encoder, so "
+        "the ViT-H/14 file is loaded once and shared with IPAdapter. It must be CLIP-ViT-H-14-laion2B-s32B-b79K "
+        "(ViT-H/14, 1024-dim projection); the colorizer's tokens are its 257 projected hidden states."
+    )
+    CATEGORY = "ColorizeDiffusion/loaders"
+    FUNCTION = "convert"
+    RETURN_TYPES = (COLORIZE_REFERENCE_ENCODER,)
+    RETURN_NAMES = ("encoder",)
+    OUTPUT_TOOLTIPS = ("The reference encoder: feed it to Reference Embed.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "clip_vision": ("CLIP_VISION", {
+                "tooltip": "Output of Load CLIP Vision with CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors."}),
+        }}
+
+    def convert(self, clip_vision: Any) -> tuple[ClipVisionReference]:
+        return (ClipVisionReference(clip_vision),)
+
+
+__all__ = ["SUPPORTED_VERSIONS", "CheckpointLoader", "ReferenceEncoderFromCLIPVision", "ReferenceEncoderLoader"]

@@ -1,0 +1,155 @@
+"""Model folders and weights inside ComfyUI: folder registration, file pickers, first-use downloads.
+
+Checkpoints live in ComfyUI's ``models/colorizediffusion`` (registered here, keeping any paths users set
+for ``colorizediffusion:`` in ``extra_model_paths.yaml``); the OpenCLIP ViT-H/14 reference encoder lives in
+the core ``models/clip_vision`` folder, so the file IPAdapter users already have is found too. A manifest
+file (``weights_manifest.json``) that is missing is downloaded on first use of its loader, never at import,
+into the folder's first path, through :func:`colorize.weights.fetch` (temporary name, renamed when
+complete). Outside ComfyUI the folders are ``$COLORIZE_MODELS_DIR/<folder>`` (the core's default models dir).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from colorize.weights import WeightsMissingError, default_models_dir, fetch, hub_url, load_manifest
+
+from .host import Progress, comfy_module
+
+CHECKPOINT_FOLDER = "colorizediffusion"
+CLIP_FOLDER = "clip_vision"
+NO_DOWNLOAD_ENV = "COLORIZE_NO_DOWNLOAD"
+_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def folder_paths() -> Any:
+    return comfy_module("folder_paths")
+
+
+def register_folders() -> None:
+    """Register ``models/colorizediffusion`` with ComfyUI (no-op outside ComfyUI).
+
+    Paths already configured for that name (``extra_model_paths.yaml`` is read before packs load) are
+    kept first; the default folder is added after them; the extension filter becomes ComfyUI's usual one.
+    """
+    fp = folder_paths()
+    if fp is None:
+        return
+    default = os.path.join(fp.models_dir, CHECKPOINT_FOLDER)
+    paths, exts = fp.folder_names_and_paths.get(CHECKPOINT_FOLDER, ([], set()))
+    paths = list(paths)
+    if default not in paths:
+        paths.append(default)
+    fp.folder_names_and_paths[CHECKPOINT_FOLDER] = (paths, set(exts) | set(fp.supported_pt_extensions))
+
+
+def folder_dirs(folder: str) -> list[Path]:
+    """The directories searched for ``folder`` (ComfyUI's list, or ``<default models dir>/<folder>``)."""
+    fp = folder_paths()
+    if fp is not None:
+        return [Path(p) for p in fp.get_folder_paths(folder)]
+    return [default_models_dir() / folder]
+
+
+def manifest_files(folder: str, versions: tuple[str | None, ...] | None = None) -> list[dict[str, Any]]:
+    """Manifest entries stored in ``folder`` (optionally only checkpoint versions in ``versions``)."""
+    return [e for e in load_manifest()
+            if e["models_subdir"] == folder and (versions is None or e.get("version") in versions)]
+
+
+def list_files(folder: str, versions: tuple[str | None, ...] | None = None) -> list[str]:
+    """File-picker choices: the files present in ``folder`` plus the downloadable manifest files."""
+    fp = folder_paths()
+    if fp is not None:
+        present = list(fp.get_filename_list(folder))
+    else:
+        present = []
+        for d in folder_dirs(folder):
+            if d.is_dir():
+                present += [p.relative_to(d).as_posix() for p in d.rglob("*") if p.suffix in _EXTS and p.is_file()]
+    names = [e["filename"] for e in manifest_files(folder, versions)]
+    return sorted(set(present)) + [n for n in names if n not in present]
+
+
+def find_file(folder: str, name: str) -> Path | None:
+    fp = folder_paths()
+    if fp is not None:
+        path = fp.get_full_path(folder, name)
+        return Path(path) if path else None
+    for d in folder_dirs(folder):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def _download_progress(label: str) -> Any:
+    bar: dict[str, Progress] = {}
+    mib = 1 << 20
+
+    def progress(done: int, total: int) -> None:
+        if "p" not in bar:
+            bar["p"] = Progress(max(1, total // mib))
+        bar["p"].update(done // mib, max(1, total // mib) if total else None)
+
+    return progress
+
+
+def resolve_file(folder: str, name: str) -> Path:
+    """The local path of ``name`` in ``folder``; a missing manifest file is downloaded into the folder's
+    first path (progress in ComfyUI's bar). Errors name the file, the folders searched and the source."""
+    found = find_file(folder, name)
+    if found is not None:
+        return found
+    dirs = folder_dirs(folder)
+    where = f"ComfyUI model folder '{folder}': " + ", ".join(str(d) for d in dirs)
+    entry = next((e for e in load_manifest() if e["filename"] == name and e["models_subdir"] == folder), None)
+    if entry is None:
+        raise WeightsMissingError(
+            f"{name} not found in the {where}. Put the file there (or add a '{folder}:' path in "
+            "extra_model_paths.yaml) and refresh the node list."
+        )
+    if os.environ.get(NO_DOWNLOAD_ENV, "").strip() not in ("", "0"):
+        raise WeightsMissingError(missing_message(entry, folder, dirs, f"not on disk and {NO_DOWNLOAD_ENV} is set"))
+    # Download into the folder itself: an entry with an empty models_subdir targets <dir>/<filename>.
+    try:
+        return fetch({**entry, "models_subdir": ""}, dirs[0], progress=_download_progress(name))
+    except WeightsMissingError as e:
+        reason = next((line.split(":", 1)[1].strip() for line in str(e).splitlines()
+                       if line.strip().startswith("reason:")), str(e).splitlines()[0])
+        raise WeightsMissingError(missing_message(entry, folder, dirs, reason)) from None
+
+
+def missing_message(entry: dict[str, Any], folder: str, dirs: list[Path], reason: str) -> str:
+    """One screen for the ComfyUI error dialog: which file, which folder, why, where it comes from, the fix."""
+    sub = f"{entry['subfolder'].strip('/')}/" if entry.get("subfolder") else ""
+    return "\n".join([
+        f"ColorizeDiffusion: weights file {entry['filename']} is missing ({entry['kind']}, {entry['size_human']}).",
+        f"  folder:  ComfyUI model folder '{folder}' = " + ", ".join(str(d) for d in dirs),
+        f"  reason:  {reason}",
+        f"  source:  {hub_url(entry)}",
+        f"           (Hugging Face repo {entry['repo_id']}, file {sub}{entry['hub_filename']}; licence {entry['licence']})",
+        f"  fix:     download that URL, save it as {dirs[0] / entry['filename']}, then queue the workflow again.",
+    ])
+
+
+def model_links(folder: str, name: str) -> list[dict[str, str]]:
+    """``properties.models`` entries for a UI workflow's loader node (the frontend's download prompt)."""
+    return [{"name": e["filename"], "url": hub_url(e), "directory": folder}
+            for e in load_manifest() if e["filename"] == name and e["models_subdir"] == folder]
+
+
+__all__ = [
+    "CHECKPOINT_FOLDER",
+    "CLIP_FOLDER",
+    "NO_DOWNLOAD_ENV",
+    "find_file",
+    "folder_dirs",
+    "folder_paths",
+    "list_files",
+    "manifest_files",
+    "missing_message",
+    "model_links",
+    "register_folders",
+    "resolve_file",
+]

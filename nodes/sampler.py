@@ -1,0 +1,110 @@
+"""The sampler node: reference tokens + sketch hints → LATENT, with progress, preview and Cancel."""
+from __future__ import annotations
+
+from typing import Any
+
+from colorize.pipeline import SCHEDULER_CHOICES, GenerationSettings, make_conditioning, module_device, sample_latent
+from colorize.preprocess import InputError, fit_and_pad, target_size
+from colorize.sampling import SAMPLERS
+
+from .host import LatentPreview, Progress, check_interrupted, intermediate_device
+from .sketch import encode_hints, size_inputs
+from .types import COLORIZE_HINTS, COLORIZE_MODEL, COLORIZE_REFERENCE, ColorizeModel, ReferenceTokens, SketchHints
+
+SEED_MAX = 2**63 - 1
+
+
+def level_input(level: str, blocks: str) -> tuple[str, dict[str, Any]]:
+    return ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
+                      "tooltip": f"Per-level reference strength for the {level} cross-attention blocks ({blocks}), "
+                                 "multiplied by reference_strength (the official app's level sliders)."})
+
+
+class Sampler:
+    """COLORIZE_MODEL + COLORIZE_REFERENCE + COLORIZE_HINTS → LATENT."""
+
+    DESCRIPTION = (
+        "Colorizes: denoises a seeded latent with the ColorizeDiffusion U-Net conditioned on the reference "
+        "tokens and the sketch hints, with dual classifier-free guidance (reference and sketch, thesis §5.3). "
+        "The default (dpm_solver + leading, 20 steps, reference CFG 4) is the official app's. The LATENT is in "
+        "ComfyUI's usual raw VAE space, so core VAE Decode with an SD2 VAE works as well as "
+        "ColorizeDiffusion Decode. Shows progress with a latent preview and stops on Cancel."
+    )
+    CATEGORY = "ColorizeDiffusion/sampling"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The colorized latent: decode it with ColorizeDiffusion Decode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": (COLORIZE_MODEL, {"tooltip": "The ColorizeDiffusion checkpoint."}),
+            "reference": (COLORIZE_REFERENCE, {"tooltip": "Reference tokens from Reference Embed."}),
+            "hints": (COLORIZE_HINTS, {"tooltip": "Sketch hints from Sketch Hints (made with the same checkpoint)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                             "tooltip": "Seed of the starting noise (drawn on the CPU: same seed, same image on any device)."}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 1000,
+                              "tooltip": "Number of denoising steps (official default 20)."}),
+            "sampler": (list(SAMPLERS), {"default": "dpm_solver",
+                                         "tooltip": "dpm_solver = the official DPM-Solver++ 2M; the others are "
+                                                    "k-diffusion-style samplers."}),
+            "scheduler": (list(SCHEDULER_CHOICES), {"default": "leading",
+                                                    "tooltip": "Timestep schedule. leading = the official one "
+                                                               "(diffusers 'leading' DDPM steps); karras, uniform, "
+                                                               "exponential for the other samplers."}),
+            "reference_cfg": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                                        "tooltip": "Reference guidance scale (official 1–15, default 4). "
+                                                   "1 switches reference guidance off."}),
+            "sketch_cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                                     "tooltip": "Sketch guidance scale (official 1–5, default 1 = off). Above 1 "
+                                                "the lines are followed more strictly (one more U-Net row per step)."}),
+            "reference_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
+                                             "tooltip": "Scales how much the cross-attention reads the reference "
+                                                        "(0 = ignore it in the scaled blocks)."}),
+            "encoder_strength": level_input("encoder", "the six down-sampling blocks"),
+            "middle_strength": level_input("middle", "the middle-resolution blocks"),
+            "low_strength": level_input("low", "the low-resolution blocks"),
+            **size_inputs("Override of the output"),
+        }}
+
+    def sample(self, model: ColorizeModel, reference: ReferenceTokens, hints: SketchHints, seed: int, steps: int,
+               sampler: str, scheduler: str, reference_cfg: float, sketch_cfg: float, reference_strength: float,
+               encoder_strength: float, middle_strength: float, low_strength: float,
+               width: int, height: int) -> tuple[dict[str, Any]]:
+        check_interrupted()
+        if reference.dim != model.config.unet.context_dim:
+            raise InputError(
+                f"the reference tokens are {reference.dim}-dimensional but {model.name} needs "
+                f"{model.config.unet.context_dim}: use the OpenCLIP ViT-H/14 encoder that belongs to this checkpoint"
+            )
+        if hints.model.config != model.config:
+            raise InputError(f"the sketch hints were made with another checkpoint ({hints.model.name}); "
+                             f"connect Sketch Hints to the same model as the sampler ({model.name})")
+        size = hints.size
+        if width or height:
+            size = target_size(hints.size, width or None, height or None)
+        if size != hints.size:  # re-fit the prepared sketch and encode it again at the requested size
+            hints = encode_hints(model, fit_and_pad(hints.sketch, size, fill=-1.0), hints.strength)
+        settings = GenerationSettings(
+            steps=steps, sampler=sampler, scheduler=scheduler, reference_cfg=reference_cfg, sketch_cfg=sketch_cfg,
+            reference_strength=reference_strength,
+            level_strengths={"encoder": encoder_strength, "middle": middle_strength, "low": low_strength},
+            sketch_strength=hints.strength, seed=seed, width=size[1], height=size[0],
+        )
+        settings.validate()
+        unet = model.unet.ready()
+        device = module_device(unet)
+        cond = make_conditioning(reference.tokens, hints.hints, hints.hints_uncond, model.dtype, device)
+        progress, preview = Progress(steps), LatentPreview(device)
+
+        def on_step(info: dict[str, Any]) -> None:
+            check_interrupted()  # Cancel stops within one step
+            progress.update(info["i"] + 1, info["total"], preview(info["denoised"]))
+
+        latent = sample_latent(unet, model.schedule, model.config, cond, size, settings, on_step)
+        raw = latent.float() / model.config.vae.scale_factor  # diffusion space → ComfyUI's raw VAE latent
+        return ({"samples": raw.to(intermediate_device())},)
+
+
+__all__ = ["SEED_MAX", "Sampler"]

@@ -1,0 +1,105 @@
+"""Sketch nodes: line-art preprocessing (polarity, fit and pad) and the sketch encoder's hints."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from colorize.pipeline import sketch_hints
+from colorize.preprocess import check_image, fit_and_pad, prepare_sketch, target_size, to_signed
+
+from .host import intermediate_device
+from .types import COLORIZE_HINTS, COLORIZE_MODEL, ColorizeModel, SketchHints, bchw_to_image, image_to_bchw
+
+POLARITIES = ("auto", "invert", "keep")
+MAX_SIZE = 4096
+
+
+def size_inputs(what: str) -> dict[str, Any]:
+    """Width/height widgets: 0 = automatic, else rounded to the nearest multiple of 64."""
+    common = {"default": 0, "min": 0, "max": MAX_SIZE, "step": 64}
+    return {
+        "width": ("INT", {**common, "tooltip": f"{what} width in pixels (multiple of 64). 0 = follow the "
+                                               "sketch's aspect ratio (about 512×512 in area when both are 0)."}),
+        "height": ("INT", {**common, "tooltip": f"{what} height in pixels (multiple of 64). 0 = follow the "
+                                                "sketch's aspect ratio."}),
+    }
+
+
+def encode_hints(model: ColorizeModel, sketch: Tensor, strength: float) -> SketchHints:
+    """Prepared sketch (B, 3, H, W), lines +1 and background -1, H and W multiples of 64 → hints."""
+    hints, uncond = sketch_hints(model.sketch_encoder.ready(), sketch, strength)
+    dev = intermediate_device()
+    return SketchHints(tuple(h.to(dev) for h in hints), tuple(h.to(dev) for h in uncond),
+                       sketch.float().to(dev), float(strength), model)
+
+
+class SketchPreprocess:
+    """IMAGE (line art) → IMAGE (white lines on black, fitted and padded to a multiple of 64)."""
+
+    DESCRIPTION = (
+        "Prepares line art for the sketch encoder: makes the lines white on black (invert black-on-white "
+        "drawings, keep white-on-black ones such as line extractor outputs, or decide automatically from the "
+        "median brightness), then fits it inside the target size keeping its aspect ratio and pads the rest "
+        "with black (no lines). The target size is a multiple of 64."
+    )
+    CATEGORY = "ColorizeDiffusion/sketch"
+    FUNCTION = "prepare"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("sketch",)
+    OUTPUT_TOOLTIPS = ("The prepared sketch (white lines on black): feed it to Sketch Hints; preview it to check.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Line art (black lines on white, or white lines on black)."}),
+            "polarity": (list(POLARITIES), {
+                "default": "auto",
+                "tooltip": "invert = black lines on white paper (the official default); keep = already white "
+                           "lines on black; auto = invert when the image is mostly light."}),
+            **size_inputs("Output"),
+        }}
+
+    def prepare(self, image: Tensor, polarity: str, width: int, height: int) -> tuple[Tensor]:
+        sketch01 = image_to_bchw(image)
+        size = target_size(tuple(sketch01.shape[-2:]), width or None, height or None)
+        prepared = prepare_sketch(sketch01, size, polarity)  # type: ignore[arg-type]
+        return (bchw_to_image((prepared + 1) / 2).to(intermediate_device()),)
+
+
+class SketchHintsNode:
+    """Prepared sketch + strength → COLORIZE_HINTS."""
+
+    DESCRIPTION = (
+        "Runs the checkpoint's sketch encoder on a prepared sketch (the output of Sketch Preprocess) and "
+        "scales its five hints, which are added to the U-Net features (thesis Eq. 5.1). The hints of a blank "
+        "sketch are computed as well, for the sketch guidance scale. A sketch whose size is not a multiple "
+        "of 64 is fitted into the nearest one and padded with black."
+    )
+    CATEGORY = "ColorizeDiffusion/sketch"
+    FUNCTION = "encode"
+    RETURN_TYPES = (COLORIZE_HINTS,)
+    RETURN_NAMES = ("hints",)
+    OUTPUT_TOOLTIPS = ("Sketch hints for the ColorizeDiffusion Sampler (they also fix the output size).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": (COLORIZE_MODEL, {"tooltip": "The ColorizeDiffusion checkpoint (its sketch encoder is used)."}),
+            "sketch": ("IMAGE", {"tooltip": "Prepared sketch: white lines on black, from Sketch Preprocess."}),
+            "strength": ("FLOAT", {
+                "default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                "tooltip": "Sketch strength: scales the hints. Lower lets the model deviate from the lines; "
+                           "higher follows them more strictly (official range 0–3)."}),
+        }}
+
+    def encode(self, model: ColorizeModel, sketch: Tensor, strength: float) -> tuple[SketchHints]:
+        x = to_signed(check_image(image_to_bchw(sketch), "sketch"))
+        h, w = x.shape[-2:]
+        size = target_size((h, w), w, h)
+        if size != (h, w):
+            x = fit_and_pad(x, size, fill=-1.0)
+        return (encode_hints(model, x, strength),)
+
+
+__all__ = ["POLARITIES", "SketchHintsNode", "SketchPreprocess", "encode_hints", "size_inputs"]

@@ -1,0 +1,105 @@
+"""The pack's socket types and the objects that flow through them (treated as immutable: ComfyUI caches
+node outputs and may hand the same object to several nodes)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from colorize.config import ColorizerConfig
+from colorize.schedule import DiscreteSchedule
+
+from .host import ManagedModule
+
+COLORIZE_MODEL = "COLORIZE_MODEL"
+COLORIZE_REFERENCE_ENCODER = "COLORIZE_REFERENCE_ENCODER"
+COLORIZE_REFERENCE = "COLORIZE_REFERENCE"
+COLORIZE_HINTS = "COLORIZE_HINTS"
+
+
+@dataclass(frozen=True)
+class ColorizeModel:
+    """A loaded ColorizeDiffusion checkpoint: U-Net, sketch encoder and VAE, each placed by ComfyUI."""
+
+    name: str
+    config: ColorizerConfig
+    unet: ManagedModule
+    sketch_encoder: ManagedModule
+    vae: ManagedModule
+    schedule: DiscreteSchedule
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        """One line for the UI: file, version detected from the keys, prediction type, precision."""
+        names = {"mult": "v1 (mult)", "switch": "v1.5 (switch)", "v2": "v2"}
+        tiny = "; tiny random test weights" if self.config.tiny else ""
+        dtype = str(self.dtype).replace("torch.", "")
+        return (f"{self.name}: ColorizeDiffusion {names.get(self.config.version, self.config.version)}, "
+                f"{self.config.parameterization}-prediction, U-Net {dtype}{tiny}")
+
+
+class ReferenceEncoder(Protocol):
+    """What the reference-embedding node needs: ``tokens(image in [-1, 1], (B, 3, H, W)) -> (B, 256, C)``."""
+
+    embed_dim: int
+
+    def tokens(self, reference: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class ReferenceTokens:
+    """The reference image's CLIP patch tokens (B, 256, C), fp32, on ComfyUI's intermediate device."""
+
+    tokens: Tensor
+
+    @property
+    def dim(self) -> int:
+        return int(self.tokens.shape[-1])
+
+
+@dataclass(frozen=True)
+class SketchHints:
+    """The sketch encoder's five hints for a prepared sketch, and those of the blank sketch (sketch CFG).
+
+    ``sketch`` (lines +1, background -1) and ``strength`` are kept so the sampler can re-encode at
+    another output size; ``model`` is the checkpoint whose sketch encoder made them.
+    """
+
+    hints: tuple[Tensor, ...]
+    hints_uncond: tuple[Tensor, ...]
+    sketch: Tensor
+    strength: float
+    model: ColorizeModel
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return int(self.sketch.shape[-2]), int(self.sketch.shape[-1])
+
+
+def image_to_bchw(image: Tensor) -> Tensor:
+    """ComfyUI IMAGE (B, H, W, C) in [0, 1] → (B, C, H, W) float32 in [0, 1]."""
+    if image.ndim == 3:  # a single image without batch dimension
+        image = image[None]
+    return image.movedim(-1, 1).float()
+
+
+def bchw_to_image(x01: Tensor) -> Tensor:
+    """(B, C, H, W) in [0, 1] → ComfyUI IMAGE (B, H, W, C) float32, clamped to [0, 1]."""
+    return x01.float().clamp(0, 1).movedim(1, -1).contiguous()
+
+
+__all__ = [
+    "COLORIZE_HINTS",
+    "COLORIZE_MODEL",
+    "COLORIZE_REFERENCE",
+    "COLORIZE_REFERENCE_ENCODER",
+    "ColorizeModel",
+    "ReferenceEncoder",
+    "ReferenceTokens",
+    "SketchHints",
+    "bchw_to_image",
+    "image_to_bchw",
+]

@@ -1,0 +1,228 @@
+"""Writes the shipped workflows: UI format (``<name>.json``, for the ComfyUI frontend and its template
+browser), the API-format twin (``api/<name>.json``, what tests post to ``/prompt``) and a thumbnail.
+
+    python workflows/make_workflows.py          # rewrite the files
+    python workflows/make_workflows.py --check  # exit 1 if a file is out of date
+
+Each workflow is described once below as an API-style graph; the UI file is derived from it with the
+nodes' ``INPUT_TYPES`` (widget order), so the two formats cannot drift apart.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from nodes import NODE_CLASS_MAPPINGS
+from nodes.models import CHECKPOINT_FOLDER, CLIP_FOLDER, model_links
+
+SKETCH, REFERENCE = "colorizediffusion_sketch.png", "colorizediffusion_reference.png"
+Link = tuple[str, int]
+
+# Core node widgets in frontend order ("upload" is LoadImage's upload button, serialised as "image"),
+# their socket inputs and outputs. Only the core nodes the workflows use.
+CORE_NODES: dict[str, dict[str, Any]] = {
+    "LoadImage": {"widgets": ["image", "upload"], "inputs": {}, "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")]},
+    "SaveImage": {"widgets": ["filename_prefix"], "inputs": {"images": "IMAGE"}, "outputs": []},
+    "PreviewImage": {"widgets": [], "inputs": {"images": "IMAGE"}, "outputs": []},
+    "PreviewAny": {"widgets": [], "inputs": {"source": "*"}, "outputs": []},
+}
+FRONTEND_ONLY = ("MarkdownNote", "Note")  # UI-only nodes, absent from API graphs
+
+NOTE_V1 = """## ColorizeDiffusion v1: reference-based line-art colorization
+
+1. **Models** (downloaded on first run if missing, or by the frontend's missing-model dialog):
+   `models/colorizediffusion/mult-eps-ft.safetensors` (3.9 GB, CC-BY-NC-SA-4.0, non-commercial) and
+   `models/clip_vision/open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors` (or pick the
+   `CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors` you already have for IPAdapter).
+2. **Images**: copy `colorizediffusion_sketch.png` and `colorizediffusion_reference.png` from the pack's
+   `workflows/` folder into ComfyUI's `input/` folder, or load your own line art and reference.
+3. Queue. Output size follows the sketch (about 512x512); set width/height on Sketch Preprocess to change it.
+"""
+
+
+def v1_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+    """The v1 colorization graph (API format) and each node's canvas position."""
+    graph: dict[str, dict[str, Any]] = {
+        "1": {"class_type": "ColorizeDiffusionCheckpointLoader", "_meta": {"title": "Checkpoint"},
+              "inputs": {"ckpt_name": "mult-eps-ft.safetensors", "precision": "auto"}},
+        "2": {"class_type": "ColorizeDiffusionReferenceEncoderLoader", "_meta": {"title": "Reference encoder"},
+              "inputs": {"clip_name": "open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors"}},
+        "3": {"class_type": "LoadImage", "_meta": {"title": "Sketch (line art)"}, "inputs": {"image": SKETCH}},
+        "4": {"class_type": "LoadImage", "_meta": {"title": "Colour reference"}, "inputs": {"image": REFERENCE}},
+        "5": {"class_type": "ColorizeDiffusionSketchPreprocess", "_meta": {"title": "Sketch Preprocess"},
+              "inputs": {"image": ["3", 0], "polarity": "auto", "width": 0, "height": 0}},
+        "6": {"class_type": "ColorizeDiffusionSketchHints", "_meta": {"title": "Sketch Hints"},
+              "inputs": {"model": ["1", 0], "sketch": ["5", 0], "strength": 1.0}},
+        "7": {"class_type": "ColorizeDiffusionReferenceEmbed", "_meta": {"title": "Reference Embed"},
+              "inputs": {"encoder": ["2", 0], "image": ["4", 0]}},
+        "8": {"class_type": "ColorizeDiffusionSampler", "_meta": {"title": "Sampler"},
+              "inputs": {"model": ["1", 0], "reference": ["7", 0], "hints": ["6", 0], "seed": 0, "steps": 20,
+                         "sampler": "dpm_solver", "scheduler": "leading", "reference_cfg": 4.0, "sketch_cfg": 1.0,
+                         "reference_strength": 1.0, "encoder_strength": 1.0, "middle_strength": 1.0,
+                         "low_strength": 1.0, "width": 0, "height": 0}},
+        "9": {"class_type": "ColorizeDiffusionDecode", "_meta": {"title": "Decode"},
+              "inputs": {"model": ["1", 0], "samples": ["8", 0]}},
+        "10": {"class_type": "SaveImage", "_meta": {"title": "Save colorized"},
+               "inputs": {"images": ["9", 0], "filename_prefix": "ColorizeDiffusion/v1"}},
+        "11": {"class_type": "PreviewImage", "_meta": {"title": "Prepared sketch"}, "inputs": {"images": ["5", 0]}},
+        "12": {"class_type": "PreviewAny", "_meta": {"title": "Checkpoint info"}, "inputs": {"source": ["1", 1]}},
+    }
+    pos = {"1": (40, 60), "2": (40, 260), "3": (40, 400), "4": (40, 780), "5": (420, 400), "6": (800, 60),
+           "7": (420, 260), "8": (1180, 60), "9": (1580, 60), "10": (1900, 60), "11": (800, 400), "12": (420, 60)}
+    return graph, pos
+
+
+WORKFLOWS = {"colorizediffusion_v1": (v1_graph, NOTE_V1)}
+
+
+# ------------------------------------------------------------------------------------- node specs
+
+
+def node_spec(class_type: str) -> dict[str, Any]:
+    """Widget names (frontend order, incl. seed's control widget), socket inputs and outputs of a node."""
+    if class_type in CORE_NODES:
+        return CORE_NODES[class_type]
+    cls = NODE_CLASS_MAPPINGS[class_type]
+    spec = cls.INPUT_TYPES()
+    widgets, inputs = [], {}
+    for section in ("required", "optional"):
+        for name, (typ, opts) in spec.get(section, {}).items():
+            if isinstance(typ, (list, tuple)) or typ in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                widgets.append(name)
+                if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
+                    widgets.append("control_after_generate")
+            else:
+                inputs[name] = typ
+    names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+    return {"widgets": widgets, "inputs": inputs, "outputs": list(zip(names, cls.RETURN_TYPES))}
+
+
+def widget_value(api_inputs: dict[str, Any], widget: str) -> Any:
+    if widget == "control_after_generate":
+        return "fixed"
+    if widget == "upload":
+        return "image"
+    return api_inputs[widget]
+
+
+# ------------------------------------------------------------------------------------- UI format
+
+
+def to_ui(graph: dict[str, dict[str, Any]], pos: dict[str, tuple[int, int]], note: str) -> dict[str, Any]:
+    """API graph → UI-format workflow (what the frontend saves and loads)."""
+    order = topological(graph)
+    links: list[list[Any]] = []
+    out_links: dict[tuple[str, int], list[int]] = {}
+    nodes = []
+    for nid in order:
+        node = graph[nid]
+        spec = node_spec(node["class_type"])
+        ui_inputs = []
+        for slot, (name, typ) in enumerate(spec["inputs"].items()):
+            src = node["inputs"][name]
+            link_id = len(links) + 1
+            src_type = node_spec(graph[src[0]]["class_type"])["outputs"][src[1]][1]
+            links.append([link_id, int(src[0]), src[1], int(nid), slot, src_type if typ == "*" else typ])
+            out_links.setdefault((src[0], src[1]), []).append(link_id)
+            ui_inputs.append({"name": name, "type": typ, "link": link_id})
+        props: dict[str, Any] = {"Node name for S&R": node["class_type"]}
+        for widget, folder in (("ckpt_name", CHECKPOINT_FOLDER), ("clip_name", CLIP_FOLDER)):
+            if widget in node["inputs"] and node["class_type"].startswith("ColorizeDiffusion"):
+                props["models"] = model_links(folder, node["inputs"][widget])
+        entry: dict[str, Any] = {
+            "id": int(nid), "type": node["class_type"], "title": node["_meta"]["title"],
+            "pos": list(pos[nid]), "size": [340, 60 + 26 * (len(spec["widgets"]) + max(len(ui_inputs), len(spec["outputs"])))],
+            "flags": {}, "order": order.index(nid), "mode": 0, "inputs": ui_inputs, "outputs": [],
+            "properties": props, "widgets_values": [widget_value(node["inputs"], w) for w in spec["widgets"]],
+        }
+        nodes.append(entry)
+    for entry in nodes:
+        spec = node_spec(entry["type"])
+        entry["outputs"] = [{"name": name, "type": typ, "links": out_links.get((str(entry["id"]), i), []),
+                             "slot_index": i} for i, (name, typ) in enumerate(spec["outputs"])]
+    note_id = max(int(k) for k in graph) + 1
+    nodes.append({"id": note_id, "type": "MarkdownNote", "title": "Read me", "pos": [40, -300], "size": [760, 300],
+                  "flags": {}, "order": len(nodes), "mode": 0, "inputs": [], "outputs": [],
+                  "properties": {}, "widgets_values": [note], "color": "#432", "bgcolor": "#653"})
+    return {"last_node_id": note_id, "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def topological(graph: dict[str, dict[str, Any]]) -> list[str]:
+    done: list[str] = []
+
+    def visit(nid: str) -> None:
+        if nid in done:
+            return
+        for v in graph[nid]["inputs"].values():
+            if isinstance(v, list):
+                visit(v[0])
+        done.append(nid)
+
+    for nid in sorted(graph, key=int):
+        visit(nid)
+    return done
+
+
+# ------------------------------------------------------------------------------------- files
+
+
+def thumbnail(path: Path) -> None:
+    """Sketch | reference side by side (the template browser shows ``<name>.jpg``)."""
+    from PIL import Image, ImageDraw
+
+    tiles = [Image.open(HERE / n).convert("RGB") for n in (SKETCH, REFERENCE)]
+    h = 256
+    tiles = [t.resize((round(t.width * h / t.height), h), Image.Resampling.LANCZOS) for t in tiles]
+    w = sum(t.width for t in tiles) + 40 * 3
+    canvas = Image.new("RGB", (w, h + 70), (34, 34, 40))
+    x = 40
+    d = ImageDraw.Draw(canvas)
+    for t, label in zip(tiles, ("line art", "colour reference")):
+        canvas.paste(t, (x, 20))
+        d.text((x, h + 32), label, fill=(230, 230, 230))
+        x += t.width + 40
+    canvas.save(path, quality=90)
+
+
+def build() -> dict[str, Any]:
+    """Relative path → JSON content of every workflow file."""
+    files: dict[str, Any] = {}
+    for name, (make, note) in WORKFLOWS.items():
+        graph, pos = make()
+        files[f"api/{name}.json"] = graph
+        files[f"{name}.json"] = to_ui(graph, pos, note)
+    return files
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="only check that the files are up to date")
+    args = ap.parse_args(argv)
+    stale = []
+    for rel, content in build().items():
+        path = HERE / rel
+        if not path.is_file() or path.read_text(encoding="utf-8") != dumps(content):
+            stale.append(rel)
+            if not args.check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(dumps(content), encoding="utf-8")
+    if not args.check:
+        for name in WORKFLOWS:
+            thumbnail(HERE / f"{name}.jpg")
+    print(("out of date: " if args.check else "wrote: ") + (", ".join(stale) or "nothing"))
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
