@@ -40,8 +40,8 @@ def load_image(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
 
-SKETCH = load_image(REPO / "examples" / "sketch.png")
-REFERENCE = load_image(REPO / "examples" / "reference.png")
+SKETCH = load_image(REPO / "workflows" / "colorizediffusion_sketch.png")
+REFERENCE = load_image(REPO / "workflows" / "colorizediffusion_reference.png")
 
 
 @pytest.fixture(scope="module")

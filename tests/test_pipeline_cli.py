@@ -16,7 +16,7 @@ from colorize.sampling import SAMPLERS
 from colorize.tiny import write_tiny_weights
 
 REPO = Path(__file__).resolve().parents[1]
-SKETCH, REFERENCE = REPO / "examples" / "sketch.png", REPO / "examples" / "reference.png"
+SKETCH, REFERENCE = REPO / "workflows" / "colorizediffusion_sketch.png", REPO / "workflows" / "colorizediffusion_reference.png"
 
 
 @pytest.fixture(scope="module")

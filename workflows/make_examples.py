@@ -1,6 +1,8 @@
 """Draws the project's example line art and colour reference (run once; outputs are committed).
 
-    python examples/make_examples.py
+The images live beside the workflows that load them by file name; the README and tests use them too.
+
+    python workflows/make_examples.py
 """
 from __future__ import annotations
 
@@ -37,12 +39,12 @@ def character(d: ImageDraw.ImageDraw, s: float, fill: bool, line: tuple[int, int
 def main() -> None:
     sketch = Image.new("RGB", (512, 512), (255, 255, 255))
     character(ImageDraw.Draw(sketch), 1.0, False, (20, 20, 20), 4)
-    sketch.convert("L").save(HERE / "sketch.png", optimize=True)
+    sketch.convert("L").save(HERE / "colorizediffusion_sketch.png", optimize=True)
     ref = Image.new("RGB", (384, 448), SKY)
     d = ImageDraw.Draw(ref)
     character(d, 0.75, True, (70, 40, 60), 3)
     d.rectangle([0, 400, 384, 448], fill=(150, 200, 120))
-    ref.filter(ImageFilter.SMOOTH).save(HERE / "reference.png", optimize=True)
+    ref.filter(ImageFilter.SMOOTH).save(HERE / "colorizediffusion_reference.png", optimize=True)
 
 
 if __name__ == "__main__":
