@@ -7,6 +7,7 @@ Everything reference- or sketch-derived is computed once per generation and reus
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -16,27 +17,62 @@ from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
 from colorize.device import resolve_device, resolve_dtype
-from colorize.models.strength import NUM_ATTENTION_BLOCKS, block_reference_scales, level_reference_scales
-from colorize.preprocess import InputError, blank_sketch, check_image, prepare_reference, prepare_sketch, target_size
-from colorize.sampling import SAMPLERS, SCHEDULERS, COND, UNCOND_REF, UNCOND_SKETCH, GuidedDenoiser, sample_dpm_solver
+from colorize.models.strength import (
+    NUM_ATTENTION_BLOCKS,
+    block_reference_scales,
+    level_reference_scales,
+)
+from colorize.preprocess import (
+    InputError,
+    blank_sketch,
+    check_image,
+    prepare_reference,
+    prepare_sketch,
+    target_size,
+)
+from colorize.sampling import (
+    COND,
+    SAMPLERS,
+    SCHEDULERS,
+    UNCOND_REF,
+    UNCOND_SKETCH,
+    GuidedDenoiser,
+    sample_dpm_solver,
+)
+from colorize.sampling.dpm_solver import leading_timesteps
+from colorize.sampling.schedules import ddim_timesteps, timestep_sigmas
 from colorize.schedule import DiscreteSchedule
 
 StepCallback = Callable[[dict[str, Any]], None]
-SCHEDULER_CHOICES = ("leading", *SCHEDULERS)
+SCHEDULER_CHOICES = ("auto", "leading", *SCHEDULERS)
+# "auto": each sampler's own default, as the official app's "Automatic" (k-diffusion / diffusers).
+AUTO_SCHEDULER = {
+    "dpm_solver": "leading",
+    "ddim": "leading",
+    "euler": "uniform",
+    "euler_ancestral": "uniform",
+    "dpmpp_2m": "karras",
+    "dpmpp_2m_sde": "exponential",
+}
+MAX_SEED = 2**64 - 1
 
 
 @dataclass
 class GenerationSettings:
-    """Everything a generation needs besides the images. Defaults are the official app's.
+    """Everything a generation needs besides the images.
 
-    ``sampler="dpm_solver"`` with ``scheduler="leading"`` is the app's default (DPM-Solver++ 2M on
-    the diffusers "leading" timesteps); ``level_strengths`` maps ``encoder``/``middle``/``low``
-    to the app's per-level cross-attention sliders; ``block_strengths`` (16 values) overrides them.
+    Sampling defaults are the official app's: ``dpm_solver`` on its diffusers "leading" timesteps,
+    20 steps, reference CFG 4, sketch CFG 1. ``scheduler="auto"`` picks each sampler's own default
+    (:data:`AUTO_SCHEDULER`); ``leading`` means the diffusers timesteps of the sampler (DDIM's rule
+    for ``ddim``, DPM-Solver's otherwise). ``level_strengths`` maps ``encoder``/``middle``/``low`` to
+    the app's per-level cross-attention sliders; ``block_strengths`` (16 values) overrides them.
+    Two deliberate differences from the app: ``polarity="auto"`` (the app always inverts) and, when
+    width/height are not given, a size that follows the sketch's aspect at about 512² (the app: 512×512).
     """
 
     steps: int = 20
     sampler: str = "dpm_solver"
-    scheduler: str = "leading"
+    scheduler: str = "auto"
     reference_cfg: float = 4.0
     sketch_cfg: float = 1.0
     reference_strength: float = 1.0
@@ -53,10 +89,24 @@ class GenerationSettings:
             raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.scheduler not in SCHEDULER_CHOICES:
             raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULER_CHOICES)}")
-        if not 1 <= self.steps <= 1000:
-            raise InputError(f"steps must be between 1 and 1000, got {self.steps}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 500:
+            raise InputError(f"steps must be a whole number between 1 and 500, got {self.steps!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"seed must be a whole number between 0 and 2**64 - 1, got {self.seed!r}")
+        numbers = {"reference_cfg": self.reference_cfg, "sketch_cfg": self.sketch_cfg,
+                   "reference_strength": self.reference_strength, "sketch_strength": self.sketch_strength,
+                   **{f"level_strengths[{k}]": v for k, v in (self.level_strengths or {}).items()},
+                   **{f"block_strengths[{i}]": v for i, v in enumerate(self.block_strengths or ())}}
+        for name, value in numbers.items():
+            if not math.isfinite(float(value)):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
         if self.block_strengths is not None and len(self.block_strengths) != NUM_ATTENTION_BLOCKS:
             raise InputError(f"block_strengths needs {NUM_ATTENTION_BLOCKS} values, got {len(self.block_strengths)}")
+
+    @property
+    def resolved_scheduler(self) -> str:
+        """The scheduler actually used (``auto`` resolved for the sampler)."""
+        return AUTO_SCHEDULER[self.sampler] if self.scheduler == "auto" else self.scheduler
 
     def reference_scales(self) -> list[float]:
         if self.block_strengths is not None:
@@ -85,14 +135,12 @@ class Conditioning:
 
 
 def sampling_sigmas(settings: GenerationSettings, schedule: DiscreteSchedule, cfg: ColorizerConfig, device: torch.device) -> Tensor:
-    """The sigma schedule for the k-diffusion-style samplers (``leading`` = the official timesteps)."""
-    if settings.scheduler == "leading":
-        from colorize.sampling import dpm_solver_schedule
-
-        timesteps, _ = dpm_solver_schedule(settings.steps, cfg.schedule)
-        sig = schedule.t_to_sigma(timesteps.float())
-        return torch.cat([sig, sig.new_zeros(1)]).to(device)
-    return SCHEDULERS[settings.scheduler](settings.steps, schedule, device=device)
+    """The sigma schedule for the k-diffusion-style samplers (``leading`` = the sampler's diffusers timesteps)."""
+    name = settings.resolved_scheduler
+    if name == "leading":
+        rule = ddim_timesteps if settings.sampler == "ddim" else leading_timesteps
+        return timestep_sigmas(rule(settings.steps, cfg.schedule.timesteps), schedule, device)
+    return SCHEDULERS[name](settings.steps, schedule, device=device)
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -177,10 +225,16 @@ def sample_latent(
     size: tuple[int, int],
     settings: GenerationSettings,
     callback: StepCallback | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Dual-CFG sampling on the U-Net's device; returns the final latent (b, 4, H/8, W/8) in the
     diffusion space (VAE latent × ``scale_factor``, 0.18215). ``callback`` gets every step's info dict
-    plus ``total``; an exception raised there stops sampling (how hosts interrupt)."""
+    plus ``total``; an exception raised there stops sampling (how hosts interrupt). ``noise`` replaces the
+    seeded initial latent (b, 4, H/8, W/8) when given. Stochastic samplers draw their noise from a CPU
+    generator seeded with ``seed + 1``, so a seed gives the same image on any device.
+
+    A non-finite result (fp16 overflow, broken weights) raises :class:`InputError` instead of
+    silently decoding to a black image."""
     settings.validate()
     scales = settings.reference_scales()
     device = module_device(unet)
@@ -190,19 +244,26 @@ def sample_latent(
         return unet(x, t, context, hints, scales).float()
 
     den = GuidedDenoiser(model_fn, schedule, config.parameterization, settings.reference_cfg, settings.sketch_cfg)
-    noise = initial_noise(config, cond.context.shape[0], size, settings.seed, device)
+    noise = initial_noise(config, cond.context.shape[0], size, settings.seed, device) if noise is None else noise.to(device)
     total = settings.steps
 
     def step(info: dict[str, Any]) -> None:
         if callback is not None:
             callback({**info, "total": total})
 
-    if settings.sampler == "dpm_solver" and settings.scheduler == "leading":
-        return sample_dpm_solver(den.model_output, noise, settings.steps, config.schedule,
-                                 config.parameterization, callback=step)
-    sigmas = sampling_sigmas(settings, schedule, config, device)
-    gen = torch.Generator(device=device).manual_seed(int(settings.seed) + 1)
-    return SAMPLERS[settings.sampler](den, noise * sigmas[0], sigmas, callback=step, generator=gen)
+    if settings.sampler == "dpm_solver" and settings.resolved_scheduler == "leading":
+        latent = sample_dpm_solver(den.model_output, noise, settings.steps, config.schedule,
+                                   config.parameterization, callback=step)
+    else:
+        sigmas = sampling_sigmas(settings, schedule, config, device)
+        gen = torch.Generator().manual_seed((int(settings.seed) + 1) % (MAX_SEED + 1))
+        latent = SAMPLERS[settings.sampler](den, noise * sigmas[0], sigmas, callback=step, generator=gen)
+    if not torch.isfinite(latent).all():
+        raise InputError(
+            f"sampling produced NaN/inf values (precision {module_dtype(unet)}). This usually means a "
+            "half-precision overflow: retry with precision fp32 or bf16; if it persists, the checkpoint may be damaged."
+        )
+    return latent
 
 
 @torch.no_grad()
@@ -245,12 +306,16 @@ class Colorizer:
         clip: str | os.PathLike[str] | None,
         device: str | torch.device = "auto",
         precision: str | torch.dtype = "auto",
+        with_text: bool = False,
     ) -> "Colorizer":
-        """Load a released (or tiny) checkpoint and the OpenCLIP ViT-H/14 file."""
+        """Load a released (or tiny) checkpoint and the OpenCLIP ViT-H/14 file.
+
+        ``with_text`` keeps the CLIP text tower (needed only for text manipulation; 1.4 GB for ViT-H).
+        Without ``clip`` the CLIP weights must be inside the checkpoint."""
         from colorize.loader import load_checkpoint_modules, load_reference_encoder
 
-        mods = load_checkpoint_modules(checkpoint)
-        ref = load_reference_encoder(clip) if clip is not None else mods.reference_encoder
+        mods = load_checkpoint_modules(checkpoint, include_clip=clip is None)
+        ref = load_reference_encoder(clip, with_text) if clip is not None else mods.reference_encoder
         if ref is None:
             raise InputError("no CLIP weights: pass the OpenCLIP ViT-H-14 file (open_clip or clip_vision format)")
         return cls(mods.config, mods.unet, mods.sketch_encoder, mods.vae, ref, device, precision, mods.alphas_cumprod)
@@ -277,7 +342,7 @@ class Colorizer:
     def sample(
         self, cond: Conditioning, size: tuple[int, int], settings: GenerationSettings, callback: StepCallback | None = None
     ) -> Tensor:
-        """Run the sampler; returns the final latent (b, 4, H/8, W/8), unscaled (VAE space × 0.18215)."""
+        """Run the sampler; returns the final latent (b, 4, H/8, W/8) in diffusion space (VAE latent × 0.18215)."""
         return sample_latent(self.unet, self.schedule, self.config, cond, size, settings, callback)
 
     def decode(self, latent: Tensor) -> Tensor:
@@ -292,7 +357,8 @@ class Colorizer:
         settings: GenerationSettings | None = None,
         callback: StepCallback | None = None,
     ) -> Tensor:
-        """Sketch and reference images in [0, 1] (B, C, H, W) → colorized image in [-1, 1]."""
+        """Sketch and reference images in [0, 1] (B, C, H, W) → colorized image **in [-1, 1]**
+        (``(x + 1) / 2`` for [0, 1]; :func:`colorize.preprocess.tensor_to_pil` takes it as is)."""
         settings = settings or GenerationSettings()
         settings.validate()
         sketch01 = check_image(sketch01, "sketch")

@@ -49,10 +49,11 @@ class Sampler:
             "sampler": (list(SAMPLERS), {"default": "dpm_solver",
                                          "tooltip": "dpm_solver = the official DPM-Solver++ 2M; the others are "
                                                     "k-diffusion-style samplers."}),
-            "scheduler": (list(SCHEDULER_CHOICES), {"default": "leading",
-                                                    "tooltip": "Timestep schedule. leading = the official one "
-                                                               "(diffusers 'leading' DDPM steps); karras, uniform, "
-                                                               "exponential for the other samplers."}),
+            "scheduler": (list(SCHEDULER_CHOICES), {"default": "auto",
+                                                    "tooltip": "Timestep schedule. auto = each sampler's own "
+                                                               "default (official 'Automatic'); leading = the "
+                                                               "sampler's diffusers DDPM steps; karras, uniform, "
+                                                               "exponential."}),
             "reference_cfg": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 30.0, "step": 0.1,
                                         "tooltip": "Reference guidance scale (official 1–15, default 4). "
                                                    "1 switches reference guidance off."}),

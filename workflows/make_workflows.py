@@ -63,7 +63,7 @@ def v1_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
               "inputs": {"encoder": ["2", 0], "image": ["4", 0]}},
         "8": {"class_type": "ColorizeDiffusionSampler", "_meta": {"title": "Sampler"},
               "inputs": {"model": ["1", 0], "reference": ["7", 0], "hints": ["6", 0], "seed": 0, "steps": 20,
-                         "sampler": "dpm_solver", "scheduler": "leading", "reference_cfg": 4.0, "sketch_cfg": 1.0,
+                         "sampler": "dpm_solver", "scheduler": "auto", "reference_cfg": 4.0, "sketch_cfg": 1.0,
                          "reference_strength": 1.0, "encoder_strength": 1.0, "middle_strength": 1.0,
                          "low_strength": 1.0, "width": 0, "height": 0}},
         "9": {"class_type": "ColorizeDiffusionDecode", "_meta": {"title": "Decode"},

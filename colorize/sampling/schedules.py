@@ -42,6 +42,17 @@ def uniform_sigmas(n: int, schedule: DiscreteSchedule, device: torch.device | st
     return _append_zero(schedule.t_to_sigma(t))
 
 
+def ddim_timesteps(n: int, num_train_timesteps: int = 1000, steps_offset: int = 1) -> Tensor:
+    """diffusers DDIM "leading" timesteps: multiples of ``T // n`` shifted by the offset, highest first (951…1 for 20)."""
+    ratio = num_train_timesteps // n
+    return torch.arange(n - 1, -1, -1, dtype=torch.int64) * ratio + steps_offset
+
+
+def timestep_sigmas(timesteps: Tensor, schedule: DiscreteSchedule, device: torch.device | str = "cpu") -> Tensor:
+    """Sigmas at the given (integer) timesteps, then a final 0."""
+    return _append_zero(schedule.t_to_sigma(timesteps.float())).to(device)
+
+
 def karras(n: int, schedule: DiscreteSchedule, device: torch.device | str = "cpu", rho: float = 7.0) -> Tensor:
     """Karras sigmas between the schedule's own sigma_min and sigma_max."""
     return karras_sigmas(n, schedule.sigma_min, schedule.sigma_max, rho, device)
@@ -53,6 +64,8 @@ def exponential(n: int, schedule: DiscreteSchedule, device: torch.device | str =
 
 
 __all__ = [
+    "ddim_timesteps",
+    "timestep_sigmas",
     "exponential",
     "exponential_sigmas",
     "karras",
