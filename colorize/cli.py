@@ -1,4 +1,4 @@
-"""Command line: ``python -m colorize {run,inspect,download,make-tiny-weights}``."""
+"""Command line: ``python -m colorize {run,inspect,download,make-tiny-weights,evaluate,bench}``."""
 from __future__ import annotations
 
 import argparse
@@ -21,11 +21,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=None, help="output height (multiple of 64)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--sampler", default="dpm_solver", help="dpm_solver (official default), euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, ddim")
-    p.add_argument("--scheduler", default="leading",
-                   help="leading (official DDPM timesteps; with dpm_solver = the official app's default), karras, uniform, exponential")
+    p.add_argument("--scheduler", default="auto",
+                   help="auto (each sampler's own default, as the official app), leading (the sampler's diffusers timesteps; with dpm_solver = the official default), karras, uniform, exponential")
     p.add_argument("--ref-cfg", type=float, default=4.0, help="reference guidance scale (1 = off)")
     p.add_argument("--sketch-cfg", type=float, default=1.0, help="sketch guidance scale (1 = off)")
-    p.add_argument("--strength", type=float, default=1.0, help="reference strength (cross-attention scale)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="reference strength: scales the cross-attention of the encoder/middle/low levels "
+                        "(as the official app, the middle block and the highest-resolution decoder blocks keep 1)")
     p.add_argument("--sketch-strength", type=float, default=1.0, help="sketch hint strength")
     p.add_argument("--polarity", choices=("auto", "invert", "keep"), default="auto", help="sketch polarity handling")
     p.add_argument("--seed", type=int, default=0)
@@ -43,6 +45,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         print(f"error: {args.out} exists; pass --overwrite or choose another --out", file=sys.stderr)
         return 2
+    from colorize.device import resolve_device
+
+    resolve_device(args.device)  # a missing GPU is reported before anything is loaded
     sketch, reference = load_image(args.sketch), load_image(args.reference)
     paths, missing = [], []
     for name in (args.checkpoint or default_checkpoint_name(), args.clip or default_clip_name()):
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_run(sub)
     sub.add_parser("inspect", help="describe a checkpoint or layout JSON", add_help=False)
     sub.add_parser("download", help="fetch weights listed in weights_manifest.json", add_help=False)
+    sub.add_parser("evaluate", help="FID / PSNR / MS-SSIM / CLIP score on a folder of colour images", add_help=False)
+    sub.add_parser("bench", help="time and measure the pipeline at chosen resolutions", add_help=False)
     tiny = sub.add_parser("make-tiny-weights", help="write tiny random weights (ComfyUI models layout)")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
@@ -96,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         from colorize.weights import main_download
 
         return main_download(argv[1:])
+    if argv and argv[0] == "evaluate":
+        from colorize.evaluate.cli import main as evaluate_main
+
+        return evaluate_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from colorize.benchmark.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     from colorize.errors import user_errors
 

@@ -1,0 +1,171 @@
+"""``python -m colorize bench``: speed, memory and FLOPs of the pipeline at chosen resolutions."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from colorize.device import PRECISIONS
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``512`` → (512, 512); ``768x512`` (width x height) → (512, 768)."""
+    try:
+        if "x" in text.lower():
+            w, h = text.lower().split("x")
+            return int(h), int(w)
+        return int(text), int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution must be N or WxH, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m colorize bench",
+        description="Time reference+sketch encoding, the sampling loop, one U-Net call at the CFG batch size and "
+        "VAE decode; peak memory, U-Net FLOPs and achieved TFLOP/s. Median of --runs after --warmup. Without "
+        "--checkpoint the modules get random weights, built on the device (full size on CUDA, tiny elsewhere).",
+    )
+    p.add_argument("--res", nargs="+", type=_size, default=None,
+                   help="resolutions, N or WxH, multiples of 64 (default: 512 768 1024 full size, 64 128 tiny)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--scheduler", default="karras")
+    p.add_argument("--ref-cfg", type=float, default=4.0)
+    p.add_argument("--sketch-cfg", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=1, help="images per generation")
+    p.add_argument("--runs", type=int, default=3, help="measured generations per resolution (median)")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured generations first")
+    p.add_argument("--unet-iters", type=int, default=10, help="timed single U-Net calls (median)")
+    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
+    p.add_argument("--config", choices=("auto", "full", "tiny"), default="auto",
+                   help="random-weight model size without --checkpoint (auto: full on CUDA, tiny elsewhere)")
+    p.add_argument("--checkpoint", default=None, help="benchmark a real checkpoint (path or manifest name)")
+    p.add_argument("--clip", default=None, help="CLIP file or manifest name for --checkpoint")
+    p.add_argument("--models-dir", type=Path, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the results here (atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--official", type=Path, default=None,
+                   help="the official figures (default: $COLORIZE_BENCHMARKS or shared/benchmarks/official-v1-h200.json)")
+    p.add_argument("--report", type=Path, default=None, metavar="BENCH_JSON",
+                   help="run nothing: print the table of an earlier --json, beside the official figures when the GPU matches")
+    return p
+
+
+def _model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    from colorize.benchmark.models import loaded_colorizer, random_colorizer
+    from colorize.config import PRESETS
+    from colorize.device import resolve_device
+    from colorize.weights import default_clip_name, resolve
+
+    if args.checkpoint is not None:
+        ckpt = resolve(args.checkpoint, args.models_dir)
+        clip = resolve(args.clip or default_clip_name(), args.models_dir)
+        model, info = loaded_colorizer(ckpt, clip, args.device, args.precision)
+        return model, {**info, "config": "checkpoint"}
+    device = resolve_device(args.device)
+    name = args.config if args.config != "auto" else ("full" if device.type == "cuda" else "tiny")
+    model, info = random_colorizer(PRESETS[name], device, args.precision, args.seed)
+    return model, {**info, "config": name}
+
+
+def _official_block(results: Sequence[dict[str, Any]], device_name: str | None, path: Path | None) -> dict[str, Any] | None:
+    from colorize.benchmark.report import comparison, find_official, load_official, same_gpu
+
+    found = find_official(path)
+    if found is None:
+        return None
+    official = load_official(found)
+    if not same_gpu(device_name, official["device_name"]):
+        return None
+    return {"path": str(found), "device_name": official["device_name"], "rows": comparison(results, official)}
+
+
+def _print_all(doc: dict[str, Any], official_path: Path | None) -> dict[str, Any] | None:
+    from colorize.benchmark.report import format_comparison, format_table
+
+    env = doc["env"]
+    print(f"{env.get('device_name')} ({env['device']}), torch {env['torch']}, {doc['model']['config']} model, "
+          f"{doc['settings']['precision']}, {doc['settings']['steps']} steps {doc['settings']['sampler']}/"
+          f"{doc['settings']['scheduler']}, reference CFG {doc['settings']['ref_cfg']}, sketch CFG "
+          f"{doc['settings']['sketch_cfg']}, batch {doc['settings']['batch']}, median of {doc['settings']['runs']}")
+    print(format_table(doc["results"]))
+    block = _official_block(doc["results"], env.get("device_name"), official_path)
+    if block is not None and block["rows"]:
+        print()
+        print(format_comparison(block["rows"], block["device_name"]))
+    return block
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from colorize.errors import user_errors
+
+    with user_errors() as status:
+        status.code = _report(args) if args.report is not None else _bench(args)
+    return status.code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from colorize.preprocess import InputError
+
+    if not args.report.is_file():
+        raise InputError(f"benchmark JSON not found: {args.report}")
+    _print_all(json.loads(args.report.read_text(encoding="utf-8")), args.official)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from colorize.benchmark.measure import bench_size
+    from colorize.benchmark.report import environment
+    from colorize.io import atomic_path
+    from colorize.pipeline import GenerationSettings
+    from colorize.preprocess import InputError
+
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.json} exists; pass --overwrite or choose another --json")
+    if min(args.runs, args.unet_iters, args.batch) < 1 or args.warmup < 0:
+        raise InputError("--runs, --unet-iters and --batch must be at least 1, --warmup at least 0")
+    settings = GenerationSettings(steps=args.steps, sampler=args.sampler, scheduler=args.scheduler,
+                                  reference_cfg=args.ref_cfg, sketch_cfg=args.sketch_cfg, seed=args.seed)
+    settings.validate()
+    start = time.perf_counter()
+    model, info = _model(args)
+    sizes = args.res or ([(512, 512), (768, 768), (1024, 1024)] if info["config"] == "full" else [(64, 64), (128, 128)])
+    bad = [f"{w}x{h}" for h, w in sizes if h % 64 or w % 64]
+    if bad:
+        raise InputError(f"resolutions must be multiples of 64: {', '.join(bad)}")
+    results = []
+    with torch.inference_mode():
+        for size in sizes:
+            results.append(bench_size(model, size, settings, args.runs, args.warmup, args.unet_iters, args.batch,
+                                      flops=not args.no_flops))
+    doc: dict[str, Any] = {
+        "env": environment(model.device),
+        "model": info,
+        "settings": {"steps": args.steps, "sampler": args.sampler, "scheduler": args.scheduler, "ref_cfg": args.ref_cfg,
+                     "sketch_cfg": args.sketch_cfg, "batch": args.batch, "runs": args.runs, "warmup": args.warmup,
+                     "unet_iters": args.unet_iters, "seed": args.seed,
+                     "precision": f"U-Net blocks and sketch encoder {str(model.dtype).removeprefix('torch.')}; "
+                                  "U-Net time embedding/out, VAE and CLIP float32"},
+        "results": results,
+        "elapsed_s": None,
+    }
+    doc["official"] = _print_all(doc, args.official)
+    doc["elapsed_s"] = round(time.perf_counter() - start, 2)
+    if args.json is not None:
+        with atomic_path(args.json, overwrite=args.overwrite) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,198 @@
+"""Timing, memory and FLOP counting of one generation's stages (thesis Tab. 5.5: inference time).
+
+Every stage is timed between device synchronisations (``time.perf_counter``); a result is the median
+of the measured runs after the warm-up runs. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``
+(matrix multiplies, convolutions and attention; elementwise work is not counted), from one extra call of
+each stage, so counting never slows the timed runs.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from colorize.preprocess import prepare_reference, prepare_sketch
+from colorize.sampling import guidance_rows
+
+GIB = float(1 << 30)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
+    """FLOPs of one call of ``fn`` (total, per aten op); works on any device, the meta device included.
+
+    ``nn.MultiheadAttention``'s fused inference kernel (used by the CLIP towers) is invisible to the counter,
+    so its fast path is switched off while counting; the CPU flash-attention kernel, which the counter does
+    not know, is counted with the counter's own attention formula."""
+    mha = getattr(torch.backends, "mha", None)
+    fast = mha.get_fastpath_enabled() if mha is not None else None
+    try:
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+            fn()
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(fast)
+    by_op = {str(getattr(op, "__name__", op)).split(".")[-1]: int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+    return int(counter.get_total_flops()), by_op
+
+
+def _sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _extra_flop_formulas() -> dict[Any, Callable[..., int]]:
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return {op: _sdpa_flops} if op is not None else {}
+
+
+def reset_peak_memory(device: torch.device) -> float | None:
+    """Start a peak-memory window; returns the memory allocated now (GiB) where the device tells."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / GIB
+    return None
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory since :func:`reset_peak_memory`: CUDA allocator peaks, or the process' peak resident set
+    size elsewhere (best effort: whole process, since its start; ``None`` where the OS does not say)."""
+    if device.type == "cuda":
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated(device) / GIB,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
+                "memory_kind": "torch.cuda.max_memory_allocated"}
+    try:
+        import resource
+    except ImportError:  # Windows
+        return {"peak_memory_gib": None, "memory_kind": "unavailable"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return {"peak_memory_gib": rss * scale / GIB, "memory_kind": "process peak RSS (ru_maxrss, whole process)"}
+
+
+def synthetic_inputs(size: tuple[int, int], batch: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A prepared sketch (sparse random strokes, lines +1) and a random colour reference in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    sketch01 = (torch.rand(batch, 1, *size, generator=g) > 0.05).float().expand(-1, 3, -1, -1)
+    reference01 = torch.rand(batch, 3, *size, generator=g)
+    return prepare_sketch(sketch01, size, "invert"), prepare_reference(reference01)
+
+
+def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, warmup: int = 1,
+               unet_iters: int = 10, batch: int = 1, flops: bool = True) -> dict[str, Any]:
+    """Time one resolution: stages of ``runs`` generations (after ``warmup``), ``unet_iters`` single U-Net
+    calls at the CFG batch size, peak memory, FLOPs and achieved TFLOP/s."""
+    from colorize.pipeline import make_conditioning
+
+    dev = model.device
+    sketch, reference = synthetic_inputs(size, batch, settings.seed)
+    sketch, reference = sketch.to(dev), reference.to(dev)
+    calls = [0]
+    hook = model.unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+
+    def generate() -> tuple[dict[str, float], Any, Tensor, Tensor]:
+        synchronize(dev)
+        t0 = time.perf_counter()
+        tokens = model.encode_reference(reference)
+        synchronize(dev)
+        t1 = time.perf_counter()
+        hints, hints_uncond = model.encode_sketch(sketch, settings.sketch_strength)
+        cond = make_conditioning(tokens, hints, hints_uncond, model.dtype)
+        synchronize(dev)
+        t2 = time.perf_counter()
+        latent = model.sample(cond, size, settings)
+        synchronize(dev)
+        t3 = time.perf_counter()
+        image = model.decode(latent)
+        synchronize(dev)
+        t4 = time.perf_counter()
+        ms = {"clip_ms": t1 - t0, "sketch_ms": t2 - t1, "encode_ms": t2 - t0, "sample_ms": t3 - t2,
+              "decode_ms": t4 - t3, "total_ms": t4 - t0}
+        return {k: v * 1e3 for k, v in ms.items()}, cond, latent, image
+
+    try:
+        for _ in range(warmup):
+            generate()
+        calls[0] = 0
+        resident = reset_peak_memory(dev)
+        timings = []
+        for _ in range(runs):
+            ms, cond, latent, image = generate()
+            timings.append(ms)
+        memory = peak_memory(dev)
+        unet_calls = calls[0] / max(1, runs)
+    finally:
+        hook.remove()
+
+    out: dict[str, Any] = {"res": f"{size[1]}x{size[0]}", "height": size[0], "width": size[1], "batch": batch}
+    for key in timings[0]:
+        out[key] = median([t[key] for t in timings])
+        out[key.replace("_ms", "_ms_all")] = [round(t[key], 3) for t in timings]
+    out["per_step_ms"] = out["sample_ms"] / settings.steps
+    out["unet_calls_per_generation"] = unet_calls
+    out.update(memory)
+    if resident is not None:
+        out["resident_gib"] = resident
+    out["output_finite"] = bool(torch.isfinite(image).all())
+
+    unet_fn, cfg_batch = unet_call(model, cond, latent, settings)
+    out["cfg_batch"] = cfg_batch
+    for _ in range(2):
+        unet_fn()
+    call_ms = []
+    for _ in range(unet_iters):
+        synchronize(dev)
+        t0 = time.perf_counter()
+        unet_fn()
+        synchronize(dev)
+        call_ms.append((time.perf_counter() - t0) * 1e3)
+    out["unet_call_ms"], out["unet_call_ms_min"] = median(call_ms), min(call_ms)
+
+    if flops:
+        out["unet_flops"], out["unet_flops_by_op"] = count_flops(unet_fn)
+        out["unet_tflops"] = out["unet_flops"] / (out["unet_call_ms"] * 1e-3) / 1e12
+        out["sampling_tflops"] = unet_calls * out["unet_flops"] / (out["sample_ms"] * 1e-3) / 1e12
+        out["clip_flops"], _ = count_flops(lambda: model.encode_reference(reference))
+        out["sketch_flops"], _ = count_flops(lambda: model.encode_sketch(sketch, settings.sketch_strength))
+        out["decode_flops"], _ = count_flops(lambda: model.decode(latent))
+        out["generation_flops"] = int(out["clip_flops"] + out["sketch_flops"] + unet_calls * out["unet_flops"]
+                                      + out["decode_flops"])
+        out["generation_tflops"] = out["generation_flops"] / (out["total_ms"] * 1e-3) / 1e12
+    return out
+
+
+def unet_call(model: Any, cond: Any, latent: Tensor, settings: Any) -> tuple[Callable[[], Tensor], int]:
+    """One U-Net evaluation exactly as the sampling loop makes it: all CFG row groups in one batch."""
+    rows = guidance_rows(settings.reference_cfg, settings.sketch_cfg)
+    context, hints = cond.rows(rows)
+    x = torch.cat([latent] * len(rows)).to(model.device)
+    t = torch.full((x.shape[0],), 500.0, device=model.device)
+    scales = settings.reference_scales()
+
+    def call() -> Tensor:
+        with torch.no_grad():
+            return model.unet(x, t, context, hints, scales).float()
+
+    return call, x.shape[0]
+
+
+__all__ = ["bench_size", "count_flops", "peak_memory", "reset_peak_memory", "synchronize", "synthetic_inputs", "unet_call"]
