@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import fields
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -172,25 +172,10 @@ class DualCondUNet(nn.Module):
         return layers
 
     def _build_input_blocks(self, emb_dim: int) -> list[int]:
-        cfg = self.cfg
-        ch, ds = cfg.model_channels, 1
-        blocks = [UNetBlock(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))]
-        skip_channels, self.hint_indices = [ch], [0]
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                out_ch = mult * cfg.model_channels
-                blocks.append(UNetBlock(*self._res_level(ch, out_ch, emb_dim, ds in cfg.attention_resolutions)))
-                ch = out_ch
-                skip_channels.append(ch)
-            if level != len(cfg.channel_mult) - 1:
-                blocks.append(UNetBlock(Downsample(ch)))
-                skip_channels.append(ch)
-                self.hint_indices.append(len(blocks) - 1)
-                ds *= 2
-        if self.hint_indices[-1] != len(blocks) - 1:
-            self.hint_indices.append(len(blocks) - 1)
-        self.input_blocks = nn.ModuleList(blocks)
-        self._bottom = (ch, ds)
+        blocks, skip_channels, self.hint_indices, self._bottom = build_input_blocks(
+            self.cfg, emb_dim, self._next_attention
+        )
+        self.input_blocks = blocks
         return skip_channels
 
     def _build_middle_block(self, emb_dim: int) -> None:
@@ -215,15 +200,9 @@ class DualCondUNet(nn.Module):
 
     def _zero_init(self) -> None:
         """Zero the residual output layers as SD does (irrelevant once weights are loaded)."""
-        last_layers = [self.out[2]]
-        for m in self.modules():
-            if isinstance(m, ResBlock):
-                last_layers.append(m.out_layers[3])
-            elif isinstance(m, SpatialTransformer):
-                last_layers.append(m.proj_out)
-        for layer in last_layers:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        zero_residual_outputs(self)
+        nn.init.zeros_(self.out[2].weight)
+        nn.init.zeros_(self.out[2].bias)
 
     # ---------------------------------------------------------------- forward
     @property
@@ -273,29 +252,85 @@ class DualCondUNet(nn.Module):
         (see ``colorize.models.strength``); a value is a float, or a tensor of shape () or (b,); a tensor of
         shape (16,) or (16, b) is accepted too.  They multiply softmax(qkᵀ/√d)·v of every ``attn2``.
         """
-        dtype = self.dtype
+        if context is not None:
+            context = context.to(self.dtype)
+        emb = self._embed(timesteps, x)
+        scales = self._scales(reference_scales, x.device)
+        h, skips = self._encode(x, emb, context, scales, hints)
+        return self._head(self._decode(h, skips, emb, context, scales), x)
+
+    # Forward pieces, shared with variants that change one stage (e.g. the v2 decoder).
+    def _embed(self, timesteps: Tensor, x: Tensor) -> Tensor:
+        """Time embedding ``time_embed(sinusoid(t))`` (b, 4·model_channels) in the model dtype."""
         t = timesteps.reshape(-1).to(x.device)
         if t.numel() == 1:
             t = t.expand(x.shape[0])
         t_emb = timestep_embedding(t, self.cfg.model_channels)
-        emb = self.time_embed(t_emb.to(self.time_embed[0].weight.dtype)).to(dtype)
-        if context is not None:
-            context = context.to(dtype)
-        scales = self._scales(reference_scales, x.device)
-        hints_at = self._hints(hints)
+        return self.time_embed(t_emb.to(self.time_embed[0].weight.dtype)).to(self.dtype)
 
-        h, skips = x.to(dtype), []
+    def _encode(
+        self, x: Tensor, emb: Tensor, context: Any, scales: ReferenceScales, hints: Sequence[Tensor | None] | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Input blocks (hints added after their blocks, skips stored) and the middle block."""
+        hints_at = self._hints(hints)
+        h, skips = x.to(self.dtype), []
         for i, block in enumerate(self.input_blocks):
             h = self._run(block, h, emb, context, scales)
             if i in hints_at:
                 h = h + hints_at[i]
             skips.append(h)
-        h = self._run(self.middle_block, h, emb, context, scales)
+        return self._run(self.middle_block, h, emb, context, scales), skips
+
+    def _decode(self, h: Tensor, skips: list[Tensor], emb: Tensor, context: Any, scales: ReferenceScales) -> Tensor:
+        """Output blocks, each consuming the last stored skip (``skips`` is emptied)."""
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             size = tuple(skips[-1].shape[-2:]) if skips else None
             h = self._run(block, h, emb, context, scales, size)
+        return h
+
+    def _head(self, h: Tensor, x: Tensor) -> Tensor:
         return self.out(h.to(self.out[2].weight.dtype)).to(x.dtype)
+
+
+def build_input_blocks(
+    cfg: UNetConfig, emb_dim: int, attention: Callable[[int], nn.Module]
+) -> tuple[nn.ModuleList, list[int], list[int], tuple[int, int]]:
+    """The encoder half of the U-Net (``input_blocks``), shared by ``DualCondUNet`` and the v2 encoders.
+
+    ``attention(channels)`` makes each attention block, in the official order.  Returns the blocks, the
+    output width of every block (the skip widths), the hint indices (0, every Downsample, the last block)
+    and ``(channels, downsample factor)`` at the bottom.
+    """
+    ch, ds = cfg.model_channels, 1
+    blocks = [UNetBlock(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))]
+    skip_channels, hint_indices = [ch], [0]
+    for level, mult in enumerate(cfg.channel_mult):
+        for _ in range(cfg.num_res_blocks):
+            out_ch = mult * cfg.model_channels
+            layers: list[nn.Module] = [ResBlock(ch, emb_dim, out_ch)]
+            if ds in cfg.attention_resolutions:
+                layers.append(attention(out_ch))
+            blocks.append(UNetBlock(*layers))
+            ch = out_ch
+            skip_channels.append(ch)
+        if level != len(cfg.channel_mult) - 1:
+            blocks.append(UNetBlock(Downsample(ch)))
+            skip_channels.append(ch)
+            hint_indices.append(len(blocks) - 1)
+            ds *= 2
+    if hint_indices[-1] != len(blocks) - 1:
+        hint_indices.append(len(blocks) - 1)
+    return nn.ModuleList(blocks), skip_channels, hint_indices, (ch, ds)
+
+
+def zero_residual_outputs(module: nn.Module) -> None:
+    """Zero every ResBlock's last conv and every SpatialTransformer's ``proj_out`` inside ``module``."""
+    for m in module.modules():
+        layer = m.out_layers[3] if isinstance(m, ResBlock) else m.proj_out if isinstance(m, SpatialTransformer) else None
+        if layer is not None:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
 
 def config_from_official(params: Mapping[str, Any]) -> UNetConfig:
