@@ -1,0 +1,293 @@
+"""The training loop: AdamW, autocast (bf16, or fp16 with a GradScaler), gradient accumulation, DDP, optional
+EMA, resumable atomic checkpoints, loss/sample logs and a released-layout export at the end.
+
+Determinism: every sample's augmentation and noise come from generators keyed by (seed, step, slot)
+(``training.batches``), so a resumed run continues exactly (bitwise on CPU) and a ``W``-process run sees the
+same samples as one process with the same global batch (gradients then differ only by summation order).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from colorize.schedule import ddpm_buffers
+from training import checkpoint as ckpt
+from training.batches import BatchPlan, ItemSpec, PlanSampler, TripletDataset, collate
+from training.config import ObjectiveConfig, TrainConfig
+from training.data import open_source
+from training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from training.ema import EMA
+from training.export import export_safetensors
+from training.logs import MetricLog, render_samples, save_samples
+from training.model import TrainModules, build_modules, encode_latents, encode_reference
+from training.objective import ScheduleTable, make_inputs, weighted_mse
+from training.stages import apply_trainable, get_stage
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA when supported (else fp16), fp32 elsewhere."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return _DTYPES[precision]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype) -> Any:
+    """``torch.autocast`` for bf16/fp16, nothing for fp32."""
+    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+def training_loss(
+    mods: TrainModules,
+    model: torch.nn.Module,
+    batch: dict[str, Tensor],
+    objective: ObjectiveConfig,
+    table: ScheduleTable,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor:
+    """One micro-batch: frozen VAE/CLIP encodes (no grad), noised inputs (Eq. 5.2 / 5.3), denoiser, MSE."""
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with autocast_context(device, dtype):
+        z = encode_latents(mods.vae, b["color"], b["vae_noise"] if objective.vae_sample else None)
+        ctx = encode_reference(mods.clip, b["reference"])
+    inputs = make_inputs(z.float(), ctx.float(), b["sketch"], b, objective, table)
+    with autocast_context(device, dtype):
+        pred = model(inputs.x_t, inputs.t, inputs.context, inputs.sketch)
+    return weighted_mse(pred, inputs.target, inputs.weights)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)
+    export: Path | None = None
+    checkpoint: Path | None = None
+
+
+class Trainer:
+    """One run of a :class:`TrainConfig` on this process (``torchrun`` starts one per GPU)."""
+
+    def __init__(self, cfg: TrainConfig, dist: DistInfo | None = None) -> None:
+        self.cfg = cfg
+        self.dist = dist or init_distributed(cfg.run.device)
+        self.device = self.dist.device
+        self.stage = get_stage(cfg.stage)
+        seed_everything(cfg.run.seed)
+        self.mods = build_modules(cfg.model, cfg.objective.prediction)
+        self.params = apply_trainable(self.stage, self.mods.groups())
+        self.mods.denoiser.to(self.device).train()
+        self.mods.vae.to(self.device)
+        self.mods.clip.to(self.device)
+        self.table = ScheduleTable(ddpm_buffers(self.mods.config.schedule)["alphas_cumprod"])
+        self.model: torch.nn.Module = self.mods.denoiser
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.mods.denoiser, device_ids=ids,
+                                                 find_unused_parameters=cfg.run.find_unused_parameters)
+        o = cfg.optim
+        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps,
+                                           **fast)
+        warm = max(0, o.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.dtype = resolve_precision(cfg.run.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.ema = EMA(self.mods.denoiser, cfg.run.ema_decay) if cfg.run.ema_decay else None
+        self.source = open_source(cfg.data)
+        self.dataset = TripletDataset(self.source, cfg.augment, cfg.objective, self.mods.noise_spec(), cfg.run.seed)
+        r = cfg.run
+        self.plan = BatchPlan(len(self.dataset), r.batch_size, r.grad_accum, self.dist.world_size, r.seed,
+                              cfg.augment.buckets)
+        self.step = 0
+        self.out_dir = Path(r.out_dir)
+        self.log = MetricLog(self.out_dir, enabled=self.dist.is_main)
+        self._maybe_resume()
+
+    # ------------------------------------------------------------------ steps
+    def micro_loss(self, batch: dict[str, Tensor], model: torch.nn.Module | None = None) -> Tensor:
+        """Loss of one micro-batch (mean over its samples)."""
+        return training_loss(self.mods, model or self.model, batch, self.cfg.objective, self.table, self.dtype,
+                             self.device)
+
+    def train_step(self, micro_batches: list[dict[str, Tensor]]) -> dict[str, float]:
+        """One optimiser step over ``grad_accum`` micro-batches; returns loss (mean over all processes)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        n = len(micro_batches)
+        for i, batch in enumerate(micro_batches):
+            sync = i == n - 1 or not self.dist.enabled
+            with nullcontext() if sync else self.model.no_sync():  # type: ignore[operator]
+                loss = self.micro_loss(batch)
+                self.scaler.scale(loss / n).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if self.cfg.optim.max_grad_norm:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.max_grad_norm))
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        skipped = scale is not None and self.scaler.get_scale() < scale  # fp16 overflow: no update this step
+        if not skipped:
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.mods.denoiser)
+        self.step += 1
+        out = {"loss": float(all_reduce_mean(total / n, self.dist))}
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        if scale is not None:
+            out["loss_scale"] = float(self.scaler.get_scale())
+            out["skipped"] = float(skipped)
+        return out
+
+    @torch.no_grad()
+    def eval_loss(self, batch: dict[str, Tensor]) -> float:
+        """Loss of a fixed batch with the current weights (no update, eval mode)."""
+        den = self.mods.denoiser
+        was = den.training
+        den.eval()
+        try:
+            return float(self.micro_loss(batch, model=den))
+        finally:
+            den.train(was)
+
+    def fixed_batch(self, count: int, key: int = -1) -> dict[str, Tensor]:
+        """The first ``count`` items with a fixed key and the first bucket (previews, evaluation)."""
+        bucket = tuple(self.cfg.augment.buckets[0])
+        items = [ItemSpec(i % len(self.dataset), key, i, bucket) for i in range(count)]  # type: ignore[arg-type]
+        return collate([self.dataset[s] for s in items])
+
+    # ------------------------------------------------------------------ data
+    def micro_batches(self) -> Iterator[list[dict[str, Tensor]]]:
+        """Lists of ``grad_accum`` micro-batches, one list per step, from the current step on."""
+        sampler = PlanSampler(self.plan, self.dist.rank, self.step, self.cfg.run.max_steps)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,  # type: ignore[arg-type]
+                            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        group: list[dict[str, Tensor]] = []
+        for batch in loader:
+            group.append(batch)
+            if len(group) == self.plan.grad_accum:
+                yield group
+                group = []
+
+    # ------------------------------------------------------------------ run
+    def train(self) -> TrainResult:
+        r = self.cfg.run
+        result = TrainResult(self.step)
+        window: list[float] = []
+        t0, s0 = time.time(), self.step
+        for group in self.micro_batches():
+            metrics = self.train_step(group)
+            result.losses.append(metrics["loss"])
+            window.append(metrics["loss"])
+            if r.log_every and self.step % r.log_every == 0:
+                rate = (self.step - s0) * self.plan.global_batch / max(time.time() - t0, 1e-9)
+                self.log.write({"step": self.step, "loss": sum(window) / len(window),
+                                "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
+                                **{k: v for k, v in metrics.items() if k != "loss"}})
+                window = []
+            if r.sample_every and self.step % r.sample_every == 0:
+                self.write_samples()
+            if r.save_every and self.step % r.save_every == 0:
+                result.checkpoint = self.save()
+        if result.checkpoint is None or self.step % max(r.save_every, 1):
+            result.checkpoint = self.save()
+        if r.export:
+            result.export = self.export()
+        result.step = self.step
+        return result
+
+    def write_samples(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        grid = render_samples(self.mods, self.fixed_batch(self.cfg.run.sample_count), self.cfg.run.sample_steps,
+                              self.cfg.run.seed)
+        return save_samples(self.out_dir / "samples" / f"step_{self.step:08d}.png", grid)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "stage": self.stage.name,
+            "model": self.mods.denoiser.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rng": ckpt.rng_state(),
+            "data": self.plan.position(self.step),
+            "train_config": self.cfg.to_json(),
+            "colorize_config": json.dumps(self.mods.config.to_dict()),
+        }
+
+    def save(self) -> Path:
+        """Checkpoint of the current step (main process writes; everyone waits)."""
+        path = ckpt.checkpoint_path(self.out_dir, self.step)
+        if self.dist.is_main:
+            ckpt.save_training_state(self.state_dict(), path)
+            ckpt.prune_checkpoints(self.out_dir, self.cfg.run.keep_checkpoints)
+        barrier(self.dist)
+        return path
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["colorize_config"] != json.dumps(self.mods.config.to_dict()):
+            raise ValueError("the checkpoint was written for a different model configuration")
+        self.mods.denoiser.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def _maybe_resume(self) -> None:
+        how = self.cfg.run.resume
+        path = None
+        if how == "auto":
+            path = ckpt.latest_checkpoint(self.out_dir)
+        elif how not in ("none", ""):
+            path = Path(how)
+        if path is not None:
+            self.load_state_dict(ckpt.load_training_state(path))
+            if self.dist.is_main:
+                print(f"resumed from {path} at step {self.step}", flush=True)
+
+    def export(self) -> Path | None:
+        """Released-layout safetensors of the (EMA) weights: ``out_dir/export/<stage>-step<N>.safetensors``."""
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return None
+        sd = self.mods.denoiser.state_dict()
+        use_ema = self.ema is not None and self.cfg.run.export_ema
+        if use_ema:
+            sd = self.ema.averaged_state_dict(self.mods.denoiser)  # type: ignore[union-attr]
+        path = self.out_dir / "export" / f"{self.stage.name}-step{self.step:08d}.safetensors"
+        info = {"stage": self.stage.name, "step": self.step, "ema": use_ema}
+        export_safetensors(path, sd, self.mods.vae.state_dict(), self.mods.config, info, self.cfg.run.export_vae_fp16)
+        barrier(self.dist)
+        return path

@@ -1,0 +1,78 @@
+"""Loss logging (JSON lines + console) and sample previews (sketch | reference | target | colorized)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from colorize.io import atomic_path
+from colorize.pipeline import (
+    GenerationSettings,
+    make_conditioning,
+    reference_tokens,
+    sample_latent,
+    sketch_hints,
+)
+from colorize.preprocess import tensor_to_pil
+from colorize.schedule import DiscreteSchedule
+from training.model import TrainModules
+
+
+class MetricLog:
+    """Appends one JSON object per line to ``out_dir/log.jsonl`` and prints a short line (main process only)."""
+
+    def __init__(self, out_dir: str | Path, enabled: bool = True) -> None:
+        self.path = Path(out_dir) / "log.jsonl"
+        self.enabled = enabled
+        self.start = time.time()
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {**record, "elapsed_s": round(time.time() - self.start, 3)}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        print(shown, flush=True)
+
+
+def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+@torch.no_grad()
+def render_samples(mods: TrainModules, batch: dict[str, Tensor], steps: int, seed: int) -> Tensor:
+    """Colorize ``batch`` (sketch/reference/color in [-1, 1]) with the current weights; returns a grid image
+    (1, 3, n·h, 4·w) in [-1, 1]: sketch (black lines), reference, target, result."""
+    den = mods.denoiser
+    was_training = den.training
+    den.eval()
+    try:
+        dev = next(den.parameters()).device
+        sketch, color = batch["sketch"].to(dev), batch["color"].to(dev)
+        tokens = reference_tokens(mods.clip, batch["reference"].to(dev))
+        hints, hints_uncond = sketch_hints(den.sketch_encoder, sketch)
+        cond = make_conditioning(tokens, hints, hints_uncond, torch.float32)
+        size = tuple(sketch.shape[-2:])
+        settings = GenerationSettings(steps=steps, seed=seed)
+        z = sample_latent(den.unet, DiscreteSchedule.from_config(mods.config.schedule), mods.config, cond, size, settings)
+        out = mods.vae.decode(z.float() / mods.config.vae.scale_factor).clamp(-1, 1)
+    finally:
+        den.train(was_training)
+    ref = F.interpolate(batch["reference"].to(dev), size=size, mode="bilinear", align_corners=False)
+    rows = torch.cat([-sketch, ref, color, out], dim=-1)
+    return torch.cat(list(rows), dim=-2)[None].cpu()
+
+
+def save_samples(path: str | Path, grid: Tensor) -> Path:
+    with atomic_path(path, overwrite=True) as tmp:
+        tensor_to_pil(grid)[0].save(tmp, format="PNG")
+    return Path(path)

@@ -1,0 +1,44 @@
+"""``python -m training.train --config CONFIG.json [--set section.field=value ...]``
+
+One process per device; several GPUs or nodes through ``torchrun``, e.g.
+``torchrun --nproc_per_node 8 -m training.train --config training/configs/stage1_noisy.json``.
+``--print-config`` shows the resolved config (stage defaults + file + overrides) and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from training.config import load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.train", description="Train a ColorizeDiffusion v1 model.")
+    ap.add_argument("--config", required=True, help="a .json config (or a .py file defining CONFIG)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field, e.g. --set run.max_steps=100 (value parsed as JSON when possible)")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (NotImplementedError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    from training.distributed import shutdown
+    from training.engine import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        result = trainer.train()
+        if trainer.dist.is_main:
+            print(f"done: step {result.step}; checkpoint {result.checkpoint}; export {result.export}", flush=True)
+    finally:
+        shutdown(trainer.dist)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
