@@ -236,7 +236,13 @@ def sample_latent(
     A non-finite result (fp16 overflow, broken weights) raises :class:`InputError` instead of
     silently decoding to a black image."""
     settings.validate()
-    scales = settings.reference_scales()
+    scales: list[float] | None = settings.reference_scales()
+    n_blocks = getattr(unet, "num_attention_blocks", len(scales))
+    if len(scales) != n_blocks:  # a non-SD2.1 topology (e.g. a custom training run)
+        if any(s != 1.0 for s in scales):
+            raise InputError(f"per-level/per-block reference strengths need the SD2.1 layout of {len(scales)} "
+                             f"attention blocks; this U-Net has {n_blocks}: leave the strengths at 1")
+        scales = None
     device = module_device(unet)
 
     def model_fn(x: Tensor, t: Tensor, rows: tuple[str, ...]) -> Tensor:

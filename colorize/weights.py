@@ -18,6 +18,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import urllib.request
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -85,6 +86,9 @@ def default_clip_name() -> str:
 
 
 def hub_url(entry: dict[str, Any]) -> str:
+    """Where the file comes from: its Hugging Face URL, or the entry's plain ``url`` when it is not on the Hub."""
+    if not entry.get("repo_id") and entry.get("url"):
+        return str(entry["url"])
     sub = f"{entry['subfolder'].strip('/')}/" if entry.get("subfolder") else ""
     return f"https://huggingface.co/{entry['repo_id']}/resolve/{entry.get('revision') or 'main'}/{sub}{entry['hub_filename']}"
 
@@ -142,7 +146,8 @@ def missing_message(entry: dict[str, Any], models_dir: str | os.PathLike[str] | 
         f"  looked in:  {looked[0]}",
         *(f"              {p}" for p in looked[1:]),
         f"  reason:     {reason}",
-        f"  source:     Hugging Face repo {entry['repo_id']}, file {sub}{entry['hub_filename']} (revision {entry.get('revision') or 'main'})",
+        (f"  source:     Hugging Face repo {entry['repo_id']}, file {sub}{entry['hub_filename']} "
+         f"(revision {entry.get('revision') or 'main'})" if entry.get("repo_id") else "  source:     direct download"),
         f"              {hub_url(entry)}",
         f"  licence:    {entry['licence']}" + (f" ({entry['licence_note']})" if entry.get("licence_note") else ""),
         "to fetch it:",
@@ -187,6 +192,18 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
+def _download_url(url: str, dest: Path, progress: Progress | None, timeout: float = 60.0) -> Path:
+    """Plain HTTPS download for entries that are not on the Hub (the caller handles atomic placement)."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as f:
+        total, done = int(getattr(resp, "headers", {}).get("Content-Length") or 0), 0
+        while block := resp.read(1 << 20):
+            f.write(block)
+            done += len(block)
+            if progress is not None:
+                progress(done, total)
+    return dest
+
+
 def fetch(
     entry: dict[str, Any], models_dir: str | os.PathLike[str] | None = None, progress: Progress | None = None
 ) -> Path:
@@ -207,7 +224,8 @@ def fetch(
         if progress is not None:
             kwargs["tqdm_class"] = _callback_tqdm(progress)
         try:
-            got = Path(hf_hub_download(**kwargs))
+            got = (Path(hf_hub_download(**kwargs)) if entry.get("repo_id")
+                   else _download_url(hub_url(entry), tmpdir / entry["filename"], progress))
         except ImportError:
             raise WeightsMissingError(
                 missing_message(entry, models_dir, "huggingface_hub is not installed (pip install huggingface_hub)")
@@ -218,6 +236,10 @@ def fetch(
         if want_size is not None and size != want_size:
             raise WeightsMissingError(
                 missing_message(entry, models_dir, f"downloaded {size:,} bytes, expected {want_size:,}; discarded")
+            )
+        if entry.get("sha256_prefix") and not sha256_file(got).startswith(entry["sha256_prefix"].lower()):
+            raise WeightsMissingError(
+                missing_message(entry, models_dir, f"sha256 does not start with {entry['sha256_prefix']}; discarded")
             )
         if entry.get("sha256"):
             digest = sha256_file(got)

@@ -304,3 +304,18 @@ def test_inspect_flags_missing_component(tmp_path: Path) -> None:
     assert rep.version == "switch" and not rep.ok
     assert "MISMATCH in thresh_embedder" in format_report(rep)
     assert inspect_main([str(tmp_path / "partial.safetensors")]) == 1
+
+
+def test_metadata_parameterization_wins_over_the_version_default() -> None:
+    """A v-trained v1 export says so in its metadata; the version's eps default must not override it."""
+    import json
+    from dataclasses import replace
+
+    from colorize.config import TINY_MULT
+
+    layout = {k: v for k, v in ck.expected_layout("mult").items() if k.startswith(("model.", "control_encoder."))}
+    meta = {ck.CONFIG_METADATA_KEY: json.dumps(replace(TINY_MULT, parameterization="v").to_dict())}
+    shapes = {**layout, "model.diffusion_model.input_blocks.0.0.weight": (32, 4, 3, 3)}
+    assert ck.infer_config(shapes, meta).parameterization == "v"
+    meta_eps = {ck.CONFIG_METADATA_KEY: json.dumps(TINY_MULT.to_dict())}
+    assert ck.infer_config(shapes, meta_eps).parameterization == "eps"

@@ -56,7 +56,10 @@ def test_manifest_schema() -> None:
         assert e["size_bytes"] is None or (isinstance(e["size_bytes"], int) and e["size_bytes"] > 0)
         assert e["size_human"].endswith("GB")
         assert all(alt in names for alt in e.get("alternatives") or [])
-        assert w.hub_url(e).startswith(f"https://huggingface.co/{e['repo_id']}/resolve/main/")
+        if e["repo_id"]:
+            assert w.hub_url(e).startswith(f"https://huggingface.co/{e['repo_id']}/resolve/main/")
+        else:  # not on the Hub: a direct https URL is required
+            assert e.get("url", "").startswith("https://") and w.hub_url(e) == e["url"]
     ckpts = [e for e in entries if e["kind"] == "checkpoint"]
     assert {e["filename"] for e in ckpts} == RELEASED
     for e in ckpts:
@@ -213,3 +216,17 @@ def test_main_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     monkeypatch.setattr(w, "hf_hub_download", offline)
     assert w.main_download(["switch-eps", "--models-dir", str(tmp_path)]) == 1
     assert "python -m colorize download switch-eps" in capsys.readouterr().err
+
+
+def test_direct_url_entries_download_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries that are not on the Hub are fetched from their ``url``, with the sha256 prefix checked."""
+    import hashlib
+    import io
+    import urllib.request
+
+    payload = b"inception weights"
+    entry = {**w.manifest_entry("fid-inception"), "sha256_prefix": hashlib.sha256(payload).hexdigest()[:8]}
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=0: io.BytesIO(payload))
+    got = w.fetch(entry, tmp_path)
+    assert got.read_bytes() == payload and got.name == entry["filename"]
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [got]

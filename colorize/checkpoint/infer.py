@@ -148,7 +148,8 @@ def infer_config(
                 f"the {CONFIG_METADATA_KEY!r} metadata says model_channels={cfg.unet.model_channels} but the "
                 f"U-Net weights have {shape_of(w0)[0]}; the file was modified after it was written."
             )
-        return replace(cfg, version=version, parameterization=parameterization_for(version))
+        # the writer's own parameterisation wins (a v-trained v1 export is v, whatever its version says)
+        return replace(cfg, version=version, parameterization=cfg.parameterization or parameterization_for(version))
     return ColorizerConfig(
         version=version,
         parameterization=parameterization_for(version),

@@ -20,10 +20,7 @@ comparable with published FIDs.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import urllib.request
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -31,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from colorize.io import atomic_path
-from colorize.weights import WeightsMissingError, candidate_paths, manifest_entry
+from colorize.weights import resolve
 
 FID_INCEPTION = "fid-inception"
 FID_NUM_CLASSES = 1008
@@ -137,55 +133,14 @@ def load_inception(path: str | os.PathLike[str], device: str | torch.device = "c
 # ------------------------------------------------------------------------------------------ files
 
 
-def download_url(url: str, target: Path, sha256_prefix: str | None = None, timeout: float = 60.0) -> Path:
-    """Fetch ``url`` to ``target`` atomically (a partial file never carries the final name); when given,
-    the sha256 must start with ``sha256_prefix`` (the torch.hub file-name convention)."""
-    digest = hashlib.sha256()
-    with atomic_path(target) as tmp:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as f:
-            while block := resp.read(1 << 20):
-                digest.update(block)
-                f.write(block)
-        if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix.lower()):
-            raise ValueError(f"sha256 {digest.hexdigest()} does not start with {sha256_prefix}; discarded")
-    return target
-
-
 def resolve_inception(
     name_or_path: str | os.PathLike[str] = FID_INCEPTION,
     models_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
 ) -> Path:
-    """A local Inception weights file: an existing path, or the manifest entry's file in ``models_dir``
-    (``<models_dir>/<models_subdir>/<filename>`` or ``<models_dir>/<filename>``), fetched from the entry's
-    ``url`` when ``download`` is allowed."""
-    p = Path(name_or_path).expanduser()
-    if p.is_file():
-        return p
-    try:
-        entry = manifest_entry(os.fspath(name_or_path))
-    except KeyError:
-        raise WeightsMissingError(f"Inception weights not found: {name_or_path} (no such file or manifest name)") from None
-    paths = candidate_paths(entry, models_dir)
-    found = next((c for c in paths if c.is_file()), None)
-    if found is not None:
-        return found
-    url = entry.get("url")
-    how = (
-        f"  source:    {url}\n  licence:   {entry['licence']}\n"
-        f"download it there yourself, or let evaluate fetch it (leave out --no-download), or pass --no-fid"
-    )
-    if not download or not url:
-        raise WeightsMissingError(
-            f"FID Inception weights not found: {entry['filename']} ({entry['size_human']})\n"
-            f"  looked in: {paths[0]}\n" + "".join(f"             {c}\n" for c in paths[1:]) + how
-        )
-    tail = Path(entry["filename"]).stem.rsplit("-", 1)[-1]
-    prefix = tail if re.fullmatch(r"[0-9a-f]{8,64}", tail) else None
-    try:
-        return download_url(url, paths[0], prefix)
-    except Exception as e:  # offline, HTTP error, checksum: all mean "not available"
-        raise WeightsMissingError(f"could not download {url} to {paths[0]}: {e}\n{how}") from e
+    """A local Inception weights file: an existing path, or the manifest entry's file in ``models_dir``,
+    fetched from the entry's ``url`` (sha256 prefix checked, atomic) when ``download`` is allowed."""
+    return resolve(name_or_path, models_dir, download=download)
 
 
 __all__ = [
@@ -194,7 +149,6 @@ __all__ = [
     "FeatureFn",
     "InceptionFeatures",
     "build_inception",
-    "download_url",
     "inception_from_state_dict",
     "load_inception",
     "resolve_inception",
