@@ -44,7 +44,7 @@ class Sampler:
             "hints": (COLORIZE_HINTS, {"tooltip": "Sketch hints from Sketch Hints (made with the same checkpoint)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
                              "tooltip": "Seed of the starting noise (drawn on the CPU: same seed, same image on any device)."}),
-            "steps": ("INT", {"default": 20, "min": 1, "max": 1000,
+            "steps": ("INT", {"default": 20, "min": 1, "max": 500,
                               "tooltip": "Number of denoising steps (official default 20)."}),
             "sampler": (list(SAMPLERS), {"default": "dpm_solver",
                                          "tooltip": "dpm_solver = the official DPM-Solver++ 2M; the others are "
