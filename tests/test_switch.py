@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import randomize as _randomize
+from _helpers import state_shapes as _shapes
 
 from colorize.config import FULL_MULT, TINY_MULT
 from colorize.models.recovery import ClusterTransformer, ScalarEmbedder
@@ -43,21 +45,7 @@ from colorize.switch import (
 PREFIXES = ("model.diffusion_model.", "thresh_embedder.", "transformer.", "control_encoder.")
 
 
-def _shapes(module: torch.nn.Module, prefix: str) -> dict[str, list[int]]:
-    return {prefix + k: list(v.shape) for k, v in module.state_dict().items()}
 
-
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """Non-zero random weights everywhere (LoRA ups and residual outputs are zero-initialised)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
-            elif "norm" in name or name.endswith(("in_layers.0.weight", "out_layers.0.weight", "out.0.weight")):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
 # ------------------------------------------------------------------ layouts and parity

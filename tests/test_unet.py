@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import randomize as _randomize
+from _helpers import state_shapes as _shapes
 
 from colorize.config import FULL_MULT, TINY_MULT, UNetConfig
 from colorize.models.attention import SpatialTransformer
@@ -29,9 +31,6 @@ def _layout(layout_dir: Path, prefix: str) -> dict[str, list[int]]:
     keys = json.loads((layout_dir / "keys_mult.json").read_text())
     return {k: list(v) for k, v in keys.items() if k.startswith(prefix)}
 
-
-def _shapes(module: torch.nn.Module, prefix: str) -> dict[str, list[int]]:
-    return {prefix + k: list(v.shape) for k, v in module.state_dict().items()}
 
 
 def test_full_size_keys_match_official_layout(layout_dir: Path) -> None:
@@ -59,17 +58,6 @@ def test_unet_mult_fixture_parity(fixture_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------ tiny model with random weights
-def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
-    """Non-zero random weights everywhere (the constructor zero-inits residual outputs like SD)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
-            elif "norm" in name or name.endswith(("in_layers.0.weight", "out_layers.0.weight", "out.0.weight")):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
 @pytest.fixture(scope="module")

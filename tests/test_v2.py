@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import randomize as _randomize
+from _helpers import state_shapes as _shapes
 
 from colorize.checkpoint import detect_version, parameterization_for
 from colorize.config import FULL_MULT, UNetConfig
@@ -43,21 +45,7 @@ from colorize.v2 import V2Conditioning, V2Settings, background_image, v2_conditi
 UNET = "model.diffusion_model."
 
 
-def _shapes(module: torch.nn.Module, prefix: str) -> dict[str, list[int]]:
-    return {prefix + k: list(v.shape) for k, v in module.state_dict().items()}
 
-
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """Non-zero random weights everywhere (zero-initialised output layers and LoRA ups included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
-            elif name.endswith("weight"):  # norm scales
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
 # ------------------------------------------------------------------ full-size layout and parity
