@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .decode import Decode
 from .loaders import CheckpointLoader, ReferenceEncoderFromCLIPVision, ReferenceEncoderLoader
+from .manipulation import ControlHeatmap, TextEdit
 from .models import register_folders
 from .reference import ReferenceEmbed
 from .sampler import Sampler
@@ -22,6 +23,8 @@ NODE_CLASS_MAPPINGS = {
     "ColorizeDiffusionSketchHints": SketchHintsNode,
     "ColorizeDiffusionSampler": Sampler,
     "ColorizeDiffusionDecode": Decode,
+    "ColorizeDiffusionTextEdit": TextEdit,
+    "ColorizeDiffusionControlHeatmap": ControlHeatmap,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -33,6 +36,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorizeDiffusionSketchHints": "ColorizeDiffusion Sketch Hints",
     "ColorizeDiffusionSampler": "ColorizeDiffusion Sampler",
     "ColorizeDiffusionDecode": "ColorizeDiffusion Decode",
+    "ColorizeDiffusionTextEdit": "ColorizeDiffusion Text Edit",
+    "ColorizeDiffusionControlHeatmap": "ColorizeDiffusion Control Heatmap",
 }
 
 register_folders()

@@ -1,10 +1,14 @@
 """Loader nodes: the ColorizeDiffusion checkpoint and the OpenCLIP ViT-H/14 reference encoder."""
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from colorize.checkpoint import read_header
 from colorize.device import PRECISIONS
 from colorize.loader import load_checkpoint_modules, load_reference_encoder
 from colorize.pipeline import cast_for_inference, noise_schedule
@@ -79,7 +83,8 @@ class ReferenceEncoderLoader:
         "Loads the OpenCLIP ViT-H/14 (laion2b_s32b_b79k) reference encoder from models/clip_vision: the "
         "open_clip file, or the vision-only CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors that IPAdapter users "
         "already have. A listed file that is not on disk yet is downloaded on first use. Only the vision "
-        "tower is kept in memory."
+        "tower is kept in memory; text edits need the open_clip file, whose text tower (1.4 GB in fp32) is "
+        "read from it when an edit or heatmap node first encodes a prompt."
     )
     CATEGORY = "ColorizeDiffusion/loaders"
     FUNCTION = "load"
@@ -97,11 +102,21 @@ class ReferenceEncoderLoader:
         }}
 
     def load(self, clip_name: str) -> tuple[OpenClipReference]:
-        encoder = load_reference_encoder(resolve_file(CLIP_FOLDER, clip_name))
-        if encoder.has_text:
-            encoder.drop_text()  # v1 colorization reads image tokens only
+        path = resolve_file(CLIP_FOLDER, clip_name)
+        # colorization reads image tokens only: the text tower (1.4 GB for ViT-H) is loaded on the first text edit
+        encoder = load_reference_encoder(path, with_text=False)
+        has_text = any(k.endswith("token_embedding.weight") for k in read_header(path))
+        load_text = partial(load_text_tower, path) if has_text else None
         encoder.to(offload_device("clip"), torch.float32)
-        return (OpenClipReference(encoder),)
+        return (OpenClipReference(encoder, load_text, clip_name),)
+
+
+def load_text_tower(path: Path) -> nn.Module:
+    """The CLIP text tower of an open_clip file (a ReferenceEncoder whose vision tower is dropped: the
+    loader already holds one), fp32 on ComfyUI's text-encoder offload device."""
+    encoder = load_reference_encoder(path, with_text=True)
+    del encoder.visual  # encode_text does not use it
+    return encoder.to(offload_device("clip"), torch.float32)
 
 
 class ReferenceEncoderFromCLIPVision:
@@ -110,7 +125,8 @@ class ReferenceEncoderFromCLIPVision:
     DESCRIPTION = (
         "Uses a CLIP vision model loaded by ComfyUI's 'Load CLIP Vision' node as the reference encoder, so "
         "the ViT-H/14 file is loaded once and shared with IPAdapter. It must be CLIP-ViT-H-14-laion2B-s32B-b79K "
-        "(ViT-H/14, 1024-dim projection); the colorizer's tokens are its 257 projected hidden states."
+        "(ViT-H/14, 1024-dim projection); the colorizer's tokens are its 257 projected hidden states. It has "
+        "no text tower: for text edits use the open_clip file with the ColorizeDiffusion loader."
     )
     CATEGORY = "ColorizeDiffusion/loaders"
     FUNCTION = "convert"
@@ -129,4 +145,5 @@ class ReferenceEncoderFromCLIPVision:
         return (ClipVisionReference(clip_vision),)
 
 
-__all__ = ["SUPPORTED_VERSIONS", "CheckpointLoader", "ReferenceEncoderFromCLIPVision", "ReferenceEncoderLoader"]
+__all__ = ["SUPPORTED_VERSIONS", "CheckpointLoader", "ReferenceEncoderFromCLIPVision", "ReferenceEncoderLoader",
+           "load_text_tower"]

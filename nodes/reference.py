@@ -1,32 +1,91 @@
-"""Reference image → CLIP patch tokens: the embedding node and the two reference-encoder adapters.
+"""Reference image → CLIP tokens: the embedding node and the two reference-encoder adapters.
 
 Thesis §5.3: the colorizer's cross-attention reads the 256 patch tokens of the reference after OpenCLIP
 ViT-H/14's ``ln_post`` and projection. Either the pack's own OpenCLIP loader or ComfyUI's ``CLIP_VISION``
 model (the file IPAdapter users have) provides them; both use the core's squash-resize preprocessing.
+Reference Embed keeps the CLS token and the encoder's text path too, so that text edits (thesis §5.8,
+:mod:`nodes.manipulation`) act on all 257 tokens before the sampler drops CLS.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from colorize.manipulation import TextEncoder
 from colorize.models.clip import ReferenceEncoder as OpenClipEncoder
-from colorize.pipeline import reference_tokens
-from colorize.preprocess import InputError, prepare_reference
+from colorize.pipeline import module_device
+from colorize.preprocess import InputError, check_image, prepare_reference
+from colorize.weights import DEFAULT_CLIP, manifest_entry
 
 from .host import ManagedModule, intermediate_device, model_management
 from .types import COLORIZE_REFERENCE, COLORIZE_REFERENCE_ENCODER, ReferenceTokens, image_to_bchw
 
 
-class OpenClipReference:
-    """The pack's OpenCLIP reference encoder, placed by ComfyUI's model management."""
+def no_text_tower(what: str) -> str:
+    """The error for text edits on an encoder without the CLIP text tower, naming the fix."""
+    name = manifest_entry(DEFAULT_CLIP)["filename"]
+    return (f"{what} has no CLIP text tower, which text edits and the control heatmap need to encode their "
+            f"prompts. Fix: load {name} (the open_clip file: vision + text tower) with the ColorizeDiffusion "
+            "Reference Encoder Loader and embed the reference with that encoder.")
 
-    def __init__(self, encoder: OpenClipEncoder) -> None:
+
+@dataclass(frozen=True)
+class EncodedReference(ReferenceTokens):
+    """Reference tokens as Reference Embed makes them: the 256 patch tokens (``tokens``, what the sampler
+    reads), the CLS token (B, 1, C) and the text encoder of the CLIP model that made them.
+
+    Text edits need the CLS token (it sets the edit strength, Eq. 5.12) and text directions in the same
+    CLIP space, so both travel with the tokens: edit nodes take a reference and return one.
+    """
+
+    cls: Tensor
+    encode_text: TextEncoder
+
+    @property
+    def full(self) -> Tensor:
+        """All tokens (B, 1 + 256, C), CLS first (CLIP's "full" output)."""
+        return torch.cat([self.cls, self.tokens], dim=1)
+
+    def with_full(self, full: Tensor) -> EncodedReference:
+        """The same reference with new (B, 1 + 256, C) tokens, CLS first."""
+        return EncodedReference(full[:, 1:], full[:, :1], self.encode_text)
+
+
+class OpenClipReference:
+    """The pack's OpenCLIP reference encoder, placed by ComfyUI's model management.
+
+    ``encoder`` is the vision tower. The text tower (used only by text edits; 354 M parameters, 1.4 GB in
+    fp32 for ViT-H) is not kept beside it: ``load_text`` loads it on the first :meth:`encode_text` call,
+    as a separately placed model; ``None`` means the file has none (vision-only clip_vision file).
+    """
+
+    def __init__(self, encoder: OpenClipEncoder, load_text: Callable[[], nn.Module] | None = None,
+                 name: str = "this reference encoder") -> None:
         self.managed = ManagedModule(encoder, "clip")
         self.embed_dim = int(encoder.cfg.embed_dim)
+        self.load_text, self.name = load_text, name
+        self.text: ManagedModule | None = None
+
+    def full_tokens(self, reference: Tensor) -> Tensor:
+        """(B, 3, H, W) in [-1, 1] → all (B, 1 + 256, C) tokens, CLS first."""
+        module = self.managed.ready()
+        image = check_image(reference, "reference", value_range=(-1.0, 1.0))
+        return module.encode_image(image.to(module_device(module)), "full")
 
     def tokens(self, reference: Tensor) -> Tensor:
-        return reference_tokens(self.managed.ready(), reference)
+        return self.full_tokens(reference)[:, 1:]
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        """Prompts → (n, 1, C) unit text directions (the text tower is loaded on first use)."""
+        if self.load_text is None:
+            raise InputError(no_text_tower(f"{self.name} (a vision-only CLIP file)"))
+        if self.text is None:
+            self.text = ManagedModule(self.load_text(), "clip")
+        return self.text.ready().encode_text(list(prompts))
 
 
 class ClipVisionReference:
@@ -65,8 +124,14 @@ class ClipVisionReference:
         hidden = model(pixel_values=pixels, intermediate_output=-2)[0]  # last layer, before post_layernorm
         return model.visual_projection(model.vision_model.post_layernorm(hidden))
 
+    def full_tokens(self, reference: Tensor) -> Tensor:
+        return self.encode_image(check_image(reference, "reference", value_range=(-1.0, 1.0)), "full")
+
     def tokens(self, reference: Tensor) -> Tensor:
-        return reference_tokens(self, reference)
+        return self.full_tokens(reference)[:, 1:]
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        raise InputError(no_text_tower("ComfyUI's CLIP_VISION model (vision tower only)"))
 
 
 class ReferenceEmbed:
@@ -74,14 +139,15 @@ class ReferenceEmbed:
 
     DESCRIPTION = (
         "Encodes the colour reference image into the 256 CLIP ViT-H/14 patch tokens that the colorizer's "
-        "cross-attention reads (thesis §5.3). The image is squashed to 224×224 (no crop): use a reference "
-        "whose subject fills the frame. A batch of references gives a batch of results."
+        "cross-attention reads (thesis §5.3), keeping the CLS token for text edits. The image is squashed to "
+        "224×224 (no crop): use a reference whose subject fills the frame. A batch of references gives a "
+        "batch of results."
     )
     CATEGORY = "ColorizeDiffusion/reference"
     FUNCTION = "embed"
     RETURN_TYPES = (COLORIZE_REFERENCE,)
     RETURN_NAMES = ("reference",)
-    OUTPUT_TOOLTIPS = ("Reference tokens (B, 256, 1024) for the ColorizeDiffusion Sampler.",)
+    OUTPUT_TOOLTIPS = ("Reference tokens (B, 256, 1024) for the ColorizeDiffusion Sampler or a Text Edit.",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -91,9 +157,9 @@ class ReferenceEmbed:
             "image": ("IMAGE", {"tooltip": "The colour reference image (any size; squashed to the encoder's 224×224)."}),
         }}
 
-    def embed(self, encoder: Any, image: Tensor) -> tuple[ReferenceTokens]:
-        tokens = encoder.tokens(prepare_reference(image_to_bchw(image)))
-        return (ReferenceTokens(tokens.float().to(intermediate_device())),)
+    def embed(self, encoder: Any, image: Tensor) -> tuple[EncodedReference]:
+        full = encoder.full_tokens(prepare_reference(image_to_bchw(image))).float().to(intermediate_device())
+        return (EncodedReference(full[:, 1:], full[:, :1], encoder.encode_text),)
 
 
-__all__ = ["ClipVisionReference", "OpenClipReference", "ReferenceEmbed"]
+__all__ = ["ClipVisionReference", "EncodedReference", "OpenClipReference", "ReferenceEmbed", "no_text_tower"]

@@ -7,7 +7,8 @@ the reason; that skip is allowed in CI too.
 
 Checks: the pack imports with no error and ``/object_info`` lists all its nodes with the INPUT_TYPES the
 unit tests check; every API workflow in ``workflows/api`` finishes with status success and writes its
-images (run with 2 steps at 256×256 to stay fast: only ``steps`` and the sketch size are changed); a long
+images (run with 2 steps at 256×256 to stay fast: only ``steps`` and the sketch size are changed; a control
+heatmap comes at its reference image's size); a long
 sampler run interrupted through ``POST /interrupt`` ends as *interrupted*, not as an error; ComfyUI's own
 ``CLIP_VISION`` model gives the same reference tokens as the pack's encoder (library mode).
 """
@@ -120,9 +121,21 @@ def test_api_workflow_succeeds_and_writes_images(path: Path, models_dir: Path, t
     assert len(images) == expected and all(o["exists"] for o in images)
     from PIL import Image
 
-    for f in sorted(outdir.glob("*.png")):
-        with Image.open(f) as im:
-            assert im.size == (256, 256)
+    for o in images:
+        with Image.open(outdir / Path(o["path"]).name) as im:
+            assert im.size == _expected_size(graph, o["node"]), f"node {o['node']}: {Path(o['path']).name}"
+
+
+def _expected_size(graph: dict[str, Any], node_id: str) -> tuple[int, int]:
+    """(width, height) of an image output: a control heatmap has its reference image's size, everything else
+    (colorized images, prepared sketches) the smoke size."""
+    from PIL import Image
+
+    source = graph[graph[node_id]["inputs"]["images"][0]]
+    if source["class_type"] == "ColorizeDiffusionControlHeatmap":
+        with Image.open(REPO / "workflows" / graph[source["inputs"]["image"][0]]["inputs"]["image"]) as im:
+            return im.size
+    return (256, 256)
 
 
 def test_missing_weights_offline_fail_with_one_screen_message(tmp_path: Path) -> None:

@@ -77,6 +77,8 @@ def test_api_workflow_matches_input_types(path: Path) -> None:
                 assert opts["min"] <= value <= opts["max"] and isinstance(value, (int, float))
                 if typ == "INT":
                     assert isinstance(value, int)
+            elif typ == "BOOLEAN":
+                assert isinstance(value, bool), f"node {nid}.{name}: {value!r} is not a boolean"
             elif ct == "LoadImage":
                 assert (WF / value).is_file(), f"{value} must be shipped beside the workflow"
             else:

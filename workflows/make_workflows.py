@@ -78,7 +78,49 @@ def v1_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
     return graph, pos
 
 
-WORKFLOWS = {"colorizediffusion_v1": (v1_graph, NOTE_V1)}
+NOTE_TEXT_EDITS = """## ColorizeDiffusion v1 with text edits of the reference (thesis §5.8)
+
+The v1 workflow (same models and images), with the reference tokens edited by two chained **Text Edit** nodes:
+1. hair: purple → blonde (control `hair`); 2. dress: red → green (control `dress`). Each edit moves the region its
+control prompt selects from the anchor towards the target; add more edits in a chain, or switch one off (`enabled`).
+**Control Heatmap** shows what the second edit's control prompt selects once the first edit is applied (blue = most
+related, strongest change): tune ts0..ts3 there, then set the same values on the edit.
+Text edits need the CLIP text tower: load `open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors` (the vision-only
+`CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors` cannot encode prompts). It is read on first use (1.4 GB more memory).
+"""
+
+
+def edit_inputs(reference: Link, target: str, anchor: str, control: str) -> dict[str, Any]:
+    """A Text Edit's inputs with the default scale, thresholds and ratio."""
+    return {"reference": list(reference), "enabled": True, "target": target, "anchor": anchor, "control": control,
+            "target_scale": 10.0, "enhance": False, "ts0": 0.5, "ts1": 0.55, "ts2": 0.65, "ts3": 0.95,
+            "strength_ratio": 2.0}
+
+
+def text_edits_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+    """v1 colorization with two sequential text edits of the reference and the control heatmap of the second."""
+    graph, pos = v1_graph()
+    graph["8"]["inputs"]["reference"] = ["14", 0]
+    graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/v1_text_edits"
+    graph.update({
+        "13": {"class_type": "ColorizeDiffusionTextEdit", "_meta": {"title": "Edit 1: hair"},
+               "inputs": edit_inputs(("7", 0), "the girl's blonde hair", "the girl's purple hair", "hair")},
+        "14": {"class_type": "ColorizeDiffusionTextEdit", "_meta": {"title": "Edit 2: dress"},
+               "inputs": edit_inputs(("13", 0), "the girl's green dress", "the girl's red dress", "dress")},
+        "15": {"class_type": "ColorizeDiffusionControlHeatmap", "_meta": {"title": "Control Heatmap (edit 2)"},
+               "inputs": {"reference": ["13", 0], "image": ["4", 0], "control": "dress",
+                          "ts0": 0.5, "ts1": 0.55, "ts2": 0.65, "ts3": 0.95}},
+        "16": {"class_type": "SaveImage", "_meta": {"title": "Save heatmap"},
+               "inputs": {"images": ["15", 0], "filename_prefix": "ColorizeDiffusion/v1_text_edits_heatmap"}},
+    })
+    pos.update({"13": (420, 820), "14": (800, 820), "15": (1180, 820), "16": (1580, 820)})
+    return graph, pos
+
+
+WORKFLOWS = {
+    "colorizediffusion_v1": (v1_graph, NOTE_V1),
+    "colorizediffusion_v1_text_edits": (text_edits_graph, NOTE_TEXT_EDITS),
+}
 
 
 # ------------------------------------------------------------------------------------- node specs
