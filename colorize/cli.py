@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from colorize.device import PRECISIONS
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +38,30 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g = p.add_argument_group("v1.5 / v2 foreground-background separation (--checkpoint switch-eps or v2-full)")
+    g.add_argument("--bg-enhance", action="store_true", help="BG enhance: background from the reference's background "
+                   "(or --background), kept out of the character")
+    g.add_argument("--fg-enhance", action="store_true",
+                   help="FG enhance: reference features only on the sketch's foreground")
+    g.add_argument("--style-enhance", action="store_true", help="style enhance (v2): style vectors of the reference")
+    g.add_argument("--sketch-mask", type=Path, default=None,
+                   help="sketch foreground mask image (white = foreground, the sketch's frame; default: computed "
+                        "from the line art)")
+    g.add_argument("--reference-mask", type=Path, default=None,
+                   help="reference foreground mask image (white = foreground); default: --sam, else the whole "
+                        "reference counts as foreground (with a warning)")
+    g.add_argument("--background", type=Path, default=None, help="separate background image")
+    g.add_argument("--background-mask", type=Path, default=None, help="foreground mask of --background")
+    g.add_argument("--remove-bg-foreground", action="store_true",
+                   help="whiten the foreground of --background (needs --background-mask or --sam)")
+    g.add_argument("--sam", default=None, help="SAM weights (manifest name such as sam-vit-b, or a path) to compute "
+                   "missing reference/background masks (centre prompt)")
+    g.add_argument("--fg-strength", type=float, default=1.0, help="foreground strength")
+    g.add_argument("--bg-strength", type=float, default=1.0, help="background strength")
+    g.add_argument("--merge-scale", type=float, default=0.0, help="merging scale (background blended into foreground)")
+    g.add_argument("--bg-factor", type=float, default=1.0, help="background factor (v2)")
+    g.add_argument("--sketch-mask-threshold", type=float, default=0.05)
+    g.add_argument("--reference-mask-threshold", type=float, default=0.5)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -49,6 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # a missing GPU is reported before anything is loaded
     sketch, reference = load_image(args.sketch), load_image(args.reference)
+    separation = _separation(args, reference)
     paths, missing = [], []
     for name in (args.checkpoint or default_checkpoint_name(), args.clip or default_clip_name()):
         try:  # resolve both before failing, so one run names every missing file
@@ -65,7 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed, width=args.width, height=args.height, polarity=args.polarity,
     )
     bar = ProgressBar(settings.steps, "sampling")
-    image = model.colorize(sketch, reference, settings, callback=lambda info: bar.update())
+    image = model.colorize(sketch, reference, settings, callback=lambda info: bar.update(), **separation)
     bar.close()
     from colorize.io import atomic_path
 
@@ -75,10 +104,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mask(path: Path | None) -> torch.Tensor | None:
+    """A mask image (white = foreground) as (1, H, W) in [0, 1]."""
+    from colorize.preprocess import load_image
+
+    return None if path is None else load_image(path).mean(1)
+
+
+def _separation(args: argparse.Namespace, reference: torch.Tensor) -> dict[str, Any]:
+    """The v1.5/v2 keyword arguments of ``Colorizer.colorize`` from the command line (empty when unused)."""
+    from colorize.preprocess import load_image
+    from colorize.variants import EnhanceSettings
+
+    enhance = EnhanceSettings(
+        background_enhance=args.bg_enhance, foreground_enhance=args.fg_enhance, style_enhance=args.style_enhance,
+        fg_scale=args.fg_strength, bg_scale=args.bg_strength, merge_scale=args.merge_scale,
+        background_factor=args.bg_factor, sketch_threshold=args.sketch_mask_threshold,
+        reference_threshold=args.reference_mask_threshold, remove_background_foreground=args.remove_bg_foreground)
+    kw = {"sketch_mask": _mask(args.sketch_mask), "reference_mask": _mask(args.reference_mask),
+          "background": load_image(args.background) if args.background is not None else None,
+          "background_mask": _mask(args.background_mask)}
+    todo = {"reference_mask": reference if enhance.background_enhance and kw["background"] is None else None,
+            "background_mask": kw["background"] if enhance.remove_background_foreground else None}
+    todo = {k: image for k, image in todo.items() if image is not None and kw[k] is None}
+    if args.sam is not None and todo:  # missing masks from SAM (automatic centre prompt)
+        from colorize.masks import load_sam, sam_foreground_mask
+
+        sam = load_sam(args.sam, models_dir=args.models_dir, download=not args.no_download)
+        kw.update({k: sam_foreground_mask(sam, image) for k, image in todo.items()})
+    if enhance == EnhanceSettings() and all(v is None for v in kw.values()):
+        return {}
+    return {"enhance": enhance, **kw}
+
+
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
     from colorize.tiny import write_tiny_weights
 
-    for name, path in write_tiny_weights(args.directory, seed=args.seed).items():
+    for name, path in write_tiny_weights(args.directory, seed=args.seed, versions=args.versions).items():
         print(f"{name}: {path}")
     return 0
 
@@ -95,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("make-tiny-weights", help="write tiny random weights (ComfyUI models layout)")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--versions", nargs="+", choices=("mult", "switch", "v2"), default=["mult", "switch", "v2"],
+                      help="checkpoints to write (default: all; the CLIP file is always written)")
     if argv and argv[0] == "inspect":
         from colorize.inspect import main as inspect_main
 

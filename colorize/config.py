@@ -83,7 +83,12 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class ColorizerConfig:
-    """A whole colorizer: which version, parameterisation and sub-module sizes."""
+    """A whole colorizer: which version, parameterisation and sub-module sizes.
+
+    ``extras`` holds version-specific settings that tensor shapes cannot show (absent = the released
+    value): ``transformer_dim_head`` (v1.5 recovery-transformer head width, 64) and ``warp_dim_head``
+    (v2 warp-module head width, 64). Everything else about the v1.5/v2 modules is read from shapes.
+    """
 
     version: Version = "mult"
     parameterization: Parameterization = "eps"
@@ -92,6 +97,7 @@ class ColorizerConfig:
     vae: VAEConfig = VAEConfig()
     clip: ClipConfig = ClipConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tiny(self) -> bool:
@@ -115,6 +121,7 @@ class ColorizerConfig:
             vae=sub(VAEConfig, d["vae"]),
             clip=ClipConfig(**d["clip"]) if "clip" in d else ClipConfig(),
             schedule=sub(ScheduleConfig, d["schedule"]) if "schedule" in d else ScheduleConfig(),
+            extras=dict(d.get("extras") or {}),
         )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, TypeVar
 
 import torch
@@ -44,9 +44,22 @@ def materialize(factory: Callable[[], M], state_dict: Mapping[str, torch.Tensor]
     return module
 
 
+def require_components(parts: Mapping[str, Mapping[str, torch.Tensor]], components: tuple[str, ...], what: str) -> None:
+    """A clear error when a checkpoint lacks a component its version needs (an incomplete file)."""
+    missing = [COMPONENT_PREFIXES[c] + "*" for c in components if not parts.get(c)]
+    if missing:
+        raise CheckpointError(f"{what} has no {', '.join(missing)} tensors, which its version needs: an incomplete "
+                              "or converted file. Use the released checkpoint (weights_manifest.json).")
+
+
 @dataclass
 class ColorizerModules:
-    """The four networks of a v1 colorizer plus its config (all on CPU, the file's dtypes)."""
+    """The networks of a colorizer plus its config (all on CPU, the file's dtypes).
+
+    ``unet`` is a ``DualCondUNet`` (v1), ``SwitchUNet`` (v1.5) or ``V2UNet`` (v2); ``extras`` holds the
+    version's other modules by component name: ``thresh_embedder`` and ``transformer`` (v1.5),
+    ``bg_encoder`` and ``style_encoder`` (v2), nothing for v1.
+    """
 
     config: ColorizerConfig
     unet: nn.Module
@@ -54,33 +67,30 @@ class ColorizerModules:
     vae: nn.Module
     reference_encoder: nn.Module | None
     alphas_cumprod: torch.Tensor | None
+    extras: dict[str, nn.Module] = field(default_factory=dict)
 
 
 def load_checkpoint_modules(path: PathLike, include_clip: bool = False) -> ColorizerModules:
-    """U-Net, sketch encoder and VAE of a ColorizeDiffusion checkpoint (version detected from keys).
+    """All networks of a ColorizeDiffusion checkpoint (version detected from its keys: mult, switch, v2).
 
     The header is read first: version, config and key layout are checked before any tensor is
     loaded, and only the needed components are read (CLIP weights a checkpoint may carry are
-    skipped unless ``include_clip``).
+    skipped unless ``include_clip``). Modules are built on the meta device and receive the tensors.
     """
     from colorize.models.sketch_encoder import SketchEncoder
-    from colorize.models.unet import DualCondUNet
     from colorize.models.vae import AutoencoderKL
+    from colorize.variants import EXTRA_COMPONENTS, build_modules
 
     name = os.path.basename(os.fspath(path))
     info = read_checkpoint_info(path)
-    if info.version != "mult":
-        raise CheckpointError(
-            f"{name} is a {info.version} checkpoint (detected from its keys). This release runs v1 ('mult') "
-            "checkpoints; v1.5 ('switch') and v2 support is under way. Use mult-eps-ft.safetensors for now."
-        )
     config = info.config
     if not config.tiny:
         validate_keys(expected_layout(info.version), info.header, what=name)
-    wanted = ["unet", "sketch_encoder", "vae"] + (["clip_visual", "clip_text"] if include_clip else [])
+    wanted = ["unet", "sketch_encoder", "vae", *EXTRA_COMPONENTS[info.version]]
+    wanted += ["clip_visual", "clip_text"] if include_clip else []
     prefixes = [COMPONENT_PREFIXES[c] for c in wanted] + ["alphas_cumprod"]
     parts = split_by_prefix(load_state_dict_file(path, prefixes=prefixes))
-    unet = materialize(lambda: DualCondUNet(config.unet), parts.pop("unet"), f"{name} (U-Net)")
+    unet, extras = build_modules(config, parts, name)
     sketch = materialize(lambda: SketchEncoder(config.sketch), parts.pop("sketch_encoder"), f"{name} (sketch encoder)")
     vae = materialize(lambda: AutoencoderKL(config.vae), parts.pop("vae"), f"{name} (VAE)")
     ref = None
@@ -88,7 +98,7 @@ def load_checkpoint_modules(path: PathLike, include_clip: bool = False) -> Color
         sd = {**{"visual." + k: v for k, v in parts["clip_visual"].items()}, **dict(parts.get("clip_text") or {})}
         ref = load_reference_encoder_from_state_dict(sd, config.clip, name)
     acp = parts.get("schedule", {}).get("alphas_cumprod")
-    return ColorizerModules(config, unet, sketch, vae, ref, acp)
+    return ColorizerModules(config, unet, sketch, vae, ref, acp, extras)
 
 
 def clip_config_for(metadata: Mapping[str, str]) -> ClipConfig:

@@ -1,9 +1,11 @@
-"""The v1 colorization pipeline: reference tokens + sketch hints → dual-CFG sampling → VAE decode.
+"""The colorization pipeline: reference tokens + sketch hints → dual-CFG sampling → VAE decode.
 
 Thesis §5.3: the reference image is encoded by the frozen OpenCLIP ViT-H/14 into 256 patch tokens
 that every U-Net cross-attention reads; the sketch encoder's five hints are added to the U-Net
 features (Eq. 5.1); sampling uses dual classifier-free guidance over the reference and the sketch.
 Everything reference- or sketch-derived is computed once per generation and reused at every step.
+v1.5 (§5.5) and v2 (§5.6) add per-generation U-Net arguments (split attention with the sketch mask,
+background tokens, style vectors) built by :mod:`colorize.variants` and carried by :class:`Conditioning`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from colorize.preprocess import (
     prepare_reference,
     prepare_sketch,
     target_size,
+    to_signed,
 )
 from colorize.sampling import (
     COND,
@@ -42,6 +45,7 @@ from colorize.sampling import (
 from colorize.sampling.dpm_solver import leading_timesteps
 from colorize.sampling.schedules import ddim_timesteps, timestep_sigmas
 from colorize.schedule import DiscreteSchedule
+from colorize.variants import EnhanceSettings, SeededLatentEncoder, base_resolution, cast_extras, separation_inputs
 
 StepCallback = Callable[[dict[str, Any]], None]
 SCHEDULER_CHOICES = ("auto", "leading", *SCHEDULERS)
@@ -116,12 +120,20 @@ class GenerationSettings:
 
 @dataclass
 class Conditioning:
-    """Per-generation inputs of the U-Net: reference tokens and sketch hints (cond and all -1 sketch)."""
+    """Per-generation inputs of the U-Net: reference tokens and sketch hints (cond and all -1 sketch).
+
+    ``unet_kwargs``: extra per-call U-Net arguments of v1.5/v2 (``split``, ``hs_bg``, ``style``; see
+    :func:`colorize.variants.separation_inputs`), the same for every CFG row (their per-image tensors are
+    tiled over the rows by the U-Net; the reference-unconditional rows get a zero context, as the official
+    app). ``dataclasses.replace`` gives a fresh row cache.
+    """
 
     context: Tensor
     hints: list[Tensor]
     hints_uncond: list[Tensor]
-    _stacked: dict[tuple[str, ...], tuple[Tensor, list[Tensor]]] = field(default_factory=dict)
+    unet_kwargs: dict[str, Any] = field(default_factory=dict)
+    _stacked: dict[tuple[str, ...], tuple[Tensor, list[Tensor]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def rows(self, rows: tuple[str, ...]) -> tuple[Tensor, list[Tensor]]:
         """Context and hints stacked for the given CFG row groups (cached per row layout)."""
@@ -197,15 +209,17 @@ def sketch_hints(sketch_encoder: nn.Module, sketch: Tensor, strength: float = 1.
 
 
 def make_conditioning(
-    tokens: Tensor, hints: Sequence[Tensor], hints_uncond: Sequence[Tensor], dtype: torch.dtype, device: torch.device | None = None
+    tokens: Tensor, hints: Sequence[Tensor], hints_uncond: Sequence[Tensor], dtype: torch.dtype,
+    device: torch.device | None = None, unet_kwargs: Mapping[str, Any] | None = None,
 ) -> Conditioning:
-    """Pair reference tokens with sketch hints (a batch of 1 is repeated to the other's batch size)."""
+    """Pair reference tokens (or a v1.5/v2 context) with sketch hints (a batch of 1 is repeated to the other's
+    batch size); ``unet_kwargs`` are passed to every U-Net call (v1.5/v2 split options, background, style)."""
     b = max(tokens.shape[0], hints[0].shape[0])
     move = (lambda t: t.to(device)) if device is not None else (lambda t: t)
     tokens = move(_repeat_to(tokens, b, "reference"))
     hints = [move(_repeat_to(h, b, "sketch")) for h in hints]
     hints_uncond = [move(_repeat_to(h, b, "sketch")) for h in hints_uncond]
-    return Conditioning(tokens.to(dtype), hints, hints_uncond)
+    return Conditioning(tokens.to(dtype), hints, hints_uncond, dict(unet_kwargs or {}))
 
 
 def initial_noise(config: ColorizerConfig, batch: int, size: tuple[int, int], seed: int, device: torch.device) -> Tensor:
@@ -247,7 +261,7 @@ def sample_latent(
 
     def model_fn(x: Tensor, t: Tensor, rows: tuple[str, ...]) -> Tensor:
         context, hints = cond.rows(rows)
-        return unet(x, t, context, hints, scales).float()
+        return unet(x, t, context, hints, scales, **cond.unet_kwargs).float()
 
     den = GuidedDenoiser(model_fn, schedule, config.parameterization, settings.reference_cfg, settings.sketch_cfg)
     noise = initial_noise(config, cond.context.shape[0], size, settings.seed, device) if noise is None else noise.to(device)
@@ -279,11 +293,13 @@ def vae_decode(vae: nn.Module, z: Tensor) -> Tensor:
 
 
 class Colorizer:
-    """A loaded v1 colorizer: ``colorize(sketch, reference, settings) -> image``.
+    """A loaded colorizer (v1, v1.5 or v2): ``colorize(sketch, reference, settings) -> image``.
 
     Device and precision are choices of the caller (``auto`` = CUDA/MPS in fp16 where present,
     else CPU in fp32). As in the official app, the U-Net and sketch encoder run in the chosen
     precision while the U-Net's time embedding and output head, the VAE and CLIP stay fp32.
+    ``extras`` are the version's other modules (:class:`colorize.loader.ColorizerModules`); v1.5/v2
+    foreground/background separation is asked for with :class:`colorize.variants.EnhanceSettings`.
     """
 
     def __init__(
@@ -296,11 +312,14 @@ class Colorizer:
         device: str | torch.device = "auto",
         precision: str | torch.dtype = "auto",
         alphas_cumprod: Tensor | None = None,
+        extras: Mapping[str, nn.Module] | None = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
         cast_for_inference(unet, sketch_encoder, vae, self.device, self.dtype)
+        self.extras = dict(extras or {})
+        cast_extras(config.version, self.extras, self.device, self.dtype)
         self.unet, self.sketch_encoder, self.vae = unet, sketch_encoder, vae
         self.reference_encoder = reference_encoder.to(self.device, torch.float32).eval()
         self.schedule = noise_schedule(config, alphas_cumprod)
@@ -324,7 +343,8 @@ class Colorizer:
         ref = load_reference_encoder(clip, with_text) if clip is not None else mods.reference_encoder
         if ref is None:
             raise InputError("no CLIP weights: pass the OpenCLIP ViT-H-14 file (open_clip or clip_vision format)")
-        return cls(mods.config, mods.unet, mods.sketch_encoder, mods.vae, ref, device, precision, mods.alphas_cumprod)
+        return cls(mods.config, mods.unet, mods.sketch_encoder, mods.vae, ref, device, precision, mods.alphas_cumprod,
+                   mods.extras)
 
     # ------------------------------------------------------------------ encoders
     def encode_reference(self, reference: Tensor) -> Tensor:
@@ -335,10 +355,34 @@ class Colorizer:
         """Prepared sketch(es) (lines +1) → (hints, hints of the blank sketch), both × ``strength``."""
         return sketch_hints(self.sketch_encoder, sketch, strength)
 
-    def conditioning(self, sketch: Tensor, reference: Tensor, settings: GenerationSettings) -> Conditioning:
+    def conditioning(
+        self,
+        sketch: Tensor,
+        reference: Tensor,
+        settings: GenerationSettings,
+        *,
+        enhance: EnhanceSettings | None = None,
+        sketch_hw: tuple[int, int] | None = None,
+        sketch_mask: Tensor | None = None,
+        reference_mask: Tensor | None = None,
+        background: Tensor | None = None,
+        background_mask: Tensor | None = None,
+    ) -> Conditioning:
+        """Prepared sketch (lines +1) and reference / background in [-1, 1] → the generation's conditioning.
+
+        v1.5/v2 (``enhance``): masks as in :func:`colorize.variants.separation_inputs` (``sketch_hw`` = the
+        frame of ``sketch_mask``, default the prepared sketch's); the v2 VAE latents are posterior samples
+        seeded from ``settings.seed``."""
         tokens = self.encode_reference(reference)
         hints, hints_uncond = self.encode_sketch(sketch, settings.sketch_strength)
-        return make_conditioning(tokens, hints, hints_uncond, self.dtype)
+        context, unet_kwargs = separation_inputs(
+            self.config, self.extras, enhance, tokens=tokens, reference=reference, sketch=sketch,
+            sketch_hw=sketch_hw or (int(sketch.shape[-2]), int(sketch.shape[-1])),
+            encode_tokens=self.encode_reference,
+            encode_latent=SeededLatentEncoder(self.vae, (int(settings.seed) + 2) % (MAX_SEED + 1)),
+            sketch_mask=sketch_mask, reference_mask=reference_mask, background=background,
+            background_mask=background_mask)
+        return make_conditioning(context, hints, hints_uncond, self.dtype, unet_kwargs=unet_kwargs)
 
     # ------------------------------------------------------------------ sampling
     def initial_noise(self, batch: int, size: tuple[int, int], seed: int) -> Tensor:
@@ -362,15 +406,32 @@ class Colorizer:
         reference01: Tensor,
         settings: GenerationSettings | None = None,
         callback: StepCallback | None = None,
+        *,
+        enhance: EnhanceSettings | None = None,
+        sketch_mask: Tensor | None = None,
+        reference_mask: Tensor | None = None,
+        background: Tensor | None = None,
+        background_mask: Tensor | None = None,
     ) -> Tensor:
         """Sketch and reference images in [0, 1] (B, C, H, W) → colorized image **in [-1, 1]**
-        (``(x + 1) / 2`` for [0, 1]; :func:`colorize.preprocess.tensor_to_pil` takes it as is)."""
+        (``(x + 1) / 2`` for [0, 1]; :func:`colorize.preprocess.tensor_to_pil` takes it as is).
+
+        v1.5/v2 only: ``enhance`` turns on BG/FG (and v2 style) enhance; masks are (B, H, W) in [0, 1],
+        1 = foreground, each in its image's frame; ``background`` is an optional separate background image
+        in [0, 1]. Without ``sketch_mask`` it is computed from the line art (no weights); background enhance
+        without ``reference_mask`` or ``background`` warns and uses an all-foreground reference mask (a
+        real one needs a segmenter, e.g. :func:`colorize.masks.sam_foreground_mask` with SAM weights).
+        Without a size, v2 outputs are about 768² in area (its training level), v1/v1.5 about 512²."""
         settings = settings or GenerationSettings()
         settings.validate()
         sketch01 = check_image(sketch01, "sketch")
-        size = target_size(tuple(sketch01.shape[-2:]), settings.width, settings.height)
+        sketch_hw = (int(sketch01.shape[-2]), int(sketch01.shape[-1]))
+        size = target_size(sketch_hw, settings.width, settings.height, base_resolution(self.config.version))
         sketch = prepare_sketch(sketch01, size, settings.polarity)  # type: ignore[arg-type]
-        cond = self.conditioning(sketch, prepare_reference(reference01), settings)
+        bg = to_signed(check_image(background, "background")) if background is not None else None
+        cond = self.conditioning(sketch, prepare_reference(reference01), settings, enhance=enhance,
+                                 sketch_hw=sketch_hw, sketch_mask=sketch_mask, reference_mask=reference_mask,
+                                 background=bg, background_mask=background_mask)
         return self.decode(self.sample(cond, size, settings, callback))
 
 
