@@ -1,12 +1,13 @@
 """ComfyUI nodes: a thin layer over ``colorize`` (socket types, tooltips, model folders, progress, Cancel).
 
 Classic ``NODE_CLASS_MAPPINGS`` API, so every class imports and runs without ComfyUI (unit tests). Importing
-this package registers ``models/colorizediffusion`` with ComfyUI when ComfyUI is running, and nothing else:
-weights are only read or downloaded when a loader node runs.
+this package registers ``models/colorizediffusion`` and ``models/lineart`` with ComfyUI when ComfyUI is running,
+and nothing else: weights are only read or downloaded when a node that needs them runs.
 """
 from __future__ import annotations
 
 from .decode import Decode
+from .lineart import LineExtract
 from .loaders import CheckpointLoader, ReferenceEncoderFromCLIPVision, ReferenceEncoderLoader
 from .manipulation import ControlHeatmap, TextEdit
 from .models import register_folders
@@ -25,6 +26,7 @@ NODE_CLASS_MAPPINGS = {
     "ColorizeDiffusionDecode": Decode,
     "ColorizeDiffusionTextEdit": TextEdit,
     "ColorizeDiffusionControlHeatmap": ControlHeatmap,
+    "ColorizeDiffusionLineExtract": LineExtract,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -38,6 +40,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorizeDiffusionDecode": "ColorizeDiffusion Decode",
     "ColorizeDiffusionTextEdit": "ColorizeDiffusion Text Edit",
     "ColorizeDiffusionControlHeatmap": "ColorizeDiffusion Control Heatmap",
+    "ColorizeDiffusionLineExtract": "ColorizeDiffusion Line Extract",
 }
 
 register_folders()

@@ -1,7 +1,8 @@
 """Model folders and weights inside ComfyUI: folder registration, file pickers, first-use downloads.
 
-Checkpoints live in ComfyUI's ``models/colorizediffusion`` (registered here, keeping any paths users set
-for ``colorizediffusion:`` in ``extra_model_paths.yaml``); the OpenCLIP ViT-H/14 reference encoder lives in
+Checkpoints live in ComfyUI's ``models/colorizediffusion`` and line-extractor weights in ``models/lineart``
+(both registered here, keeping any paths users set for ``colorizediffusion:`` / ``lineart:`` in
+``extra_model_paths.yaml``); the OpenCLIP ViT-H/14 reference encoder lives in
 the core ``models/clip_vision`` folder, so the file IPAdapter users already have is found too. A manifest
 file (``weights_manifest.json``) that is missing is downloaded on first use of its loader, never at import,
 into the folder's first path, through :func:`colorize.weights.fetch` (temporary name, renamed when
@@ -19,6 +20,8 @@ from .host import Progress, comfy_module
 
 CHECKPOINT_FOLDER = "colorizediffusion"
 CLIP_FOLDER = "clip_vision"
+LINEART_FOLDER = "lineart"
+PACK_FOLDERS = (CHECKPOINT_FOLDER, LINEART_FOLDER)  # the folders this pack adds to ComfyUI
 NO_DOWNLOAD_ENV = "COLORIZE_NO_DOWNLOAD"
 _EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -28,20 +31,21 @@ def folder_paths() -> Any:
 
 
 def register_folders() -> None:
-    """Register ``models/colorizediffusion`` with ComfyUI (no-op outside ComfyUI).
+    """Register ``models/colorizediffusion`` and ``models/lineart`` with ComfyUI (no-op outside ComfyUI).
 
-    Paths already configured for that name (``extra_model_paths.yaml`` is read before packs load) are
+    Paths already configured for a name (``extra_model_paths.yaml`` is read before packs load) are
     kept first; the default folder is added after them; the extension filter becomes ComfyUI's usual one.
     """
     fp = folder_paths()
     if fp is None:
         return
-    default = os.path.join(fp.models_dir, CHECKPOINT_FOLDER)
-    paths, exts = fp.folder_names_and_paths.get(CHECKPOINT_FOLDER, ([], set()))
-    paths = list(paths)
-    if default not in paths:
-        paths.append(default)
-    fp.folder_names_and_paths[CHECKPOINT_FOLDER] = (paths, set(exts) | set(fp.supported_pt_extensions))
+    for folder in PACK_FOLDERS:
+        default = os.path.join(fp.models_dir, folder)
+        paths, exts = fp.folder_names_and_paths.get(folder, ([], set()))
+        paths = list(paths)
+        if default not in paths:
+            paths.append(default)
+        fp.folder_names_and_paths[folder] = (paths, set(exts) | set(fp.supported_pt_extensions))
 
 
 def folder_dirs(folder: str) -> list[Path]:
@@ -142,7 +146,9 @@ def model_links(folder: str, name: str) -> list[dict[str, str]]:
 __all__ = [
     "CHECKPOINT_FOLDER",
     "CLIP_FOLDER",
+    "LINEART_FOLDER",
     "NO_DOWNLOAD_ENV",
+    "PACK_FOLDERS",
     "find_file",
     "folder_dirs",
     "folder_paths",

@@ -127,12 +127,12 @@ def test_api_workflow_succeeds_and_writes_images(path: Path, models_dir: Path, t
 
 
 def _expected_size(graph: dict[str, Any], node_id: str) -> tuple[int, int]:
-    """(width, height) of an image output: a control heatmap has its reference image's size, everything else
-    (colorized images, prepared sketches) the smoke size."""
+    """(width, height) of an image output: a control heatmap has its reference image's size and extracted
+    lines their input image's size; everything else (colorized images, prepared sketches) the smoke size."""
     from PIL import Image
 
     source = graph[graph[node_id]["inputs"]["images"][0]]
-    if source["class_type"] == "ColorizeDiffusionControlHeatmap":
+    if source["class_type"] in ("ColorizeDiffusionControlHeatmap", "ColorizeDiffusionLineExtract"):
         with Image.open(REPO / "workflows" / graph[source["inputs"]["image"][0]]["inputs"]["image"]) as im:
             return im.size
     return (256, 256)

@@ -82,7 +82,7 @@ def test_runs_without_comfyui() -> None:
 
 
 def test_every_node_is_prefixed_described_and_tooltipped() -> None:
-    assert len(M) == 10 and set(M) == set(NAMES)  # v1 pack (8) + Text Edit, Control Heatmap
+    assert len(M) == 11 and set(M) == set(NAMES)  # v1 pack (8) + Text Edit, Control Heatmap, Line Extract
     for node_id, cls in M.items():
         assert node_id.startswith("ColorizeDiffusion") and NAMES[node_id].startswith("ColorizeDiffusion ")
         assert cls.CATEGORY.startswith("ColorizeDiffusion/") and len(cls.DESCRIPTION) > 40

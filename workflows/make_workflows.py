@@ -117,9 +117,40 @@ def text_edits_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, 
     return graph, pos
 
 
+NOTE_LINEART = """## ColorizeDiffusion v1 from a colour illustration: line extraction, then colorization
+
+**Line Extract** turns a colour illustration (here the example reference itself) into black-on-white line art, which
+then goes through the v1 chain with the colour reference: a way to re-colour an existing picture.
+1. **Models**: the two v1 files (see the v1 workflow). `lineart_standard` (the official "invert-webui", used here) and
+   `high_pass` need no weights; `sketch_keras` (the official default), `anime2sketch` and `manga_line` read
+   `models/lineart/` (`sketchkeras.pth`, `netG.pth`, `erika.pth`), downloaded on first run if missing.
+2. **Images**: copy `colorizediffusion_reference.png` from the pack's `workflows/` folder into ComfyUI's `input/`
+   folder, or load your own illustration (or pencil drawing) and reference.
+3. Check **Extracted lines**; raise sigma for thicker, fewer lines, or try another method. Then queue.
+"""
+
+
+def lineart_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+    """v1 colorization of line art extracted (no weights) from a colour illustration."""
+    graph, pos = v1_graph()
+    graph["3"] = {"class_type": "LoadImage", "_meta": {"title": "Colour illustration"},
+                  "inputs": {"image": REFERENCE}}
+    graph["5"]["inputs"]["image"] = ["13", 0]
+    graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/v1_lineart"
+    graph.update({
+        "13": {"class_type": "ColorizeDiffusionLineExtract", "_meta": {"title": "Line Extract"},
+               "inputs": {"image": ["3", 0], "method": "lineart_standard", "model_file": "auto",
+                          "input_polarity": "auto", "resolution": 0, "sigma": 0.0, "threshold": 0.1}},
+        "14": {"class_type": "PreviewImage", "_meta": {"title": "Extracted lines"}, "inputs": {"images": ["13", 0]}},
+    })
+    pos.update({"13": (420, 400), "14": (420, 700), "5": (800, 400), "11": (800, 620)})
+    return graph, pos
+
+
 WORKFLOWS = {
     "colorizediffusion_v1": (v1_graph, NOTE_V1),
     "colorizediffusion_v1_text_edits": (text_edits_graph, NOTE_TEXT_EDITS),
+    "colorizediffusion_v1_lineart": (lineart_graph, NOTE_LINEART),
 }
 
 
@@ -215,18 +246,39 @@ def topological(graph: dict[str, dict[str, Any]]) -> list[str]:
 # ------------------------------------------------------------------------------------- files
 
 
-def thumbnail(path: Path) -> None:
-    """Sketch | reference side by side (the template browser shows ``<name>.jpg``)."""
+def lineart_tiles() -> list[tuple[Any, str]]:
+    """Colour illustration | the lines the workflow's extractor (lineart_standard) finds in it."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from colorize.extractors import extract_lines
+
+    image = Image.open(HERE / REFERENCE).convert("RGB")
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    lines = extract_lines(x, "lineart_standard")[0].permute(1, 2, 0).numpy()
+    lines_image = Image.fromarray((lines * 255).round().astype(np.uint8))
+    return [(image, "colour illustration"), (lines_image, "extracted lines")]
+
+
+THUMBNAIL_TILES = {"colorizediffusion_v1_lineart": lineart_tiles}
+
+
+def thumbnail(path: Path, tiles: list[tuple[Any, str]] | None = None) -> None:
+    """Sketch | reference (or the given labelled images) side by side (the template browser shows ``<name>.jpg``)."""
     from PIL import Image, ImageDraw
 
-    tiles = [Image.open(HERE / n).convert("RGB") for n in (SKETCH, REFERENCE)]
+    if tiles is None:
+        tiles = [(Image.open(HERE / n).convert("RGB"), label) for n, label in
+                 ((SKETCH, "line art"), (REFERENCE, "colour reference"))]
+    labels = [label for _, label in tiles]
     h = 256
-    tiles = [t.resize((round(t.width * h / t.height), h), Image.Resampling.LANCZOS) for t in tiles]
+    tiles = [t.resize((round(t.width * h / t.height), h), Image.Resampling.LANCZOS) for t, _ in tiles]
     w = sum(t.width for t in tiles) + 40 * 3
     canvas = Image.new("RGB", (w, h + 70), (34, 34, 40))
     x = 40
     d = ImageDraw.Draw(canvas)
-    for t, label in zip(tiles, ("line art", "colour reference")):
+    for t, label in zip(tiles, labels):
         canvas.paste(t, (x, 20))
         d.text((x, h + 32), label, fill=(230, 230, 230))
         x += t.width + 40
@@ -261,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(dumps(content), encoding="utf-8")
     if not args.check:
         for name in WORKFLOWS:
-            thumbnail(HERE / f"{name}.jpg")
+            thumbnail(HERE / f"{name}.jpg", THUMBNAIL_TILES[name]() if name in THUMBNAIL_TILES else None)
     print(("out of date: " if args.check else "wrote: ") + (", ".join(stale) or "nothing"))
     return 1 if args.check and stale else 0
 
