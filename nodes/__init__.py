@@ -1,15 +1,17 @@
 """ComfyUI nodes: a thin layer over ``colorize`` (socket types, tooltips, model folders, progress, Cancel).
 
 Classic ``NODE_CLASS_MAPPINGS`` API, so every class imports and runs without ComfyUI (unit tests). Importing
-this package registers ``models/colorizediffusion`` and ``models/lineart`` with ComfyUI when ComfyUI is running,
+this package registers ``models/colorizediffusion``, ``models/lineart`` and ``models/sams`` with ComfyUI when ComfyUI is running,
 and nothing else: weights are only read or downloaded when a node that needs them runs.
 """
 from __future__ import annotations
 
 from .decode import Decode
+from .enhance import BackgroundEncode, StyleEncode
 from .lineart import LineExtract
 from .loaders import CheckpointLoader, ReferenceEncoderFromCLIPVision, ReferenceEncoderLoader
 from .manipulation import ControlHeatmap, TextEdit
+from .masks import MaskPreview, SamMask, SketchMask
 from .models import register_folders
 from .reference import ReferenceEmbed
 from .sampler import Sampler
@@ -27,6 +29,11 @@ NODE_CLASS_MAPPINGS = {
     "ColorizeDiffusionTextEdit": TextEdit,
     "ColorizeDiffusionControlHeatmap": ControlHeatmap,
     "ColorizeDiffusionLineExtract": LineExtract,
+    "ColorizeDiffusionSketchMask": SketchMask,
+    "ColorizeDiffusionSAMMask": SamMask,
+    "ColorizeDiffusionMaskPreview": MaskPreview,
+    "ColorizeDiffusionBackgroundEncode": BackgroundEncode,
+    "ColorizeDiffusionStyleEncode": StyleEncode,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -41,6 +48,11 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorizeDiffusionTextEdit": "ColorizeDiffusion Text Edit",
     "ColorizeDiffusionControlHeatmap": "ColorizeDiffusion Control Heatmap",
     "ColorizeDiffusionLineExtract": "ColorizeDiffusion Line Extract",
+    "ColorizeDiffusionSketchMask": "ColorizeDiffusion Sketch Mask",
+    "ColorizeDiffusionSAMMask": "ColorizeDiffusion SAM Mask",
+    "ColorizeDiffusionMaskPreview": "ColorizeDiffusion Mask Preview",
+    "ColorizeDiffusionBackgroundEncode": "ColorizeDiffusion Background Encode (BG/FG enhance)",
+    "ColorizeDiffusionStyleEncode": "ColorizeDiffusion Style Encode (v2)",
 }
 
 register_folders()

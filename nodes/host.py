@@ -111,6 +111,19 @@ class ManagedModule:
         return self.module
 
 
+def ready_all(*managed: ManagedModule) -> list[nn.Module]:
+    """Several modules on their compute devices at once (one ``load_models_gpu`` call inside ComfyUI, so
+    placing one cannot offload another of the same generation)."""
+    mm = model_management()
+    patchers = [m.patcher for m in managed if m.patcher is not None]
+    if mm is not None and patchers:
+        mm.load_models_gpu(patchers, force_full_load=True)
+    for m in managed:
+        if m.patcher is None or mm is None:
+            m.module.to(load_device(m.role))
+    return [m.module for m in managed]
+
+
 # ----------------------------------------------------------------------------------------- progress
 
 
@@ -163,5 +176,6 @@ __all__ = [
     "load_device",
     "model_management",
     "offload_device",
+    "ready_all",
     "unet_dtype",
 ]

@@ -12,6 +12,7 @@ from colorize.checkpoint import read_header
 from colorize.device import PRECISIONS
 from colorize.loader import load_checkpoint_modules, load_reference_encoder
 from colorize.pipeline import cast_for_inference, noise_schedule
+from colorize.variants import cast_extras
 from colorize.weights import DEFAULT_CHECKPOINT, DEFAULT_CLIP, manifest_entry
 
 from .host import ManagedModule, load_device, offload_device, unet_dtype
@@ -19,7 +20,7 @@ from .models import CHECKPOINT_FOLDER, CLIP_FOLDER, list_files, resolve_file
 from .reference import ClipVisionReference, OpenClipReference
 from .types import COLORIZE_MODEL, COLORIZE_REFERENCE_ENCODER, ColorizeModel
 
-SUPPORTED_VERSIONS = ("mult",)  # v1; later releases add "switch" and "v2"
+SUPPORTED_VERSIONS = ("mult", "switch", "v2")  # v1, v1.5, v2
 
 
 def default_file(name: str) -> str:
@@ -31,7 +32,9 @@ class CheckpointLoader:
 
     DESCRIPTION = (
         "Loads a ColorizeDiffusion checkpoint (U-Net, sketch encoder and VAE) from models/colorizediffusion. "
-        "The version is detected from the file's keys, not its name, and shown in the 'info' output. A "
+        "The version (v1 mult, v1.5 switch, v2) is detected from the file's keys, not its name, and shown in "
+        "the 'info' output; v1.5/v2 also load their separation modules (threshold embedder and background "
+        "transformer; background and style encoders) for Background Encode / Style Encode. A "
         "listed file that is not on disk yet is downloaded from Hugging Face on first use (CC-BY-NC-SA-4.0 "
         "weights: non-commercial use only)."
     )
@@ -41,7 +44,7 @@ class CheckpointLoader:
     RETURN_NAMES = ("model", "info")
     OUTPUT_TOOLTIPS = (
         "The colorizer: feed it to Sketch Hints, Sampler and Decode.",
-        "File, detected version (v1 'mult'), prediction type and precision.",
+        "File, detected version (v1 'mult', v1.5 'switch', v2), prediction type and precision.",
     )
 
     @classmethod
@@ -49,7 +52,8 @@ class CheckpointLoader:
         return {"required": {
             "ckpt_name": (list_files(CHECKPOINT_FOLDER, SUPPORTED_VERSIONS), {
                 "default": default_file(DEFAULT_CHECKPOINT),
-                "tooltip": "Checkpoint in models/colorizediffusion (mult-eps-ft = ColorizeDiffusion v1). "
+                "tooltip": "Checkpoint in models/colorizediffusion (mult-eps-ft = ColorizeDiffusion v1, "
+                           "switch-eps = v1.5, v2-full = v2). "
                            "A missing listed file is downloaded (3.9 GB) when the node first runs."}),
             "precision": (list(PRECISIONS), {
                 "default": "auto",
@@ -59,10 +63,11 @@ class CheckpointLoader:
 
     def load(self, ckpt_name: str, precision: str) -> dict[str, Any]:
         path = resolve_file(CHECKPOINT_FOLDER, ckpt_name)
-        mods = load_checkpoint_modules(path)  # detects the version from the keys; non-v1 files get a clear error
+        mods = load_checkpoint_modules(path)  # detects the version (mult, switch, v2) from the keys
         params = sum(p.numel() for p in mods.unet.parameters())
         dtype = unet_dtype(precision, load_device("unet"), params)
         cast_for_inference(mods.unet, mods.sketch_encoder, mods.vae, offload_device("unet"), dtype)
+        cast_extras(mods.config.version, mods.extras, offload_device("unet"), dtype)
         model = ColorizeModel(
             name=ckpt_name,
             config=mods.config,
@@ -71,6 +76,7 @@ class CheckpointLoader:
             vae=ManagedModule(mods.vae, "vae"),
             schedule=noise_schedule(mods.config, mods.alphas_cumprod),
             dtype=dtype,
+            extras={k: ManagedModule(m, "unet") for k, m in mods.extras.items()},
         )
         info = model.describe()
         return {"ui": {"text": [info]}, "result": (model, info)}

@@ -21,7 +21,8 @@ from .host import Progress, comfy_module
 CHECKPOINT_FOLDER = "colorizediffusion"
 CLIP_FOLDER = "clip_vision"
 LINEART_FOLDER = "lineart"
-PACK_FOLDERS = (CHECKPOINT_FOLDER, LINEART_FOLDER)  # the folders this pack adds to ComfyUI
+SAM_FOLDER = "sams"  # segment-anything checkpoints (the folder other packs use for SAM too)
+PACK_FOLDERS = (CHECKPOINT_FOLDER, LINEART_FOLDER, SAM_FOLDER)  # the folders this pack adds to ComfyUI
 NO_DOWNLOAD_ENV = "COLORIZE_NO_DOWNLOAD"
 _EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -31,7 +32,7 @@ def folder_paths() -> Any:
 
 
 def register_folders() -> None:
-    """Register ``models/colorizediffusion`` and ``models/lineart`` with ComfyUI (no-op outside ComfyUI).
+    """Register ``models/colorizediffusion``, ``models/lineart`` and ``models/sams`` with ComfyUI (no-op outside ComfyUI).
 
     Paths already configured for a name (``extra_model_paths.yaml`` is read before packs load) are
     kept first; the default folder is added after them; the extension filter becomes ComfyUI's usual one.
@@ -149,6 +150,7 @@ __all__ = [
     "LINEART_FOLDER",
     "NO_DOWNLOAD_ENV",
     "PACK_FOLDERS",
+    "SAM_FOLDER",
     "find_file",
     "folder_dirs",
     "folder_paths",

@@ -7,9 +7,18 @@ from colorize.pipeline import SCHEDULER_CHOICES, GenerationSettings, make_condit
 from colorize.preprocess import InputError, fit_and_pad, target_size
 from colorize.sampling import SAMPLERS
 
-from .host import LatentPreview, Progress, check_interrupted, intermediate_device
+from .enhance import EnhanceRequest
+from .host import LatentPreview, Progress, check_interrupted, intermediate_device, load_device
 from .sketch import encode_hints, size_inputs
-from .types import COLORIZE_HINTS, COLORIZE_MODEL, COLORIZE_REFERENCE, ColorizeModel, ReferenceTokens, SketchHints
+from .types import (
+    COLORIZE_ENHANCE,
+    COLORIZE_HINTS,
+    COLORIZE_MODEL,
+    COLORIZE_REFERENCE,
+    ColorizeModel,
+    ReferenceTokens,
+    SketchHints,
+)
 
 SEED_MAX = 2**63 - 1
 
@@ -28,7 +37,9 @@ class Sampler:
         "tokens and the sketch hints, with dual classifier-free guidance (reference and sketch, thesis §5.3). "
         "The default (dpm_solver + leading, 20 steps, reference CFG 4) is the official app's. The LATENT is in "
         "ComfyUI's usual raw VAE space, so core VAE Decode with an SD2 VAE works as well as "
-        "ColorizeDiffusion Decode. Shows progress with a latent preview and stops on Cancel."
+        "ColorizeDiffusion Decode. Shows progress with a latent preview and stops on Cancel. With a v1.5 or v2 "
+        "checkpoint, the optional 'enhance' input (Background Encode / Style Encode) adds foreground/background "
+        "separation; v2 outputs are best near 768x768 in area (set the size on Sketch Preprocess)."
     )
     CATEGORY = "ColorizeDiffusion/sampling"
     FUNCTION = "sample"
@@ -67,12 +78,16 @@ class Sampler:
             "middle_strength": level_input("middle", "the middle-resolution blocks"),
             "low_strength": level_input("low", "the low-resolution blocks"),
             **size_inputs("Override of the output"),
+        }, "optional": {
+            "enhance": (COLORIZE_ENHANCE, {
+                "tooltip": "v1.5/v2 only: BG/FG enhance from Background Encode and/or v2 style enhance from Style "
+                           "Encode. Leave unconnected for plain colorization (v1 behaviour)."}),
         }}
 
     def sample(self, model: ColorizeModel, reference: ReferenceTokens, hints: SketchHints, seed: int, steps: int,
                sampler: str, scheduler: str, reference_cfg: float, sketch_cfg: float, reference_strength: float,
                encoder_strength: float, middle_strength: float, low_strength: float,
-               width: int, height: int) -> tuple[dict[str, Any]]:
+               width: int, height: int, enhance: EnhanceRequest | None = None) -> tuple[dict[str, Any]]:
         check_interrupted()
         if reference.dim != model.config.unet.context_dim:
             raise InputError(
@@ -94,9 +109,12 @@ class Sampler:
             sketch_strength=hints.strength, seed=seed, width=size[1], height=size[0],
         )
         settings.validate()
+        context, unet_kwargs = reference.tokens, {}
+        if enhance is not None:  # the separation encoders run once, before the U-Net is placed for sampling
+            context, unet_kwargs = enhance.unet_inputs(model, reference.tokens, hints.sketch, seed, load_device("unet"))
         unet = model.unet.ready()
         device = module_device(unet)
-        cond = make_conditioning(reference.tokens, hints.hints, hints.hints_uncond, model.dtype, device)
+        cond = make_conditioning(context, hints.hints, hints.hints_uncond, model.dtype, device, unet_kwargs)
         progress, preview = Progress(steps), LatentPreview(device)
 
         def on_step(info: dict[str, Any]) -> None:

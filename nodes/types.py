@@ -2,7 +2,8 @@
 node outputs and may hand the same object to several nodes)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -17,11 +18,16 @@ COLORIZE_MODEL = "COLORIZE_MODEL"
 COLORIZE_REFERENCE_ENCODER = "COLORIZE_REFERENCE_ENCODER"
 COLORIZE_REFERENCE = "COLORIZE_REFERENCE"
 COLORIZE_HINTS = "COLORIZE_HINTS"
+COLORIZE_ENHANCE = "COLORIZE_ENHANCE"
 
 
 @dataclass(frozen=True)
 class ColorizeModel:
-    """A loaded ColorizeDiffusion checkpoint: U-Net, sketch encoder and VAE, each placed by ComfyUI."""
+    """A loaded ColorizeDiffusion checkpoint: U-Net, sketch encoder and VAE, each placed by ComfyUI.
+
+    ``extras``: the version's other modules by component name (v1.5: ``thresh_embedder``, ``transformer``;
+    v2: ``bg_encoder``, ``style_encoder``; none for v1), placed by ComfyUI like the others.
+    """
 
     name: str
     config: ColorizerConfig
@@ -30,6 +36,7 @@ class ColorizeModel:
     vae: ManagedModule
     schedule: DiscreteSchedule
     dtype: torch.dtype
+    extras: Mapping[str, ManagedModule] = field(default_factory=dict)
 
     def describe(self) -> str:
         """One line for the UI: file, version detected from the keys, prediction type, precision."""
@@ -92,6 +99,7 @@ def bchw_to_image(x01: Tensor) -> Tensor:
 
 
 __all__ = [
+    "COLORIZE_ENHANCE",
     "COLORIZE_HINTS",
     "COLORIZE_MODEL",
     "COLORIZE_REFERENCE",

@@ -62,7 +62,7 @@ if _SKIP:
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny weights in ComfyUI's models layout, under the file names the workflows use."""
     d = tmp_path_factory.mktemp("comfy_models")
-    write_tiny_weights(d)
+    write_tiny_weights(d, versions=("mult", "switch", "v2"))  # every workflow's checkpoint
     return d
 
 
@@ -132,7 +132,8 @@ def _expected_size(graph: dict[str, Any], node_id: str) -> tuple[int, int]:
     from PIL import Image
 
     source = graph[graph[node_id]["inputs"]["images"][0]]
-    if source["class_type"] in ("ColorizeDiffusionControlHeatmap", "ColorizeDiffusionLineExtract"):
+    if source["class_type"] in ("ColorizeDiffusionControlHeatmap", "ColorizeDiffusionLineExtract",
+                                "ColorizeDiffusionMaskPreview"):
         with Image.open(REPO / "workflows" / graph[source["inputs"]["image"][0]]["inputs"]["image"]) as im:
             return im.size
     return (256, 256)

@@ -82,7 +82,7 @@ def test_runs_without_comfyui() -> None:
 
 
 def test_every_node_is_prefixed_described_and_tooltipped() -> None:
-    assert len(M) == 11 and set(M) == set(NAMES)  # v1 pack (8) + Text Edit, Control Heatmap, Line Extract
+    assert len(M) == 16 and set(M) == set(NAMES)  # v1 pack (8) + Text Edit, Control Heatmap, Line Extract + 5 v1.5/v2
     for node_id, cls in M.items():
         assert node_id.startswith("ColorizeDiffusion") and NAMES[node_id].startswith("ColorizeDiffusion ")
         assert cls.CATEGORY.startswith("ColorizeDiffusion/") and len(cls.DESCRIPTION) > 40
@@ -99,7 +99,8 @@ def test_every_node_is_prefixed_described_and_tooltipped() -> None:
         params = list(inspect.signature(getattr(cls, cls.FUNCTION)).parameters)[1:]
         assert params == list(inputs), f"{node_id}.{cls.FUNCTION} arguments differ from INPUT_TYPES"
     custom = {t for cls in M.values() for t in cls.RETURN_TYPES if t.startswith("COLORIZE")}
-    assert custom == {"COLORIZE_MODEL", "COLORIZE_REFERENCE_ENCODER", "COLORIZE_REFERENCE", "COLORIZE_HINTS"}
+    assert custom == {"COLORIZE_MODEL", "COLORIZE_REFERENCE_ENCODER", "COLORIZE_REFERENCE", "COLORIZE_HINTS",
+                      "COLORIZE_ENHANCE"}
 
 
 def test_root_init_imports_like_comfyui_does() -> None:
@@ -120,8 +121,8 @@ def test_root_init_imports_like_comfyui_does() -> None:
 
 def test_file_pickers_list_present_and_downloadable_files(tiny_dir: Path) -> None:
     ckpts = M["ColorizeDiffusionCheckpointLoader"].INPUT_TYPES()["required"]["ckpt_name"][0]
-    assert ckpts[0] == CKPT and "mult-eps-newft.safetensors" in ckpts  # present first, then downloadable v1 files
-    assert not any(n.startswith(("switch", "v2")) for n in ckpts)  # this release loads v1 only
+    assert ckpts[0] == CKPT and "mult-eps-newft.safetensors" in ckpts  # present first, then downloadable files
+    assert {"switch-eps.safetensors", "v2-full.safetensors"} <= set(ckpts)  # v1.5 and v2 load too
     clips = M["ColorizeDiffusionReferenceEncoderLoader"].INPUT_TYPES()["required"]["clip_name"][0]
     assert clips[0] == CLIP and "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors" in clips
 

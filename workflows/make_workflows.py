@@ -147,10 +147,71 @@ def lineart_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int
     return graph, pos
 
 
+NOTE_V15 = """## ColorizeDiffusion v1.5: foreground/background separation (BG enhance) with masks
+
+`switch-eps.safetensors` (3.9 GB, downloaded on first run if missing) with the v1 CLIP file. **Sketch Mask** finds the
+figure in the line art (no weights) and, with a low threshold, the subject of a reference on a light background; check
+both in the **Mask Preview**s. **Background Encode** splits the cross-attention with them so that the reference colours
+the figure and the background comes from the background-only reference. For photos or busy references use
+**SAM Mask** (models/sams, sam_vit_b downloaded on first use) or any MASK for reference_mask.
+"""
+
+NOTE_V2 = """## ColorizeDiffusion v2: background encoder and style encoder
+
+`v2-full.safetensors` (v-prediction, trained at 768x768: sizes near 768 in area work best) with the v1 CLIP file.
+**Background Encode** (BG enhance, with the sketch and reference masks) and **Style Encode** feed the sampler's
+`enhance` input: bypass or unlink either to switch that enhancement off.
+"""
+
+
+def v15_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+    """v1.5: sketch + reference + masks → colorization with BG enhance."""
+    graph, pos = v1_graph()
+    graph["1"]["inputs"]["ckpt_name"] = "switch-eps.safetensors"
+    graph["8"]["inputs"]["enhance"] = ["15", 0]
+    graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/v15"
+    graph.update({
+        "13": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Sketch Mask"},
+               "inputs": {"image": ["3", 0], "threshold": 0.5, "gap": 4, "dilation": 0, "polarity": "auto"}},
+        "14": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Reference Mask (light background)"},
+               "inputs": {"image": ["4", 0], "threshold": 0.1, "gap": 4, "dilation": 2, "polarity": "dark_lines"}},
+        "15": {"class_type": "ColorizeDiffusionBackgroundEncode", "_meta": {"title": "Background Encode"},
+               "inputs": {"encoder": ["2", 0], "reference": ["4", 0], "background_enhance": True,
+                          "foreground_enhance": False, "fg_strength": 1.0, "bg_strength": 1.0, "merge_scale": 0.0,
+                          "background_factor": 1.0, "sketch_threshold": 0.05, "reference_threshold": 0.5,
+                          "remove_background_foreground": False, "sketch_mask": ["13", 0],
+                          "reference_mask": ["14", 0]}},
+        "16": {"class_type": "ColorizeDiffusionMaskPreview", "_meta": {"title": "Mask Preview (sketch)"},
+               "inputs": {"image": ["3", 0], "mask": ["13", 0], "alpha": 0.5, "outline": 2, "dim_background": 0.3}},
+        "17": {"class_type": "ColorizeDiffusionMaskPreview", "_meta": {"title": "Mask Preview (reference)"},
+               "inputs": {"image": ["4", 0], "mask": ["14", 0], "alpha": 0.5, "outline": 2, "dim_background": 0.3}},
+        "18": {"class_type": "PreviewImage", "_meta": {"title": "Sketch mask"}, "inputs": {"images": ["16", 0]}},
+        "19": {"class_type": "PreviewImage", "_meta": {"title": "Reference mask"}, "inputs": {"images": ["17", 0]}},
+    })
+    pos.update({"13": (420, 1100), "14": (420, 1300), "15": (800, 1100), "16": (800, 1400), "17": (800, 1600),
+                "18": (1180, 1400), "19": (1180, 1600)})
+    return graph, pos
+
+
+def v2_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+    """v2: the v1.5 graph on v2-full with Style Encode chained after Background Encode, 768-level output."""
+    graph, pos = v15_graph()
+    graph["1"]["inputs"]["ckpt_name"] = "v2-full.safetensors"
+    graph["5"]["inputs"].update({"width": 768, "height": 768})
+    graph["8"]["inputs"]["enhance"] = ["20", 0]
+    graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/v2"
+    graph["20"] = {"class_type": "ColorizeDiffusionStyleEncode", "_meta": {"title": "Style Encode"},
+                   "inputs": {"encoder": ["2", 0], "reference": ["4", 0], "enhance": ["15", 0]}}
+    pos["20"] = (1180, 1100)
+    return graph, pos
+
+
 WORKFLOWS = {
     "colorizediffusion_v1": (v1_graph, NOTE_V1),
     "colorizediffusion_v1_text_edits": (text_edits_graph, NOTE_TEXT_EDITS),
     "colorizediffusion_v1_lineart": (lineart_graph, NOTE_LINEART),
+    "colorizediffusion_v15": (v15_graph, NOTE_V15),
+    "colorizediffusion_v2": (v2_graph, NOTE_V2),
 }
 
 
@@ -197,7 +258,8 @@ def to_ui(graph: dict[str, dict[str, Any]], pos: dict[str, tuple[int, int]], not
         node = graph[nid]
         spec = node_spec(node["class_type"])
         ui_inputs = []
-        for slot, (name, typ) in enumerate(spec["inputs"].items()):
+        connected = [(name, typ) for name, typ in spec["inputs"].items() if name in node["inputs"]]  # optional sockets may be absent
+        for slot, (name, typ) in enumerate(connected):
             src = node["inputs"][name]
             link_id = len(links) + 1
             src_type = node_spec(graph[src[0]]["class_type"])["outputs"][src[1]][1]

@@ -1,0 +1,191 @@
+"""Mask nodes for v1.5/v2 separation: the no-weight sketch mask, the SAM reference mask and a mask preview.
+
+All produce or take ComfyUI MASKs (``(B, H, W)`` in [0, 1], 1 = foreground), so masks from other packs work
+too. The computations are :mod:`colorize.masks`; SAM files live in ``models/sams`` (downloaded on first use).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from colorize.masks import DEFAULT_SAM, load_sam, overlay_masks, sam_foreground_mask, sketch_foreground_mask
+from colorize.preprocess import InputError
+from colorize.weights import manifest_entry
+
+from .host import ManagedModule, check_interrupted, intermediate_device, offload_device
+from .models import SAM_FOLDER, list_files, resolve_file
+from .types import bchw_to_image, image_to_bchw
+
+SKETCH_POLARITIES = ("auto", "dark_lines", "light_lines")
+AUTO_PROMPTS = ("point+box", "point", "box")
+
+
+def threshold_input(default: float, tooltip: str) -> tuple[str, dict[str, Any]]:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tooltip})
+
+
+def pixels_input(default: int, tooltip: str, high: int = 64) -> tuple[str, dict[str, Any]]:
+    return ("INT", {"default": default, "min": 0, "max": high, "tooltip": tooltip})
+
+
+class SketchMask:
+    """IMAGE (line art) → MASK (figure silhouette), no weights."""
+
+    DESCRIPTION = (
+        "Foreground mask of line art without any model: everything the paper around the drawing cannot reach "
+        "from the image borders is the figure (outlines with gaps up to 'gap' pixels count as closed). Works "
+        "on the raw line art or the prepared sketch, and on a reference on a plain light background (lower "
+        "the threshold, e.g. 0.1, so that every coloured pixel blocks the fill). An image without lines gives "
+        "an empty mask and a warning."
+    )
+    CATEGORY = "ColorizeDiffusion/masks"
+    FUNCTION = "mask"
+    RETURN_TYPES = ("MASK",)
+    RETURN_NAMES = ("mask",)
+    OUTPUT_TOOLTIPS = ("Foreground mask (1 = figure) in the image's frame, for Background Encode or Mask Preview.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Line art (black on white or white on black), or a flat-background image."}),
+            "threshold": threshold_input(0.5, "Ink level from which a pixel counts as a line (blocks the "
+                                              "background fill). Lower = fainter strokes block too."),
+            "gap": pixels_input(4, "Breaks in an outline up to this many pixels are bridged."),
+            "dilation": pixels_input(0, "Grow the mask by this many pixels."),
+            "polarity": (list(SKETCH_POLARITIES), {
+                "default": "auto", "tooltip": "dark_lines = black lines on white paper; light_lines = white lines "
+                                              "on black (prepared sketches, line extractors); auto = per image."}),
+        }}
+
+    def mask(self, image: Tensor, threshold: float, gap: int, dilation: int, polarity: str) -> tuple[Tensor]:
+        out = sketch_foreground_mask(image_to_bchw(image), line_threshold=threshold, gap=gap,
+                                     polarity=polarity, dilation=dilation)  # type: ignore[arg-type]
+        return (out.float().to(intermediate_device()),)
+
+
+@dataclass(frozen=True)
+class LoadedSam:
+    module: ManagedModule
+    stamp: tuple[int, int]
+
+
+_LOADED: dict[str, LoadedSam] = {}  # resolved path → SAM, kept between runs (re-read when the file changes)
+
+
+def load_sam_file(name: str) -> ManagedModule:
+    """SAM from ``models/sams`` (downloaded first if it is a missing manifest file), read once per file."""
+    path = resolve_file(SAM_FOLDER, name)
+    st = path.stat()
+    key, stamp = str(Path(path).resolve()), (st.st_mtime_ns, st.st_size)
+    loaded = _LOADED.get(key)
+    if loaded is None or loaded.stamp != stamp:
+        sam = load_sam(path, device=offload_device("unet"), dtype=torch.float32)
+        loaded = _LOADED[key] = LoadedSam(ManagedModule(sam, "unet"), stamp)
+    return loaded.module
+
+
+def parse_numbers(text: str, group: int, what: str) -> list[list[float]]:
+    """``"x,y; x,y"`` → ``[[x, y], [x, y]]`` (groups of ``group`` numbers; empty text → [])."""
+    numbers = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", text)]
+    if len(numbers) % group:
+        raise InputError(f"{what}: expected groups of {group} numbers, got {len(numbers)} numbers in {text!r}")
+    return [numbers[i:i + group] for i in range(0, len(numbers), group)]
+
+
+class SamMask:
+    """IMAGE (reference) → MASK with segment-anything."""
+
+    DESCRIPTION = (
+        "Foreground mask of the colour reference with Segment Anything (models/sams; sam_vit_b is downloaded "
+        "on first use if missing). Prompt: points and/or a box in pixels of the image, or, when both are "
+        "empty, an automatic prompt at the image centre (the subject of a reference usually fills the frame). "
+        "Feed the mask to Background Encode's reference_mask."
+    )
+    CATEGORY = "ColorizeDiffusion/masks"
+    FUNCTION = "mask"
+    RETURN_TYPES = ("MASK",)
+    RETURN_NAMES = ("mask",)
+    OUTPUT_TOOLTIPS = ("Foreground mask (1 = subject) in the image's frame.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "sam_name": (list_files(SAM_FOLDER), {
+                    "default": str(manifest_entry(DEFAULT_SAM)["filename"]),
+                    "tooltip": "SAM checkpoint in models/sams (vit_b, vit_l or vit_h; the variant is read from the "
+                               "file). A missing listed file is downloaded when the node first runs."}),
+                "image": ("IMAGE", {"tooltip": "The image to segment (usually the colour reference)."}),
+                "auto_prompt": (list(AUTO_PROMPTS), {
+                    "default": "point+box", "tooltip": "Prompt used when no points and no box are given: a point at "
+                                                       "the centre, a centred box (5% margin), or both."}),
+                "threshold": threshold_input(0.5, "SAM probability above which a pixel is foreground (0.5 = SAM's own cut)."),
+                "dilation": pixels_input(0, "Grow the mask by this many pixels."),
+            },
+            "optional": {
+                "points": ("STRING", {"default": "", "tooltip": "Foreground points in pixels: 'x,y; x,y'. Empty = none."}),
+                "negative_points": ("STRING", {"default": "", "tooltip": "Background points in pixels: 'x,y; x,y'."}),
+                "box": ("STRING", {"default": "", "tooltip": "Box in pixels: 'x0,y0,x1,y1'. Empty = none."}),
+            },
+        }
+
+    def mask(self, sam_name: str, image: Tensor, auto_prompt: str, threshold: float, dilation: int,
+             points: str = "", negative_points: str = "", box: str = "") -> tuple[Tensor]:
+        pos, neg = parse_numbers(points, 2, "points"), parse_numbers(negative_points, 2, "negative_points")
+        boxes = parse_numbers(box, 4, "box")
+        if len(boxes) > 1:
+            raise InputError(f"box: give one box 'x0,y0,x1,y1', got {len(boxes)}")
+        if neg and not pos and not boxes:
+            raise InputError("negative_points alone do not say what to keep: add a point or a box")
+        sam = load_sam_file(sam_name).ready()
+        check_interrupted()
+        pts = pos + neg
+        out = sam_foreground_mask(
+            sam, image_to_bchw(image), points=pts or None,
+            point_labels=[1.0] * len(pos) + [0.0] * len(neg) if pts else None,
+            box=boxes[0] if boxes else None, auto_prompt=auto_prompt,  # type: ignore[arg-type]
+            threshold=threshold, dilation=dilation)
+        return (out.float().to(intermediate_device()),)
+
+
+class MaskPreview:
+    """IMAGE + MASK → IMAGE (tinted overlay)."""
+
+    DESCRIPTION = (
+        "Shows a mask over its image: the masked region tinted, its outline drawn and the rest dimmed, to check "
+        "a sketch or reference mask before colorizing. A mask of another size is resized to the image."
+    )
+    CATEGORY = "ColorizeDiffusion/masks"
+    FUNCTION = "preview"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The image with the mask overlaid: connect Preview Image or Save Image.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The image the mask belongs to."}),
+            "mask": ("MASK", {"tooltip": "The mask (1 = foreground), any MASK."}),
+            "alpha": threshold_input(0.5, "Tint strength inside the mask."),
+            "outline": pixels_input(2, "Outline width in pixels (0 = none).", 16),
+            "dim_background": threshold_input(0.3, "Darken the unmasked part by this fraction."),
+        }}
+
+    def preview(self, image: Tensor, mask: Tensor, alpha: float, outline: int, dim_background: float) -> tuple[Tensor]:
+        images = image_to_bchw(image)
+        if images.shape[1] != 3:
+            images = images[:, :3] if images.shape[1] > 3 else images.expand(-1, 3, -1, -1)
+        try:
+            out = overlay_masks(images, mask.to(images.device), alpha=alpha, outline=outline,
+                                dim_background=dim_background)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        return (bchw_to_image(out).to(intermediate_device()),)
+
+
+__all__ = ["MaskPreview", "SamMask", "SketchMask", "load_sam_file", "parse_numbers"]
