@@ -5,39 +5,22 @@ import math
 from dataclasses import dataclass
 
 from colorize.preprocess import InputError
-from colorize.switch import DEFAULT_REFERENCE_THRESHOLD, DEFAULT_SKETCH_THRESHOLD, EnhanceMode
+from colorize.switch import EnhanceMode
 from colorize.v2 import V2Settings
 
 
 @dataclass(frozen=True)
-class EnhanceSettings:
+class EnhanceSettings(V2Settings):
     """"BG enhance", "FG enhance", "Style enhance" and their sliders (defaults = the app's; all off).
 
+    The controls of :class:`colorize.v2.V2Settings` (which documents each field) plus ``lora_scale``, the
+    multiplier of the fg/bg LoRA deltas (1 = as trained, 0 = LoRA off); valid for v1.5 and v2.
     background_enhance / foreground_enhance need the sketch foreground mask (computed from the line art
     when not given); background enhance without a separate background image also needs the reference
-    foreground mask. style_enhance is v2 only (no mask needed). fg_scale / bg_scale: "Foreground/Background
-    strength"; merge_scale: "Merging scale"; background_factor: v2 "Background factor"; sketch_threshold /
-    reference_threshold: the sketch- and reference-mask thresholds; remove_background_foreground: whiten the
-    foreground of a separate background image (needs its mask); lora_scale: multiplier of the fg/bg LoRA
-    deltas (1 = as trained, 0 = LoRA off).
+    foreground mask. style_enhance is v2 only (no mask needed).
     """
 
-    background_enhance: bool = False
-    foreground_enhance: bool = False
-    style_enhance: bool = False
-    fg_scale: float = 1.0
-    bg_scale: float = 1.0
-    merge_scale: float = 0.0
-    background_factor: float = 1.0
-    sketch_threshold: float = DEFAULT_SKETCH_THRESHOLD
-    reference_threshold: float = DEFAULT_REFERENCE_THRESHOLD
-    remove_background_foreground: bool = False
     lora_scale: float = 1.0
-
-    @property
-    def masked(self) -> bool:
-        """Split cross-attention with the sketch mask (foreground and/or background enhance)."""
-        return self.background_enhance or self.foreground_enhance
 
     @property
     def active(self) -> bool:
@@ -68,14 +51,8 @@ class EnhanceSettings:
                 raise InputError("the background factor is a v2 control; leave it at 1 for v1.5")
 
     def v2_settings(self) -> V2Settings:
-        """The same controls as :class:`colorize.v2.V2Settings` (``lora_scale`` is applied separately)."""
-        return V2Settings(
-            background_enhance=self.background_enhance, style_enhance=self.style_enhance,
-            foreground_enhance=self.foreground_enhance, background_factor=self.background_factor,
-            merge_scale=self.merge_scale, fg_scale=self.fg_scale, bg_scale=self.bg_scale,
-            sketch_threshold=self.sketch_threshold, reference_threshold=self.reference_threshold,
-            remove_background_foreground=self.remove_background_foreground,
-        )
+        """These settings as the v2 conditioning takes them (``lora_scale`` is applied separately)."""
+        return self
 
 
 __all__ = ["EnhanceSettings"]
