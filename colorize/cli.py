@@ -38,6 +38,17 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    a = p.add_argument_group("advanced controls (official app)")
+    a.add_argument("--guidance-start", type=float, default=0.0,
+                   help="guidance window start in tr = 1 - t/999 (0 = first step); before it the reference is off")
+    a.add_argument("--guidance-end", type=float, default=1.0, help="guidance window end; after it the reference is off")
+    a.add_argument("--no-guidance", type=float, nargs=2, default=(-0.05, -0.05), metavar=("START", "END"),
+                   help="interval of tr where the reference is off (default -0.05 -0.05: never)")
+    a.add_argument("--ref-pad-scale", type=float, default=1.0,
+                   help="reference padding scale (1-2): pad the reference width with white before CLIP")
+    a.add_argument("--crop-result", action="store_true", help="crop the result to the un-padded sketch area")
+    a.add_argument("--remove-result-bg", action="store_true",
+                   help="whiten the result where --sketch-mask is below --reference-mask-threshold")
     g = p.add_argument_group("v1.5 / v2 foreground-background separation (--checkpoint switch-eps or v2-full)")
     g.add_argument("--bg-enhance", action="store_true", help="BG enhance: background from the reference's background "
                    "(or --background), kept out of the character")
@@ -92,16 +103,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
         steps=args.steps, sampler=args.sampler, scheduler=args.scheduler, reference_cfg=args.ref_cfg,
         sketch_cfg=args.sketch_cfg, reference_strength=args.strength, sketch_strength=args.sketch_strength,
         seed=args.seed, width=args.width, height=args.height, polarity=args.polarity,
+        guidance_start=args.guidance_start, guidance_end=args.guidance_end, no_guidance=tuple(args.no_guidance),
+        reference_pad_scale=args.ref_pad_scale, crop_result=args.crop_result,
     )
+    result_mask = _result_mask(args)
     bar = ProgressBar(settings.steps, "sampling")
     image = model.colorize(sketch, reference, settings, callback=lambda info: bar.update(), **separation)
     bar.close()
+    if result_mask is not None:
+        from colorize.preprocess import remove_background
+        from colorize.variants import fit_sketch_mask
+
+        if not settings.crop_result:  # the mask is in the sketch's frame: fit it like the sketch
+            result_mask = fit_sketch_mask(result_mask, tuple(sketch.shape[-2:]), tuple(image.shape[-2:]))
+        image = remove_background(image, result_mask, args.reference_mask_threshold)
     from colorize.io import atomic_path
 
     with atomic_path(args.out, overwrite=args.overwrite) as tmp:
         tensor_to_pil(image)[0].save(tmp, format="PNG")
     print(f"wrote {args.out}")
     return 0
+
+
+def _result_mask(args: argparse.Namespace) -> torch.Tensor | None:
+    """The mask for ``--remove-result-bg`` (the official "Remove background in result"), checked early."""
+    if not args.remove_result_bg:
+        return None
+    if args.sketch_mask is None:
+        from colorize.preprocess import InputError
+
+        raise InputError("--remove-result-bg needs --sketch-mask (white = the character, in the sketch's frame)")
+    return _mask(args.sketch_mask)
 
 
 def _mask(path: Path | None) -> torch.Tensor | None:
@@ -132,6 +164,8 @@ def _separation(args: argparse.Namespace, reference: torch.Tensor) -> dict[str, 
 
         sam = load_sam(args.sam, models_dir=args.models_dir, download=not args.no_download)
         kw.update({k: sam_foreground_mask(sam, image) for k, image in todo.items()})
+    if args.remove_result_bg and not enhance.active:  # the sketch mask is then only for the result
+        kw["sketch_mask"] = None
     if enhance == EnhanceSettings() and all(v is None for v in kw.values()):
         return {}
     return {"enhance": enhance, **kw}

@@ -28,6 +28,10 @@ from colorize.preprocess import (
     InputError,
     blank_sketch,
     check_image,
+    content_box,
+    crop_to_box,
+    pad_reference,
+    pad_width,
     prepare_reference,
     prepare_sketch,
     target_size,
@@ -72,6 +76,13 @@ class GenerationSettings:
     the app's per-level cross-attention sliders; ``block_strengths`` (16 values) overrides them.
     Two deliberate differences from the app: ``polarity="auto"`` (the app always inverts) and, when
     width/height are not given, a size that follows the sketch's aspect at about 512² (the app: 512×512).
+
+    Advanced controls (§2.6, §2.2, §2.9): ``guidance_start``/``guidance_end`` and ``no_guidance``
+    (start, end) form the guidance window on ``tr = 1 − t/999`` (0 = first, noisiest step): outside
+    ``[start, end]`` or inside ``no_guidance`` every CFG row gets a zero (empty) reference context
+    (see :func:`reference_off`); the official honours it for v1 only, here it works for every version.
+    ``reference_pad_scale`` (1–2) pads the reference and background width with white before CLIP;
+    ``crop_result`` crops the decoded image to the un-padded sketch area.
     """
 
     steps: int = 20
@@ -87,6 +98,11 @@ class GenerationSettings:
     width: int | None = None
     height: int | None = None
     polarity: str = "auto"
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    no_guidance: tuple[float, float] = (-0.05, -0.05)
+    reference_pad_scale: float = 1.0
+    crop_result: bool = False
 
     def validate(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -106,6 +122,23 @@ class GenerationSettings:
                 raise InputError(f"{name} must be a finite number, got {value!r}")
         if self.block_strengths is not None and len(self.block_strengths) != NUM_ATTENTION_BLOCKS:
             raise InputError(f"block_strengths needs {NUM_ATTENTION_BLOCKS} values, got {len(self.block_strengths)}")
+        self._validate_advanced()
+
+    def _validate_advanced(self) -> None:
+        start, end = self.guidance_start, self.guidance_end
+        if not (_finite(start) and _finite(end) and 0.0 <= start <= end <= 1.0):
+            raise InputError(f"guidance window needs 0 <= guidance_start <= guidance_end <= 1, got {start!r}, {end!r}")
+        ng = tuple(self.no_guidance) if isinstance(self.no_guidance, (tuple, list)) else ()
+        if len(ng) != 2 or not all(_finite(v) for v in ng) or ng[0] > ng[1]:
+            raise InputError(f"no_guidance must be two finite numbers (start <= end), got {self.no_guidance!r}")
+        if not _finite(self.reference_pad_scale) or not 1.0 <= self.reference_pad_scale <= 2.0:
+            raise InputError(f"reference_pad_scale must be between 1 and 2, got {self.reference_pad_scale!r}")
+
+    @property
+    def guidance_window_active(self) -> bool:
+        """Whether the guidance window can switch the reference off at some step in ``tr`` ∈ [0, 1]."""
+        no_start, no_end = self.no_guidance
+        return self.guidance_start > 0.0 or self.guidance_end < 1.0 or (no_end >= 0.0 and no_start <= 1.0)
 
     @property
     def resolved_scheduler(self) -> str:
@@ -144,6 +177,26 @@ class Conditioning:
             hints = [torch.cat([hin[r][i] for r in rows]) for i in range(len(self.hints))]
             self._stacked[rows] = (context, hints)
         return self._stacked[rows]
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def reference_off(
+    t: Tensor, start: float = 0.0, end: float = 1.0, no_guidance: tuple[float, float] = (-0.05, -0.05),
+    last_timestep: int = 999,
+) -> Tensor:
+    """The guidance window (official ``apply_model`` of v1, §2.6): True where the reference is off.
+
+    ``tr = 1 − t / last_timestep`` (t may be continuous); the reference is off where ``tr < start``,
+    ``tr > end`` or ``no_start <= tr <= no_end``. With the defaults (0, 1, −0.05/−0.05) it never is."""
+    tr = 1.0 - t.float() / float(last_timestep)
+    no_start, no_end = no_guidance
+    return (tr < start) | (tr > end) | ((tr >= no_start) & (tr <= no_end))
 
 
 def sampling_sigmas(settings: GenerationSettings, schedule: DiscreteSchedule, cfg: ColorizerConfig, device: torch.device) -> Tensor:
@@ -259,8 +312,13 @@ def sample_latent(
         scales = None
     device = module_device(unet)
 
+    window = settings.guidance_window_active
+    last_t = config.schedule.timesteps - 1
+
     def model_fn(x: Tensor, t: Tensor, rows: tuple[str, ...]) -> Tensor:
         context, hints = cond.rows(rows)
+        if window:
+            context = _window_context(context, t, settings, last_t)
         return unet(x, t, context, hints, scales, **cond.unet_kwargs).float()
 
     den = GuidedDenoiser(model_fn, schedule, config.parameterization, settings.reference_cfg, settings.sketch_cfg)
@@ -284,6 +342,24 @@ def sample_latent(
             "half-precision overflow: retry with precision fp32 or bf16; if it persists, the checkpoint may be damaged."
         )
     return latent
+
+
+def _window_context(context: Tensor, t: Tensor, settings: GenerationSettings, last_timestep: int) -> Tensor:
+    """``context`` with the rows whose timestep lies outside the guidance window zeroed.
+
+    The official replaces the whole context by one zero token; a zero context of the same shape is the
+    same empty reference for plain attention (keys/values without bias: the attention result is exactly 0)
+    and also keeps the ``[fg N | bg N]`` layout that v1.5/v2 split attention needs (every branch, LoRA
+    included, then reads zeros). Only the context changes: hints and the v2 background/style inputs stay,
+    exactly as in the reference-unconditional CFG rows."""
+    off = reference_off(t.reshape(-1).to(context.device), settings.guidance_start, settings.guidance_end,
+                        tuple(settings.no_guidance), last_timestep)  # type: ignore[arg-type]
+    if off.numel() == 1:
+        off = off.expand(context.shape[0])
+    if not bool(off.any()):
+        return context
+    return torch.where(off.view(-1, *([1] * (context.ndim - 1))), torch.zeros((), dtype=context.dtype,
+                       device=context.device), context)
 
 
 @torch.no_grad()
@@ -421,18 +497,27 @@ class Colorizer:
         in [0, 1]. Without ``sketch_mask`` it is computed from the line art (no weights); background enhance
         without ``reference_mask`` or ``background`` warns and uses an all-foreground reference mask (a
         real one needs a segmenter, e.g. :func:`colorize.masks.sam_foreground_mask` with SAM weights).
-        Without a size, v2 outputs are about 768² in area (its training level), v1/v1.5 about 512²."""
+        Without a size, v2 outputs are about 768² in area (its training level), v1/v1.5 about 512².
+        ``settings.reference_pad_scale`` pads the reference/background (and their masks, with 0) in width;
+        ``settings.crop_result`` returns only the un-padded sketch area (:func:`colorize.preprocess.content_box`)."""
         settings = settings or GenerationSettings()
         settings.validate()
         sketch01 = check_image(sketch01, "sketch")
         sketch_hw = (int(sketch01.shape[-2]), int(sketch01.shape[-1]))
         size = target_size(sketch_hw, settings.width, settings.height, base_resolution(self.config.version))
         sketch = prepare_sketch(sketch01, size, settings.polarity)  # type: ignore[arg-type]
+        pad = settings.reference_pad_scale
+        if pad != 1.0:  # §2.2: white padding of the reference and background; their masks get "no foreground"
+            reference01 = pad_reference(reference01, pad)
+            background = pad_reference(background, pad) if background is not None else None
+            reference_mask = pad_width(reference_mask, pad, 0.0) if reference_mask is not None else None
+            background_mask = pad_width(background_mask, pad, 0.0) if background_mask is not None else None
         bg = to_signed(check_image(background, "background")) if background is not None else None
         cond = self.conditioning(sketch, prepare_reference(reference01), settings, enhance=enhance,
                                  sketch_hw=sketch_hw, sketch_mask=sketch_mask, reference_mask=reference_mask,
                                  background=bg, background_mask=background_mask)
-        return self.decode(self.sample(cond, size, settings, callback))
+        image = self.decode(self.sample(cond, size, settings, callback))
+        return crop_to_box(image, content_box(sketch_hw, size)) if settings.crop_result else image
 
 
 def _repeat_to(x: Tensor, batch: int, what: str) -> Tensor:

@@ -158,18 +158,77 @@ def prepare_sketch(
     return fit_and_pad(x, size, fill=-1.0)
 
 
+def content_box(hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of an ``hw`` image fitted (aspect kept) and centred in ``size``,
+    as :func:`fit_and_pad` places it: the un-padded sketch area of the result (§2.9 "Crop result")."""
+    (h, w), (H, W) = hw, size
+    r = min(H / h, W / w)
+    nh, nw = max(1, int(h * r)), max(1, int(w * r))
+    return (H - nh) // 2, (W - nw) // 2, nh, nw
+
+
 def fit_and_pad(x: torch.Tensor, size: tuple[int, int], fill: float) -> torch.Tensor:
-    """Resize ``x`` to fit inside ``size`` keeping its aspect, then centre-pad with ``fill``."""
+    """Resize ``x`` to fit inside ``size`` keeping its aspect, then centre-pad with ``fill``
+    (the content lands at :func:`content_box`)."""
     H, W = size
     if H % SIZE_MULTIPLE or W % SIZE_MULTIPLE:
         raise InputError(f"target size {H}x{W} is not a multiple of {SIZE_MULTIPLE}; use e.g. {round_size(H)}x{round_size(W)}")
     h, w = x.shape[-2:]
-    r = min(H / h, W / w)
-    nh, nw = max(1, int(h * r)), max(1, int(w * r))
+    top, left, nh, nw = content_box((int(h), int(w)), size)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
-    top, left = (H - nh) // 2, (W - nw) // 2
     return F.pad(x, (left, W - nw - left, top, H - nh - top), value=fill)
+
+
+def crop_to_box(image: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """Crop ``(..., H, W)`` to a :func:`content_box` ``(top, left, height, width)``."""
+    top, left, h, w = box
+    if top < 0 or left < 0 or top + h > image.shape[-2] or left + w > image.shape[-1]:
+        raise InputError(f"crop box {box} lies outside the {tuple(image.shape[-2:])} image")
+    return image[..., top:top + h, left:left + w]
+
+
+def pad_width(image: torch.Tensor, pad_scale: float, fill: float) -> torch.Tensor:
+    """Pad ``(..., H, W)`` to width ``int(W · pad_scale)`` with ``fill``, the content centred.
+
+    The official "Reference padding scale" (§2.2, ``pad_scale`` in [1, 2], white padding) widens the
+    reference (and a background image) before CLIP squashes it to 224², so the subject looks narrower.
+    Where the official puts the padding is not recorded; here it is split evenly (left gets the smaller half)."""
+    if not math.isfinite(float(pad_scale)) or not 1.0 <= float(pad_scale) <= 2.0:
+        raise InputError(f"reference padding scale must be between 1 and 2, got {pad_scale!r}")
+    w = int(image.shape[-1])
+    extra = int(w * float(pad_scale)) - w
+    if extra <= 0:
+        return image
+    left = extra // 2
+    return F.pad(image, (left, extra - left), value=fill)
+
+
+def pad_reference(reference01: torch.Tensor, pad_scale: float) -> torch.Tensor:
+    """Reference (or background) image in [0, 1] padded with white to ``pad_scale`` × its width (§2.2)."""
+    return pad_width(check_image(reference01, "reference"), pad_scale, fill=1.0)
+
+
+def remove_background(
+    image: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5, white: float = 1.0
+) -> torch.Tensor:
+    """The official "Remove background in result" (§2.9): keep pixels where ``mask >= threshold``, else ``white``.
+
+    ``image``: ``(B, C, H, W)`` (white = 1 in both [0, 1] and [-1, 1]); ``mask``: ``(B, H, W)`` or
+    ``(B, 1, H, W)`` in [0, 1], 1 = foreground, batch 1 or B, bilinearly resized to the image when its
+    size differs (e.g. a sketch mask from the sketch's own frame)."""
+    if image.ndim != 4:
+        raise InputError(f"image must be (B, C, H, W), got shape {tuple(image.shape)}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InputError(f"mask threshold must be between 0 and 1, got {threshold!r}")
+    m = mask.float()
+    m = m[:, None] if m.ndim == 3 else m
+    if m.ndim != 4 or m.shape[1] != 1 or m.shape[0] not in (1, image.shape[0]):
+        raise InputError(f"mask must be (B, H, W) with batch 1 or {image.shape[0]}, got shape {tuple(mask.shape)}")
+    m = m.to(image.device)
+    if tuple(m.shape[-2:]) != tuple(image.shape[-2:]):
+        m = F.interpolate(m, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
+    return torch.where(m >= threshold, image, torch.full_like(image, white))
 
 
 def prepare_reference(reference01: torch.Tensor) -> torch.Tensor:
