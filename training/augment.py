@@ -123,7 +123,11 @@ def blank_borders(sketch: Tensor, sizes: tuple[int, int, int, int], fill: float 
 
 
 def color_jitter(img: Tensor, amount: float, gen: torch.Generator) -> Tensor:
-    """Brightness, contrast and saturation factors in ``[1 - amount, 1 + amount]``, on (3, H, W) in [0, 1]."""
+    """Brightness, contrast and saturation factors in ``[1 - amount, 1 + amount]``, on (3, H, W) in [0, 1].
+
+    Extra channels (a mask stacked after RGB by :func:`augment_triplet`) pass through unchanged."""
+    if img.shape[0] > 3:
+        return torch.cat([color_jitter(img[:3], amount, gen), img[3:]], 0)
     b, c, s = (_uniform(gen, 1 - amount, 1 + amount) for _ in range(3))
     img = img * b
     gray_mean = img.mean()
@@ -177,17 +181,38 @@ def make_reference(color01: Tensor, cfg: AugmentConfig, gen: torch.Generator) ->
 
 
 def augment_triplet(
-    color01: Tensor, sketch01: Tensor, crop: tuple[int, int], cfg: AugmentConfig, gen: torch.Generator
+    color01: Tensor,
+    sketch01: Tensor,
+    crop: tuple[int, int],
+    cfg: AugmentConfig,
+    gen: torch.Generator,
+    mask01: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """(3, H, W) colour and (C, H', W') sketch in [0, 1] → model inputs in [-1, 1]:
-    ``sketch`` (3, h, w; lines +1, borders blanked), ``color`` (3, h, w), ``reference`` (3, r, r)."""
+    ``sketch`` (3, h, w; lines +1, borders blanked), ``color`` (3, h, w), ``reference`` (3, r, r).
+
+    With a foreground ``mask01`` (1, H'', W'') in [0, 1] (v1.5/v2 stages) also ``mask`` (1, h, w), cropped with
+    the sketch and colour, and ``reference_mask`` (1, r, r), transformed with the reference: as the official
+    ``QuartLoader``, the sketch mask and the reference mask are both the ground truth's mask (the reference *is*
+    the ground truth). The mask rides as an extra channel, so the random draws are those of the mask-less call.
+    """
     if sketch01.shape[-2:] != color01.shape[-2:]:
         sketch01 = resize(sketch01, tuple(color01.shape[-2:]))
+    nm = 0
+    if mask01 is not None:
+        mask01 = mask01[:1].float()
+        if mask01.shape[-2:] != color01.shape[-2:]:
+            mask01 = resize(mask01, tuple(color01.shape[-2:]))
+        color01, sketch01, nm = torch.cat([color01, mask01], 0), torch.cat([sketch01, mask01], 0), 1
     reference = make_reference(color01, cfg, gen)
     color, sketch01 = joint_resize_crop(color01, sketch01, crop, cfg, gen)
+    out: dict[str, Tensor] = {}
+    if nm:
+        out["mask"], out["reference_mask"] = sketch01[-1:], reference[-1:]
+        color, sketch01, reference = color[:-1], sketch01[:-1], reference[:-1]
     sketch = to_model_sketch(sketch01, cfg.invert_sketch)
     sketch = blank_borders(sketch, border_blank_sizes(crop, cfg, gen))
-    return {"sketch": sketch, "color": color * 2 - 1, "reference": reference * 2 - 1}
+    return {"sketch": sketch, "color": color * 2 - 1, "reference": reference * 2 - 1, **out}
 
 
 __all__ = [

@@ -29,8 +29,10 @@ from training.objective import (
     STREAM_BUCKET,
     STREAM_NOISE,
     STREAM_ORDER,
+    STREAM_THRESHOLD,
     NoiseSpec,
     draw_sample_noise,
+    draw_thresholds,
     keyed_generator,
 )
 
@@ -105,12 +107,23 @@ class PlanSampler:
 
 
 class TripletDataset(Dataset):
-    """Loads and augments one triplet per :class:`ItemSpec`, and draws its diffusion noise."""
+    """Loads and augments one triplet per :class:`ItemSpec`, and draws its diffusion noise.
+
+    ``masks=True`` (v1.5/v2 stages) also loads each record's foreground mask (``mask/`` folder or zip shards;
+    every record must have one) and adds ``mask``, ``reference_mask`` and the per-sample thresholds ``th_s``,
+    ``th_r`` to the sample."""
 
     def __init__(
-        self, source: TripletSource, augment: AugmentConfig, objective: ObjectiveConfig, noise: NoiseSpec, seed: int
+        self, source: TripletSource, augment: AugmentConfig, objective: ObjectiveConfig, noise: NoiseSpec, seed: int,
+        masks: bool = False,
     ) -> None:
         self.source, self.augment, self.objective, self.noise, self.seed = source, augment, objective, noise, seed
+        self.masks = masks
+        if masks:
+            missing = [r.name for r in source.records if r.mask is None]
+            if missing:
+                raise ValueError(f"{len(missing)} record(s) have no mask (e.g. {missing[0]!r}); this stage needs "
+                                 "foreground masks in mask/ (write them with `python -m training.prepare --masks`)")
 
     def __len__(self) -> int:
         return len(self.source.records)
@@ -120,12 +133,20 @@ class TripletDataset(Dataset):
         rec = self.source.records[index]
         return pil_to_tensor(self.source.open(rec.color))[0], pil_to_tensor(self.source.open(rec.sketch))[0]
 
+    def load_mask(self, index: int) -> Tensor:
+        """The record's foreground mask (1, H, W) in [0, 1] (first channel of the stored image)."""
+        return pil_to_tensor(self.source.open(self.source.records[index].mask))[0][:1]
+
     def __getitem__(self, spec: ItemSpec) -> dict[str, Any]:
         color, sketch = self.load(spec.index)
+        mask = self.load_mask(spec.index) if self.masks else None
         sample = augment_triplet(color, sketch, spec.bucket, self.augment,
-                                 keyed_generator(self.seed, STREAM_AUGMENT, spec.step, spec.slot))
+                                 keyed_generator(self.seed, STREAM_AUGMENT, spec.step, spec.slot), mask)
         g = keyed_generator(self.seed, STREAM_NOISE, spec.step, spec.slot)
         sample.update(draw_sample_noise(g, self.noise, spec.bucket, self.objective))
+        if self.masks:
+            sample.update(draw_thresholds(keyed_generator(self.seed, STREAM_THRESHOLD, spec.step, spec.slot),
+                                          self.objective))
         sample["slot"] = torch.tensor(spec.slot)
         sample["index"] = torch.tensor(spec.index)
         return sample

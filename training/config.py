@@ -89,6 +89,10 @@ class ObjectiveConfig:
     offset_noise: float = 0.05
     snr_gamma: float = 0.0
     vae_sample: bool = True
+    # v1.5/v2 stages (reference §4.2, DualMaskTrainer): per-sample mask thresholds th_s, th_r ~ U[lo, hi]
+    threshold_range: tuple[float, float] = (0.05, 0.95)
+    # v2_style (thesis §5.6.1): per-sample probability that the background branch is active
+    background_p: float = 0.5
 
 
 @dataclass
@@ -230,9 +234,12 @@ def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -
 def validate(cfg: TrainConfig) -> None:
     """Reject values that would fail late or silently do the wrong thing."""
     o, r, a = cfg.objective, cfg.run, cfg.augment
-    for name in ("reference_drop", "sketch_drop"):
+    for name in ("reference_drop", "sketch_drop", "background_p"):
         if not 0.0 <= getattr(o, name) <= 1.0:
             raise ValueError(f"objective.{name} must be in [0, 1]")
+    lo, hi = o.threshold_range
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError("objective.threshold_range must be [lo, hi] with 0 <= lo <= hi <= 1")
     if o.prediction not in ("eps", "v"):
         raise ValueError("objective.prediction must be 'eps' or 'v'")
     if r.precision not in ("fp32", "bf16", "fp16", "auto"):

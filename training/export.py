@@ -20,23 +20,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from colorize.checkpoint import CONFIG_METADATA_KEY
+from colorize.checkpoint import COMPONENT_PREFIXES, CONFIG_METADATA_KEY
 from colorize.config import ColorizerConfig
 from colorize.io import save_safetensors_atomic
 
 TRAINING_METADATA_KEY = "colorize_training"
-PREFIXES = {"unet": "model.diffusion_model.", "sketch_encoder": "control_encoder.", "vae": "first_stage_model."}
+PREFIXES = {name: COMPONENT_PREFIXES[name] for name in
+            ("unet", "sketch_encoder", "vae", "thresh_embedder", "transformer", "bg_encoder", "style_encoder")}
 
 
 def released_layout(
     denoiser_sd: Mapping[str, Tensor], vae_sd: Mapping[str, Tensor], vae_dtype: torch.dtype = torch.float16
 ) -> dict[str, Tensor]:
-    """Denoiser (``unet.*``, ``sketch_encoder.*``) and VAE state dicts → one flat dict with released key names
-    (U-Net and sketch encoder fp32, VAE ``vae_dtype``; tensors stay on their device)."""
+    """Denoiser (``unet.*``, ``sketch_encoder.*``; v1.5 also ``thresh_embedder.*``, ``transformer.*``) and VAE
+    state dicts → one flat dict with released key names (all fp32 but the VAE: ``vae_dtype``; tensors stay on
+    their device)."""
     out: dict[str, Tensor] = {}
     for k, v in denoiser_sd.items():
         group, _, rest = k.partition(".")
-        if group not in ("unet", "sketch_encoder"):
+        if group not in PREFIXES or group == "vae":
             raise KeyError(f"unexpected denoiser key {k!r}")
         out[PREFIXES[group] + rest] = v.detach().to(torch.float32)
     for k, v in vae_sd.items():
@@ -67,7 +69,9 @@ def export_training_state(state_path: str | Path, out: str | Path, use_ema: bool
 
     state = load_training_state(state_path)
     cfg = config_from_dict(json.loads(state["train_config"]))
-    mods = build_modules(cfg.model, cfg.objective.prediction)
+    from training.stages import get_stage
+
+    mods = build_modules(cfg.model, cfg.objective.prediction, version=get_stage(cfg.stage).version)
     sd = dict(state["model"])
     if use_ema and state.get("ema"):
         sd.update(state["ema"]["shadow"])

@@ -47,15 +47,19 @@ class Denoiser(nn.Module):
 
 @dataclass
 class TrainModules:
+    """``denoiser`` is a :class:`Denoiser` (v1) or a ``training.switch_model.SwitchDenoiser`` (v1.5)."""
+
     config: ColorizerConfig
-    denoiser: Denoiser
+    denoiser: nn.Module
     vae: AutoencoderKL
     clip: ReferenceEncoder
 
     def groups(self) -> dict[str, nn.Module]:
         """Module groups by the names stages use (``training.stages``)."""
-        return {"unet": self.denoiser.unet, "sketch_encoder": self.denoiser.sketch_encoder,
-                "vae": self.vae, "clip": self.clip}
+        own = getattr(self.denoiser, "groups", None)
+        inner = own() if callable(own) else {"unet": self.denoiser.unet,
+                                             "sketch_encoder": self.denoiser.sketch_encoder}
+        return {**inner, "vae": self.vae, "clip": self.clip}
 
     def noise_spec(self) -> NoiseSpec:
         v = self.config.clip.vision
@@ -96,11 +100,32 @@ def _config_from_file(sd: Mapping[str, Tensor], metadata: Mapping[str, str]) -> 
     return ColorizerConfig(unet=unet, sketch=sketch, vae=infer_vae_config(parts["vae"])), False
 
 
-def build_modules(cfg: ModelConfig, prediction: str = "eps", device: str | torch.device = "cpu") -> TrainModules:
+def build_modules(cfg: ModelConfig, prediction: str = "eps", device: str | torch.device = "cpu",
+                  version: str = "mult") -> TrainModules:
     """All four modules in float32; the VAE and CLIP frozen and in eval mode.
+
+    ``version``: the model the stage trains ("mult" v1, "switch" v1.5: ``training.switch_model``).
 
     Weights from files are read on the CPU and moved to ``device``; random modules are built on ``device``
     directly (the benchmark's fast path; a CPU build is reproducible across devices)."""
+    if version == "switch":
+        from training.switch_model import build_switch_denoiser
+
+        config, den, vae, parts = build_switch_denoiser(cfg, prediction)
+        clip = _build_clip(cfg, config, parts, device)
+        vae.to(device, torch.float32).requires_grad_(False).eval()
+        clip.to(device, torch.float32).requires_grad_(False).eval()
+        return TrainModules(config, den.to(device), vae, clip)
+    if version == "v2":
+        from training.v2_model import build_v2_denoiser
+
+        config, den, vae, parts = build_v2_denoiser(cfg, prediction)
+        clip = _build_clip(cfg, config, parts, device)
+        vae.to(device, torch.float32).requires_grad_(False).eval()
+        clip.to(device, torch.float32).requires_grad_(False).eval()
+        return TrainModules(config, den.to(device), vae, clip)
+    if version != "mult":
+        raise ValueError(f"unknown model version {version!r}")
     sd: dict[str, Tensor] = {}
     has_sketch = False
     if cfg.init:
@@ -114,7 +139,7 @@ def build_modules(cfg: ModelConfig, prediction: str = "eps", device: str | torch
     if config.version != "mult":
         raise NotImplementedError(
             f"{cfg.init} is a {config.version} checkpoint; the v1 stages train v1 ('mult') models only "
-            "(v1.5 training: issue 4, v2 training: issue 5)")
+            "(v1.5 models: stage switch_fgbg; v2 models: stages v2_background, v2_style)")
     config = replace(config, parameterization=prediction)  # type: ignore[arg-type]
     parts = split_by_prefix(sd)
     torch.manual_seed(cfg.init_seed)

@@ -46,7 +46,7 @@ def keyed_generator(*keys: int) -> torch.Generator:
 
 
 # stream ids keep the random streams of one sample independent
-STREAM_NOISE, STREAM_AUGMENT, STREAM_BUCKET, STREAM_ORDER = 1, 2, 3, 4
+STREAM_NOISE, STREAM_AUGMENT, STREAM_BUCKET, STREAM_ORDER, STREAM_THRESHOLD = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,16 @@ def draw_sample_noise(gen: torch.Generator, spec: NoiseSpec, hw: tuple[int, int]
         "sketch_keep": sketch_keep,
         "vae_noise": vae_noise,
     }
+
+
+def draw_thresholds(gen: torch.Generator, cfg: ObjectiveConfig) -> dict[str, Tensor]:
+    """Per-sample mask thresholds of the v1.5/v2 stages (reference §4.2): ``th_s, th_r ~ U[lo, hi]`` (float32),
+    and ``bg_active`` (float 0/1, 1 with probability ``background_p``; used by ``v2_style``). Own stream, so the
+    v1 draws of :func:`draw_sample_noise` are unchanged."""
+    lo, hi = cfg.threshold_range
+    u = torch.rand(3, generator=gen)
+    th = lo + (hi - lo) * u[:2]
+    return {"th_s": th[0], "th_r": th[1], "bg_active": (u[2] < cfg.background_p).float()}
 
 
 class ScheduleTable:

@@ -1,11 +1,13 @@
 """Training stages: each is a named set of config defaults plus the module groups it trains.
 
 v1 (thesis §5.4) trains the whole U-Net and the sketch encoder in two stages; the VAE and the CLIP reference
-encoder are always frozen (reference §4.2). Later stages (v1.5 §5.5, v2 §5.6) are registered as stubs that raise
-:class:`NotImplementedError` naming their issue, so a config can already name them and fails with a clear
-message instead of training the wrong thing.
+encoder are always frozen (reference §4.2). v1.5 (§5.5) trains only the split LoRA, the recovery transformer and
+the threshold embedder; v2 (§5.6.1) trains the background branch, then the style branch. A stage registered with
+``todo_issue`` is a stub that raises :class:`NotImplementedError` naming its issue (none at present).
 
-Module groups: ``unet``, ``sketch_encoder`` (trainable in v1), ``vae``, ``clip`` (never trainable).
+Module groups: ``unet``, ``sketch_encoder`` (trainable in v1), ``vae``, ``clip`` (never trainable); v1.5 adds
+``unet.lora`` (the fg/bg LoRA pairs inside the U-Net), ``thresh_embedder`` and ``recovery_transformer``; v2 adds
+``unet.warp`` / ``unet.style`` (the background / style injection modules), ``bg_encoder`` and ``style_encoder``.
 
 Thesis vs official code (reference §4.2): the thesis trains Stage I with noisy references and a 10 % reference
 drop, then Stage II with clean references and a 50 % drop; the released ``mult`` training config has
@@ -35,6 +37,7 @@ class Stage:
     trainable: tuple[str, ...]
     defaults: dict[str, Any] = field(default_factory=dict)
     todo_issue: int | None = None
+    needs_masks: bool = False
 
     def check_implemented(self) -> None:
         if self.todo_issue is not None:
@@ -72,32 +75,41 @@ register(Stage(
     defaults={"objective": {"noisy_reference": False, "reference_drop": 0.5}},
 ))
 
-# TODO(issue 4): v1.5 (thesis §5.5, reference §4.2 DualMaskTrainer): only the split fg/bg LoRA, the background
-# ("recovery") transformer and the threshold embedder train; th_s, th_r ~ U[0.05, 0.95] per sample; needs masks
-# in the data and the v1.5 modules of issue 4.
+# v1.5, thesis §5.5 / reference §4.2 (DualMaskTrainer): only the split fg/bg LoRA, the background ("recovery")
+# transformer and the threshold embedder train; the U-Net base and the sketch encoder stay frozen; th_s, th_r ~
+# U[0.05, 0.95] per sample; masks (smask = rmask = the ground truth's mask, as QuartLoader) come from the data.
+# The official trainer's reference-drop rate for this stage is not released: 0.1 here keeps the LoRA'd model
+# usable with CFG (its unconditional input is an all-zero 2N-token context) while training mostly conditional.
+# No noisy reference (the v1 Stage I device) — the base is already trained.
 register(Stage(
     name="switch_fgbg",
     title="v1.5 foreground/background split (LoRA + recovery transformer + threshold embedder)",
     version="switch",
     trainable=("unet.lora", "recovery_transformer", "thresh_embedder"),
-    todo_issue=4,
+    defaults={"objective": {"noisy_reference": False, "reference_drop": 0.1, "threshold_range": [0.05, 0.95]}},
+    needs_masks=True,
 ))
 
-# TODO(issue 5): v2 (thesis §5.6, Eq. 5.5) stage 1: background encoder + decoder split LoRA; stage 2: style
-# encoder with the background branch randomly active 50 %. Needs the v2 modules of issue 5 (v-prediction).
+# v2, thesis §5.6.1 (Eq. 5.5); the official v2 trainer is not released (reference §4.2), what is inferred is
+# listed in training/v2_model.py. Stage 2: background encoder + its injection (warp) modules + decoder split
+# LoRA; stage 3: style encoder + its injection (style) modules, the background branch frozen and active for 50 %
+# of the samples. Both: 50 % reference drop (thesis), v-prediction (the released v2 is v-parameterised).
 register(Stage(
     name="v2_background",
-    title="v2 stage 1: background encoder + split LoRA",
+    title="v2 stage 2: background encoder + background injection + split LoRA",
     version="v2",
-    trainable=("bg_encoder", "unet.lora"),
-    todo_issue=5,
+    trainable=("bg_encoder", "unet.warp", "unet.lora"),
+    defaults={"objective": {"noisy_reference": False, "reference_drop": 0.5, "prediction": "v"}},
+    needs_masks=True,
 ))
 register(Stage(
     name="v2_style",
-    title="v2 stage 2: style encoder (background branch active 50 %)",
+    title="v2 stage 3: style encoder + style injection (background branch active 50 %)",
     version="v2",
-    trainable=("style_encoder",),
-    todo_issue=5,
+    trainable=("style_encoder", "unet.style"),
+    defaults={"objective": {"noisy_reference": False, "reference_drop": 0.5, "prediction": "v",
+                            "background_p": 0.5}},
+    needs_masks=True,
 ))
 
 
@@ -125,9 +137,13 @@ def apply_trainable(stage: Stage, groups: dict[str, nn.Module]) -> list[nn.Param
     for module in groups.values():
         module.requires_grad_(False)
     params: list[nn.Parameter] = []
+    seen: set[int] = set()
     for g in stage.trainable:
         groups[g].requires_grad_(True)
-        params.extend(groups[g].parameters())
+        for p in groups[g].parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
     for g in FROZEN_GROUPS:
         if g in groups:
             groups[g].eval()

@@ -16,11 +16,18 @@ from PIL import Image, ImageDraw
 
 def draw_pair(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image, Image.Image]:
     """A colour image of 2–4 filled shapes on a flat background and its line drawing (black on white)."""
+    color, sketch, _ = draw_triplet(rng, size)
+    return color, sketch
+
+
+def draw_triplet(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """:func:`draw_pair` plus the foreground mask (the shapes, 255; the flat background 0); same draws."""
     w, h = size
     bg = tuple(rng.randrange(256) for _ in range(3))
     color = Image.new("RGB", size, bg)
     sketch = Image.new("L", size, 255)
-    dc, ds = ImageDraw.Draw(color), ImageDraw.Draw(sketch)
+    mask = Image.new("L", size, 0)
+    dc, ds, dm = ImageDraw.Draw(color), ImageDraw.Draw(sketch), ImageDraw.Draw(mask)
     for _ in range(rng.randint(2, 4)):
         x0, y0 = rng.randrange(0, w * 2 // 3), rng.randrange(0, h * 2 // 3)
         x1, y1 = x0 + rng.randrange(w // 6, w // 2), y0 + rng.randrange(h // 6, h // 2)
@@ -29,10 +36,12 @@ def draw_pair(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image, I
         if rng.random() < 0.5:
             dc.ellipse(box, fill=fill, outline=(0, 0, 0), width=2)
             ds.ellipse(box, outline=0, width=2)
+            dm.ellipse(box, fill=255)
         else:
             dc.rectangle(box, fill=fill, outline=(0, 0, 0), width=2)
             ds.rectangle(box, outline=0, width=2)
-    return color, sketch
+            dm.rectangle(box, fill=255)
+    return color, sketch, mask
 
 
 def _png(im: Image.Image) -> bytes:
@@ -49,28 +58,35 @@ def make_synthetic_dataset(
     seed: int = 0,
     shard_size: int = 4,
     image_list: bool = True,
+    masks: bool = False,
 ) -> Path:
     """Write ``count`` triplets under ``root`` (folders or zip shards) and an ``image_list.json`` with made-up
-    aesthetic scores (item i scores ``i % 10``) and the true resolutions (short edge)."""
+    aesthetic scores (item i scores ``i % 10``) and the true resolutions (short edge); ``masks`` also writes the
+    shapes' foreground masks (``mask/``, for the v1.5/v2 stages)."""
     root = Path(root)
     rng = random.Random(seed)
-    pairs = [draw_pair(rng, size) for _ in range(count)]
+    triplets = [draw_triplet(rng, size) for _ in range(count)]
     names = [f"{i:05d}.png" for i in range(count)]
+    subs = ("color", "sketch", "mask") if masks else ("color", "sketch")
     if layout == "folders":
-        for sub in ("color", "sketch"):
+        for sub in subs:
             (root / sub).mkdir(parents=True, exist_ok=True)
-        for name, (c, s) in zip(names, pairs):
-            c.save(root / "color" / name)
-            s.save(root / "sketch" / name)
+        for name, parts in zip(names, triplets):
+            for sub, im in zip(subs, parts):
+                im.save(root / sub / name)
     elif layout == "zip":
-        for sub in ("color", "sketch"):
+        for sub in subs:
             (root / sub).mkdir(parents=True, exist_ok=True)
         for start in range(0, count, shard_size):
             shard = f"{start // shard_size:04d}.zip"
-            with zipfile.ZipFile(root / "color" / shard, "w") as zc, zipfile.ZipFile(root / "sketch" / shard, "w") as zs:
-                for name, (c, s) in list(zip(names, pairs))[start:start + shard_size]:
-                    zc.writestr(name, _png(c))
-                    zs.writestr(name, _png(s))
+            zips = [zipfile.ZipFile(root / sub / shard, "w") for sub in subs]
+            try:
+                for name, parts in list(zip(names, triplets))[start:start + shard_size]:
+                    for zf, im in zip(zips, parts):
+                        zf.writestr(name, _png(im))
+            finally:
+                for zf in zips:
+                    zf.close()
     else:
         raise ValueError(f"unknown layout {layout!r}")
     if image_list:
