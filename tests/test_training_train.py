@@ -177,7 +177,9 @@ def test_init_from_sd21_layout(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ training runs
-def test_loss_decreases_export_loads_and_colorizes(assets: dict[str, Path], tmp_path: Path) -> None:
+def test_loss_decreases_export_loads_and_colorizes(
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from colorize.pipeline import Colorizer, GenerationSettings
     from training.logs import read_log
 
@@ -214,6 +216,16 @@ def test_loss_decreases_export_loads_and_colorizes(assets: dict[str, Path], tmp_
     sketch01, ref01 = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
     image = model.colorize(sketch01, ref01, GenerationSettings(steps=2, width=64, height=64, seed=1))
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+    # ... and in the ComfyUI checkpoint loader node (outside ComfyUI it reads $COLORIZE_MODELS_DIR/colorizediffusion)
+    import shutil
+
+    from nodes import NODE_CLASS_MAPPINGS
+
+    (tmp_path / "models" / "colorizediffusion").mkdir(parents=True)
+    shutil.copy(result.export, tmp_path / "models" / "colorizediffusion" / "trained.safetensors")
+    monkeypatch.setenv("COLORIZE_MODELS_DIR", str(tmp_path / "models"))
+    node_model = NODE_CLASS_MAPPINGS["ColorizeDiffusionCheckpointLoader"]().load("trained.safetensors", "fp32")["result"][0]
+    assert node_model.config.version == "mult" and node_model.config.unet == SMALL.unet
 
 
 def _params(tr) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]

@@ -53,7 +53,7 @@ class SplitOptions:
     """
 
     mask: Tensor
-    threshold: float = 0.05
+    threshold: float | Tensor = 0.05  # a (b, 1, 1) tensor gives per-sample thresholds (training)
     fg_scale: float = 1.0
     bg_scale: float = 1.0
     merge_scale: float = 0.0
