@@ -55,3 +55,14 @@ def layout_dir() -> Path:
         "set COLORIZE_LAYOUTS to the folder holding keys_{mult,switch,v2}.json "
         "(the project's shared/layouts) or place it at ../shared/layouts",
     )
+
+
+@pytest.fixture(scope="module")
+def single_thread():  # type: ignore[no-untyped-def]
+    """Tiny models run fastest single-threaded (and other test files may run at the same time)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,13 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL: ColorizerConfig = TINY_MULT  # non-standard sizes: the export must carry its config in the metadata
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models run fastest single-threaded, and other test files may run at the same time."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
