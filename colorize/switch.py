@@ -60,9 +60,10 @@ def threshold_tokens(embedder: ScalarEmbedder, reference_threshold: float,
 
 
 def background_only_reference(reference: Tensor, reference_mask: Tensor,
-                              threshold: float = DEFAULT_REFERENCE_THRESHOLD) -> Tensor:
+                              threshold: float | Tensor = DEFAULT_REFERENCE_THRESHOLD) -> Tensor:
     """``where(rmask < threshold, reference, white)`` for a reference in [-1, 1] ``(b, 3, H, W)`` and its
-    foreground mask ``(b|1, 1, H, W)`` (resized bilinearly first if its size differs)."""
+    foreground mask ``(b|1, 1, H, W)`` (resized bilinearly first if its size differs); a ``(b, 1, 1, 1)``
+    threshold tensor gives per-sample thresholds (training)."""
     if reference_mask.ndim == 3:
         reference_mask = reference_mask[:, None]
     if reference_mask.shape[-2:] != reference.shape[-2:]:

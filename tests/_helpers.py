@@ -23,3 +23,45 @@ def randomize(module: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def masked_stage_config(stage: str, init: object, clip: object, data: object, out: object, batch_size: int,
+                        **sections: dict) -> dict:
+    """A tiny CPU run config for the v1.5 / v2 stages (64² bucket, fp32, nothing written unless asked)."""
+    cfg: dict = {
+        "stage": stage,
+        "model": {"init": str(init), "clip": str(clip)},
+        "data": {"root": str(data)},
+        "augment": {"buckets": [[64, 64]], "load_size": 80},
+        "optim": {"lr": 1e-2},
+        "run": {"out_dir": str(out), "max_steps": 2, "batch_size": batch_size, "precision": "fp32", "device": "cpu",
+                "log_every": 0, "save_every": 0, "export": False, "resume": "none"},
+    }
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    return cfg
+
+
+def make_trainer(cfg: dict):  # type: ignore[no-untyped-def]
+    """A :class:`training.engine.Trainer` for a config dict."""
+    from training.config import config_from_dict
+    from training.engine import Trainer
+
+    return Trainer(config_from_dict(cfg))
+
+
+class ProgressRecorder:
+    """Stands in for ``nodes.host.Progress``: records ``(value, total)`` updates into ``updates``."""
+
+    updates: list[tuple[int, int]] = []
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def update(self, value: int, total: int | None = None, preview: object = None) -> None:
+        self.updates.append((value, total or self.total))
+
+    @classmethod
+    def fresh(cls) -> type["ProgressRecorder"]:
+        """A subclass with its own empty ``updates`` list."""
+        return type("Recorder", (cls,), {"updates": []})

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _helpers import ProgressRecorder
 from PIL import Image
 
 import colorize.weights as w
@@ -201,16 +202,9 @@ def test_reference_and_sketch_batches_pair_up(model: Any, encoder: Any) -> None:
 def test_sampler_reports_progress_and_stops_on_cancel(model: Any, encoder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     reference = M["ColorizeDiffusionReferenceEmbed"]().embed(encoder, REFERENCE)[0]
     hints = M["ColorizeDiffusionSketchHints"]().encode(model, prepared(64), 1.0)[0]
-    updates: list[tuple[int, int]] = []
-
-    class Recorder:
-        def __init__(self, total: int) -> None:
-            self.total = total
-
-        def update(self, value: int, total: int | None = None, preview: Any = None) -> None:
-            updates.append((value, total or self.total))
-
-    monkeypatch.setattr(node_sampler, "Progress", Recorder)
+    recorder = ProgressRecorder.fresh()
+    updates = recorder.updates
+    monkeypatch.setattr(node_sampler, "Progress", recorder)
     sample(model, reference, hints, steps=3, sampler="euler", scheduler="karras")
     assert updates == [(1, 3), (2, 3), (3, 3)]
 

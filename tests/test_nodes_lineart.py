@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import ProgressRecorder
 from torch import nn
 
 import colorize.weights as w
@@ -135,16 +136,9 @@ def test_output_feeds_sketch_preprocess() -> None:
 def test_batch_progress_and_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
     image, _ = drawing()
     batch = torch.cat([image, 1 - image])
-    updates: list[tuple[int, int]] = []
-
-    class Recorder:
-        def __init__(self, total: int) -> None:
-            self.total = total
-
-        def update(self, value: int, total: int | None = None, preview: Any = None) -> None:
-            updates.append((value, total or self.total))
-
-    monkeypatch.setattr(node_lineart, "Progress", Recorder)
+    recorder = ProgressRecorder.fresh()
+    updates = recorder.updates
+    monkeypatch.setattr(node_lineart, "Progress", recorder)
     out = run(batch)
     assert out.shape == (2, H, W, 3) and torch.equal(out[0], out[1])  # the inverted copy is detected per image
     assert updates == [(1, 2), (2, 2)]

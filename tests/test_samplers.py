@@ -19,7 +19,7 @@ from colorize.sampling import (
     sample_dpm_solver,
 )
 from colorize.sampling.denoiser import COND, UNCOND_REF, UNCOND_SKETCH
-from colorize.sampling.samplers import sample_ddim, sample_dpmpp_2m, sample_euler
+from colorize.sampling.samplers import sample_ddim, sample_euler
 from colorize.schedule import DiscreteSchedule
 
 SCHED = DiscreteSchedule.from_config()

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import make_trainer, masked_stage_config
 
 from colorize.config import TINY_MULT
 from training.batches import ItemSpec, TripletDataset, collate
@@ -14,7 +15,6 @@ from training.config import AugmentConfig, DataConfig, ObjectiveConfig, config_f
 from training.data import open_source
 from training.objective import NoiseSpec
 from training.synthetic import make_synthetic_dataset
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -36,24 +36,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def switch_config(assets: dict[str, Path], out: Path, init: str = "switch", **sections: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "stage": "switch_fgbg",
-        "model": {"init": str(assets[init]), "clip": str(assets["clip"])},
-        "data": {"root": str(assets["data"])},
-        "augment": {"buckets": [[64, 64]], "load_size": 80},
-        "optim": {"lr": 1e-2},
-        "run": {"out_dir": str(out), "max_steps": 2, "batch_size": 2, "precision": "fp32", "device": "cpu",
-                "log_every": 0, "save_every": 0, "export": False, "resume": "none"},
-    }
-    for name, values in sections.items():
-        cfg[name] = {**cfg.get(name, {}), **values}
-    return cfg
-
-
-def make_trainer(cfg: dict[str, Any]):  # type: ignore[no-untyped-def]
-    from training.engine import Trainer
-
-    return Trainer(config_from_dict(cfg))
+    return masked_stage_config("switch_fgbg", assets[init], assets["clip"], assets["data"], out, 2, **sections)
 
 
 # ------------------------------------------------------------------------------------------ data

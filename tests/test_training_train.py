@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import make_trainer
 
 from colorize.config import TINY_MULT, ColorizerConfig
 from training.config import TrainConfig, config_from_dict, load_config
@@ -49,12 +50,6 @@ def small_config(assets: dict[str, Path], out: Path, **sections: Any) -> dict[st
     for name, values in sections.items():
         cfg[name] = {**cfg.get(name, {}), **values}
     return cfg
-
-
-def make_trainer(cfg: dict[str, Any]):  # type: ignore[no-untyped-def]
-    from training.engine import Trainer
-
-    return Trainer(config_from_dict(cfg))
 
 
 # ------------------------------------------------------------------------------------------ configs and stages

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from colorize.schedule import ddpm_buffers
-from colorize.switch import sketch_mask_to_latent
+from colorize.switch import background_only_reference, sketch_mask_to_latent
 from training import checkpoint as ckpt
 from training.batches import BatchPlan, ItemSpec, PlanSampler, TripletDataset, collate
 from training.config import ObjectiveConfig, TrainConfig
@@ -86,6 +86,16 @@ def training_loss(
     return weighted_mse(pred, inputs.target, inputs.weights)
 
 
+def reference_and_background_tokens(
+    mods: TrainModules, reference: Tensor, reference_mask: Tensor, th_r: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Frozen CLIP tokens of the reference and of its background-only copy ``where(rmask < th_r, ref, white)``
+    (per-sample ``th_r``), in one CLIP call."""
+    bg_ref = background_only_reference(reference, reference_mask, th_r.view(-1, 1, 1, 1))
+    fg, bg = encode_reference(mods.clip, torch.cat([reference, bg_ref])).float().chunk(2)
+    return fg, bg
+
+
 def switch_training_loss(
     mods: TrainModules,
     model: torch.nn.Module,
@@ -99,11 +109,9 @@ def switch_training_loss(
     copy ``where(rmask < th_r, ref, white)`` (frozen, one CLIP call), latent mask ``bicubic(smask, ×1/8)``; the
     model builds the background tokens and runs split attention with threshold ``th_s`` (both per sample)."""
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    ref = b["reference"]
-    bg_ref = torch.where(b["reference_mask"] < b["th_r"].view(-1, 1, 1, 1), ref, torch.ones_like(ref))
     with autocast_context(device, dtype):
         z = encode_latents(mods.vae, b["color"], b["vae_noise"] if objective.vae_sample else None)
-        fg, bg = encode_reference(mods.clip, torch.cat([ref, bg_ref])).float().chunk(2)
+        fg, bg = reference_and_background_tokens(mods, b["reference"], b["reference_mask"], b["th_r"])
     inputs = make_inputs(z.float(), fg, b["sketch"], b, objective, table)
     mask = sketch_mask_to_latent(b["mask"], mods.config.vae.downsample_factor)
     with autocast_context(device, dtype):
@@ -136,8 +144,7 @@ def v2_training_loss(
     with autocast_context(device, dtype):
         z = encode_latents(mods.vae, color, b["vae_noise"] if objective.vae_sample else None)
         z_bg = encode_latents(mods.vae, torch.where(b["mask"] < th_r, color, white), None)
-        bg_ref = torch.where(b["reference_mask"] < th_r, ref, torch.ones_like(ref))
-        fg, bg = encode_reference(mods.clip, torch.cat([ref, bg_ref])).float().chunk(2)
+        fg, bg = reference_and_background_tokens(mods, ref, b["reference_mask"], b["th_r"])
     inputs = make_inputs(z.float(), fg, b["sketch"], b, objective, table)
     mask = sketch_mask_to_latent(b["mask"], mods.config.vae.downsample_factor)
     hw = tuple(color.shape[-2:])

@@ -88,6 +88,22 @@ def linear_proj_to_conv(unet_sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def initial_weights(cfg: ModelConfig) -> tuple[dict[str, Tensor], ColorizerConfig, bool]:
+    """``(state dict, config, has a sketch encoder)`` of the starting point: ``cfg.init`` (any supported file)
+    or the ``cfg.preset`` random model, with ``cfg.colorize_config`` overriding the config when given."""
+    sd: dict[str, Tensor] = {}
+    has_sketch = False
+    if cfg.init:
+        sd = load_state_dict_file(cfg.init)
+        meta = read_metadata(cfg.init) if os.fspath(cfg.init).endswith(".safetensors") else {}
+        config, has_sketch = _config_from_file(sd, meta)
+    else:
+        config = PRESETS[cfg.preset]
+    if cfg.colorize_config is not None:
+        config = ColorizerConfig.from_dict(cfg.colorize_config)
+    return sd, config, has_sketch
+
+
 def _config_from_file(sd: Mapping[str, Tensor], metadata: Mapping[str, str]) -> tuple[ColorizerConfig, bool]:
     parts = split_by_prefix(sd)
     if parts["sketch_encoder"]:
@@ -126,16 +142,7 @@ def build_modules(cfg: ModelConfig, prediction: str = "eps", device: str | torch
         return TrainModules(config, den.to(device), vae, clip)
     if version != "mult":
         raise ValueError(f"unknown model version {version!r}")
-    sd: dict[str, Tensor] = {}
-    has_sketch = False
-    if cfg.init:
-        sd = load_state_dict_file(cfg.init)
-        meta = read_metadata(cfg.init) if os.fspath(cfg.init).endswith(".safetensors") else {}
-        config, has_sketch = _config_from_file(sd, meta)
-    else:
-        config = PRESETS[cfg.preset]
-    if cfg.colorize_config is not None:
-        config = ColorizerConfig.from_dict(cfg.colorize_config)
+    sd, config, has_sketch = initial_weights(cfg)
     if config.version != "mult":
         raise NotImplementedError(
             f"{cfg.init} is a {config.version} checkpoint; the v1 stages train v1 ('mult') models only "

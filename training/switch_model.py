@@ -17,14 +17,13 @@ each half), a fresh threshold embedder (zero output layer) and a fresh recovery 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
-from colorize.checkpoint import load_state_dict_file, read_metadata, split_by_prefix
-from colorize.config import PRESETS, ColorizerConfig
+from colorize.checkpoint import split_by_prefix
+from colorize.config import ColorizerConfig
 from colorize.models.lora import SplitLoraLinear
 from colorize.models.recovery import ClusterTransformer, ScalarEmbedder
 from colorize.models.sketch_encoder import SketchEncoder
@@ -122,18 +121,9 @@ def _assign(module: nn.Module, sd: dict[str, Tensor], what: str, allow_missing: 
 def build_switch_denoiser(cfg: ModelConfig, prediction: str = "eps") -> tuple[ColorizerConfig, SwitchDenoiser,
                                                                               AutoencoderKL, dict[str, dict[str, Tensor]]]:
     """``(export config, denoiser, VAE, remaining checkpoint parts)`` in float32 on the CPU."""
-    from training.model import _config_from_file, linear_proj_to_conv
+    from training.model import initial_weights, linear_proj_to_conv
 
-    sd: dict[str, Tensor] = {}
-    has_sketch = False
-    if cfg.init:
-        sd = load_state_dict_file(cfg.init)
-        meta = read_metadata(cfg.init) if os.fspath(cfg.init).endswith(".safetensors") else {}
-        config, has_sketch = _config_from_file(sd, meta)
-    else:
-        config = PRESETS[cfg.preset]
-    if cfg.colorize_config is not None:
-        config = ColorizerConfig.from_dict(cfg.colorize_config)
+    sd, config, has_sketch = initial_weights(cfg)
     if config.version == "v2":
         raise NotImplementedError(f"{cfg.init} is a v2 checkpoint; the v1.5 stage starts from a v1.5 or v1 model")
     parts = split_by_prefix(sd)

@@ -30,8 +30,8 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from colorize.checkpoint import load_state_dict_file, read_metadata, split_by_prefix
-from colorize.config import PRESETS, ColorizerConfig
+from colorize.checkpoint import split_by_prefix
+from colorize.config import ColorizerConfig
 from colorize.models.lora import SplitLoraLinear
 from colorize.models.sketch_encoder import SketchEncoder
 from colorize.models.split_attention import SplitOptions
@@ -129,17 +129,9 @@ def build_v2_denoiser(cfg: ModelConfig, prediction: str = "v") -> tuple[Colorize
                                                                          dict[str, dict[str, Tensor]]]:
     """``(export config, denoiser, VAE, remaining parts)`` from a v2 file (released, exported or tiny) or random
     (``colorize_config`` of version v2). Starting v2 from v1/v1.5 weights is not supported yet."""
-    from training.model import _config_from_file
+    from training.model import initial_weights
 
-    sd: dict[str, Tensor] = {}
-    if cfg.init:
-        sd = load_state_dict_file(cfg.init)
-        meta = read_metadata(cfg.init) if os.fspath(cfg.init).endswith(".safetensors") else {}
-        config, _ = _config_from_file(sd, meta)
-    else:
-        config = PRESETS[cfg.preset]
-    if cfg.colorize_config is not None:
-        config = ColorizerConfig.from_dict(cfg.colorize_config)
+    sd, config, _ = initial_weights(cfg)
     if config.version != "v2":
         raise NotImplementedError(f"the v2 stages start from a v2 model (a v2 file or a v2 colorize_config), got "
                                   f"{config.version!r}; initialising v2 from v1/v1.5 weights is not implemented")
