@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from colorize.checkpoint import CheckpointError, load_state_dict_file, validate_keys
+from colorize.checkpoint import CheckpointError, load_state_dict_file
 from colorize.extractors.extractor import LineExtractor
 from colorize.extractors.registry import MODEL_SPECS, ModelSpec, canonical_method
 
@@ -57,20 +57,15 @@ def detect_kind(state_dict: Mapping[str, object], source: str = "state dict") ->
 
 
 def materialize(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], source: str) -> nn.Module:
-    """Build ``spec``'s network on the meta device and assign every tensor from ``state_dict`` strictly."""
-    with torch.device("meta"):
-        net = spec.build()
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    counters = [k for k in expected if k.endswith("num_batches_tracked")]
-    validate_keys(expected, state_dict, optional=counters, what=f"{source} ({spec.title} weights)")
+    """Build ``spec``'s network on the meta device and assign every tensor from ``state_dict`` strictly
+    (:func:`colorize.loader.materialize`); BatchNorm counters a file lacks default to 0."""
+    from colorize.loader import materialize as assign_strictly
+
     full = dict(state_dict)
-    for k in counters:
-        full.setdefault(k, torch.zeros((), dtype=torch.long))
-    net.load_state_dict(full, strict=True, assign=True)
-    leftover = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
-    if leftover:  # a buffer the file cannot provide: a bug in the network module, not in the file
-        raise RuntimeError(f"{spec.title}: tensors not provided by the state dict: {leftover[:5]}")
-    return net.eval().requires_grad_(False)
+    for k in state_dict:
+        if k.endswith("running_mean"):
+            full.setdefault(k[: -len("running_mean")] + "num_batches_tracked", torch.zeros((), dtype=torch.long))
+    return assign_strictly(spec.build, full, f"{source} ({spec.title} weights)").eval().requires_grad_(False)
 
 
 def line_extractor_from_state_dict(
