@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
-from colorize.checkpoint import CheckpointError, load_state_dict_file
+from colorize.checkpoint import CheckpointError, compare_keys, load_state_dict_file
 from colorize.masks.morphology import dilate
 
 if TYPE_CHECKING:
@@ -170,12 +170,10 @@ def sam_from_state_dict(
     patch = int(state_dict["image_encoder.patch_embed.proj.weight"].shape[-1])
     with torch.device("meta"):
         model = _builder(found, grid * patch)()
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k} {tuple(state_dict[k].shape)} != {s}" for k, s in expected.items()
-             if k in state_dict and tuple(state_dict[k].shape) != s]
-    if missing or unexpected or wrong:
+    match = compare_keys({k: tuple(v.shape) for k, v in model.state_dict().items()}, state_dict, optional=())
+    missing, unexpected = match.missing, match.unexpected
+    wrong = [f"{k} {got} != {want}" for k, want, got in match.mismatched]
+    if not match.ok:
         parts = [f"{label} ({len(items)}): {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
         raise SamWeightsError(
