@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
 from colorize.device import resolve_device, resolve_dtype
+from colorize.injection import AttentionInjector, InjectionInputs, injection_inputs
 from colorize.preprocess import (
     InputError,
     blank_sketch,
@@ -64,13 +65,15 @@ class Conditioning:
     ``unet_kwargs``: extra per-call U-Net arguments of v1.5/v2 (``split``, ``hs_bg``, ``style``; see
     :func:`colorize.variants.separation_inputs`), the same for every CFG row (their per-image tensors are
     tiled over the rows by the U-Net; the reference-unconditional rows get a zero context, as the official
-    app). ``dataclasses.replace`` gives a fresh row cache.
+    app). ``injection``: the reference latent (and hints) of attention injection, when asked for.
+    ``dataclasses.replace`` gives a fresh row cache.
     """
 
     context: Tensor
     hints: list[Tensor]
     hints_uncond: list[Tensor]
     unet_kwargs: dict[str, Any] = field(default_factory=dict)
+    injection: InjectionInputs | None = None
     _stacked: dict[tuple[str, ...], tuple[Tensor, list[Tensor]]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
@@ -191,12 +194,18 @@ def sample_latent(
 
     window = settings.guidance_window_active
     last_t = config.schedule.timesteps - 1
+    injector = _injector(unet, schedule, cond, settings)
+
+    def call(x: Tensor, t: Tensor, context: Tensor, hints: list[Tensor] | None) -> Tensor:
+        return unet(x, t, context, hints, scales, **cond.unet_kwargs)
 
     def model_fn(x: Tensor, t: Tensor, rows: tuple[str, ...]) -> Tensor:
         context, hints = cond.rows(rows)
         if window:
             context = _window_context(context, t, settings, last_t)
-        return unet(x, t, context, hints, scales, **cond.unet_kwargs).float()
+        if injector is not None and injector.active(t):
+            return injector(call, x, t, context, hints, rows).float()
+        return call(x, t, context, hints).float()
 
     den = GuidedDenoiser(model_fn, schedule, config.parameterization, settings.reference_cfg, settings.sketch_cfg)
     noise = initial_noise(config, cond.context.shape[0], size, settings.seed, device) if noise is None else noise.to(device)
@@ -219,6 +228,17 @@ def sample_latent(
             "half-precision overflow: retry with precision fp32 or bf16; if it persists, the checkpoint may be damaged."
         )
     return latent
+
+
+def _injector(unet: nn.Module, schedule: DiscreteSchedule, cond: Conditioning,
+              settings: GenerationSettings) -> AttentionInjector | None:
+    if not settings.injection:
+        return None
+    if cond.injection is None:
+        raise InputError("attention injection needs the reference latent: build the conditioning with "
+                         "settings.injection on (Colorizer.conditioning) or pass InjectionInputs")
+    return AttentionInjector(unet, cond.injection, schedule.alphas_cumprod, settings.injection_fidelity,
+                             settings.injection_start, (int(settings.seed) + 3) % (MAX_SEED + 1))
 
 
 def _window_context(context: Tensor, t: Tensor, settings: GenerationSettings, last_timestep: int) -> Tensor:
@@ -335,7 +355,13 @@ class Colorizer:
             encode_latent=SeededLatentEncoder(self.vae, (int(settings.seed) + 2) % (MAX_SEED + 1)),
             sketch_mask=sketch_mask, reference_mask=reference_mask, background=background,
             background_mask=background_mask)
-        return make_conditioning(context, hints, hints_uncond, self.dtype, unet_kwargs=unet_kwargs)
+        cond = make_conditioning(context, hints, hints_uncond, self.dtype, unet_kwargs=unet_kwargs)
+        if settings.injection:
+            cond.injection = injection_inputs(
+                reference, (int(sketch.shape[-2]), int(sketch.shape[-1])),
+                SeededLatentEncoder(self.vae, (int(settings.seed) + 4) % (MAX_SEED + 1)), self.sketch_encoder,
+                settings.injection_control)
+        return cond
 
     # ------------------------------------------------------------------ sampling
     def initial_noise(self, batch: int, size: tuple[int, int], seed: int) -> Tensor:

@@ -55,6 +55,11 @@ class GenerationSettings:
     (see :func:`reference_off`); the official honours it for v1 only, here it works for every version.
     ``reference_pad_scale`` (1–2) pads the reference and background width with white before CLIP;
     ``crop_result`` crops the decoded image to the un-padded sketch area.
+
+    Attention injection (§2.7, :mod:`colorize.injection`): ``injection`` on/off; ``injection_fidelity`` (0–1,
+    official "Injection fidelity (reference)" 0.5) blends the plain self-attention into the
+    reference-unconditional rows; ``injection_control`` (official "Injection fidelity (sketch)", 0) scales
+    the hints of the negated reference in the write pass; ``injection_start`` is the first ``tr`` injected.
     """
 
     steps: int = 20
@@ -75,6 +80,10 @@ class GenerationSettings:
     no_guidance: tuple[float, float] = (-0.05, -0.05)
     reference_pad_scale: float = 1.0
     crop_result: bool = False
+    injection: bool = False
+    injection_fidelity: float = 0.5
+    injection_control: float = 0.0
+    injection_start: float = 0.0
 
     def validate(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -105,6 +114,12 @@ class GenerationSettings:
             raise InputError(f"no_guidance must be two finite numbers (start <= end), got {self.no_guidance!r}")
         if not _finite(self.reference_pad_scale) or not 1.0 <= self.reference_pad_scale <= 2.0:
             raise InputError(f"reference_pad_scale must be between 1 and 2, got {self.reference_pad_scale!r}")
+        for name in ("injection_fidelity", "injection_start"):
+            value = getattr(self, name)
+            if not _finite(value) or not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} must be between 0 and 1, got {value!r}")
+        if not _finite(self.injection_control) or not 0.0 <= self.injection_control <= 3.0:
+            raise InputError(f"injection_control must be between 0 and 3, got {self.injection_control!r}")
 
     @property
     def guidance_window_active(self) -> bool:

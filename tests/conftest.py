@@ -1,4 +1,4 @@
-"""Shared test helpers: where the official fixtures are, and a CI-aware skip."""
+"""Shared test helpers: where the official fixtures are, a CI-aware skip, tiny colorizers of every version."""
 from __future__ import annotations
 
 import os
@@ -66,3 +66,19 @@ def single_thread():  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+VERSIONS = ("mult", "switch", "v2")
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """One tiny random-weight :class:`~colorize.pipeline.Colorizer` per version (CPU), shared by the tests."""
+    from colorize.pipeline import Colorizer
+    from colorize.tiny import CHECKPOINT_NAMES, write_tiny_weights
+
+    d = tmp_path_factory.mktemp("tiny-colorizers")
+    write_tiny_weights(d, versions=VERSIONS)
+    (clip,) = (d / "clip_vision").glob("*.safetensors")
+    return {v: Colorizer.from_files(d / "colorizediffusion" / f"{CHECKPOINT_NAMES[v]}.safetensors", clip,
+                                    device="cpu") for v in VERSIONS}

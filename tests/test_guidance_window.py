@@ -27,21 +27,12 @@ from colorize.preprocess import (
     prepare_sketch,
     remove_background,
 )
-from colorize.tiny import CHECKPOINT_NAMES, write_tiny_weights
+from colorize.tiny import write_tiny_weights
 from colorize.variants import EnhanceSettings
+from tests.conftest import VERSIONS
 
-VERSIONS = ("mult", "switch", "v2")
 S = GenerationSettings(steps=2, width=64, height=64, sketch_cfg=2.0)  # all three CFG row groups
 ALL_OFF = {"no_guidance": (0.0, 1.0)}  # tr = 1 - t/999 is always in [0, 1]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Colorizer]:
-    d = tmp_path_factory.mktemp("tiny")
-    write_tiny_weights(d, versions=VERSIONS)
-    (clip,) = (d / "clip_vision").glob("*.safetensors")
-    return {v: Colorizer.from_files(d / "colorizediffusion" / f"{CHECKPOINT_NAMES[v]}.safetensors", clip,
-                                    device="cpu") for v in VERSIONS}
 
 
 def outline_sketch(h: int = 64, w: int = 64) -> Tensor:

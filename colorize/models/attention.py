@@ -6,10 +6,13 @@ Thesis §5.3.1 (SD2.1 backbone, reference tokens as cross-attention context) and
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from colorize.models.injection import AttentionBank
 
 Scale = Union[float, Tensor]
 
@@ -91,7 +94,11 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-LN block: self-attention, cross-attention to the reference tokens, GEGLU feed-forward."""
+    """Pre-LN block: self-attention, cross-attention to the reference tokens, GEGLU feed-forward.
+
+    ``injection`` is set only inside :func:`colorize.models.injection.attention_injection` (attention
+    injection's write/read bank); otherwise it is ``None`` and the block computes its plain forward.
+    """
 
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int) -> None:
         super().__init__()
@@ -102,9 +109,11 @@ class BasicTransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
+        self.injection: AttentionBank | None = None
 
     def forward(self, x: Tensor, context: Tensor | None, scale: Scale = 1.0) -> Tensor:
-        x = x + self.attn1(self.norm1(x))
+        h = self.norm1(x)
+        x = x + (self.attn1(h) if self.injection is None else self.injection.self_attention(self, h))
         x = x + self.attn2(self.norm2(x), context, scale)
         return x + self.ff(self.norm3(x))
 
