@@ -6,6 +6,7 @@ and nothing else: weights are only read or downloaded when a node that needs the
 """
 from __future__ import annotations
 
+from .advanced import AttentionInjection, CropToSketch, GuidanceWindow, ReferencePad, RemoveBackground
 from .decode import Decode
 from .enhance import BackgroundEncode, StyleEncode
 from .lineart import LineExtract
@@ -34,6 +35,11 @@ NODE_CLASS_MAPPINGS = {
     "ColorizeDiffusionMaskPreview": MaskPreview,
     "ColorizeDiffusionBackgroundEncode": BackgroundEncode,
     "ColorizeDiffusionStyleEncode": StyleEncode,
+    "ColorizeDiffusionGuidanceWindow": GuidanceWindow,
+    "ColorizeDiffusionAttentionInjection": AttentionInjection,
+    "ColorizeDiffusionReferencePad": ReferencePad,
+    "ColorizeDiffusionCropToSketch": CropToSketch,
+    "ColorizeDiffusionRemoveBackground": RemoveBackground,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -53,6 +59,11 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorizeDiffusionMaskPreview": "ColorizeDiffusion Mask Preview",
     "ColorizeDiffusionBackgroundEncode": "ColorizeDiffusion Background Encode (BG/FG enhance)",
     "ColorizeDiffusionStyleEncode": "ColorizeDiffusion Style Encode (v2)",
+    "ColorizeDiffusionGuidanceWindow": "ColorizeDiffusion Guidance Window",
+    "ColorizeDiffusionAttentionInjection": "ColorizeDiffusion Attention Injection",
+    "ColorizeDiffusionReferencePad": "ColorizeDiffusion Reference Pad",
+    "ColorizeDiffusionCropToSketch": "ColorizeDiffusion Crop To Sketch",
+    "ColorizeDiffusionRemoveBackground": "ColorizeDiffusion Remove Background",
 }
 
 register_folders()

@@ -7,6 +7,7 @@ from colorize.pipeline import SCHEDULER_CHOICES, GenerationSettings, make_condit
 from colorize.preprocess import InputError, fit_and_pad, target_size
 from colorize.sampling import SAMPLERS
 
+from .advanced import COLORIZE_ADVANCED, AdvancedOptions
 from .enhance import EnhanceRequest
 from .host import LatentPreview, Progress, check_interrupted, intermediate_device, load_device
 from .sketch import encode_hints, size_inputs
@@ -82,12 +83,16 @@ class Sampler:
             "enhance": (COLORIZE_ENHANCE, {
                 "tooltip": "v1.5/v2 only: BG/FG enhance from Background Encode and/or v2 style enhance from Style "
                            "Encode. Leave unconnected for plain colorization (v1 behaviour)."}),
+            "advanced": (COLORIZE_ADVANCED, {
+                "tooltip": "Optional advanced controls: Guidance Window and/or Attention Injection (chained). "
+                           "Unconnected = the plain path."}),
         }}
 
     def sample(self, model: ColorizeModel, reference: ReferenceTokens, hints: SketchHints, seed: int, steps: int,
                sampler: str, scheduler: str, reference_cfg: float, sketch_cfg: float, reference_strength: float,
                encoder_strength: float, middle_strength: float, low_strength: float,
-               width: int, height: int, enhance: EnhanceRequest | None = None) -> tuple[dict[str, Any]]:
+               width: int, height: int, enhance: EnhanceRequest | None = None,
+               advanced: AdvancedOptions | None = None) -> tuple[dict[str, Any]]:
         check_interrupted()
         if reference.dim != model.config.unet.context_dim:
             raise InputError(
@@ -108,13 +113,17 @@ class Sampler:
             level_strengths={"encoder": encoder_strength, "middle": middle_strength, "low": low_strength},
             sketch_strength=hints.strength, seed=seed, width=size[1], height=size[0],
         )
+        if advanced is not None:
+            settings = advanced.apply(settings)
         settings.validate()
+        injection = advanced.injection(model, size, seed, settings) if advanced is not None else None
         context, unet_kwargs = reference.tokens, {}
         if enhance is not None:  # the separation encoders run once, before the U-Net is placed for sampling
             context, unet_kwargs = enhance.unet_inputs(model, reference.tokens, hints.sketch, seed, load_device("unet"))
         unet = model.unet.ready()
         device = module_device(unet)
         cond = make_conditioning(context, hints.hints, hints.hints_uncond, model.dtype, device, unet_kwargs)
+        cond.injection = injection
         progress, preview = Progress(steps), LatentPreview(device)
 
         def on_step(info: dict[str, Any]) -> None:

@@ -83,7 +83,8 @@ def test_runs_without_comfyui() -> None:
 
 
 def test_every_node_is_prefixed_described_and_tooltipped() -> None:
-    assert len(M) == 16 and set(M) == set(NAMES)  # v1 pack (8) + Text Edit, Control Heatmap, Line Extract + 5 v1.5/v2
+    # v1 pack (8) + Text Edit, Control Heatmap, Line Extract + 5 v1.5/v2 + 5 advanced (+ the native bridge)
+    assert len(M) >= 21 and set(M) == set(NAMES)
     for node_id, cls in M.items():
         assert node_id.startswith("ColorizeDiffusion") and NAMES[node_id].startswith("ColorizeDiffusion ")
         assert cls.CATEGORY.startswith("ColorizeDiffusion/") and len(cls.DESCRIPTION) > 40
@@ -100,8 +101,8 @@ def test_every_node_is_prefixed_described_and_tooltipped() -> None:
         params = list(inspect.signature(getattr(cls, cls.FUNCTION)).parameters)[1:]
         assert params == list(inputs), f"{node_id}.{cls.FUNCTION} arguments differ from INPUT_TYPES"
     custom = {t for cls in M.values() for t in cls.RETURN_TYPES if t.startswith("COLORIZE")}
-    assert custom == {"COLORIZE_MODEL", "COLORIZE_REFERENCE_ENCODER", "COLORIZE_REFERENCE", "COLORIZE_HINTS",
-                      "COLORIZE_ENHANCE"}
+    assert custom >= {"COLORIZE_MODEL", "COLORIZE_REFERENCE_ENCODER", "COLORIZE_REFERENCE", "COLORIZE_HINTS",
+                      "COLORIZE_ENHANCE", "COLORIZE_ADVANCED"}
 
 
 def test_root_init_imports_like_comfyui_does() -> None:

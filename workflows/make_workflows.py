@@ -206,12 +206,52 @@ def v2_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
     return graph, pos
 
 
+NOTE_ADVANCED = """## ColorizeDiffusion v1 with the official app's advanced controls
+
+The v1 workflow (same models and images) with:
+- **Reference Pad** (official "Reference padding scale"): the reference is padded to 1.2x its width with white.
+- **Guidance Window**: the reference guides steps with tr = 1 - t/999 in [0, 0.9] (the last steps run without it).
+- **Attention Injection** (about 2x sampling time): the U-Net also reads the reference's own features; fidelity 0.5
+  as the official default. Bypass it or unlink `advanced` to switch it off.
+- **Crop To Sketch** (official "Crop result") and **Remove Background** with a **Sketch Mask** of the line art
+  (official "Remove background in result", threshold 0.5).
+"""
+
+
+def advanced_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+    """v1 with reference padding, guidance window, attention injection, crop and background removal."""
+    graph, pos = v1_graph()
+    graph["7"]["inputs"]["image"] = ["13", 0]
+    graph["8"]["inputs"]["advanced"] = ["15", 0]
+    graph["10"]["inputs"]["images"] = ["17", 0]
+    graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/v1_advanced"
+    graph.update({
+        "13": {"class_type": "ColorizeDiffusionReferencePad", "_meta": {"title": "Reference Pad"},
+               "inputs": {"reference": ["4", 0], "scale": 1.2}},
+        "14": {"class_type": "ColorizeDiffusionGuidanceWindow", "_meta": {"title": "Guidance Window"},
+               "inputs": {"start": 0.0, "end": 0.9, "no_guidance_start": -0.05, "no_guidance_end": -0.05}},
+        "15": {"class_type": "ColorizeDiffusionAttentionInjection", "_meta": {"title": "Attention Injection"},
+               "inputs": {"reference": ["4", 0], "fidelity": 0.5, "sketch_fidelity": 0.0, "start": 0.0,
+                          "advanced": ["14", 0]}},
+        "16": {"class_type": "ColorizeDiffusionCropToSketch", "_meta": {"title": "Crop To Sketch"},
+               "inputs": {"image": ["9", 0], "sketch": ["3", 0]}},
+        "17": {"class_type": "ColorizeDiffusionRemoveBackground", "_meta": {"title": "Remove Background"},
+               "inputs": {"image": ["16", 0], "mask": ["18", 0], "threshold": 0.5}},
+        "18": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Sketch Mask (figure)"},
+               "inputs": {"image": ["3", 0], "threshold": 0.5, "gap": 4, "dilation": 2, "polarity": "auto"}},
+    })
+    pos.update({"13": (420, 780), "14": (800, 620), "15": (800, 820), "16": (1900, 60), "17": (2220, 60),
+                "18": (1900, 400), "10": (2540, 60)})
+    return graph, pos
+
+
 WORKFLOWS = {
     "colorizediffusion_v1": (v1_graph, NOTE_V1),
     "colorizediffusion_v1_text_edits": (text_edits_graph, NOTE_TEXT_EDITS),
     "colorizediffusion_v1_lineart": (lineart_graph, NOTE_LINEART),
     "colorizediffusion_v15": (v15_graph, NOTE_V15),
     "colorizediffusion_v2": (v2_graph, NOTE_V2),
+    "colorizediffusion_v1_advanced": (advanced_graph, NOTE_ADVANCED),
 }
 
 

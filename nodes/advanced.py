@@ -1,0 +1,222 @@
+"""Advanced controls of the official app (reference notes §2.2, §2.6, §2.7, §2.9) as small nodes.
+
+Guidance Window and Attention Injection each add their settings to a chainable COLORIZE_ADVANCED value that
+feeds the sampler's optional ``advanced`` input (unconnected = the plain path). Reference Pad, Crop To Sketch
+and Remove Background work on images before or after the sampler.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import Tensor
+
+from colorize.injection import InjectionInputs, injection_inputs
+from colorize.pipeline import MAX_SEED, GenerationSettings
+from colorize.preprocess import (
+    check_image,
+    content_box,
+    crop_to_box,
+    pad_reference,
+    pad_width,
+    remove_background,
+    to_signed,
+)
+from colorize.variants import SeededLatentEncoder
+
+from .host import intermediate_device
+from .types import ColorizeModel, bchw_to_image, image_to_bchw
+
+COLORIZE_ADVANCED = "COLORIZE_ADVANCED"
+
+
+@dataclass(frozen=True)
+class AdvancedOptions:
+    """Generation-setting overrides (:class:`colorize.pipeline.GenerationSettings` field names) and the
+    attention-injection reference image ([-1, 1], (B, 3, H, W)) when injection is on."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    injection_reference: Tensor | None = None
+
+    def apply(self, settings: GenerationSettings) -> GenerationSettings:
+        return replace(settings, **self.settings)
+
+    def injection(self, model: ColorizeModel, size: tuple[int, int], seed: int,
+                  settings: GenerationSettings) -> InjectionInputs | None:
+        """The generation's injection inputs (reference latent seeded from ``seed``), or ``None``."""
+        if not settings.injection or self.injection_reference is None:
+            return None
+        encoder = SeededLatentEncoder(model.vae.ready(), (int(seed) + 4) % (MAX_SEED + 1))
+        sketch = model.sketch_encoder.ready() if settings.injection_control else None
+        return injection_inputs(self.injection_reference, size, encoder, sketch, settings.injection_control)
+
+
+def _chain(previous: AdvancedOptions | None, **settings: Any) -> AdvancedOptions:
+    base = previous or AdvancedOptions()
+    return replace(base, settings={**base.settings, **settings})
+
+
+CHAIN_INPUT = {"advanced": (COLORIZE_ADVANCED, {
+    "tooltip": "Optional: advanced options from another Guidance Window / Attention Injection node (chained)."})}
+UNIT = {"min": 0.0, "max": 1.0, "step": 0.01}
+
+
+class GuidanceWindow:
+    """Reference guidance only inside a window of the denoising trajectory."""
+
+    DESCRIPTION = (
+        "Limits where the reference acts (official 'Guidance start/end step' and 'No guidance' sliders). With "
+        "tr = 1 - t/999 (0 = the first, noisiest step; 1 = the last), every U-Net call outside [start, end] or "
+        "inside [no-guidance start, no-guidance end] gets an empty reference. Start 0 / end 1 and a negative "
+        "no-guidance interval change nothing. Works for v1, v1.5 and v2 (the official app only honours it for "
+        "v1). Connect to the sampler's 'advanced' input."
+    )
+    CATEGORY = "ColorizeDiffusion/advanced"
+    FUNCTION = "build"
+    RETURN_TYPES = (COLORIZE_ADVANCED,)
+    RETURN_NAMES = ("advanced",)
+    OUTPUT_TOOLTIPS = ("Advanced options for the sampler's 'advanced' input (or another advanced node).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "start": ("FLOAT", {"default": 0.0, **UNIT, "tooltip": "The reference is used from this tr on "
+                                                                 "(0 = from the first step)."}),
+            "end": ("FLOAT", {"default": 1.0, **UNIT, "tooltip": "The reference is used up to this tr "
+                                                               "(1 = to the last step)."}),
+            "no_guidance_start": ("FLOAT", {"default": -0.05, "min": -0.05, "max": 1.0, "step": 0.01,
+                                            "tooltip": "Start of an interval without reference (negative = none)."}),
+            "no_guidance_end": ("FLOAT", {"default": -0.05, "min": -0.05, "max": 1.0, "step": 0.01,
+                                          "tooltip": "End of the interval without reference (negative = none)."}),
+        }, "optional": CHAIN_INPUT}
+
+    def build(self, start: float, end: float, no_guidance_start: float, no_guidance_end: float,
+              advanced: AdvancedOptions | None = None) -> tuple[AdvancedOptions]:
+        opts = _chain(advanced, guidance_start=start, guidance_end=end,
+                      no_guidance=(no_guidance_start, no_guidance_end))
+        opts.apply(GenerationSettings()).validate()  # bad windows fail here, naming the field
+        return (opts,)
+
+
+class AttentionInjection:
+    """The official 'Attention injection': self-attention also reads the reference's own U-Net features."""
+
+    DESCRIPTION = (
+        "Attention injection (official app, about 2x the sampling time): at every step the U-Net first runs on "
+        "the reference image's latent (noised to the same step) and records its self-attention inputs; the "
+        "real step then lets every self-attention read them too, which transfers more of the reference's "
+        "look. Fidelity blends the plain self-attention into the reference-free guidance rows (1 = plain "
+        "there, which strengthens the effect through guidance). Connect to the sampler's 'advanced' input."
+    )
+    CATEGORY = "ColorizeDiffusion/advanced"
+    FUNCTION = "build"
+    RETURN_TYPES = (COLORIZE_ADVANCED,)
+    RETURN_NAMES = ("advanced",)
+    OUTPUT_TOOLTIPS = ("Advanced options for the sampler's 'advanced' input (or another advanced node).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "reference": ("IMAGE", {"tooltip": "The reference image (squashed to the output size, as the "
+                                               "official app)."}),
+            "fidelity": ("FLOAT", {"default": 0.5, **UNIT,
+                                   "tooltip": "Injection fidelity (reference), official default 0.5."}),
+            "sketch_fidelity": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3.0, "step": 0.01,
+                                          "tooltip": "Injection fidelity (sketch): strength of the reference's "
+                                                     "own lines in the recording pass (official default 0)."}),
+            "start": ("FLOAT", {"default": 0.0, **UNIT, "tooltip": "Inject from this tr on (0 = every step)."}),
+        }, "optional": CHAIN_INPUT}
+
+    def build(self, reference: Tensor, fidelity: float, sketch_fidelity: float, start: float,
+              advanced: AdvancedOptions | None = None) -> tuple[AdvancedOptions]:
+        image = to_signed(check_image(image_to_bchw(reference), "injection reference"))
+        opts = _chain(advanced, injection=True, injection_fidelity=fidelity, injection_control=sketch_fidelity,
+                      injection_start=start)
+        opts.apply(GenerationSettings()).validate()
+        return (replace(opts, injection_reference=image.to(intermediate_device())),)
+
+
+class ReferencePad:
+    """Pads the reference (and its mask) in width with white, before Reference Embed."""
+
+    DESCRIPTION = (
+        "The official 'Reference padding scale': pads the reference image's width to scale x width with white "
+        "(centred) before it is embedded, which shrinks the character relative to the frame. A reference "
+        "mask, if given, is padded with 0 (no foreground) so it still matches."
+    )
+    CATEGORY = "ColorizeDiffusion/advanced"
+    FUNCTION = "pad"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("reference", "mask")
+    OUTPUT_TOOLTIPS = ("The padded reference.", "The padded mask (all zero when no mask was given).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "reference": ("IMAGE", {"tooltip": "The reference image."}),
+            "scale": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 2.0, "step": 0.05,
+                                "tooltip": "New width / old width (official 1-2, default 1 = unchanged)."}),
+        }, "optional": {"mask": ("MASK", {"tooltip": "Optional reference mask (1 = foreground) to pad alike."})}}
+
+    def pad(self, reference: Tensor, scale: float, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        image = pad_reference(image_to_bchw(reference), scale)
+        m = pad_width(mask if mask.ndim == 3 else mask[None], scale, 0.0) if mask is not None else \
+            image.new_zeros(image.shape[0], *image.shape[-2:])
+        return bchw_to_image(image), m.float()
+
+
+class CropToSketch:
+    """Crops a result to the area the sketch covered before it was fitted and padded."""
+
+    DESCRIPTION = (
+        "The official 'Crop result': Sketch Preprocess fits the line art into the output size and pads the "
+        "rest; this crops the decoded image back to the line art's own area (same aspect ratio as the input)."
+    )
+    CATEGORY = "ColorizeDiffusion/advanced"
+    FUNCTION = "crop"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The result without the padding.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The decoded result."}),
+            "sketch": ("IMAGE", {"tooltip": "The original line art (before Sketch Preprocess)."}),
+        }}
+
+    def crop(self, image: Tensor, sketch: Tensor) -> tuple[Tensor]:
+        x = image_to_bchw(image)
+        hw = (int(sketch.shape[-3]), int(sketch.shape[-2]))
+        return (bchw_to_image(crop_to_box(x, content_box(hw, (int(x.shape[-2]), int(x.shape[-1]))))),)
+
+
+class RemoveBackground:
+    """Whitens the result where a foreground mask is below the threshold."""
+
+    DESCRIPTION = (
+        "The official 'Remove background in result': keeps the pixels where the mask is at least the "
+        "threshold (reference-mask threshold, default 0.5) and paints the rest white. Any MASK works (e.g. "
+        "Sketch Mask of the line art, SAM Mask of the result); it is resized to the image."
+    )
+    CATEGORY = "ColorizeDiffusion/advanced"
+    FUNCTION = "remove"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The result on a white background.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The result image."}),
+            "mask": ("MASK", {"tooltip": "Foreground mask (1 = keep)."}),
+            "threshold": ("FLOAT", {"default": 0.5, **UNIT, "tooltip": "Pixels with mask >= threshold are kept."}),
+        }}
+
+    def remove(self, image: Tensor, mask: Tensor, threshold: float) -> tuple[Tensor]:
+        m = mask if mask.ndim == 3 else mask[None]
+        return (bchw_to_image(remove_background(image_to_bchw(image), m, threshold)),)
+
+
+__all__ = ["COLORIZE_ADVANCED", "AdvancedOptions", "AttentionInjection", "CropToSketch", "GuidanceWindow",
+           "ReferencePad", "RemoveBackground"]
