@@ -47,6 +47,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--ref-pad-scale", type=float, default=1.0,
                    help="reference padding scale (1-2): pad the reference width with white before CLIP")
     a.add_argument("--crop-result", action="store_true", help="crop the result to the un-padded sketch area")
+    a.add_argument("--injection", action="store_true",
+                   help="attention injection: self-attention also reads the reference's own U-Net features (~2x time)")
+    a.add_argument("--injection-fidelity", type=float, default=0.5,
+                   help="injection fidelity (reference), 0-1: plain self-attention blended into the reference-free rows")
+    a.add_argument("--injection-control", type=float, default=0.0,
+                   help="injection fidelity (sketch), 0-3: the reference's own lines in the recording pass")
+    a.add_argument("--injection-start", type=float, default=0.0, help="inject from this tr = 1 - t/999 on")
     a.add_argument("--remove-result-bg", action="store_true",
                    help="whiten the result where --sketch-mask is below --reference-mask-threshold")
     g = p.add_argument_group("v1.5 / v2 foreground-background separation (--checkpoint switch-eps or v2-full)")
@@ -104,7 +111,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sketch_cfg=args.sketch_cfg, reference_strength=args.strength, sketch_strength=args.sketch_strength,
         seed=args.seed, width=args.width, height=args.height, polarity=args.polarity,
         guidance_start=args.guidance_start, guidance_end=args.guidance_end, no_guidance=tuple(args.no_guidance),
-        reference_pad_scale=args.ref_pad_scale, crop_result=args.crop_result,
+        reference_pad_scale=args.ref_pad_scale, crop_result=args.crop_result, injection=args.injection,
+        injection_fidelity=args.injection_fidelity, injection_control=args.injection_control,
+        injection_start=args.injection_start,
     )
     result_mask = _result_mask(args)
     bar = ProgressBar(settings.steps, "sampling")
