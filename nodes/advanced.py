@@ -61,7 +61,17 @@ CHAIN_INPUT = {"advanced": (COLORIZE_ADVANCED, {
 UNIT = {"min": 0.0, "max": 1.0, "step": 0.01}
 
 
-class GuidanceWindow:
+class _OptionsNode:
+    """Shared outputs of the nodes that add to COLORIZE_ADVANCED."""
+
+    CATEGORY = "ColorizeDiffusion/advanced"
+    FUNCTION = "build"
+    RETURN_TYPES = (COLORIZE_ADVANCED,)
+    RETURN_NAMES = ("advanced",)
+    OUTPUT_TOOLTIPS = ("Advanced options for the sampler's 'advanced' input (or another advanced node).",)
+
+
+class GuidanceWindow(_OptionsNode):
     """Reference guidance only inside a window of the denoising trajectory."""
 
     DESCRIPTION = (
@@ -71,11 +81,6 @@ class GuidanceWindow:
         "no-guidance interval change nothing. Works for v1, v1.5 and v2 (the official app only honours it for "
         "v1). Connect to the sampler's 'advanced' input."
     )
-    CATEGORY = "ColorizeDiffusion/advanced"
-    FUNCTION = "build"
-    RETURN_TYPES = (COLORIZE_ADVANCED,)
-    RETURN_NAMES = ("advanced",)
-    OUTPUT_TOOLTIPS = ("Advanced options for the sampler's 'advanced' input (or another advanced node).",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -98,7 +103,7 @@ class GuidanceWindow:
         return (opts,)
 
 
-class AttentionInjection:
+class AttentionInjection(_OptionsNode):
     """The official 'Attention injection': self-attention also reads the reference's own U-Net features."""
 
     DESCRIPTION = (
@@ -108,11 +113,6 @@ class AttentionInjection:
         "look. Fidelity blends the plain self-attention into the reference-free guidance rows (1 = plain "
         "there, which strengthens the effect through guidance). Connect to the sampler's 'advanced' input."
     )
-    CATEGORY = "ColorizeDiffusion/advanced"
-    FUNCTION = "build"
-    RETURN_TYPES = (COLORIZE_ADVANCED,)
-    RETURN_NAMES = ("advanced",)
-    OUTPUT_TOOLTIPS = ("Advanced options for the sampler's 'advanced' input (or another advanced node).",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
