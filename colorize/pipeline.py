@@ -19,6 +19,9 @@ from torch import Tensor, nn
 from colorize.config import ColorizerConfig
 from colorize.device import resolve_device, resolve_dtype
 from colorize.injection import AttentionInjector, InjectionInputs, injection_inputs
+from colorize.models.vae_tiling import TilingMode
+from colorize.models.vae_tiling import decode as decode_maybe_tiled
+from colorize.offload import enable_low_vram, offloaded
 from colorize.preprocess import (
     InputError,
     blank_sketch,
@@ -260,9 +263,11 @@ def _window_context(context: Tensor, t: Tensor, settings: GenerationSettings, la
 
 
 @torch.no_grad()
-def vae_decode(vae: nn.Module, z: Tensor) -> Tensor:
-    """Raw VAE latent (ComfyUI's LATENT convention, *not* × 0.18215) → image in [-1, 1], on the VAE's device."""
-    return vae.decode(z.to(module_device(vae), torch.float32)).clamp(-1, 1)
+def vae_decode(vae: nn.Module, z: Tensor, tiling: TilingMode = "off") -> Tensor:
+    """Raw VAE latent (ComfyUI's LATENT convention, *not* × 0.18215) → image in [-1, 1], on the VAE's device.
+
+    ``tiling`` (``off``/``auto``/``on``): tiled decode of large images, :mod:`colorize.models.vae_tiling`."""
+    return decode_maybe_tiled(vae, z.to(module_device(vae), torch.float32), tiling).clamp(-1, 1)
 
 
 class Colorizer:
@@ -286,16 +291,24 @@ class Colorizer:
         precision: str | torch.dtype = "auto",
         alphas_cumprod: Tensor | None = None,
         extras: Mapping[str, nn.Module] | None = None,
+        low_vram: bool = False,
     ) -> None:
         self.config = config
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
-        cast_for_inference(unet, sketch_encoder, vae, self.device, self.dtype)
+        place = torch.device("cpu") if low_vram else self.device  # issue 9 hook: low_vram, see below
+        cast_for_inference(unet, sketch_encoder, vae, place, self.dtype)
         self.extras = dict(extras or {})
         cast_extras(config.version, self.extras, self.device, self.dtype)
         self.unet, self.sketch_encoder, self.vae = unet, sketch_encoder, vae
-        self.reference_encoder = reference_encoder.to(self.device, torch.float32).eval()
+        self.reference_encoder = reference_encoder.to(place, torch.float32).eval()
         self.schedule = noise_schedule(config, alphas_cumprod)
+        # issue 9 (speed and memory): ``low_vram`` keeps CLIP and the U-Net on the CPU, each on the device only
+        # while it runs (colorize.offload), and tiles large VAE decodes; ``vae_tiling`` is off/auto/on.
+        self.offload = None
+        self.vae_tiling: TilingMode = "off"
+        if low_vram:
+            enable_low_vram(self)
 
     @classmethod
     def from_files(
@@ -320,10 +333,12 @@ class Colorizer:
                    mods.extras)
 
     # ------------------------------------------------------------------ encoders
+    @offloaded("reference_encoder")
     def encode_reference(self, reference: Tensor) -> Tensor:
         """Reference image(s) in [-1, 1] → (b, 256, C) patch tokens (CLS dropped, as the released models use)."""
         return reference_tokens(self.reference_encoder, reference)
 
+    @offloaded("sketch_encoder")
     def encode_sketch(self, sketch: Tensor, strength: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
         """Prepared sketch(es) (lines +1) → (hints, hints of the blank sketch), both × ``strength``."""
         return sketch_hints(self.sketch_encoder, sketch, strength)
@@ -368,15 +383,17 @@ class Colorizer:
         """Seeded standard-normal latent, drawn on the CPU so a seed gives the same image on any device."""
         return initial_noise(self.config, batch, size, seed, self.device)
 
+    @offloaded("unet")
     def sample(
         self, cond: Conditioning, size: tuple[int, int], settings: GenerationSettings, callback: StepCallback | None = None
     ) -> Tensor:
         """Run the sampler; returns the final latent (b, 4, H/8, W/8) in diffusion space (VAE latent × 0.18215)."""
         return sample_latent(self.unet, self.schedule, self.config, cond, size, settings, callback)
 
+    @offloaded("vae")
     def decode(self, latent: Tensor) -> Tensor:
         """Latent (VAE space × 0.18215, as :meth:`sample` returns) → image in [-1, 1]."""
-        return vae_decode(self.vae, latent.float() / self.config.vae.scale_factor)
+        return vae_decode(self.vae, latent.float() / self.config.vae.scale_factor, self.vae_tiling)
 
     # ------------------------------------------------------------------ all at once
     def colorize(

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from colorize.benchmark import options
 from colorize.device import PRECISIONS
 
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the official figures (default: $COLORIZE_BENCHMARKS or shared/benchmarks/official-v1-h200.json)")
     p.add_argument("--report", type=Path, default=None, metavar="BENCH_JSON",
                    help="run nothing: print the table of an earlier --json, beside the official figures when the GPU matches")
+    options.add_arguments(p)
     return p
 
 
@@ -70,9 +72,13 @@ def _model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         model, info = loaded_colorizer(ckpt, clip, args.device, args.precision)
         return model, {**info, "config": "checkpoint"}
     device = resolve_device(args.device)
-    name = args.config if args.config != "auto" else ("full" if device.type == "cuda" else "tiny")
-    model, info = random_colorizer(PRESETS[name], device, args.precision, args.seed)
+    name = _config_name(args, device)
+    model, info = random_colorizer(PRESETS[name], device, args.precision, args.seed, low_vram=args.low_vram)
     return model, {**info, "config": name}
+
+
+def _config_name(args: argparse.Namespace, device: Any) -> str:
+    return args.config if args.config != "auto" else ("full" if device.type == "cuda" else "tiny")
 
 
 def _official_block(results: Sequence[dict[str, Any]], device_name: str | None, path: Path | None) -> dict[str, Any] | None:
@@ -95,8 +101,17 @@ def _print_all(doc: dict[str, Any], official_path: Path | None) -> dict[str, Any
           f"{doc['settings']['precision']}, {doc['settings']['steps']} steps {doc['settings']['sampler']}/"
           f"{doc['settings']['scheduler']}, reference CFG {doc['settings']['ref_cfg']}, sketch CFG "
           f"{doc['settings']['sketch_cfg']}, batch {doc['settings']['batch']}, median of {doc['settings']['runs']}")
-    print(format_table(doc["results"]))
-    block = _official_block(doc["results"], env.get("device_name"), official_path)
+    if doc.get("options"):
+        print("options: " + json.dumps({k: v for k, v in doc["options"].items() if v not in (None, False, [])}))
+    ok = [r for r in doc["results"] if "error" not in r]
+    print(format_table(ok))
+    for r in doc["results"]:
+        if "error" in r:
+            print(f"{r['res']}: {r['error']}")
+    if doc.get("tolerance"):
+        print("precision vs fp32 (decoded image): " + json.dumps(
+            {p: v.get("image", v) for p, v in doc["tolerance"].items() if isinstance(v, dict)}))
+    block = _official_block(ok, env.get("device_name"), official_path)
     if block is not None and block["rows"]:
         print()
         print(format_comparison(block["rows"], block["device_name"]))
@@ -137,8 +152,13 @@ def _bench(args: argparse.Namespace) -> int:
     settings = GenerationSettings(steps=args.steps, sampler=args.sampler, scheduler=args.scheduler,
                                   reference_cfg=args.ref_cfg, sketch_cfg=args.sketch_cfg, seed=args.seed)
     settings.validate()
+    from colorize.device import resolve_device
+
+    options.check(args, resolve_device(args.device))
     start = time.perf_counter()
     model, info = _model(args)
+    applied = options.apply(model, args)
+    device, dtype = model.device, model.dtype
     sizes = args.res or ([(512, 512), (768, 768), (1024, 1024)] if info["config"] == "full" else [(64, 64), (128, 128)])
     bad = [f"{w}x{h}" for h, w in sizes if h % 64 or w % 64]
     if bad:
@@ -146,17 +166,35 @@ def _bench(args: argparse.Namespace) -> int:
     results = []
     with torch.inference_mode():
         for size in sizes:
-            results.append(bench_size(model, size, settings, args.runs, args.warmup, args.unet_iters, args.batch,
-                                      flops=not args.no_flops))
+            try:
+                results.append(bench_size(model, size, settings, args.runs, args.warmup, args.unet_iters, args.batch,
+                                          flops=not args.no_flops))
+            except torch.OutOfMemoryError as exc:  # e.g. under --memory-cap-gib: recorded, the other sizes still run
+                results.append({"res": f"{size[1]}x{size[0]}", "height": size[0], "width": size[1],
+                                "error": f"out of memory: {str(exc).splitlines()[0][:300]}"})
+                _free(device)
+    env = environment(device)
+    del model  # the precision check builds its own models
+    _free(device)
+    tolerance = None
+    if args.tolerance:
+        from colorize.benchmark.tolerance import precision_tolerance
+        from colorize.config import PRESETS
+
+        res = args.tolerance_res
+        tol_size = (res, res) if res else min(sizes, key=lambda hw: hw[0] * hw[1])
+        tolerance = precision_tolerance(PRESETS[info["config"]], device, tol_size, settings, args.seed)
     doc: dict[str, Any] = {
-        "env": environment(model.device),
+        "env": env,
         "model": info,
         "settings": {"steps": args.steps, "sampler": args.sampler, "scheduler": args.scheduler, "ref_cfg": args.ref_cfg,
                      "sketch_cfg": args.sketch_cfg, "batch": args.batch, "runs": args.runs, "warmup": args.warmup,
                      "unet_iters": args.unet_iters, "seed": args.seed,
-                     "precision": f"U-Net blocks and sketch encoder {str(model.dtype).removeprefix('torch.')}; "
+                     "precision": f"U-Net blocks and sketch encoder {str(dtype).removeprefix('torch.')}; "
                                   "U-Net time embedding/out, VAE and CLIP float32"},
+        "options": options.finish(applied),
         "results": results,
+        "tolerance": tolerance,
         "elapsed_s": None,
     }
     doc["official"] = _print_all(doc, args.official)
@@ -166,6 +204,16 @@ def _bench(args: argparse.Namespace) -> int:
             tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
+
+
+def _free(device: Any) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 __all__ = ["build_parser", "main"]

@@ -10,14 +10,17 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from colorize.models.vae_tiling import use_tiling
 from colorize.preprocess import prepare_reference, prepare_sketch
 from colorize.sampling import guidance_rows
+from colorize.speedups import eager
 
 GIB = float(1 << 30)
 
@@ -129,10 +132,12 @@ def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, 
               "decode_ms": t4 - t3, "total_ms": t4 - t0}
         return {k: v * 1e3 for k, v in ms.items()}, cond, latent, image
 
+    offload = getattr(model, "offload", None)
     try:
         for _ in range(warmup):
             generate()
         calls[0] = 0
+        moved = offload.bytes_moved if offload is not None else 0
         resident = reset_peak_memory(dev)
         timings = []
         for _ in range(runs):
@@ -153,31 +158,58 @@ def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, 
     if resident is not None:
         out["resident_gib"] = resident
     out["output_finite"] = bool(torch.isfinite(image).all())
+    if offload is not None:
+        out["offload_gb_moved_per_generation"] = (offload.bytes_moved - moved) / max(1, runs) / 1e9
+    tiling = getattr(model, "vae_tiling", "off")
+    if use_tiling(tiling, size):
+        out.update(tiling_difference(model, latent, image))
 
-    unet_fn, cfg_batch = unet_call(model, cond, latent, settings)
-    out["cfg_batch"] = cfg_batch
-    for _ in range(2):
-        unet_fn()
-    call_ms = []
-    for _ in range(unet_iters):
-        synchronize(dev)
-        t0 = time.perf_counter()
-        unet_fn()
-        synchronize(dev)
-        call_ms.append((time.perf_counter() - t0) * 1e3)
-    out["unet_call_ms"], out["unet_call_ms_min"] = median(call_ms), min(call_ms)
+    # the U-Net alone (on the device also under offload; FLOPs counted on the eager path)
+    with offload.on_device(unet=model.unet) if offload is not None else nullcontext():
+        unet_fn, cfg_batch = unet_call(model, cond, latent, settings)
+        out["cfg_batch"] = cfg_batch
+        for _ in range(2):
+            unet_fn()
+        call_ms = []
+        for _ in range(unet_iters):
+            synchronize(dev)
+            t0 = time.perf_counter()
+            unet_fn()
+            synchronize(dev)
+            call_ms.append((time.perf_counter() - t0) * 1e3)
+        out["unet_call_ms"], out["unet_call_ms_min"] = median(call_ms), min(call_ms)
+        if flops:
+            with eager():
+                out["unet_flops"], out["unet_flops_by_op"] = count_flops(unet_fn)
 
     if flops:
-        out["unet_flops"], out["unet_flops_by_op"] = count_flops(unet_fn)
         out["unet_tflops"] = out["unet_flops"] / (out["unet_call_ms"] * 1e-3) / 1e12
         out["sampling_tflops"] = unet_calls * out["unet_flops"] / (out["sample_ms"] * 1e-3) / 1e12
-        out["clip_flops"], _ = count_flops(lambda: model.encode_reference(reference))
-        out["sketch_flops"], _ = count_flops(lambda: model.encode_sketch(sketch, settings.sketch_strength))
-        out["decode_flops"], _ = count_flops(lambda: model.decode(latent))
+        with eager():
+            out["clip_flops"], _ = count_flops(lambda: model.encode_reference(reference))
+            out["sketch_flops"], _ = count_flops(lambda: model.encode_sketch(sketch, settings.sketch_strength))
+            out["decode_flops"], _ = count_flops(lambda: model.decode(latent))
         out["generation_flops"] = int(out["clip_flops"] + out["sketch_flops"] + unet_calls * out["unet_flops"]
                                       + out["decode_flops"])
         out["generation_tflops"] = out["generation_flops"] / (out["total_ms"] * 1e-3) / 1e12
     return out
+
+
+def tiling_difference(model: Any, latent: Tensor, tiled: Tensor) -> dict[str, Any]:
+    """How far the tiled decode ``tiled`` of ``latent`` is from the untiled one (issue 9: tiling is not exact,
+    GroupNorm statistics and the mid-block attention are per tile); run after the memory window."""
+    from colorize.pipeline import vae_decode
+
+    offload = getattr(model, "offload", None)
+    try:
+        with offload.on_device(vae=model.vae) if offload is not None else nullcontext():
+            full = vae_decode(model.vae, latent.float() / model.config.vae.scale_factor, "off")
+    except torch.OutOfMemoryError:  # the untiled decode may not fit where tiling was needed
+        return {"vae_tiled": True, "tiling_max_abs_vs_untiled": None, "tiling_mean_abs_vs_untiled": None,
+                "untiled_decode": "out of memory"}
+    diff = (full.float() - tiled.float().to(full.device)).abs()
+    return {"vae_tiled": True, "tiling_max_abs_vs_untiled": float(diff.max()),
+            "tiling_mean_abs_vs_untiled": float(diff.mean())}
 
 
 def unet_call(model: Any, cond: Any, latent: Tensor, settings: Any) -> tuple[Callable[[], Tensor], int]:
@@ -195,4 +227,5 @@ def unet_call(model: Any, cond: Any, latent: Tensor, settings: Any) -> tuple[Cal
     return call, x.shape[0]
 
 
-__all__ = ["bench_size", "count_flops", "peak_memory", "reset_peak_memory", "synchronize", "synthetic_inputs", "unet_call"]
+__all__ = ["bench_size", "count_flops", "peak_memory", "reset_peak_memory", "synchronize", "synthetic_inputs",
+           "tiling_difference", "unet_call"]

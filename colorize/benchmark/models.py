@@ -27,13 +27,14 @@ def randomize_zero_layers(module: nn.Module, generator: torch.Generator) -> int:
 
 def random_colorizer(
     config: ColorizerConfig, device: str | torch.device = "auto", precision: str = "auto", seed: int = 0,
-    with_text: bool = True,
+    with_text: bool = True, low_vram: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """A :class:`~colorize.pipeline.Colorizer` of ``config`` with random weights, every module allocated and
     initialised on ``device`` (no CPU copy); returns it with build facts (seconds, parameter counts).
 
     ``with_text`` keeps the CLIP text tower, as the default open_clip weights file (and the official app) do:
-    it costs memory, not time."""
+    it costs memory, not time. ``low_vram``: the colorizer's sequential CPU offload (:mod:`colorize.offload`);
+    the modules are built on the device, then moved to the CPU."""
     from colorize.models.clip import ReferenceEncoder
     from colorize.models.sketch_encoder import SketchEncoder
     from colorize.models.unet import DualCondUNet
@@ -48,7 +49,7 @@ def random_colorizer(
         vae, clip = AutoencoderKL(config.vae), ReferenceEncoder(config.clip, with_text=with_text)
     gen = torch.Generator(device=dev).manual_seed(seed)
     redrawn = sum(randomize_zero_layers(m, gen) for m in (unet, sketch, vae))
-    model = Colorizer(config, unet, sketch, vae, clip, dev, precision)
+    model = Colorizer(config, unet, sketch, vae, clip, dev, precision, low_vram=low_vram)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     info = {
