@@ -38,6 +38,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--low-vram", action="store_true",
+                   help="keep CLIP and the U-Net on the CPU except while they run, tile large VAE decodes (8 GB cards)")
+    p.add_argument("--vae-tiling", choices=("off", "auto", "on"), default=None,
+                   help="tiled VAE decode (auto = above 1024x1024; default off, auto with --low-vram)")
     a = p.add_argument_group("advanced controls (official app)")
     a.add_argument("--guidance-start", type=float, default=0.0,
                    help="guidance window start in tr = 1 - t/999 (0 = first step); before it the reference is off")
@@ -105,7 +109,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if missing:
         raise WeightsMissingError("\n\n".join(missing))
     ckpt, clip = paths
-    model = Colorizer.from_files(ckpt, clip, device=args.device, precision=args.precision)
+    model = Colorizer.from_files(ckpt, clip, device=args.device, precision=args.precision, low_vram=args.low_vram)
+    if args.vae_tiling is not None:
+        model.vae_tiling = args.vae_tiling
     settings = GenerationSettings(
         steps=args.steps, sampler=args.sampler, scheduler=args.scheduler, reference_cfg=args.ref_cfg,
         sketch_cfg=args.sketch_cfg, reference_strength=args.strength, sketch_strength=args.sketch_strength,

@@ -318,11 +318,12 @@ class Colorizer:
         device: str | torch.device = "auto",
         precision: str | torch.dtype = "auto",
         with_text: bool = False,
+        low_vram: bool = False,
     ) -> "Colorizer":
         """Load a released (or tiny) checkpoint and the OpenCLIP ViT-H/14 file.
 
         ``with_text`` keeps the CLIP text tower (needed only for text manipulation; 1.4 GB for ViT-H).
-        Without ``clip`` the CLIP weights must be inside the checkpoint."""
+        Without ``clip`` the CLIP weights must be inside the checkpoint. ``low_vram``: see the class."""
         from colorize.loader import load_checkpoint_modules, load_reference_encoder
 
         mods = load_checkpoint_modules(checkpoint, include_clip=clip is None)
@@ -330,7 +331,7 @@ class Colorizer:
         if ref is None:
             raise InputError("no CLIP weights: pass the OpenCLIP ViT-H-14 file (open_clip or clip_vision format)")
         return cls(mods.config, mods.unet, mods.sketch_encoder, mods.vae, ref, device, precision, mods.alphas_cumprod,
-                   mods.extras)
+                   mods.extras, low_vram=low_vram)
 
     # ------------------------------------------------------------------ encoders
     @offloaded("reference_encoder")

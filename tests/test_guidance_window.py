@@ -251,6 +251,7 @@ def test_cli_advanced_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert not np.array_equal(plain, run_cli("pad", "--ref-pad-scale", "1.5"))
     assert not np.array_equal(plain, run_cli("inject", "--injection", "--injection-fidelity", "0.3"))
     assert np.array_equal(plain, run_cli("inject-late", "--injection", "--injection-start", "1"))
+    assert np.array_equal(plain, run_cli("low-vram", "--low-vram", "--vae-tiling", "on"))  # one tile at 64²
     cropped = run_cli("crop", "--crop-result")
     assert cropped.shape == (64, 32, 3) and np.array_equal(cropped, plain[:, 16:48])
     cut = run_cli("rmbg", "--crop-result", "--remove-result-bg", "--sketch-mask", str(tmp_path / "mask.png"))
