@@ -14,6 +14,9 @@ from .loaders import CheckpointLoader, ReferenceEncoderFromCLIPVision, Reference
 from .manipulation import ControlHeatmap, TextEdit
 from .masks import MaskPreview, SamMask, SketchMask
 from .models import register_folders
+from .native import NativeConditioning, NativeLoader
+from .native_guider import NativeGuider, NativeSigmas
+from .native_patches import NativeEnhance, NativeReferenceStrength, NativeSketch
 from .reference import ReferenceEmbed
 from .sampler import Sampler
 from .sketch import SketchHintsNode, SketchPreprocess
@@ -40,6 +43,13 @@ NODE_CLASS_MAPPINGS = {
     "ColorizeDiffusionReferencePad": ReferencePad,
     "ColorizeDiffusionCropToSketch": CropToSketch,
     "ColorizeDiffusionRemoveBackground": RemoveBackground,
+    "ColorizeDiffusionNativeLoader": NativeLoader,
+    "ColorizeDiffusionNativeConditioning": NativeConditioning,
+    "ColorizeDiffusionNativeSketch": NativeSketch,
+    "ColorizeDiffusionNativeReferenceStrength": NativeReferenceStrength,
+    "ColorizeDiffusionNativeEnhance": NativeEnhance,
+    "ColorizeDiffusionNativeGuider": NativeGuider,
+    "ColorizeDiffusionNativeSigmas": NativeSigmas,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -64,6 +74,13 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorizeDiffusionReferencePad": "ColorizeDiffusion Reference Pad",
     "ColorizeDiffusionCropToSketch": "ColorizeDiffusion Crop To Sketch",
     "ColorizeDiffusionRemoveBackground": "ColorizeDiffusion Remove Background",
+    "ColorizeDiffusionNativeLoader": "ColorizeDiffusion Native Loader (MODEL + VAE)",
+    "ColorizeDiffusionNativeConditioning": "ColorizeDiffusion Native Conditioning",
+    "ColorizeDiffusionNativeSketch": "ColorizeDiffusion Native Sketch (patch MODEL)",
+    "ColorizeDiffusionNativeReferenceStrength": "ColorizeDiffusion Native Reference Strength (patch MODEL)",
+    "ColorizeDiffusionNativeEnhance": "ColorizeDiffusion Native Enhance (v1.5/v2, patch MODEL)",
+    "ColorizeDiffusionNativeGuider": "ColorizeDiffusion Native Guider (dual CFG)",
+    "ColorizeDiffusionNativeSigmas": "ColorizeDiffusion Native Sigmas",
 }
 
 register_folders()

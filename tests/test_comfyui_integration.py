@@ -97,7 +97,7 @@ def _smoke_copy(graph: dict[str, Any], steps: int = 2, size: int = 256) -> dict[
     """The same graph with few steps and a small sketch size (nothing else changed)."""
     graph = json.loads(json.dumps(graph))
     for node in graph.values():
-        if node["class_type"] == "ColorizeDiffusionSampler":
+        if node["class_type"] in ("ColorizeDiffusionSampler", "KSampler", "ColorizeDiffusionNativeSigmas"):
             node["inputs"]["steps"] = min(node["inputs"]["steps"], steps)
         if node["class_type"] == "ColorizeDiffusionSketchPreprocess":
             node["inputs"]["width"] = node["inputs"]["height"] = size

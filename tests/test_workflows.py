@@ -23,7 +23,21 @@ CORE = {
     "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, []),
     "PreviewImage": ({"images": "IMAGE"}, []),
     "PreviewAny": ({"source": "*"}, []),
+    "KSampler": ({"model": "MODEL", "seed": "INT", "steps": "INT", "cfg": "FLOAT", "sampler_name": "COMBO",
+                  "scheduler": "COMBO", "positive": "CONDITIONING", "negative": "CONDITIONING", "latent_image": "LATENT",
+                  "denoise": "FLOAT"}, ["LATENT"]),
+    "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, ["IMAGE"]),
+    "SamplerCustomAdvanced": ({"noise": "NOISE", "guider": "GUIDER", "sampler": "SAMPLER", "sigmas": "SIGMAS",
+                               "latent_image": "LATENT"}, ["LATENT", "LATENT"]),
+    "KSamplerSelect": ({"sampler_name": "COMBO"}, ["SAMPLER"]),
+    "RandomNoise": ({"noise_seed": "INT"}, ["NOISE"]),
 }
+# Ranges of the core nodes' number widgets (ComfyUI 0.3.64 INPUT_TYPES).
+CORE_RANGES = {("KSampler", "seed"): (0, 2**64 - 1), ("KSampler", "steps"): (1, 10000), ("KSampler", "cfg"): (0.0, 100.0),
+               ("KSampler", "denoise"): (0.0, 1.0), ("RandomNoise", "noise_seed"): (0, 2**64 - 1)}
+LOADERS = {"ColorizeDiffusionCheckpointLoader": ("ckpt_name", "colorizediffusion"),
+           "ColorizeDiffusionNativeLoader": ("ckpt_name", "colorizediffusion"),
+           "ColorizeDiffusionReferenceEncoderLoader": ("clip_name", "clip_vision")}
 UI_FILES = sorted(WF.glob("*.json"))
 API_FILES = sorted((WF / "api").glob("*.json"))
 
@@ -39,7 +53,8 @@ def spec_of(class_type: str) -> tuple[dict[str, Any], list[str]]:
         s = cls.INPUT_TYPES()
         return {**s["required"], **s.get("optional", {})}, list(cls.RETURN_TYPES)
     inputs, outputs = CORE[class_type]
-    return {k: (t, {}) for k, t in inputs.items() if t != "IMAGEUPLOAD"}, outputs
+    ranges = {k: {"min": lo, "max": hi} for (ct, k), (lo, hi) in CORE_RANGES.items() if ct == class_type}
+    return {k: (t, ranges.get(k, {})) for k, t in inputs.items() if t != "IMAGEUPLOAD"}, outputs
 
 
 def test_every_ui_workflow_has_an_api_twin_and_thumbnail() -> None:
@@ -89,7 +104,11 @@ def widget_names(class_type: str) -> list[str]:
     """The frontend's widget order: every non-socket input in INPUT_TYPES order, an INT seed followed by its
     'control after generate' widget; LoadImage's upload button follows its file picker."""
     if class_type not in NODE_CLASS_MAPPINGS:
-        return [n for n, t in CORE[class_type][0].items() if t in ("COMBO", "IMAGEUPLOAD", "STRING")]
+        names = []
+        for n, t in CORE[class_type][0].items():
+            if t in ("COMBO", "IMAGEUPLOAD", "STRING", "INT", "FLOAT"):
+                names += [n, "control_after_generate"] if n in ("seed", "noise_seed") else [n]
+        return names
     names = []
     spec = NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
     for name, (typ, opts) in {**spec["required"], **spec.get("optional", {})}.items():
@@ -137,8 +156,7 @@ def test_ui_workflow_equals_its_api_twin(path: Path) -> None:
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
 def test_ui_loaders_carry_model_download_links(path: Path) -> None:
     by_file = {(e["models_subdir"], e["filename"]): e for e in load_manifest()}
-    loaders = {"ColorizeDiffusionCheckpointLoader": ("ckpt_name", "colorizediffusion"),
-               "ColorizeDiffusionReferenceEncoderLoader": ("clip_name", "clip_vision")}
+    loaders = LOADERS
     found = 0
     for node in load(path)["nodes"]:
         if node["type"] in loaders:
@@ -156,8 +174,7 @@ def test_tiny_weights_use_the_workflow_file_names(tmp_path: Path) -> None:
     from colorize.tiny import write_tiny_weights
 
     written = {p.relative_to(tmp_path).as_posix() for p in write_tiny_weights(tmp_path, versions=("mult", "switch", "v2")).values()}
-    loaders = {"ColorizeDiffusionCheckpointLoader": ("ckpt_name", "colorizediffusion"),
-               "ColorizeDiffusionReferenceEncoderLoader": ("clip_name", "clip_vision")}
+    loaders = LOADERS
     for path in API_FILES:
         for node in load(path).values():
             if node["class_type"] in loaders:

@@ -31,6 +31,15 @@ CORE_NODES: dict[str, dict[str, Any]] = {
     "SaveImage": {"widgets": ["filename_prefix"], "inputs": {"images": "IMAGE"}, "outputs": []},
     "PreviewImage": {"widgets": [], "inputs": {"images": "IMAGE"}, "outputs": []},
     "PreviewAny": {"widgets": [], "inputs": {"source": "*"}, "outputs": []},
+    "KSampler": {"widgets": ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
+                 "inputs": {"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING",
+                            "latent_image": "LATENT"}, "outputs": [("LATENT", "LATENT")]},
+    "VAEDecode": {"widgets": [], "inputs": {"samples": "LATENT", "vae": "VAE"}, "outputs": [("IMAGE", "IMAGE")]},
+    "SamplerCustomAdvanced": {"widgets": [], "inputs": {"noise": "NOISE", "guider": "GUIDER", "sampler": "SAMPLER",
+                                                        "sigmas": "SIGMAS", "latent_image": "LATENT"},
+                              "outputs": [("output", "LATENT"), ("denoised_output", "LATENT")]},
+    "KSamplerSelect": {"widgets": ["sampler_name"], "inputs": {}, "outputs": [("SAMPLER", "SAMPLER")]},
+    "RandomNoise": {"widgets": ["noise_seed", "control_after_generate"], "inputs": {}, "outputs": [("NOISE", "NOISE")]},
 }
 FRONTEND_ONLY = ("MarkdownNote", "Note")  # UI-only nodes, absent from API graphs
 
@@ -245,6 +254,104 @@ def advanced_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, in
     return graph, pos
 
 
+NOTE_NATIVE_KSAMPLER = """## ColorizeDiffusion v1 as a native MODEL with the core KSampler
+
+**Native Loader** loads `mult-eps-ft.safetensors` as ComfyUI's own SD2.x MODEL and VAE (LoRA loaders, model merging,
+core samplers and schedulers work on it) plus the colorizer's own parts. **Native Sketch** patches the MODEL with the
+sketch hints and gives an empty latent of the sketch's size; **Native Reference Strength** sets the per-level reference
+strength; **Native Conditioning** turns the reference tokens into positive / negative (the empty reference). KSampler's
+cfg is the reference guidance scale (official default 4). For sketch CFG use the Native Guider workflow.
+"""
+
+NOTE_NATIVE_CUSTOM = """## ColorizeDiffusion v2 as a native MODEL with SamplerCustomAdvanced and dual CFG
+
+`v2-full.safetensors` (v-prediction, best near 768x768) loaded by **Native Loader**. **Background Encode** + **Style
+Encode** feed **Native Enhance**, which patches the MODEL (split cross-attention, background warping, style modulation)
+and builds its positive / negative. **Native Guider** is the official dual CFG (reference 4, sketch 1.5); **Native
+Sigmas** gives the official "leading" timesteps. Keep Native Enhance's seed equal to the noise seed: then the result is
+the ColorizeDiffusion Sampler's for the same sampler, steps and seed.
+"""
+
+
+def native_ksampler_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+    """v1 through the native bridge: Native Loader → Native Sketch → Reference Strength → core KSampler."""
+    graph: dict[str, dict[str, Any]] = {
+        "1": {"class_type": "ColorizeDiffusionNativeLoader", "_meta": {"title": "Native Loader"},
+              "inputs": {"ckpt_name": "mult-eps-ft.safetensors", "precision": "auto"}},
+        "2": {"class_type": "ColorizeDiffusionReferenceEncoderLoader", "_meta": {"title": "Reference encoder"},
+              "inputs": {"clip_name": "open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors"}},
+        "3": {"class_type": "LoadImage", "_meta": {"title": "Sketch (line art)"}, "inputs": {"image": SKETCH}},
+        "4": {"class_type": "LoadImage", "_meta": {"title": "Colour reference"}, "inputs": {"image": REFERENCE}},
+        "5": {"class_type": "ColorizeDiffusionSketchPreprocess", "_meta": {"title": "Sketch Preprocess"},
+              "inputs": {"image": ["3", 0], "polarity": "auto", "width": 0, "height": 0}},
+        "6": {"class_type": "ColorizeDiffusionReferenceEmbed", "_meta": {"title": "Reference Embed"},
+              "inputs": {"encoder": ["2", 0], "image": ["4", 0]}},
+        "7": {"class_type": "ColorizeDiffusionNativeSketch", "_meta": {"title": "Native Sketch"},
+              "inputs": {"model": ["1", 0], "colorizer": ["1", 2], "sketch": ["5", 0], "strength": 1.0}},
+        "8": {"class_type": "ColorizeDiffusionNativeReferenceStrength", "_meta": {"title": "Native Reference Strength"},
+              "inputs": {"model": ["7", 0], "colorizer": ["1", 2], "reference_strength": 1.0,
+                         "encoder_strength": 1.0, "middle_strength": 1.0, "low_strength": 1.0}},
+        "9": {"class_type": "ColorizeDiffusionNativeConditioning", "_meta": {"title": "Native Conditioning"},
+              "inputs": {"reference": ["6", 0]}},
+        "10": {"class_type": "KSampler", "_meta": {"title": "KSampler"},
+               "inputs": {"model": ["8", 0], "positive": ["9", 0], "negative": ["9", 1], "latent_image": ["7", 1],
+                          "seed": 0, "steps": 20, "cfg": 4.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+                          "denoise": 1.0}},
+        "11": {"class_type": "VAEDecode", "_meta": {"title": "VAE Decode"}, "inputs": {"samples": ["10", 0], "vae": ["1", 1]}},
+        "12": {"class_type": "SaveImage", "_meta": {"title": "Save colorized"},
+               "inputs": {"images": ["11", 0], "filename_prefix": "ColorizeDiffusion/v1_native_ksampler"}},
+        "13": {"class_type": "PreviewAny", "_meta": {"title": "Checkpoint info"}, "inputs": {"source": ["1", 3]}},
+    }
+    pos = {"1": (40, 60), "2": (40, 300), "3": (40, 440), "4": (40, 820), "5": (420, 440), "6": (420, 300),
+           "7": (800, 60), "8": (1180, 60), "9": (800, 300), "10": (1560, 60), "11": (1940, 60), "12": (2260, 60),
+           "13": (420, 60)}
+    return graph, pos
+
+
+def native_custom_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+    """v2 through the native bridge: Native Enhance (BG + style) and the dual-CFG Native Guider in SamplerCustomAdvanced."""
+    graph, pos = native_ksampler_graph()
+    for nid in ("9", "10", "12", "13"):
+        del graph[nid]
+    graph["1"]["inputs"]["ckpt_name"] = "v2-full.safetensors"
+    graph["5"]["inputs"].update({"width": 768, "height": 768})
+    graph["11"]["inputs"]["samples"] = ["19", 0]
+    graph.update({
+        "12": {"class_type": "SaveImage", "_meta": {"title": "Save colorized"},
+               "inputs": {"images": ["11", 0], "filename_prefix": "ColorizeDiffusion/v2_native_custom"}},
+        "13": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Sketch Mask"},
+               "inputs": {"image": ["3", 0], "threshold": 0.5, "gap": 4, "dilation": 0, "polarity": "auto"}},
+        "14": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Reference Mask (light background)"},
+               "inputs": {"image": ["4", 0], "threshold": 0.1, "gap": 4, "dilation": 2, "polarity": "dark_lines"}},
+        "15": {"class_type": "ColorizeDiffusionBackgroundEncode", "_meta": {"title": "Background Encode"},
+               "inputs": {"encoder": ["2", 0], "reference": ["4", 0], "background_enhance": True,
+                          "foreground_enhance": False, "fg_strength": 1.0, "bg_strength": 1.0, "merge_scale": 0.0,
+                          "background_factor": 1.0, "sketch_threshold": 0.05, "reference_threshold": 0.5,
+                          "remove_background_foreground": False, "sketch_mask": ["13", 0],
+                          "reference_mask": ["14", 0]}},
+        "16": {"class_type": "ColorizeDiffusionStyleEncode", "_meta": {"title": "Style Encode"},
+               "inputs": {"encoder": ["2", 0], "reference": ["4", 0], "enhance": ["15", 0]}},
+        "17": {"class_type": "ColorizeDiffusionNativeEnhance", "_meta": {"title": "Native Enhance"},
+               "inputs": {"model": ["8", 0], "colorizer": ["1", 2], "reference": ["6", 0], "sketch": ["5", 0],
+                          "enhance": ["16", 0], "seed": 0}},
+        "18": {"class_type": "ColorizeDiffusionNativeGuider", "_meta": {"title": "Native Guider (dual CFG)"},
+               "inputs": {"model": ["17", 0], "positive": ["17", 1], "negative": ["17", 2], "reference_cfg": 4.0,
+                          "sketch_cfg": 1.5}},
+        "19": {"class_type": "SamplerCustomAdvanced", "_meta": {"title": "SamplerCustomAdvanced"},
+               "inputs": {"noise": ["20", 0], "guider": ["18", 0], "sampler": ["21", 0], "sigmas": ["22", 0],
+                          "latent_image": ["7", 1]}},
+        "20": {"class_type": "RandomNoise", "_meta": {"title": "Noise"}, "inputs": {"noise_seed": 0}},
+        "21": {"class_type": "KSamplerSelect", "_meta": {"title": "Sampler"}, "inputs": {"sampler_name": "dpmpp_2m"}},
+        "22": {"class_type": "ColorizeDiffusionNativeSigmas", "_meta": {"title": "Native Sigmas"},
+               "inputs": {"model": ["17", 0], "scheduler": "leading", "steps": 20}},
+        "23": {"class_type": "PreviewAny", "_meta": {"title": "Checkpoint info"}, "inputs": {"source": ["1", 3]}},
+    })
+    pos.update({"13": (420, 1200), "14": (420, 1400), "15": (800, 1200), "16": (1180, 1200), "17": (1560, 300),
+                "18": (1940, 300), "19": (2320, 60), "20": (1940, 60), "21": (1940, 160), "22": (1940, 500),
+                "11": (2700, 60), "12": (3020, 60), "23": (420, 60)})
+    return graph, pos
+
+
 WORKFLOWS = {
     "colorizediffusion_v1": (v1_graph, NOTE_V1),
     "colorizediffusion_v1_text_edits": (text_edits_graph, NOTE_TEXT_EDITS),
@@ -252,6 +359,8 @@ WORKFLOWS = {
     "colorizediffusion_v15": (v15_graph, NOTE_V15),
     "colorizediffusion_v2": (v2_graph, NOTE_V2),
     "colorizediffusion_v1_advanced": (advanced_graph, NOTE_ADVANCED),
+    "colorizediffusion_v1_native_ksampler": (native_ksampler_graph, NOTE_NATIVE_KSAMPLER),
+    "colorizediffusion_v2_native_custom": (native_custom_graph, NOTE_NATIVE_CUSTOM),
 }
 
 
