@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -70,6 +70,23 @@ class ColorizerModules:
     extras: dict[str, nn.Module] = field(default_factory=dict)
 
 
+def read_checkpoint_parts(
+    path: PathLike, extra_components: Sequence[str] = ()
+) -> tuple[str, ColorizerConfig, dict[str, dict[str, torch.Tensor]]]:
+    """``(file name, config, state dicts by component)`` of a checkpoint: the version is detected from the
+    header's keys and the layout validated (full-size models) before only the needed components (U-Net,
+    sketch encoder, VAE, the version's extras, ``extra_components``, the schedule buffer) are read."""
+    from colorize.variants import EXTRA_COMPONENTS
+
+    name = os.path.basename(os.fspath(path))
+    info = read_checkpoint_info(path)
+    if not info.config.tiny:
+        validate_keys(expected_layout(info.version), info.header, what=name)
+    wanted = ["unet", "sketch_encoder", "vae", *EXTRA_COMPONENTS[info.version], *extra_components]
+    prefixes = [COMPONENT_PREFIXES[c] for c in wanted] + ["alphas_cumprod"]
+    return name, info.config, split_by_prefix(load_state_dict_file(path, prefixes=prefixes))
+
+
 def load_checkpoint_modules(path: PathLike, include_clip: bool = False) -> ColorizerModules:
     """All networks of a ColorizeDiffusion checkpoint (version detected from its keys: mult, switch, v2).
 
@@ -79,17 +96,9 @@ def load_checkpoint_modules(path: PathLike, include_clip: bool = False) -> Color
     """
     from colorize.models.sketch_encoder import SketchEncoder
     from colorize.models.vae import AutoencoderKL
-    from colorize.variants import EXTRA_COMPONENTS, build_modules
+    from colorize.variants import build_modules
 
-    name = os.path.basename(os.fspath(path))
-    info = read_checkpoint_info(path)
-    config = info.config
-    if not config.tiny:
-        validate_keys(expected_layout(info.version), info.header, what=name)
-    wanted = ["unet", "sketch_encoder", "vae", *EXTRA_COMPONENTS[info.version]]
-    wanted += ["clip_visual", "clip_text"] if include_clip else []
-    prefixes = [COMPONENT_PREFIXES[c] for c in wanted] + ["alphas_cumprod"]
-    parts = split_by_prefix(load_state_dict_file(path, prefixes=prefixes))
+    name, config, parts = read_checkpoint_parts(path, ["clip_visual", "clip_text"] if include_clip else [])
     unet, extras = build_modules(config, parts, name)
     sketch = materialize(lambda: SketchEncoder(config.sketch), parts.pop("sketch_encoder"), f"{name} (sketch encoder)")
     vae = materialize(lambda: AutoencoderKL(config.vae), parts.pop("vae"), f"{name} (VAE)")

@@ -55,17 +55,24 @@ NOTE_V1 = """## ColorizeDiffusion v1: reference-based line-art colorization
 """
 
 
-def v1_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
-    """The v1 colorization graph (API format) and each node's canvas position."""
-    graph: dict[str, dict[str, Any]] = {
-        "1": {"class_type": "ColorizeDiffusionCheckpointLoader", "_meta": {"title": "Checkpoint"},
-              "inputs": {"ckpt_name": "mult-eps-ft.safetensors", "precision": "auto"}},
+def input_nodes() -> dict[str, dict[str, Any]]:
+    """Nodes 2–5 of the v1 graphs: the reference encoder, the two images and the sketch preparation."""
+    return {
         "2": {"class_type": "ColorizeDiffusionReferenceEncoderLoader", "_meta": {"title": "Reference encoder"},
               "inputs": {"clip_name": "open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors"}},
         "3": {"class_type": "LoadImage", "_meta": {"title": "Sketch (line art)"}, "inputs": {"image": SKETCH}},
         "4": {"class_type": "LoadImage", "_meta": {"title": "Colour reference"}, "inputs": {"image": REFERENCE}},
         "5": {"class_type": "ColorizeDiffusionSketchPreprocess", "_meta": {"title": "Sketch Preprocess"},
               "inputs": {"image": ["3", 0], "polarity": "auto", "width": 0, "height": 0}},
+    }
+
+
+def v1_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+    """The v1 colorization graph (API format) and each node's canvas position."""
+    graph: dict[str, dict[str, Any]] = {
+        "1": {"class_type": "ColorizeDiffusionCheckpointLoader", "_meta": {"title": "Checkpoint"},
+              "inputs": {"ckpt_name": "mult-eps-ft.safetensors", "precision": "auto"}},
+        **input_nodes(),
         "6": {"class_type": "ColorizeDiffusionSketchHints", "_meta": {"title": "Sketch Hints"},
               "inputs": {"model": ["1", 0], "sketch": ["5", 0], "strength": 1.0}},
         "7": {"class_type": "ColorizeDiffusionReferenceEmbed", "_meta": {"title": "Reference Embed"},
@@ -278,12 +285,7 @@ def native_ksampler_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[
     graph: dict[str, dict[str, Any]] = {
         "1": {"class_type": "ColorizeDiffusionNativeLoader", "_meta": {"title": "Native Loader"},
               "inputs": {"ckpt_name": "mult-eps-ft.safetensors", "precision": "auto"}},
-        "2": {"class_type": "ColorizeDiffusionReferenceEncoderLoader", "_meta": {"title": "Reference encoder"},
-              "inputs": {"clip_name": "open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors"}},
-        "3": {"class_type": "LoadImage", "_meta": {"title": "Sketch (line art)"}, "inputs": {"image": SKETCH}},
-        "4": {"class_type": "LoadImage", "_meta": {"title": "Colour reference"}, "inputs": {"image": REFERENCE}},
-        "5": {"class_type": "ColorizeDiffusionSketchPreprocess", "_meta": {"title": "Sketch Preprocess"},
-              "inputs": {"image": ["3", 0], "polarity": "auto", "width": 0, "height": 0}},
+        **input_nodes(),
         "6": {"class_type": "ColorizeDiffusionReferenceEmbed", "_meta": {"title": "Reference Embed"},
               "inputs": {"encoder": ["2", 0], "image": ["4", 0]}},
         "7": {"class_type": "ColorizeDiffusionNativeSketch", "_meta": {"title": "Native Sketch"},

@@ -14,11 +14,7 @@ from torch import Tensor, nn
 
 from colorize.checkpoint import (
     COMPONENT_PREFIXES,
-    expected_layout,
     load_state_dict_file,
-    read_checkpoint_info,
-    split_by_prefix,
-    validate_keys,
 )
 from colorize.config import ColorizerConfig
 from colorize.loader import materialize, require_components
@@ -78,16 +74,9 @@ def warp_head_width(config: ColorizerConfig, parts: dict[str, dict[str, Tensor]]
 
 def read_native_checkpoint(path: PathLike) -> NativeCheckpoint:
     """Read a ColorizeDiffusion checkpoint (version detected from its keys) into host-ready parts."""
-    from colorize.variants import EXTRA_COMPONENTS
+    from colorize.loader import read_checkpoint_parts
 
-    name = os.path.basename(os.fspath(path))
-    info = read_checkpoint_info(path)
-    config = info.config
-    if not config.tiny:
-        validate_keys(expected_layout(info.version), info.header, what=name)
-    wanted = ["unet", "sketch_encoder", "vae", *EXTRA_COMPONENTS[info.version]]
-    prefixes = [COMPONENT_PREFIXES[c] for c in wanted] + ["alphas_cumprod"]
-    parts = split_by_prefix(load_state_dict_file(path, prefixes=prefixes))
+    name, config, parts = read_checkpoint_parts(path)
     base, additions = split_unet_state_dict(parts["unet"])
     warp = warp_head_width(config, parts)
     encoders = _encoders(config, parts, name)
