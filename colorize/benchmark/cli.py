@@ -73,8 +73,9 @@ def _model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         return model, {**info, "config": "checkpoint"}
     device = resolve_device(args.device)
     name = _config_name(args, device)
-    model, info = random_colorizer(PRESETS[name], device, args.precision, args.seed, low_vram=args.low_vram)
-    return model, {**info, "config": name}
+    model, info = random_colorizer(PRESETS[name], device, args.precision, args.seed, with_text=args.with_text,
+                                   low_vram=args.low_vram)
+    return model, {**info, "config": name, "clip_text_tower": args.with_text}
 
 
 def _config_name(args: argparse.Namespace, device: Any) -> str:

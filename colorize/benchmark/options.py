@@ -24,6 +24,9 @@ GIB = float(1 << 30)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed and memory options (issue 9)")
+    g.add_argument("--with-text", action="store_true",
+                   help="keep the CLIP text tower on the device (1.3 GiB), as the official app always does; by "
+                        "default it is dropped, as the library and nodes do unless a text edit needs it")
     g.add_argument("--low-vram", action="store_true",
                    help="sequential offload: CLIP and the U-Net live on the CPU and move to the device only while "
                         "they run; VAE tiling auto (colorize.offload)")
