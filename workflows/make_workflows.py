@@ -67,6 +67,22 @@ def input_nodes() -> dict[str, dict[str, Any]]:
     }
 
 
+def mask_nodes() -> dict[str, dict[str, Any]]:
+    """Nodes 13–15 of the separation graphs: sketch and reference masks (no weights) and Background Encode."""
+    return {
+        "13": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Sketch Mask"},
+               "inputs": {"image": ["3", 0], "threshold": 0.5, "gap": 4, "dilation": 0, "polarity": "auto"}},
+        "14": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Reference Mask (light background)"},
+               "inputs": {"image": ["4", 0], "threshold": 0.1, "gap": 4, "dilation": 2, "polarity": "dark_lines"}},
+        "15": {"class_type": "ColorizeDiffusionBackgroundEncode", "_meta": {"title": "Background Encode"},
+               "inputs": {"encoder": ["2", 0], "reference": ["4", 0], "background_enhance": True,
+                          "foreground_enhance": False, "fg_strength": 1.0, "bg_strength": 1.0, "merge_scale": 0.0,
+                          "background_factor": 1.0, "sketch_threshold": 0.05, "reference_threshold": 0.5,
+                          "remove_background_foreground": False, "sketch_mask": ["13", 0],
+                          "reference_mask": ["14", 0]}},
+    }
+
+
 def v1_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
     """The v1 colorization graph (API format) and each node's canvas position."""
     graph: dict[str, dict[str, Any]] = {
@@ -187,16 +203,7 @@ def v15_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
     graph["8"]["inputs"]["enhance"] = ["15", 0]
     graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/v15"
     graph.update({
-        "13": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Sketch Mask"},
-               "inputs": {"image": ["3", 0], "threshold": 0.5, "gap": 4, "dilation": 0, "polarity": "auto"}},
-        "14": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Reference Mask (light background)"},
-               "inputs": {"image": ["4", 0], "threshold": 0.1, "gap": 4, "dilation": 2, "polarity": "dark_lines"}},
-        "15": {"class_type": "ColorizeDiffusionBackgroundEncode", "_meta": {"title": "Background Encode"},
-               "inputs": {"encoder": ["2", 0], "reference": ["4", 0], "background_enhance": True,
-                          "foreground_enhance": False, "fg_strength": 1.0, "bg_strength": 1.0, "merge_scale": 0.0,
-                          "background_factor": 1.0, "sketch_threshold": 0.05, "reference_threshold": 0.5,
-                          "remove_background_foreground": False, "sketch_mask": ["13", 0],
-                          "reference_mask": ["14", 0]}},
+        **mask_nodes(),
         "16": {"class_type": "ColorizeDiffusionMaskPreview", "_meta": {"title": "Mask Preview (sketch)"},
                "inputs": {"image": ["3", 0], "mask": ["13", 0], "alpha": 0.5, "outline": 2, "dim_background": 0.3}},
         "17": {"class_type": "ColorizeDiffusionMaskPreview", "_meta": {"title": "Mask Preview (reference)"},
@@ -321,16 +328,7 @@ def native_custom_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[in
     graph.update({
         "12": {"class_type": "SaveImage", "_meta": {"title": "Save colorized"},
                "inputs": {"images": ["11", 0], "filename_prefix": "ColorizeDiffusion/v2_native_custom"}},
-        "13": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Sketch Mask"},
-               "inputs": {"image": ["3", 0], "threshold": 0.5, "gap": 4, "dilation": 0, "polarity": "auto"}},
-        "14": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Reference Mask (light background)"},
-               "inputs": {"image": ["4", 0], "threshold": 0.1, "gap": 4, "dilation": 2, "polarity": "dark_lines"}},
-        "15": {"class_type": "ColorizeDiffusionBackgroundEncode", "_meta": {"title": "Background Encode"},
-               "inputs": {"encoder": ["2", 0], "reference": ["4", 0], "background_enhance": True,
-                          "foreground_enhance": False, "fg_strength": 1.0, "bg_strength": 1.0, "merge_scale": 0.0,
-                          "background_factor": 1.0, "sketch_threshold": 0.05, "reference_threshold": 0.5,
-                          "remove_background_foreground": False, "sketch_mask": ["13", 0],
-                          "reference_mask": ["14", 0]}},
+        **mask_nodes(),
         "16": {"class_type": "ColorizeDiffusionStyleEncode", "_meta": {"title": "Style Encode"},
                "inputs": {"encoder": ["2", 0], "reference": ["4", 0], "enhance": ["15", 0]}},
         "17": {"class_type": "ColorizeDiffusionNativeEnhance", "_meta": {"title": "Native Enhance"},
