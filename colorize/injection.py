@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from colorize.models.injection import AttentionBank, WriteComplete, attention_injection
 from colorize.sampling.denoiser import UNCOND_REF
+from colorize.speedups import eager
 
 UNetCall = Callable[..., Tensor]
 
@@ -118,7 +119,9 @@ class AttentionInjector:
             if g == 1:
                 plain_rows += range(i * b, (i + 1) * b)
         bank = AttentionBank(self.fidelity)
-        with attention_injection(self.unet, bank):
+        # eager(): a captured CUDA graph or compiled forward of the same call signature would replay the plain
+        # self-attention and silently ignore the bank.
+        with eager(), attention_injection(self.unet, bank):
             bank.mode = "write"
             try:
                 call(write_x, t[:b].repeat(n), write_ctx, write_hints)

@@ -163,3 +163,23 @@ def test_injection_settings_are_validated(models: dict[str, Colorizer]) -> None:
     cond = conditioning(model, "mult", replace(S, injection=False))  # no reference latent
     with pytest.raises(InputError, match="attention injection needs the reference latent"):
         model.sample(cond, SIZE, S)
+
+
+def test_injection_bypasses_installed_speedups(models: dict[str, Colorizer]) -> None:
+    """A captured CUDA graph / compiled forward of the same signature would replay the plain self-attention:
+    injection runs the eager forward (here a fake fast path that always returns the plain output)."""
+    from colorize.speedups import SpeedupState, _install, remove
+
+    model = models["mult"]
+    cond = conditioning(model, "mult", S)
+    call, x, t, context, hints = rows_call(model, cond)
+    acp = model.schedule.alphas_cumprod
+    expected = AttentionInjector(model.unet, cond.injection, acp, seed=1)(call, x, t, context, hints, ROWS)
+    stale = call(x, t, context, hints)
+    state = _install(model.unet, lambda *a, **k: stale, SpeedupState("fake"))
+    try:
+        assert torch.equal(call(x, t, context, hints), stale)  # the fast path is in use for plain calls
+        got = AttentionInjector(model.unet, cond.injection, acp, seed=1)(call, x, t, context, hints, ROWS)
+    finally:
+        remove(model.unet)
+    assert state.active and torch.equal(got, expected) and not torch.equal(got, stale)
