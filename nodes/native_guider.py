@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from colorize.preprocess import InputError
+from colorize.settings import GenerationSettings, reference_off
 from colorize.sampling import (
     COND,
     SCHEDULERS,
@@ -46,6 +47,20 @@ def guider_class() -> type:
                 if UNCOND_SKETCH in self.rows:
                     conds["sketch_uncond"] = positive
                 self.inner_set_conds(conds)
+                self.window: GenerationSettings | None = None
+
+            def set_window(self, settings: GenerationSettings, schedule: DiscreteSchedule) -> None:
+                """The guidance window (official §2.6, :func:`colorize.settings.reference_off`): at steps
+                outside it every row reads the empty reference (the negative), as the Sampler does."""
+                self.window, self.window_schedule = settings, schedule
+
+            def reference_is_off(self, sigma: torch.Tensor) -> bool:
+                if self.window is None:
+                    return False
+                w = self.window
+                t = self.window_schedule.sigma_to_t(sigma.reshape(-1)[:1].float().cpu())
+                return bool(reference_off(t, w.guidance_start, w.guidance_end, tuple(w.no_guidance),
+                                          self.window_schedule.num_timesteps - 1).all())
 
             def predict_noise(self, x: torch.Tensor, timestep: torch.Tensor,
                               model_options: dict[str, Any] | None = None, seed: int | None = None) -> torch.Tensor:
@@ -54,7 +69,8 @@ def guider_class() -> type:
                 options["transformer_options"] = {
                     **model_options.get("transformer_options", {}),
                     SKETCH_UNCOND_KEY: tuple(i for i, r in enumerate(self.rows) if r == UNCOND_SKETCH)}
-                conds = [self.conds.get(CONDS[r]) for r in self.rows]
+                off = self.reference_is_off(timestep)
+                conds = [self.conds.get("negative" if off else CONDS[r]) for r in self.rows]
                 out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, options)
                 return combine_guidance(out, self.rows, self.reference_cfg, self.sketch_cfg)
 
@@ -69,7 +85,8 @@ class NativeGuider:
         "The official dual classifier-free guidance of ColorizeDiffusion for SamplerCustomAdvanced: reference CFG "
         "(positive vs the empty reference) and sketch CFG (the sketch vs a blank sketch, through Native Sketch), "
         "averaged: ½[(u_ref + g_ref(c − u_ref)) + (u_sketch + g_sketch(c − u_sketch))]. A scale of 1 switches "
-        "its branch off (one U-Net row less). With KSampler, its cfg is the reference scale alone."
+        "its branch off (one U-Net row less). With KSampler, its cfg is the reference scale alone. An optional "
+        "Guidance Window limits the reference to part of the trajectory, as on the ColorizeDiffusion Sampler."
     )
     CATEGORY = "ColorizeDiffusion/native"
     FUNCTION = "get_guider"
@@ -89,10 +106,14 @@ class NativeGuider:
                                         "tooltip": "Reference guidance scale (official 1–15, default 4; 1 = off)."}),
             "sketch_cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
                                      "tooltip": "Sketch guidance scale (official 1–5, default 1 = off)."}),
+        }, "optional": {
+            "advanced": ("COLORIZE_ADVANCED", {
+                "tooltip": "Optional: a Guidance Window (the reference only inside [start, end] of the "
+                           "trajectory). Attention injection needs the ColorizeDiffusion Sampler."}),
         }}
 
     def get_guider(self, model: Any, positive: Any, negative: Any, reference_cfg: float,
-                   sketch_cfg: float) -> tuple[Any]:
+                   sketch_cfg: float, advanced: Any = None) -> tuple[Any]:
         want = model.model.model_config.unet_config.get("context_dim")
         for name, cond in (("positive", positive), ("negative", negative)):
             dims = {int(c[0].shape[-1]) for c in cond}
@@ -102,6 +123,13 @@ class NativeGuider:
                                  "ViT-H/14 encoder that belongs to this checkpoint (Native Conditioning / Enhance)")
         guider = guider_class()(model)
         guider.set_scales(positive, negative, reference_cfg, sketch_cfg)
+        if advanced is not None:
+            settings = advanced.apply(GenerationSettings())
+            if settings.injection:
+                raise InputError("attention injection is not available on the native path: connect the Attention "
+                                 "Injection node to the ColorizeDiffusion Sampler's 'advanced' input instead")
+            if settings.guidance_window_active:
+                guider.set_window(settings, host_schedule(model))
         return (guider,)
 
 

@@ -76,9 +76,9 @@ def save(graph: dict[str, Any], latent: list[Any], name: str) -> None:
 
 
 def native_sample(graph: dict[str, Any], model: list[Any], positive: list[Any], negative: list[Any],
-                  latent: list[Any], sketch_cfg: float = 2.0) -> list[Any]:
+                  latent: list[Any], sketch_cfg: float = 2.0, **advanced: Any) -> list[Any]:
     guider = node(graph, "ColorizeDiffusionNativeGuider", model=model, positive=positive, negative=negative,
-                  reference_cfg=4.0, sketch_cfg=sketch_cfg)
+                  reference_cfg=4.0, sketch_cfg=sketch_cfg, **advanced)
     sigmas = node(graph, "ColorizeDiffusionNativeSigmas", model=model, scheduler="leading", steps=STEPS)
     return node(graph, "SamplerCustomAdvanced", noise=node(graph, "RandomNoise", noise_seed=SEED), guider=guider,
                 sampler=node(graph, "KSamplerSelect", sampler_name="euler"), sigmas=sigmas, latent_image=latent)
@@ -138,6 +138,13 @@ def equality_graph() -> dict[str, Any]:
             save(g, node(g, "SamplerCustomAdvanced", noise=node(g, "RandomNoise", noise_seed=SEED), guider=core,
                          sampler=node(g, "KSamplerSelect", sampler_name="euler"), sigmas=sigmas, latent_image=latent),
                  "mult_native_refonly")
+        if version == "mult":  # a guidance window on both paths (steps with tr in [0.3, 0.8] keep the reference)
+            window = node(g, "ColorizeDiffusionGuidanceWindow", start=0.3, end=0.8, no_guidance_start=-0.05,
+                          no_guidance_end=-0.05)
+            save(g, node(g, "ColorizeDiffusionSampler", model=ckpt, reference=reference, hints=hints, seed=SEED,
+                         steps=STEPS, sampler="euler", scheduler="leading", reference_cfg=4.0, sketch_cfg=2.0,
+                         width=0, height=0, **STRENGTHS, advanced=window), "mult_pack_window")
+            save(g, native_sample(g, model, positive, negative, latent, advanced=window), "mult_native_window")
         if version == "mult":  # host LoRA and merge nodes on the bridged MODEL
             lora = node(g, "LoraLoaderModelOnly", model=loader, lora_name=LORA, strength_model=1.0)
             merged = node(g, "ModelMergeSimple", model1=loader, model2=lora, ratio=0.5)
@@ -164,13 +171,15 @@ def test_native_path_equals_the_pack_sampler_and_takes_lora_and_merge(models_dir
     assert rc == 0 and summary["status_str"] == "success", text[-4000:]
     latents = {p.name.split("_0000")[0]: load_file(str(p))["latent_tensor"] for p in outdir.glob("*.latent")}
     pairs = {**{v: (f"{v}_pack", f"{v}_native") for v in FILES},
-             "mult, reference CFG only, core CFGGuider": ("mult_pack_refonly", "mult_native_refonly")}
+             "mult, reference CFG only, core CFGGuider": ("mult_pack_refonly", "mult_native_refonly"),
+             "mult, guidance window [0.3, 0.8]": ("mult_pack_window", "mult_native_window")}
     for what, (pack_name, native_name) in pairs.items():
         pack, native = latents[pack_name], latents[native_name]
         diff, scale = float((pack - native).abs().max()), float(pack.abs().max())
         print(f"native vs pack sampler, {what}: max |diff| {diff:.3e} (latent max {scale:.2f})")
         assert pack.shape == native.shape == (1, 4, SIZE // 8, SIZE // 8)
         assert torch.isfinite(native).all() and diff <= 1e-5 * max(1.0, scale)
+    assert float((latents["mult_native_window"] - latents["mult_native"]).abs().max()) > 1e-3  # the window acts
     separation = float((latents["v2_native"] - latents["v2_without_enhance"]).abs().max())
     assert separation > 1e-2 * float(latents["v2_native"].abs().max())
     for name in ("mult_lora", "mult_merge"):
