@@ -4,7 +4,8 @@ Per generation: ``r = scale_factor · VAE(reference resized to H×W)`` (a seeded
 "sketch fidelity" ``control`` is non-zero, the sketch-encoder hints of ``−reference`` × control (official
 ``injection_control``; at its default 0 the hints are zero, i.e. none).  Per U-Net call with
 ``1 − t/T ≥ start``: a write pass on ``q(r_t | r) = √ᾱ_t·r + √(1−ᾱ_t)·ε`` (t rounded, ε seeded per generation)
-with the call's context, then the read pass (:mod:`colorize.models.injection`).  The write pass runs once per
+with the call's context, then the read pass (:mod:`colorize.models.injection`).  The fidelity blend applies to
+the reference-unconditional rows only (official ``gr_indice``: none with sketch-only guidance).  The write pass runs once per
 *distinct* context (reference / empty) instead of once per CFG row: the rows with the same context have
 identical write inputs, so this equals the official full-batch write at a fraction of its cost.
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from colorize.models.injection import AttentionBank, WriteComplete, attention_injection
+from colorize.preprocess import InputError
 from colorize.sampling.denoiser import UNCOND_REF
 from colorize.speedups import eager
 
@@ -90,6 +92,9 @@ class AttentionInjector:
     def noisy_reference(self, t: Tensor, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """``√ᾱ_t·r + √(1−ᾱ_t)·ε`` at the rounded timestep, ``(batch, 4, h, w)``; one ε per call."""
         r = self.inputs.latent.to(device, torch.float32)
+        if r.shape[0] not in (1, batch):
+            raise InputError(f"the attention-injection reference batch of {r.shape[0]} cannot be paired with a "
+                             f"generation batch of {batch}; use 1 reference image or one per generated image")
         noise = torch.randn(r.shape, generator=self.generator).to(device)
         step = int(torch.round(t.reshape(-1)[0].float()).clamp(0, self.last_t))
         a = float(self.alphas_cumprod[step])

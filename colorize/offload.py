@@ -18,7 +18,9 @@ Why whole-module offload is enough for 8 GB (full-size v1, 1024², CFG batch 2; 
 
 A finer U-Net block offload (each of the 25 blocks moved per call) would bring the sampling stage under
 1 GiB but move 1.7 GB per step (34 GB for 20 steps, ≈ 1–1.5 s): only worth it below ~4 GB and not
-implemented. Modules smaller than ``keep_below_bytes`` (default 512 MiB: the VAE and the sketch encoder)
+implemented. The v1.5/v2 extras (threshold embedder and cluster transformer; v2's background and style encoders,
+≈ 0.7 B parameters, ≈ 1.4 GiB in fp16) stay on the device: the 8 GB estimate above is for v1. Modules smaller than
+``keep_below_bytes`` (default 512 MiB: the VAE and the sketch encoder)
 stay on the device, so v2's VAE encode inside the conditioning and every small module work unchanged.
 
 Nothing here imports ComfyUI (inside the host its model management does the same job).
@@ -103,13 +105,18 @@ class SequentialOffload:
                 t.data = t.data.to(self.device)
                 masters.append(t.data)
                 continue
-            master = t.data.to(self.home)
-            if self.pin_memory and not master.is_pinned():
-                master = master.pin_memory()
+            master = self._master(t.data)
             t.data = master
             masters.append(master)
         self._managed[name] = _Managed(module, tensors, masters, resident)
         self._release_cache()
+
+    def _master(self, data: Tensor) -> Tensor:
+        """The CPU master of a tensor: on ``home``, pinned when asked."""
+        master = data.to(self.home)
+        if self.pin_memory and not master.is_pinned():
+            master = master.pin_memory()
+        return master
 
     def resident(self) -> set[str]:
         """Names of the managed modules that always stay on the device."""
@@ -152,7 +159,9 @@ class SequentialOffload:
 
     @torch.no_grad()
     def _to_device(self, name: str, m: _Managed) -> None:
-        for t, master in zip(m.tensors, m.masters):
+        for i, (t, master) in enumerate(zip(m.tensors, m.masters)):
+            if t.data.data_ptr() != master.data_ptr():  # replaced while home (e.g. channels-last): adopt it
+                master = m.masters[i] = self._master(t.data)
             t.data = self.copy_to_device(master)
             if t.data_ptr() != master.data_ptr():
                 self.bytes_moved += master.numel() * master.element_size()

@@ -134,6 +134,7 @@ class Colorizer:
         """Prepared sketch(es) (lines +1) → (hints, hints of the blank sketch), both × ``strength``."""
         return sketch_hints(self.sketch_encoder, sketch, strength)
 
+    @offloaded("vae", "sketch_encoder")  # the v1.5/v2 and injection VAE encodes, the injection hints
     def conditioning(
         self,
         sketch: Tensor,

@@ -183,3 +183,12 @@ def test_injection_bypasses_installed_speedups(models: dict[str, Colorizer]) -> 
     finally:
         remove(model.unet)
     assert state.active and torch.equal(got, expected) and not torch.equal(got, stale)
+
+
+def test_injection_reference_batch_must_pair_with_the_generation(models: dict[str, Colorizer]) -> None:
+    model = models["mult"]
+    cond = conditioning(model, "mult", S)
+    call, x, t, context, hints = rows_call(model, cond)
+    two = replace(cond.injection, latent=cond.injection.latent.repeat(2, 1, 1, 1))
+    with pytest.raises(InputError, match="injection reference batch of 2 cannot be paired with a generation batch of 1"):
+        AttentionInjector(model.unet, two, model.schedule.alphas_cumprod)(call, x, t, context, hints, ROWS)

@@ -14,6 +14,7 @@ from torch import nn
 
 from colorize.benchmark.cli import build_parser
 from colorize.benchmark.models import random_colorizer
+from colorize.benchmark.options import check
 from colorize.benchmark.tolerance import generate, precision_tolerance
 from colorize.cli import main
 from colorize.config import TINY_MULT
@@ -29,6 +30,7 @@ from colorize.models.vae_tiling import (
 )
 from colorize.offload import SequentialOffload, enable_low_vram
 from colorize.pipeline import GenerationSettings
+from colorize.preprocess import InputError
 from colorize.speedups import (
     compile_module,
     eager,
@@ -138,6 +140,17 @@ def test_offload_moves_to_the_device_and_back_without_copying_back() -> None:
         off.manage("big", nn.Linear(1, 1))
 
 
+def test_offload_adopts_weights_replaced_while_home() -> None:
+    """A weight swapped while the module is home (e.g. by channels-last) becomes the new master."""
+    lin = nn.Linear(4, 4)
+    off = _CopyingOffload(torch.device("cpu"), keep_below_bytes=0)
+    off.manage("lin", lin)
+    lin.weight.data = torch.ones(4, 4)
+    with off.on_device(lin=lin):
+        assert torch.equal(lin.weight, torch.ones(4, 4))
+    assert torch.equal(lin.weight, torch.ones(4, 4))
+
+
 def test_low_vram_colorizer_is_bit_identical_and_moves_one_module_at_a_time() -> None:
     model, _ = random_colorizer(TINY_MULT, "cpu", "fp32", seed=0)
     sketch, reference = _inputs()
@@ -226,6 +239,8 @@ def test_bench_flags_parse_and_cuda_only_options_are_refused_on_cpu(capsys: pyte
                            (["--tolerance", "--checkpoint", "x"], "--tolerance compares precisions")):
         assert main(base + flags) == 2
         assert message in capsys.readouterr().err
+    with pytest.raises(InputError, match="cannot be combined with --low-vram"):  # checked before any CUDA use
+        check(build_parser().parse_args(["--low-vram", "--cuda-graphs"]), torch.device("cuda"))
 
 
 def test_bench_low_vram_tiled_channels_last_on_cpu(tmp_path: Path) -> None:

@@ -59,6 +59,9 @@ def check(args: argparse.Namespace, device: torch.device) -> None:
                                        ("--cuda-graphs", args.cuda_graphs)) if on]
     if cuda_only and device.type != "cuda":
         raise InputError(f"{' and '.join(cuda_only)} need a CUDA device; this run uses {device}")
+    if args.low_vram and args.cuda_graphs:
+        raise InputError("--cuda-graphs cannot be combined with --low-vram: offloading gives the U-Net new device "
+                         "weights every generation, while a captured graph replays the addresses it recorded")
     if args.memory_cap_gib is not None and args.memory_cap_gib <= 0:
         raise InputError("--memory-cap-gib must be positive")
     if not 0 <= args.vae_overlap < args.vae_tile:
