@@ -129,3 +129,11 @@ def test_cpu_flop_counts_equal_the_meta_device_counts() -> None:
             cpu = clip[0], net[0]
     assert cpu == (clip[0], net[0]) and min(cpu) > 0
     assert torch.backends.mha.get_fastpath_enabled()  # restored afterwards
+
+
+def test_bench_times_attention_injection() -> None:
+    """``--injection``: each sampling call is a write and a read pass (two U-Net forwards per step)."""
+    model, _ = random_colorizer(TINY_MULT, "cpu", "fp32", with_text=False)
+    s = GenerationSettings(steps=2, sampler="euler", scheduler="karras", injection=True)
+    r = bench_size(model, (128, 128), s, runs=1, warmup=0, unet_iters=1, flops=False)
+    assert r["unet_calls_per_generation"] == 4 and r["cfg_batch"] == 2

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="karras")
     p.add_argument("--ref-cfg", type=float, default=4.0)
     p.add_argument("--sketch-cfg", type=float, default=1.0)
+    p.add_argument("--injection", action="store_true",
+                   help="attention injection on (official default fidelity 0.5): times the write + read passes")
     p.add_argument("--batch", type=int, default=1, help="images per generation")
     p.add_argument("--runs", type=int, default=3, help="measured generations per resolution (median)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured generations first")
@@ -151,7 +153,8 @@ def _bench(args: argparse.Namespace) -> int:
     if min(args.runs, args.unet_iters, args.batch) < 1 or args.warmup < 0:
         raise InputError("--runs, --unet-iters and --batch must be at least 1, --warmup at least 0")
     settings = GenerationSettings(steps=args.steps, sampler=args.sampler, scheduler=args.scheduler,
-                                  reference_cfg=args.ref_cfg, sketch_cfg=args.sketch_cfg, seed=args.seed)
+                                  reference_cfg=args.ref_cfg, sketch_cfg=args.sketch_cfg, seed=args.seed,
+                                  injection=args.injection)
     settings.validate()
     from colorize.device import resolve_device
 
@@ -189,7 +192,8 @@ def _bench(args: argparse.Namespace) -> int:
         "env": env,
         "model": info,
         "settings": {"steps": args.steps, "sampler": args.sampler, "scheduler": args.scheduler, "ref_cfg": args.ref_cfg,
-                     "sketch_cfg": args.sketch_cfg, "batch": args.batch, "runs": args.runs, "warmup": args.warmup,
+                     "sketch_cfg": args.sketch_cfg, "injection": args.injection, "batch": args.batch,
+                     "runs": args.runs, "warmup": args.warmup,
                      "unet_iters": args.unet_iters, "seed": args.seed,
                      "precision": f"U-Net blocks and sketch encoder {str(dtype).removeprefix('torch.')}; "
                                   "U-Net time embedding/out, VAE and CLIP float32"},

@@ -18,6 +18,7 @@
 #   lowvram8t 1024², --low-vram + tiling under the 8 GiB cap
 #   best      CUDA graphs + channels-last, 512/768/1024
 #   compile   torch.compile (default mode) of the U-Net at 1024² (the U-Net efficiency target), if time is left
+#   injection attention injection (fidelity 0.5) at 512² and 1024²: its cost on CUDA fp16 (compare with baseline)
 # Output ($OUT, 3 files): issue9.json (every run's bench JSON by name), summary.md (table + ratios to the
 # official H200 figures and the issue's targets), logs.txt (every run's console output).
 set -uo pipefail
@@ -70,6 +71,7 @@ bench tile72    30 --res $BIG --runs 2 --warmup 1 --unet-iters 2 --no-flops --va
 bench lowvram8t 40 --res $BIG --runs 2 --warmup 1 --unet-iters 5 --no-flops --low-vram --memory-cap-gib 8 --vae-tiling on
 bench best      60 --res $RES --runs 3 --warmup 1 --unet-iters 10 --no-flops --cuda-graphs --channels-last
 bench compile   90 --res $BIG --runs 3 --warmup 1 --unet-iters 10 --no-flops "${COMPILE[@]}"
+bench injection 60 --res $SMALL $BIG --runs 2 --warmup 1 --unet-iters 2 --no-flops --injection  # issue 10 cost on CUDA
 
 if [ "$SCALE" = 0 ]; then  # the smoke test cannot honour CUDA-only options: check they are refused cleanly
   for f in "$RUNS"/graphs.log "$RUNS"/lowvram8*.log "$RUNS"/best.log; do
