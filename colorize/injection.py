@@ -25,7 +25,9 @@ from torch import Tensor, nn
 from colorize.models.injection import AttentionBank, WriteComplete, attention_injection
 from colorize.preprocess import InputError
 from colorize.sampling.denoiser import UNCOND_REF
+from colorize.settings import MAX_SEED, GenerationSettings
 from colorize.speedups import eager
+from colorize.variants.inputs import SeededLatentEncoder
 
 UNetCall = Callable[..., Tensor]
 
@@ -65,6 +67,17 @@ def injection_inputs(
         w = next(sketch_encoder.parameters())
         hints = [h * control for h in sketch_encoder((-image).to(w.device, w.dtype))]
     return InjectionInputs(latent, hints)
+
+
+def generation_injection(reference: Tensor, size: tuple[int, int], vae: nn.Module,
+                         sketch_encoder: nn.Module | None, settings: GenerationSettings) -> InjectionInputs | None:
+    """The injection inputs of one generation (``None`` unless ``settings.injection``): the reference latent is a
+    posterior sample seeded with ``seed + 4``; ``sketch_encoder`` is only used for a non-zero
+    ``settings.injection_control``."""
+    if not settings.injection:
+        return None
+    encoder = SeededLatentEncoder(vae, (int(settings.seed) + 4) % (MAX_SEED + 1))
+    return injection_inputs(reference, size, encoder, sketch_encoder, settings.injection_control)
 
 
 class AttentionInjector:
@@ -140,4 +153,4 @@ class AttentionInjector:
             return call(x, t, context, hints)
 
 
-__all__ = ["AttentionInjector", "InjectionInputs", "injection_inputs"]
+__all__ = ["AttentionInjector", "InjectionInputs", "generation_injection", "injection_inputs"]

@@ -28,7 +28,7 @@ from colorize.generate import (  # noqa: F401  (re-exported: the public names li
     sketch_hints,
     vae_decode,
 )
-from colorize.injection import injection_inputs
+from colorize.injection import generation_injection
 from colorize.models.vae_tiling import TilingMode
 from colorize.offload import enable_low_vram, offloaded
 from colorize.preprocess import (
@@ -163,11 +163,8 @@ class Colorizer:
             sketch_mask=sketch_mask, reference_mask=reference_mask, background=background,
             background_mask=background_mask)
         cond = make_conditioning(context, hints, hints_uncond, self.dtype, unet_kwargs=unet_kwargs)
-        if settings.injection:
-            cond.injection = injection_inputs(
-                reference, (int(sketch.shape[-2]), int(sketch.shape[-1])),
-                SeededLatentEncoder(self.vae, (int(settings.seed) + 4) % (MAX_SEED + 1)), self.sketch_encoder,
-                settings.injection_control)
+        cond.injection = generation_injection(reference, (int(sketch.shape[-2]), int(sketch.shape[-1])), self.vae,
+                                              self.sketch_encoder, settings)
         return cond
 
     # ------------------------------------------------------------------ sampling

@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import Tensor
 
-from colorize.injection import InjectionInputs, injection_inputs
-from colorize.pipeline import MAX_SEED, GenerationSettings
+from colorize.injection import InjectionInputs, generation_injection
+from colorize.pipeline import GenerationSettings
 from colorize.preprocess import (
     check_image,
     content_box,
@@ -22,7 +22,6 @@ from colorize.preprocess import (
     remove_background,
     to_signed,
 )
-from colorize.variants import SeededLatentEncoder
 
 from .host import intermediate_device
 from .types import ColorizeModel, bchw_to_image, image_to_bchw
@@ -41,14 +40,13 @@ class AdvancedOptions:
     def apply(self, settings: GenerationSettings) -> GenerationSettings:
         return replace(settings, **self.settings)
 
-    def injection(self, model: ColorizeModel, size: tuple[int, int], seed: int,
+    def injection(self, model: ColorizeModel, size: tuple[int, int],
                   settings: GenerationSettings) -> InjectionInputs | None:
-        """The generation's injection inputs (reference latent seeded from ``seed``), or ``None``."""
+        """The generation's injection inputs (reference latent seeded from ``settings.seed``), or ``None``."""
         if not settings.injection or self.injection_reference is None:
             return None
-        encoder = SeededLatentEncoder(model.vae.ready(), (int(seed) + 4) % (MAX_SEED + 1))
         sketch = model.sketch_encoder.ready() if settings.injection_control else None
-        return injection_inputs(self.injection_reference, size, encoder, sketch, settings.injection_control)
+        return generation_injection(self.injection_reference, size, model.vae.ready(), sketch, settings)
 
 
 def _chain(previous: AdvancedOptions | None, **settings: Any) -> AdvancedOptions:

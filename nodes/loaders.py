@@ -82,7 +82,16 @@ class CheckpointLoader:
         return {"ui": {"text": [info]}, "result": (model, info)}
 
 
-class ReferenceEncoderLoader:
+class _ReferenceEncoderSource:
+    """Shared outputs of the nodes that make a COLORIZE_REFERENCE_ENCODER."""
+
+    CATEGORY = "ColorizeDiffusion/loaders"
+    RETURN_TYPES = (COLORIZE_REFERENCE_ENCODER,)
+    RETURN_NAMES = ("encoder",)
+    OUTPUT_TOOLTIPS = ("The reference encoder: feed it to Reference Embed.",)
+
+
+class ReferenceEncoderLoader(_ReferenceEncoderSource):
     """models/clip_vision file → COLORIZE_REFERENCE_ENCODER."""
 
     DESCRIPTION = (
@@ -92,11 +101,7 @@ class ReferenceEncoderLoader:
         "tower is kept in memory; text edits need the open_clip file, whose text tower (1.4 GB in fp32) is "
         "read from it when an edit or heatmap node first encodes a prompt."
     )
-    CATEGORY = "ColorizeDiffusion/loaders"
     FUNCTION = "load"
-    RETURN_TYPES = (COLORIZE_REFERENCE_ENCODER,)
-    RETURN_NAMES = ("encoder",)
-    OUTPUT_TOOLTIPS = ("The reference encoder: feed it to Reference Embed.",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -125,7 +130,7 @@ def load_text_tower(path: Path) -> nn.Module:
     return encoder.to(offload_device("clip"), torch.float32)
 
 
-class ReferenceEncoderFromCLIPVision:
+class ReferenceEncoderFromCLIPVision(_ReferenceEncoderSource):
     """CLIP_VISION (ComfyUI's own loader) → COLORIZE_REFERENCE_ENCODER."""
 
     DESCRIPTION = (
@@ -134,11 +139,7 @@ class ReferenceEncoderFromCLIPVision:
         "(ViT-H/14, 1024-dim projection); the colorizer's tokens are its 257 projected hidden states. It has "
         "no text tower: for text edits use the open_clip file with the ColorizeDiffusion loader."
     )
-    CATEGORY = "ColorizeDiffusion/loaders"
     FUNCTION = "convert"
-    RETURN_TYPES = (COLORIZE_REFERENCE_ENCODER,)
-    RETURN_NAMES = ("encoder",)
-    OUTPUT_TOOLTIPS = ("The reference encoder: feed it to Reference Embed.",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

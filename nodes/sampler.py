@@ -116,7 +116,7 @@ class Sampler:
         if advanced is not None:
             settings = advanced.apply(settings)
         settings.validate()
-        injection = advanced.injection(model, size, seed, settings) if advanced is not None else None
+        injection = advanced.injection(model, size, settings) if advanced is not None else None
         context, unet_kwargs = reference.tokens, {}
         if enhance is not None:  # the separation encoders run once, before the U-Net is placed for sampling
             context, unet_kwargs = enhance.unet_inputs(model, reference.tokens, hints.sketch, seed, load_device("unet"))

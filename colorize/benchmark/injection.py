@@ -8,33 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import replace
 from typing import Any
 
 import torch
 
-from colorize.benchmark.measure import synchronize
+from colorize.benchmark.measure import bench_size
 from colorize.benchmark.models import random_colorizer
 from colorize.config import PRESETS
 from colorize.pipeline import GenerationSettings
-from colorize.preprocess import prepare_reference, prepare_sketch
 
 
 def step_seconds(model: Any, settings: GenerationSettings, size: tuple[int, int], runs: int) -> float:
-    """Best-of-``runs`` seconds per sampling step (one warm-up generation first)."""
-    g = torch.Generator().manual_seed(0)
-    sketch = prepare_sketch(torch.rand(1, 3, *size, generator=g), size)
-    cond = model.conditioning(sketch, prepare_reference(torch.rand(1, 3, 96, 96, generator=g)), settings)
-    model.sample(cond, size, settings)
-    best = float("inf")
-    for _ in range(runs):
-        synchronize(model.device)
-        start = time.perf_counter()
-        model.sample(cond, size, settings)
-        synchronize(model.device)
-        best = min(best, time.perf_counter() - start)
-    return best / settings.steps
+    """Best-of-``runs`` seconds per sampling step (one warm-up generation first), from the bench's stage timings."""
+    r = bench_size(model, size, settings, runs=runs, warmup=1, unet_iters=1, flops=False)
+    return min(r["sample_ms_all"]) / 1e3 / settings.steps
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,9 +104,8 @@ def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, 
                unet_iters: int = 10, batch: int = 1, flops: bool = True) -> dict[str, Any]:
     """Time one resolution: stages of ``runs`` generations (after ``warmup``), ``unet_iters`` single U-Net
     calls at the CFG batch size, peak memory, FLOPs and achieved TFLOP/s."""
-    from colorize.injection import injection_inputs
+    from colorize.injection import generation_injection
     from colorize.pipeline import make_conditioning
-    from colorize.variants import SeededLatentEncoder
 
     dev = model.device
     sketch, reference = synthetic_inputs(size, batch, settings.seed)
@@ -122,9 +121,7 @@ def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, 
         t1 = time.perf_counter()
         hints, hints_uncond = model.encode_sketch(sketch, settings.sketch_strength)
         cond = make_conditioning(tokens, hints, hints_uncond, model.dtype)
-        if settings.injection:  # the reference latent of attention injection, as Colorizer.conditioning makes it
-            cond.injection = injection_inputs(reference, size, SeededLatentEncoder(model.vae, settings.seed + 4),
-                                              model.sketch_encoder, settings.injection_control)
+        cond.injection = generation_injection(reference, size, model.vae, model.sketch_encoder, settings)
         synchronize(dev)
         t2 = time.perf_counter()
         latent = model.sample(cond, size, settings)

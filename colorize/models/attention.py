@@ -30,6 +30,16 @@ def apply_scale(out: Tensor, scale: Scale) -> Tensor:
     return out * scale
 
 
+def attend_heads(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+    """(b, n, h·d), (b, m, h·d) ×2 → (b, n, h·d): softmax(q kᵀ/√d) v per head, one SDPA call."""
+    b, n, inner = q.shape
+    d = inner // heads
+    q = q.view(b, n, heads, d).transpose(1, 2)
+    k = k.view(b, k.shape[1], heads, d).transpose(1, 2)
+    v = v.view(b, v.shape[1], heads, d).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, inner)
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention with SDPA; ``scale`` multiplies softmax(qkᵀ/√d)·v before ``to_out``.
 
@@ -51,14 +61,8 @@ class CrossAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """(b, n, h·d), (b, m, h·d) ×2 → (b, n, h·d): softmax(q kᵀ/√d) v per head, one SDPA call."""
-        b, n, inner = q.shape
-        d = inner // self.heads
-        q = q.view(b, n, self.heads, d).transpose(1, 2)
-        k = k.view(b, k.shape[1], self.heads, d).transpose(1, 2)
-        v = v.view(b, v.shape[1], self.heads, d).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return out.transpose(1, 2).reshape(b, n, inner)
+        """(b, n, h·d), (b, m, h·d) ×2 → (b, n, h·d): :func:`attend_heads` with this layer's head count."""
+        return attend_heads(q, k, v, self.heads)
 
     def forward(self, x: Tensor, context: Tensor | None = None, scale: Scale = 1.0) -> Tensor:
         if context is None and self.is_cross:

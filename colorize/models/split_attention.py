@@ -62,6 +62,28 @@ class SplitOptions:
     lora_scale: float = 1.0
 
 
+def resize_mask_tokens(mask: Tensor, h: int, w: int) -> Tensor:
+    """A latent mask ``(b, 1, H, W)`` bicubic-resized to an ``h×w`` token grid, as ``(b, h·w, 1)`` float32."""
+    mask = mask.float()
+    if tuple(mask.shape[-2:]) != (h, w):
+        mask = F.interpolate(mask, size=(h, w), mode="bicubic", align_corners=False)
+    return mask.flatten(2).transpose(1, 2)
+
+
+def combine_split(fg: Tensor, bg: Tensor, mask: Tensor, o: SplitOptions, scale: Scale, lora: bool) -> Tensor:
+    """Eq. 5.4's merge of the two attention halves (before ``to_out``): each scaled by reference × fg/bg strength,
+    the background blended into the foreground by ``merge_scale``, then picked per position by the mask tokens
+    ``(b, n, 1)``. Tie rule of the official layers: with LoRA ``mask > t`` is foreground, without it
+    ``mask < t`` is background."""
+    bg = apply_scale(bg, scale * o.bg_scale)
+    fg = apply_scale(fg, scale * o.fg_scale)
+    if o.merge_scale != 0.0:
+        fg = fg * (1.0 - o.merge_scale) + bg * o.merge_scale
+    if lora:
+        return torch.where(mask > o.threshold, fg, bg)
+    return torch.where(mask < o.threshold, bg, fg)
+
+
 @dataclass
 class BlockSplit:
     """What one attention block receives: both token halves, the mask on its token grid ``(b, hw, 1)``."""
@@ -109,10 +131,7 @@ class SplitContext:
         """
         cached = self._masks.get((h, w))
         if cached is None:
-            mask = self._mask
-            if tuple(mask.shape[-2:]) != (h, w):
-                mask = F.interpolate(mask, size=(h, w), mode="bicubic", align_corners=False)
-            cached = self._masks[(h, w)] = mask.flatten(2).transpose(1, 2)
+            cached = self._masks[(h, w)] = resize_mask_tokens(self._mask, h, w)
         return cached
 
     def at(self, h: int, w: int) -> BlockSplit:
@@ -149,16 +168,7 @@ class SplitCrossAttention(CrossAttention):
         q_base = self.to_q(x)
         bg = self._branch(x, q_base, context.bg, bg_branch, o.lora_scale)
         fg = self._branch(x, q_base, context.fg, fg_branch, o.lora_scale)
-        bg = apply_scale(bg, scale * o.bg_scale)
-        fg = apply_scale(fg, scale * o.fg_scale)
-        if o.merge_scale != 0.0:
-            fg = fg * (1.0 - o.merge_scale) + bg * o.merge_scale
-        mask = context.mask
-        if self.has_lora:
-            out = torch.where(mask > o.threshold, fg, bg)
-        else:
-            out = torch.where(mask < o.threshold, bg, fg)
-        return self.to_out(out)
+        return self.to_out(combine_split(fg, bg, context.mask, o, scale, self.has_lora))
 
 
 class SplitSpatialTransformer(SpatialTransformer):

@@ -116,12 +116,16 @@ class V2UNet(SwitchUNet):
         return self._head(h, x)
 
     def _warp(self, i: int, skip: Tensor, bg_tokens: Tensor, ctx: SplitContext, threshold: float) -> Tensor:
-        """``where(mask > threshold, skip, warp_i(skip, bg_tokens))`` on the skip's token grid."""
-        b, c, hh, ww = skip.shape
-        tokens = skip.flatten(2).transpose(1, 2)
-        warped = self.warp_modules[i](tokens, bg_tokens)
-        out = torch.where(ctx.mask_tokens(hh, ww) > threshold, tokens, warped)
-        return out.transpose(1, 2).reshape(b, c, hh, ww)
+        return warp_skip(self.warp_modules[i], skip, bg_tokens, ctx.mask_tokens(*skip.shape[-2:]), threshold)
 
 
-__all__ = ["V2UNet", "tile_batch"]
+def warp_skip(warp: nn.Module, skip: Tensor, bg_tokens: Tensor, mask: Tensor, threshold: float) -> Tensor:
+    """``where(mask > threshold, skip, warp(skip, bg_tokens))`` on the skip's token grid: ``skip`` (b, c, h, w),
+    ``bg_tokens`` (b, m, c), ``mask`` (b, h·w, 1) (thesis §5.6: background warping of the decoder skips)."""
+    b, c, hh, ww = skip.shape
+    tokens = skip.flatten(2).transpose(1, 2)
+    out = torch.where(mask > threshold, tokens, warp(tokens, bg_tokens))
+    return out.transpose(1, 2).reshape(b, c, hh, ww)
+
+
+__all__ = ["V2UNet", "tile_batch", "warp_skip"]

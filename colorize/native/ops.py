@@ -12,24 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from colorize.models.attention import Scale, apply_scale
-from colorize.models.split_attention import SplitOptions
+from colorize.models.attention import Scale, apply_scale, attend_heads
+from colorize.models.split_attention import SplitOptions, combine_split, resize_mask_tokens
 from colorize.models.v2_unet import tile_batch
-from colorize.models.warp import WarpBlock
+from colorize.models.v2_unet import warp_skip as warp_decoder_skip
 from colorize.native.extras import AttentionLora
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-
-def attend_heads(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
-    """softmax(q kᵀ/√d) v per head: (b, n, h·d), (b, m, h·d) ×2 → (b, n, h·d) (one SDPA call)."""
-    b, n, inner = q.shape
-    d = inner // heads
-    q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, inner)
 
 
 def token_grid(tokens: int, height: int, width: int) -> tuple[int, int]:
@@ -46,10 +37,7 @@ def token_grid(tokens: int, height: int, width: int) -> tuple[int, int]:
 def mask_tokens(mask: Tensor, h: int, w: int, batch: int) -> Tensor:
     """A latent mask ``(b, 1, H, W)`` bicubic-resized to an ``h×w`` token grid, ``(batch, h·w, 1)`` float32,
     tiled over a model batch that ``b`` divides (as :meth:`SplitContext.mask_tokens`)."""
-    mask = mask.float()
-    if tuple(mask.shape[-2:]) != (h, w):
-        mask = F.interpolate(mask, size=(h, w), mode="bicubic", align_corners=False)
-    return tile_batch(mask.flatten(2).transpose(1, 2), batch, "mask")
+    return tile_batch(resize_mask_tokens(mask, h, w), batch, "mask")
 
 
 def scaled_attention(q: Tensor, k: Tensor, v: Tensor, scale: Scale, attend: Attend) -> Tensor:
@@ -80,23 +68,15 @@ def split_attention(
             vv = vv + lora.to_v.delta(tokens, name, o.lora_scale).to(v.dtype)  # type: ignore[union-attr,arg-type]
         return attend(qq, kk, vv)
 
-    bg = apply_scale(branch(slice(n, None), "bg"), scale * o.bg_scale)
-    fg = apply_scale(branch(slice(0, n), "fg"), scale * o.fg_scale)
-    if o.merge_scale != 0.0:
-        fg = fg * (1.0 - o.merge_scale) + bg * o.merge_scale
-    if lora is not None:
-        return torch.where(mask > o.threshold, fg, bg)
-    return torch.where(mask < o.threshold, bg, fg)
+    bg = branch(slice(n, None), "bg")
+    return combine_split(branch(slice(0, n), "fg"), bg, mask, o, scale, lora is not None)
 
 
-def warp_skip(warp: WarpBlock, skip: Tensor, bg_tokens: Tensor, mask: Tensor, threshold: float) -> Tensor:
-    """v2: the skip ``(b, c, h, w)`` where the mask (``(b, h·w, 1)``) is not above the threshold is replaced by
-    ``warp(skip tokens, background tokens)`` (as :meth:`V2UNet._warp`)."""
-    b, c, h, w = skip.shape
-    tokens = skip.flatten(2).transpose(1, 2)
-    bg = tile_batch(bg_tokens, b, "hs_bg").to(skip.device, skip.dtype)
-    warped = warp(tokens, bg)
-    return torch.where(mask > threshold, tokens, warped).transpose(1, 2).reshape(b, c, h, w)
+def warp_skip(warp: nn.Module, skip: Tensor, bg_tokens: Tensor, mask: Tensor, threshold: float) -> Tensor:
+    """v2 skip warping (:func:`colorize.models.v2_unet.warp_skip`) with the background tokens tiled over the
+    skip's batch (CFG chunks) and cast to it, as :class:`~colorize.models.v2_unet.V2UNet` does."""
+    bg = tile_batch(bg_tokens, skip.shape[0], "hs_bg").to(skip.device, skip.dtype)
+    return warp_decoder_skip(warp, skip, bg, mask, threshold)
 
 
 def chunk_hints(hints: Sequence[Tensor], blank: Sequence[Tensor], sketch_uncond: Sequence[bool],
