@@ -87,10 +87,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from colorize.errors import WeightsMissingError
     from colorize.pipeline import Colorizer, GenerationSettings
     from colorize.preprocess import load_image, tensor_to_pil
     from colorize.progress import ProgressBar
-    from colorize.weights import WeightsMissingError, default_checkpoint_name, default_clip_name, resolve
+    from colorize.weights import default_checkpoint_name, default_clip_name, resolve
 
     if args.out.exists() and not args.overwrite:
         print(f"error: {args.out} exists; pass --overwrite or choose another --out", file=sys.stderr)
@@ -145,7 +146,7 @@ def _result_mask(args: argparse.Namespace) -> torch.Tensor | None:
     if not args.remove_result_bg:
         return None
     if args.sketch_mask is None:
-        from colorize.preprocess import InputError
+        from colorize.errors import InputError
 
         raise InputError("--remove-result-bg needs --sketch-mask (white = the character, in the sketch's frame)")
     return _mask(args.sketch_mask)

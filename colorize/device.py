@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from colorize.preprocess import InputError
+from colorize.errors import InputError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -1,4 +1,8 @@
-"""Turning the project's user-facing errors into one clear message and an exit code."""
+"""The project's user-facing errors, and turning them into one clear message and an exit code.
+
+Every error here carries a message written for the user: what is wrong and how to fix it. They are raised
+before expensive work starts (loading, sampling) wherever the problem can be seen that early.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,13 +11,20 @@ from dataclasses import dataclass
 from typing import Iterator
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is written for the user (no traceback needed)."""
-    from colorize.checkpoint import CheckpointError
-    from colorize.preprocess import InputError
-    from colorize.weights import WeightsMissingError
+class InputError(ValueError):
+    """A user input (image, size, tensor, setting) that cannot be used, with the fix in the message."""
 
-    return (InputError, CheckpointError, WeightsMissingError, FileExistsError)
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message says why and what to do."""
+
+
+class WeightsMissingError(FileNotFoundError):
+    """A weights file is not on disk and could not (or may not) be downloaded."""
+
+
+#: Exceptions whose message is written for the user (no traceback needed).
+USER_ERRORS: tuple[type[BaseException], ...] = (InputError, CheckpointError, WeightsMissingError, FileExistsError)
 
 
 @dataclass
@@ -23,13 +34,16 @@ class _Status:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[_Status]:
-    """Print user-facing errors as ``error: <message>`` and set exit code 2."""
+    """Print user-facing errors as ``error: <message>`` and set exit code 2 (130 on Ctrl-C)."""
     status = _Status()
     try:
         yield status
-    except user_error_types() as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         status.code = 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         status.code = 130
+
+
+__all__ = ["USER_ERRORS", "CheckpointError", "InputError", "WeightsMissingError", "user_errors"]

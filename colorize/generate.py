@@ -15,10 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
+from colorize.errors import InputError
 from colorize.injection import AttentionInjector, InjectionInputs
 from colorize.models.vae_tiling import TilingMode
 from colorize.models.vae_tiling import decode as decode_maybe_tiled
-from colorize.preprocess import InputError, blank_sketch, check_image
+from colorize.preprocess import blank_sketch, check_image
 from colorize.sampling import (
     COND,
     SAMPLERS,

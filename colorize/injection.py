@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from colorize.errors import InputError
 from colorize.models.injection import AttentionBank, WriteComplete, attention_injection
-from colorize.preprocess import InputError
 from colorize.sampling.denoiser import UNCOND_REF
 from colorize.settings import MAX_SEED, GenerationSettings
 from colorize.speedups import eager

@@ -19,7 +19,6 @@ from colorize.checkpoint import (
     COMPONENTS,
     OPTIONAL_COMPONENTS,
     VERSION_TITLES,
-    CheckpointError,
     TensorInfo,
     compare_keys,
     detect_version,
@@ -31,6 +30,7 @@ from colorize.checkpoint import (
     split_by_prefix,
 )
 from colorize.config import FULL_MULT, ColorizerConfig
+from colorize.errors import CheckpointError
 
 _OPTIONAL_WHY = {
     "clip_visual": "loaded from the separate CLIP file",

@@ -17,7 +17,6 @@ from torch import nn
 from colorize.checkpoint import (
     COMPONENT_PREFIXES,
     CONFIG_METADATA_KEY,
-    CheckpointError,
     expected_layout,
     load_state_dict_file,
     read_checkpoint_info,
@@ -26,6 +25,7 @@ from colorize.checkpoint import (
     validate_keys,
 )
 from colorize.config import ClipConfig, ColorizerConfig
+from colorize.errors import CheckpointError
 
 M = TypeVar("M", bound=nn.Module)
 PathLike = str | os.PathLike[str]

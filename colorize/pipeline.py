@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
 from colorize.device import resolve_device, resolve_dtype
+from colorize.errors import InputError
 from colorize.generate import (  # noqa: F401  (re-exported: the public names live here too)
     Conditioning,
     StepCallback,
@@ -32,7 +33,6 @@ from colorize.injection import generation_injection
 from colorize.models.vae_tiling import TilingMode
 from colorize.offload import enable_low_vram, offloaded
 from colorize.preprocess import (
-    InputError,
     check_image,
     content_box,
     crop_to_box,

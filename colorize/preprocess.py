@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from colorize.errors import InputError
+
 SketchPolarity = Literal["invert", "keep", "auto"]
 SIZE_MULTIPLE = 64
 
 
-class InputError(ValueError):
-    """A user input (image, size, tensor) that cannot be used, with the fix in the message."""
 
 
 def load_image(path: str | Path) -> torch.Tensor:

@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 from colorize.config import ColorizerConfig
+from colorize.errors import InputError
 from colorize.models.strength import (
     NUM_ATTENTION_BLOCKS,
     block_reference_scales,
     level_reference_scales,
 )
-from colorize.preprocess import InputError
 from colorize.sampling import SAMPLERS, SCHEDULERS
 from colorize.sampling.dpm_solver import leading_timesteps
 from colorize.sampling.schedules import ddim_timesteps, timestep_sigmas

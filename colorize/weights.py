@@ -23,6 +23,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from colorize.errors import WeightsMissingError
+
 Progress = Callable[[int, int], None]  # (downloaded_bytes, total_bytes); total 0 when unknown
 
 MANIFEST_NAME = "weights_manifest.json"
@@ -41,8 +43,6 @@ REQUIRED_FIELDS = (
 )
 
 
-class WeightsMissingError(FileNotFoundError):
-    """A weights file is not on disk and could not (or may not) be downloaded."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from colorize.errors import InputError
 from colorize.pipeline import MAX_SEED
-from colorize.preprocess import InputError, check_image, prepare_reference, to_signed
+from colorize.preprocess import check_image, prepare_reference, to_signed
 from colorize.switch import DEFAULT_REFERENCE_THRESHOLD, DEFAULT_SKETCH_THRESHOLD
 from colorize.variants import EnhanceSettings, SeededLatentEncoder, separation_inputs
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
+from colorize.errors import InputError
 from colorize.manipulation import (
     DEFAULT_RATIO,
     DEFAULT_THRESHOLDS,
@@ -20,7 +21,7 @@ from colorize.manipulation import (
     control_heatmap,
     local_manipulate,
 )
-from colorize.preprocess import InputError, check_image
+from colorize.preprocess import check_image
 
 from .host import intermediate_device
 from .reference import EncodedReference

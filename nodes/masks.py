@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from colorize.errors import InputError
 from colorize.masks import DEFAULT_SAM, load_sam, overlay_masks, sam_foreground_mask, sketch_foreground_mask
-from colorize.preprocess import InputError
 from colorize.weights import manifest_entry
 
 from .host import ManagedModule, check_interrupted, intermediate_device, offload_device

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from colorize.weights import WeightsMissingError, default_models_dir, fetch, hub_url, load_manifest
+from colorize.errors import WeightsMissingError
+from colorize.weights import default_models_dir, fetch, hub_url, load_manifest
 
 from .host import Progress, comfy_module
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
 from colorize.device import PRECISIONS
+from colorize.errors import InputError
 from colorize.native import (
     NativeCheckpoint,
     attention_blocks,
@@ -25,7 +26,6 @@ from colorize.native import (
     read_vae,
 )
 from colorize.native.build import read_native_checkpoint
-from colorize.preprocess import InputError
 from colorize.variants import cast_extras
 
 from .host import ManagedModule, comfy_module, offload_device

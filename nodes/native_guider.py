@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from colorize.preprocess import InputError
-from colorize.settings import GenerationSettings, reference_off
+from colorize.errors import InputError
 from colorize.sampling import (
     COND,
     SCHEDULERS,
@@ -26,6 +25,7 @@ from colorize.sampling import (
 from colorize.sampling.dpm_solver import leading_timesteps
 from colorize.sampling.schedules import ddim_timesteps, timestep_sigmas
 from colorize.schedule import DiscreteSchedule
+from colorize.settings import GenerationSettings, reference_off
 
 from .native_runtime import SKETCH_UNCOND_KEY
 

@@ -13,15 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from colorize.errors import InputError
 from colorize.models.strength import level_reference_scales
 from colorize.pipeline import MAX_SEED
-from colorize.preprocess import (
-    InputError,
-    check_image,
-    fit_and_pad,
-    target_size,
-    to_signed,
-)
+from colorize.preprocess import check_image, fit_and_pad, target_size, to_signed
 from colorize.variants import SeededLatentEncoder, separation_inputs
 
 from .enhance import EnhanceRequest

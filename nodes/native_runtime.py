@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from colorize.errors import InputError
 from colorize.models.split_attention import SplitOptions
 from colorize.native import (
     Attend,
@@ -32,7 +33,7 @@ from colorize.native import (
     token_grid,
 )
 from colorize.pipeline import sketch_hints
-from colorize.preprocess import InputError, fit_and_pad
+from colorize.preprocess import fit_and_pad
 
 from .host import comfy_module
 from .native import NativeParts

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from colorize.errors import InputError
 from colorize.manipulation import TextEncoder
 from colorize.models.clip import ReferenceEncoder as OpenClipEncoder
 from colorize.pipeline import module_device
-from colorize.preprocess import InputError, check_image, prepare_reference
+from colorize.preprocess import check_image, prepare_reference
 from colorize.weights import DEFAULT_CLIP, manifest_entry
 
 from .host import ManagedModule, intermediate_device, model_management

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from colorize.errors import InputError
 from colorize.pipeline import SCHEDULER_CHOICES, GenerationSettings, make_conditioning, module_device, sample_latent
-from colorize.preprocess import InputError, fit_and_pad, target_size
+from colorize.preprocess import fit_and_pad, target_size
 from colorize.sampling import SAMPLERS
 
 from .advanced import COLORIZE_ADVANCED, AdvancedOptions

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from colorize.config import TINY_CLIP
+from colorize.errors import WeightsMissingError
 from colorize.evaluate import inception as inc
 from colorize.evaluate.metrics import (
     MS_SSIM_WEIGHTS,
@@ -27,7 +28,6 @@ from colorize.evaluate.protocol import EvalSettings, derangement, evaluate, load
 from colorize.evaluate.report import write_report
 from colorize.evaluate.tps import identity_grid, random_tps, tps_warp
 from colorize.extract import extract_sketch
-from colorize.weights import WeightsMissingError
 
 C1, C2 = 0.01**2, 0.03**2
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from colorize.checkpoint import CheckpointError
+from colorize.errors import CheckpointError, InputError, WeightsMissingError
 from colorize.extract import extract_sketch
 from colorize.extractors import (
     MODEL_SPECS,
@@ -24,8 +24,8 @@ from colorize.extractors import (
     working_size,
 )
 from colorize.extractors.filters import crop, pad_to_multiple, reflect_pad
-from colorize.preprocess import InputError, is_dark_on_light, prepare_sketch
-from colorize.weights import WeightsMissingError, hub_url, manifest_entry
+from colorize.preprocess import is_dark_on_light, prepare_sketch
+from colorize.weights import hub_url, manifest_entry
 
 H, W = 97, 131  # odd on purpose: not a multiple of any network's stride
 

@@ -10,14 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from colorize.pipeline import (
-    Colorizer,
-    GenerationSettings,
-    reference_off,
-    sample_latent,
-)
+from colorize.errors import InputError
+from colorize.pipeline import Colorizer, GenerationSettings, reference_off, sample_latent
 from colorize.preprocess import (
-    InputError,
     content_box,
     crop_to_box,
     fit_and_pad,

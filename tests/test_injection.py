@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from colorize.errors import InputError
 from colorize.injection import AttentionInjector
 from colorize.models.attention import BasicTransformerBlock, CrossAttention
 from colorize.models.injection import (
@@ -17,7 +18,7 @@ from colorize.models.injection import (
     injected_self_attention,
 )
 from colorize.pipeline import Colorizer, GenerationSettings
-from colorize.preprocess import InputError, prepare_reference, prepare_sketch
+from colorize.preprocess import prepare_reference, prepare_sketch
 from colorize.sampling.denoiser import COND, UNCOND_REF, UNCOND_SKETCH
 from tests.conftest import VERSIONS
 from tests.test_guidance_window import enhance_for, outline_sketch, reference

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from colorize import weights as w
-from colorize.checkpoint import CheckpointError
+from colorize.errors import CheckpointError
 from colorize.masks import (
     SAM_VARIANTS,
     SamWeightsError,
@@ -38,7 +38,6 @@ from colorize.masks import (
     sketch_foreground_mask,
 )
 from colorize.masks.sam import sam_input
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

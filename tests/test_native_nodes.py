@@ -13,12 +13,7 @@ import torch
 from colorize.config import ColorizerConfig
 from colorize.models.split_attention import SplitOptions
 from colorize.native import attend_heads, read_native_checkpoint
-from colorize.pipeline import (
-    GenerationSettings,
-    noise_schedule,
-    sampling_sigmas,
-    sketch_hints,
-)
+from colorize.pipeline import GenerationSettings, noise_schedule, sampling_sigmas, sketch_hints
 from colorize.tiny import CHECKPOINT_NAMES, write_tiny_weights
 from nodes import NODE_CLASS_MAPPINGS
 from nodes.native import NativeParts, reference_conditioning

@@ -18,13 +18,11 @@ from PIL import Image
 
 import colorize.weights as w
 import nodes
-from colorize.checkpoint import CheckpointError
 from colorize.config import TINY_MULT
+from colorize.errors import CheckpointError, InputError, WeightsMissingError
 from colorize.models.clip import ReferenceEncoder
 from colorize.pipeline import Colorizer, GenerationSettings
-from colorize.preprocess import InputError
 from colorize.tiny import write_tiny_weights
-from colorize.weights import WeightsMissingError
 from nodes import NODE_CLASS_MAPPINGS as M
 from nodes import NODE_DISPLAY_NAME_MAPPINGS as NAMES
 from nodes import models as node_models

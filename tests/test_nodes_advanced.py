@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
+from colorize.errors import InputError
 from colorize.pipeline import GenerationSettings
-from colorize.preprocess import InputError, content_box, prepare_reference
+from colorize.preprocess import content_box, prepare_reference
 from nodes import NODE_CLASS_MAPPINGS as M
 from tests.test_nodes import REFERENCE, SKETCH
 from tests.test_nodes_variants import CKPTS, CLIP, SIZE, encoder, models, tiny_dir  # noqa: F401

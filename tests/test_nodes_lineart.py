@@ -15,6 +15,7 @@ from _helpers import ProgressRecorder
 from torch import nn
 
 import colorize.weights as w
+from colorize.errors import InputError, WeightsMissingError
 from colorize.extractors import (
     MODEL_SPECS,
     NO_WEIGHT_METHODS,
@@ -22,8 +23,7 @@ from colorize.extractors import (
     extract_lines,
     load_line_extractor,
 )
-from colorize.preprocess import InputError
-from colorize.weights import WeightsMissingError, hub_url, manifest_entry
+from colorize.weights import hub_url, manifest_entry
 from nodes import NODE_CLASS_MAPPINGS as M
 from nodes import lineart as node_lineart
 from nodes import models as node_models

@@ -14,10 +14,10 @@ from safetensors.torch import load_file, save_file
 
 import colorize.weights as w
 from colorize.checkpoint import read_metadata
+from colorize.errors import InputError
 from colorize.loader import load_reference_encoder
 from colorize.manipulation import Edit, control_heatmap, local_manipulate
 from colorize.models.clip_convert import open_clip_to_hf
-from colorize.preprocess import InputError
 from colorize.tiny import write_tiny_weights
 from nodes import NODE_CLASS_MAPPINGS as M
 from nodes.manipulation import ControlHeatmap, TextEdit

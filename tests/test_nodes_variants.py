@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import colorize.weights as w
+from colorize.errors import InputError
 from colorize.masks import build_tiny_sam, sketch_foreground_mask
 from colorize.pipeline import Colorizer, GenerationSettings
-from colorize.preprocess import InputError, prepare_reference
+from colorize.preprocess import prepare_reference
 from colorize.tiny import write_tiny_weights
 from colorize.variants import EnhanceSettings
 from nodes import NODE_CLASS_MAPPINGS as M

@@ -10,8 +10,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from colorize.cli import main
+from colorize.errors import InputError
 from colorize.pipeline import Colorizer, GenerationSettings
-from colorize.preprocess import InputError
 from colorize.sampling import SAMPLERS
 from colorize.tiny import write_tiny_weights
 

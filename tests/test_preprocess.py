@@ -8,14 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from colorize.preprocess import (
-    InputError,
-    fit_and_pad,
-    load_image,
-    prepare_reference,
-    prepare_sketch,
-    target_size,
-)
+from colorize.errors import InputError
+from colorize.preprocess import fit_and_pad, load_image, prepare_reference, prepare_sketch, target_size
 
 
 def _lines_on_white(h: int = 100, w: int = 60) -> np.ndarray:

@@ -18,6 +18,7 @@ from colorize.benchmark.options import check
 from colorize.benchmark.tolerance import generate, precision_tolerance
 from colorize.cli import main
 from colorize.config import TINY_MULT
+from colorize.errors import InputError
 from colorize.models.vae import AutoencoderKL
 from colorize.models.vae_tiling import (
     VaeTiling,
@@ -30,7 +31,6 @@ from colorize.models.vae_tiling import (
 )
 from colorize.offload import SequentialOffload, enable_low_vram
 from colorize.pipeline import GenerationSettings
-from colorize.preprocess import InputError
 from colorize.speedups import (
     compile_module,
     eager,

@@ -12,6 +12,7 @@ from PIL import Image
 
 from colorize.checkpoint import read_checkpoint_info
 from colorize.cli import main
+from colorize.errors import InputError
 from colorize.loader import load_checkpoint_modules, load_reference_encoder
 from colorize.masks import build_tiny_sam, sketch_foreground_mask
 from colorize.models.recovery import ClusterTransformer
@@ -20,7 +21,7 @@ from colorize.models.unet import DualCondUNet
 from colorize.models.v2_config import default_warp_dim_head
 from colorize.models.v2_unet import V2UNet
 from colorize.pipeline import Colorizer, GenerationSettings
-from colorize.preprocess import InputError, prepare_sketch
+from colorize.preprocess import prepare_sketch
 from colorize.tiny import CHECKPOINT_NAMES, tiny_config, write_tiny_weights
 from colorize.variants import EnhanceSettings, SeededLatentEncoder, fit_sketch_mask
 

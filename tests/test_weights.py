@@ -10,7 +10,7 @@ import pytest
 
 from colorize import weights as w
 from colorize.checkpoint import PARAMETERIZATION
-from colorize.weights import WeightsMissingError
+from colorize.errors import WeightsMissingError
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASED = {"mult-eps-ft.safetensors", "mult-eps-newft.safetensors", "switch-eps.safetensors", "v2-full.safetensors"}

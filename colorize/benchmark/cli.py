@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from colorize.preprocess import InputError
+    from colorize.errors import InputError
 
     if not args.report.is_file():
         raise InputError(f"benchmark JSON not found: {args.report}")
@@ -144,9 +144,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     from colorize.benchmark.measure import bench_size
     from colorize.benchmark.report import environment
+    from colorize.errors import InputError
     from colorize.io import atomic_path
     from colorize.pipeline import GenerationSettings
-    from colorize.preprocess import InputError
 
     if args.json is not None and args.json.exists() and not args.overwrite:
         raise FileExistsError(f"{args.json} exists; pass --overwrite or choose another --json")

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from colorize.errors import InputError
 from colorize.models.vae_tiling import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -16,7 +17,6 @@ from colorize.models.vae_tiling import (
     VaeTiling,
     as_tiling,
 )
-from colorize.preprocess import InputError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GIB = float(1 << 30)

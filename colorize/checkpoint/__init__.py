@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from colorize.checkpoint.common import CheckpointError, TensorInfo, dtype_of, shape_of
+from colorize.checkpoint.common import TensorInfo, dtype_of, shape_of
 from colorize.checkpoint.files import (
     SUPPORTED_SUFFIXES,
     load_state_dict_file,
@@ -80,7 +80,6 @@ __all__ = [
     "COMPONENTS",
     "COMPONENT_PREFIXES",
     "CONFIG_METADATA_KEY",
-    "CheckpointError",
     "CheckpointInfo",
     "DEFAULT_OPTIONAL",
     "KeyMatch",

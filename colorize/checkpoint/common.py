@@ -7,10 +7,6 @@ from typing import Any
 import torch
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be used; the message says why and what to do."""
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     """Shape and dtype of one stored tensor (``dtype`` is e.g. ``"float16"``; None if unknown)."""

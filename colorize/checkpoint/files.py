@@ -10,7 +10,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from colorize.checkpoint.common import CheckpointError, TensorInfo, dtype_of
+from colorize.checkpoint.common import TensorInfo, dtype_of
+from colorize.errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -29,9 +30,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 def _missing_file_message(path: Path) -> str:
-    from colorize.weights import (
-        default_models_dir,  # lazy: weights imports nothing from here
-    )
+    from colorize.weights import default_models_dir
 
     return (
         f"checkpoint file not found: {path}. ColorizeDiffusion checkpoints are expected in "

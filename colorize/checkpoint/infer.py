@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 from typing import Any, Iterable, Mapping
 
-from colorize.checkpoint.common import CheckpointError, shape_of
+from colorize.checkpoint.common import shape_of
 from colorize.checkpoint.keys import (
     detect_version,
     parameterization_for,
@@ -19,6 +19,7 @@ from colorize.config import (
     UNetConfig,
     VAEConfig,
 )
+from colorize.errors import CheckpointError
 
 CONFIG_METADATA_KEY = "colorize_config"  # safetensors __metadata__ entry holding ColorizerConfig.to_dict() JSON
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from colorize.checkpoint.common import CheckpointError
 from colorize.config import (
     Parameterization,
     Version,
 )
+from colorize.errors import CheckpointError
 from colorize.schedule import BUFFER_NAMES
 
 # Component name -> key prefix (official-implementation.md §5.2). Order matters only for

@@ -8,8 +8,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from colorize.checkpoint.common import CheckpointError, shape_of
+from colorize.checkpoint.common import shape_of
 from colorize.checkpoint.keys import DEFAULT_OPTIONAL, PARAMETERIZATION
+from colorize.errors import CheckpointError
 
 _LAYOUT_DIR = Path(__file__).resolve().parent.parent / "layouts"
 

@@ -50,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_models(args: argparse.Namespace) -> tuple[Any, Any]:
     """(colorizer, FID feature extractor or None); every missing weights file is named in one error."""
+    from colorize.errors import InputError, WeightsMissingError
     from colorize.evaluate.inception import load_inception, resolve_inception
     from colorize.pipeline import Colorizer
-    from colorize.preprocess import InputError
-    from colorize.weights import WeightsMissingError, default_checkpoint_name, default_clip_name, resolve
+    from colorize.weights import default_checkpoint_name, default_clip_name, resolve
 
     paths, missing = [], []
     for name in (args.checkpoint or default_checkpoint_name(), args.clip or default_clip_name()):
@@ -98,9 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from colorize.errors import InputError
     from colorize.evaluate.protocol import evaluate, list_images, match_sketches
     from colorize.evaluate.report import OUTPUT_FILES, format_summary, write_report
-    from colorize.preprocess import InputError
     from colorize.progress import ProgressBar
 
     settings = EvalSettings(

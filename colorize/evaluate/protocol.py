@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from colorize.errors import InputError
 from colorize.evaluate.metrics import clip_similarity, fid_from_features, mean_finite, ms_ssim, psnr
 from colorize.evaluate.tps import DEFAULT_POINTS, DEFAULT_SIGMA, random_tps
-from colorize.extract import DEFAULT_SIGMA as SKETCH_SIGMA, DEFAULT_THRESHOLD, extract_sketch
-from colorize.preprocess import InputError, load_image
+from colorize.extract import DEFAULT_SIGMA as SKETCH_SIGMA
+from colorize.extract import DEFAULT_THRESHOLD, extract_sketch
+from colorize.preprocess import load_image
 
 PROTOCOLS = ("random", "tps")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

@@ -11,11 +11,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from colorize.errors import InputError
 from colorize.extractors.classic import high_pass, lineart_standard
 from colorize.extractors.filters import crop, pad_to_multiple, resize
 from colorize.extractors.polarity import InputPolarity, to_dark_on_light
 from colorize.extractors.registry import MODEL_SPECS, ModelSpec, canonical_method
-from colorize.preprocess import InputError, check_image
+from colorize.preprocess import check_image
 
 
 def working_size(height: int, width: int, resolution: int | None) -> tuple[int, int]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from colorize.checkpoint import CheckpointError, load_state_dict_file
+from colorize.checkpoint import load_state_dict_file
+from colorize.errors import CheckpointError
 from colorize.extractors.extractor import LineExtractor
 from colorize.extractors.registry import MODEL_SPECS, ModelSpec, canonical_method
 

@@ -13,7 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from colorize.preprocess import InputError, is_dark_on_light
+from colorize.errors import InputError
+from colorize.preprocess import is_dark_on_light
 
 InputPolarity = Literal["auto", "dark_on_light", "light_on_dark"]
 INPUT_POLARITIES: tuple[str, ...] = ("auto", "dark_on_light", "light_on_dark")

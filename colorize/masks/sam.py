@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
-from colorize.checkpoint import CheckpointError, compare_keys, load_state_dict_file
+from colorize.checkpoint import compare_keys, load_state_dict_file
+from colorize.errors import CheckpointError
 from colorize.masks.morphology import dilate
 
 if TYPE_CHECKING:

@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from colorize.checkpoint import (
-    COMPONENT_PREFIXES,
-    load_state_dict_file,
-)
+from colorize.checkpoint import COMPONENT_PREFIXES, load_state_dict_file
 from colorize.config import ColorizerConfig
 from colorize.loader import materialize, require_components
 from colorize.native.extras import NativeExtras, extras_state_dict, lora_shapes

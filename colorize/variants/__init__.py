@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
-from colorize.preprocess import InputError
+from colorize.errors import InputError
 from colorize.switch import sketch_mask_to_latent
 from colorize.variants import switch, v2
 from colorize.variants.inputs import (

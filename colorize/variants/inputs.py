@@ -11,8 +11,9 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from colorize.errors import InputError
 from colorize.masks import sketch_foreground_mask
-from colorize.preprocess import InputError, fit_and_pad
+from colorize.preprocess import fit_and_pad
 
 ASPECT_TOLERANCE = 0.02
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from colorize.preprocess import InputError
+from colorize.errors import InputError
 from colorize.switch import EnhanceMode
 from colorize.v2 import V2Settings
 

@@ -14,11 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
+from colorize.errors import InputError
 from colorize.loader import materialize, require_components
 from colorize.models.recovery import ClusterTransformer, ScalarEmbedder
 from colorize.models.split_attention import SwitchUNet
 from colorize.models.switch_config import FULL_SWITCH, SwitchConfig, infer_switch_config
-from colorize.preprocess import InputError
 from colorize.switch import background_only_reference, switch_context
 from colorize.variants.settings import EnhanceSettings
 

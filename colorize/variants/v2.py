@@ -16,11 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
+from colorize.errors import InputError
 from colorize.loader import materialize, require_components
 from colorize.models.unet_encoder import UNetEncoder, background_encoder, style_encoder
 from colorize.models.v2_config import V2Config, default_warp_dim_head, infer_v2_config
 from colorize.models.v2_unet import V2UNet
-from colorize.preprocess import InputError
 from colorize.v2 import v2_conditioning
 from colorize.variants.settings import EnhanceSettings
 
