@@ -28,7 +28,7 @@ from colorize.sampling import (
     GuidedDenoiser,
     sample_dpm_solver,
 )
-from colorize.schedule import DiscreteSchedule
+from colorize.sampling.noise_schedule import DiscreteSchedule
 from colorize.settings import MAX_SEED, GenerationSettings, reference_off, sampling_sigmas
 
 StepCallback = Callable[[dict[str, Any]], None]

@@ -20,9 +20,8 @@ from colorize.models.strength import (
     level_reference_scales,
 )
 from colorize.sampling import SAMPLERS, SCHEDULERS
-from colorize.sampling.dpm_solver import leading_timesteps
-from colorize.sampling.schedules import ddim_timesteps, timestep_sigmas
-from colorize.schedule import DiscreteSchedule
+from colorize.sampling.noise_schedule import DiscreteSchedule
+from colorize.sampling.sigmas import ddim_timesteps, leading_timesteps, timestep_sigmas
 
 SCHEDULER_CHOICES = ("auto", "leading", *SCHEDULERS)
 # "auto": each sampler's own default, as the official app's "Automatic" (k-diffusion / diffusers).

@@ -22,9 +22,8 @@ from colorize.sampling import (
     combine_guidance,
     guidance_rows,
 )
-from colorize.sampling.dpm_solver import leading_timesteps
-from colorize.sampling.schedules import ddim_timesteps, timestep_sigmas
-from colorize.schedule import DiscreteSchedule
+from colorize.sampling.noise_schedule import DiscreteSchedule
+from colorize.sampling.sigmas import ddim_timesteps, leading_timesteps, timestep_sigmas
 from colorize.settings import GenerationSettings, reference_off
 
 from .native_runtime import SKETCH_UNCOND_KEY

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from colorize.config import ColorizerConfig
-from colorize.schedule import DiscreteSchedule
+from colorize.sampling.noise_schedule import DiscreteSchedule
 
 from .host import ManagedModule
 

@@ -19,8 +19,8 @@ from colorize.sampling import (
     sample_dpm_solver,
 )
 from colorize.sampling.denoiser import COND, UNCOND_REF, UNCOND_SKETCH
+from colorize.sampling.noise_schedule import DiscreteSchedule
 from colorize.sampling.samplers import sample_ddim, sample_euler
-from colorize.schedule import DiscreteSchedule
 
 SCHED = DiscreteSchedule.from_config()
 

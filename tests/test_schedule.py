@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from colorize.config import ScheduleConfig
-from colorize.schedule import BUFFER_NAMES, DiscreteSchedule, ddpm_buffers, scaled_linear_betas
+from colorize.sampling.noise_schedule import BUFFER_NAMES, DiscreteSchedule, ddpm_buffers, scaled_linear_betas
 
 
 def test_buffers_match_official_fixture(fixture_dir: Path) -> None:

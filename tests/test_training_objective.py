@@ -19,7 +19,7 @@ from training.objective import (
 
 
 def reference_alphas_cumprod() -> torch.Tensor:
-    """SD2.1 scaled-linear ᾱ_t computed here from the definition (float64), independent of colorize.schedule."""
+    """SD2.1 scaled-linear ᾱ_t computed here from the definition (float64), independent of colorize.sampling.noise_schedule."""
     betas = [(math.sqrt(0.00085) + (math.sqrt(0.012) - math.sqrt(0.00085)) * i / 999) ** 2 for i in range(1000)]
     acp, out = 1.0, []
     for b in betas:
@@ -30,7 +30,7 @@ def reference_alphas_cumprod() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def table() -> ScheduleTable:
-    from colorize.schedule import ddpm_buffers
+    from colorize.sampling.noise_schedule import ddpm_buffers
 
     return ScheduleTable(ddpm_buffers()["alphas_cumprod"])
 

@@ -269,7 +269,7 @@ def test_full_size_export_has_the_released_layout(layout_dir: Path) -> None:
     from colorize.models.sketch_encoder import SketchEncoder
     from colorize.models.unet import DualCondUNet
     from colorize.models.vae import AutoencoderKL
-    from colorize.schedule import BUFFER_NAMES
+    from colorize.sampling.noise_schedule import BUFFER_NAMES
     from training.export import released_layout
     from training.model import Denoiser
 

@@ -145,7 +145,7 @@ def test_full_size_export_has_the_released_layout(layout_dir: Path) -> None:
     from colorize.models.unet_encoder import background_encoder, style_encoder
     from colorize.models.v2_unet import V2UNet
     from colorize.models.vae import AutoencoderKL
-    from colorize.schedule import BUFFER_NAMES
+    from colorize.sampling.noise_schedule import BUFFER_NAMES
     from training.export import released_layout
     from training.v2_model import V2Denoiser
 

@@ -38,8 +38,8 @@ from colorize.models.warp import (
 from colorize.parity.core import load_fixture, run_fixture
 from colorize.parity.kinds.v2_unet import warp_dim_head
 from colorize.sampling import UNCOND_REF, GuidedDenoiser
+from colorize.sampling.noise_schedule import DiscreteSchedule
 from colorize.sampling.samplers import sample_euler
-from colorize.schedule import DiscreteSchedule
 from colorize.v2 import V2Conditioning, V2Settings, background_image, v2_conditioning
 
 UNET = "model.diffusion_model."

@@ -58,7 +58,7 @@ def run_config(batch: int, res: int, steps: int, warmup: int, checkpointing: boo
     build_s = time.perf_counter() - t0
     opt = torch.optim.AdamW(params, lr=1e-5, fused=cuda)
     objective = ObjectiveConfig(noisy_reference=True, reference_drop=0.1)
-    from colorize.schedule import ddpm_buffers
+    from colorize.sampling.noise_schedule import ddpm_buffers
 
     table = ScheduleTable(ddpm_buffers()["alphas_cumprod"])
     data = synthetic_batch(mods, batch, res, objective, device)

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from colorize.schedule import ddpm_buffers
+from colorize.sampling.noise_schedule import ddpm_buffers
 from colorize.switch import background_only_reference, sketch_mask_to_latent
 from training import checkpoint as ckpt
 from training.batches import BatchPlan, ItemSpec, PlanSampler, TripletDataset, collate

@@ -13,7 +13,7 @@ from torch import Tensor
 from colorize.io import atomic_path
 from colorize.pipeline import GenerationSettings, make_conditioning, reference_tokens, sample_latent, sketch_hints
 from colorize.preprocess import tensor_to_pil
-from colorize.schedule import DiscreteSchedule
+from colorize.sampling.noise_schedule import DiscreteSchedule
 from training.model import TrainModules
 
 

@@ -96,7 +96,7 @@ def draw_thresholds(gen: torch.Generator, cfg: ObjectiveConfig) -> dict[str, Ten
 
 
 class ScheduleTable:
-    """√ᾱ_t and √(1-ᾱ_t) as float32 tables (``colorize.schedule.ddpm_buffers``), moved to the data's device."""
+    """√ᾱ_t and √(1-ᾱ_t) as float32 tables (``colorize.sampling.noise_schedule.ddpm_buffers``), moved to the data's device."""
 
     def __init__(self, alphas_cumprod: Tensor) -> None:
         acp = alphas_cumprod.double()

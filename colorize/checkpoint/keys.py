@@ -8,7 +8,7 @@ from colorize.config import (
     Version,
 )
 from colorize.errors import CheckpointError
-from colorize.schedule import BUFFER_NAMES
+from colorize.sampling.noise_schedule import BUFFER_NAMES
 
 # Component name -> key prefix (official-implementation.md §5.2). Order matters only for
 # readability; no prefix is a prefix of another one.

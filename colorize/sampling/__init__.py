@@ -27,9 +27,9 @@ from colorize.sampling.denoiser import (
     scalings,
     to_denoised,
 )
-from colorize.sampling.dpm_solver import dpm_solver_schedule, leading_timesteps, sample_dpm_solver
+from colorize.sampling.dpm_solver import dpm_solver_schedule, sample_dpm_solver
 from colorize.sampling.samplers import SAMPLERS
-from colorize.sampling.schedules import exponential, karras, karras_sigmas, uniform_sigmas
+from colorize.sampling.sigmas import exponential, karras, karras_sigmas, leading_timesteps, uniform_sigmas
 
 SCHEDULERS: dict[str, Callable[..., Tensor]] = {
     "karras": karras,
@@ -39,17 +39,21 @@ SCHEDULERS: dict[str, Callable[..., Tensor]] = {
 
 __all__ = [
     "COND",
+    "DiscreteSchedule",
     "GuidedDenoiser",
     "SAMPLERS",
     "SCHEDULERS",
     "UNCOND_REF",
     "UNCOND_SKETCH",
     "combine_guidance",
+    "ddim_timesteps",
+    "ddpm_buffers",
     "dpm_solver_schedule",
     "guidance_rows",
     "karras_sigmas",
     "leading_timesteps",
     "sample_dpm_solver",
     "scalings",
+    "timestep_sigmas",
     "to_denoised",
 ]

@@ -30,7 +30,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from colorize.schedule import DiscreteSchedule
+from colorize.sampling.noise_schedule import DiscreteSchedule
 
 Parameterization = Literal["eps", "v"]
 RowModel = Callable[[Tensor, Tensor, tuple[str, ...]], Tensor]

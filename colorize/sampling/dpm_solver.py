@@ -22,17 +22,10 @@ from torch import Tensor
 
 from colorize.config import ScheduleConfig
 from colorize.sampling.denoiser import Parameterization
+from colorize.sampling.sigmas import leading_timesteps
 
 OutputFn = Callable[[Tensor, Tensor], Tensor]
 
-
-def leading_timesteps(steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1) -> Tensor:
-    """The "leading" spacing: multiples of ``T // (steps + 1)``, highest first, without 0, shifted by the offset.
-
-    For 6 steps of 1000: 853, 711, 569, 427, 285, 143.
-    """
-    ratio = num_train_timesteps // (steps + 1)
-    return torch.arange(steps, 0, -1, dtype=torch.int64) * ratio + steps_offset
 
 
 def float32_sigmas(cfg: ScheduleConfig = ScheduleConfig()) -> Tensor:
@@ -105,4 +98,4 @@ def sample_dpm_solver(
     return z
 
 
-__all__ = ["dpm_solver_schedule", "float32_sigmas", "leading_timesteps", "sample_dpm_solver"]
+__all__ = ["dpm_solver_schedule", "float32_sigmas", "sample_dpm_solver"]

@@ -173,7 +173,7 @@ def sample_dpmpp_2m_sde(
     return x
 
 
-def sample_dpm_solver(
+def sample_dpm_solver_on_sigmas(
     model: Denoiser,
     x: Tensor,
     sigmas: Tensor,
@@ -195,14 +195,14 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "ddim": sample_ddim,
-    "dpm_solver": sample_dpm_solver,
+    "dpm_solver": sample_dpm_solver_on_sigmas,
 }
 
 __all__ = [
     "SAMPLERS",
     "ancestral_step",
     "sample_ddim",
-    "sample_dpm_solver",
+    "sample_dpm_solver_on_sigmas",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_euler",

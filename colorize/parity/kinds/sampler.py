@@ -13,7 +13,7 @@ from colorize.models import unet
 from colorize.parity.core import Fixture, register
 from colorize.sampling import SAMPLERS, SCHEDULERS, GuidedDenoiser, dpm_solver_schedule, sample_dpm_solver
 from colorize.sampling.denoiser import COND, UNCOND_REF, UNCOND_SKETCH
-from colorize.schedule import DiscreteSchedule
+from colorize.sampling.noise_schedule import DiscreteSchedule
 
 _K_SAMPLERS = {"Euler": "euler", "DPM++ 2M": "dpmpp_2m"}
 _K_SCHEDULERS = {"Karras": "karras"}

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from colorize.schedule import DiscreteSchedule
+from colorize.sampling.noise_schedule import DiscreteSchedule
 
 
 def _append_zero(sigmas: Tensor) -> Tensor:
@@ -47,6 +47,14 @@ def ddim_timesteps(n: int, num_train_timesteps: int = 1000, steps_offset: int = 
     ratio = num_train_timesteps // n
     return torch.arange(n - 1, -1, -1, dtype=torch.int64) * ratio + steps_offset
 
+def leading_timesteps(steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1) -> Tensor:
+    """The "leading" spacing: multiples of ``T // (steps + 1)``, highest first, without 0, shifted by the offset.
+
+    For 6 steps of 1000: 853, 711, 569, 427, 285, 143.
+    """
+    ratio = num_train_timesteps // (steps + 1)
+    return torch.arange(steps, 0, -1, dtype=torch.int64) * ratio + steps_offset
+
 
 def timestep_sigmas(timesteps: Tensor, schedule: DiscreteSchedule, device: torch.device | str = "cpu") -> Tensor:
     """Sigmas at the given (integer) timesteps, then a final 0."""
@@ -65,6 +73,7 @@ def exponential(n: int, schedule: DiscreteSchedule, device: torch.device | str =
 
 __all__ = [
     "ddim_timesteps",
+    "leading_timesteps",
     "timestep_sigmas",
     "exponential",
     "exponential_sigmas",
