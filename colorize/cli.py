@@ -133,7 +133,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not settings.crop_result:  # the mask is in the sketch's frame: fit it like the sketch
             result_mask = fit_sketch_mask(result_mask, tuple(sketch.shape[-2:]), tuple(image.shape[-2:]))
         image = remove_background(image, result_mask, args.reference_mask_threshold)
-    from colorize.io import atomic_path
+    from colorize.atomic import atomic_path
 
     with atomic_path(args.out, overwrite=args.overwrite) as tmp:
         tensor_to_pil(image)[0].save(tmp, format="PNG")
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--versions", nargs="+", choices=("mult", "switch", "v2"), default=["mult", "switch", "v2"],
                       help="checkpoints to write (default: all; the CLIP file is always written)")
     if argv and argv[0] == "inspect":
-        from colorize.inspect import main as inspect_main
+        from colorize.checkpoint.report import main as inspect_main
 
         return inspect_main(argv[1:])
     if argv and argv[0] == "download":

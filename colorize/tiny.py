@@ -23,9 +23,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from colorize.atomic import safetensors_metadata, save_safetensors_atomic
 from colorize.checkpoint import COMPONENT_PREFIXES, CONFIG_METADATA_KEY
 from colorize.config import TINY_MULT, ColorizerConfig
-from colorize.io import safetensors_metadata, save_safetensors_atomic
 
 TINY_METADATA_KEY = "colorize_tiny"
 VERSIONS: tuple[str, ...] = ("mult", "switch", "v2")

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from colorize import checkpoint as ck
+from colorize.checkpoint.report import format_report, inspect_path
+from colorize.checkpoint.report import main as inspect_main
 from colorize.config import FULL_MULT, TINY_MULT, replace
 from colorize.errors import CheckpointError
-from colorize.inspect import format_report, inspect_path
-from colorize.inspect import main as inspect_main
 
 VERSIONS = ("mult", "switch", "v2")
 

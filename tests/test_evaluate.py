@@ -27,7 +27,7 @@ from colorize.evaluate.metrics import (
 from colorize.evaluate.protocol import EvalSettings, derangement, evaluate, load_square
 from colorize.evaluate.report import write_report
 from colorize.evaluate.tps import identity_grid, random_tps, tps_warp
-from colorize.extract import extract_sketch
+from colorize.extractors.classic import high_pass
 
 C1, C2 = 0.01**2, 0.03**2
 
@@ -181,15 +181,15 @@ def test_random_tps_shifts_stay_within_a_few_sigma() -> None:
 # ------------------------------------------------------------------------------------------ sketches, pairing
 
 
-def test_extract_sketch_draws_dark_lines_on_white() -> None:
+def test_high_pass_draws_dark_lines_on_white() -> None:
     img = torch.full((1, 3, 96, 96), 0.9)
     img[..., 10:12, 5:90] = 0.1  # a dark horizontal stroke
     img[..., 30:90, 30:90] = torch.tensor([0.9, 0.2, 0.2]).view(1, 3, 1, 1)  # a flat red patch
-    s = extract_sketch(img)
+    s = high_pass(img)
     assert s.shape == (1, 3, 96, 96) and s.min() >= 0 and s.max() <= 1
     assert s[0, 0, 10, 40] < 0.2 and s[0, 0, 50, 10] == 1.0  # the stroke is a line, the paper stays white
     assert s[0, 0, 31, 60] < 0.9 and s[0, 0, 60, 60] == 1.0  # the patch gets an outline, its inside no lines
-    assert torch.equal(extract_sketch(torch.full((2, 3, 16, 16), 0.4)), torch.ones(2, 3, 16, 16))
+    assert torch.equal(high_pass(torch.full((2, 3, 16, 16), 0.4)), torch.ones(2, 3, 16, 16))
 
 
 def test_derangement_has_no_fixed_point() -> None:

@@ -10,13 +10,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from colorize.errors import CheckpointError, InputError, WeightsMissingError
-from colorize.extract import extract_sketch
 from colorize.extractors import (
     MODEL_SPECS,
     LineExtractor,
     LineExtractorWeightsError,
     extract_lines,
-    high_pass,
     lineart_standard,
     load_line_extractor,
     looks_inverted,
@@ -90,10 +88,6 @@ def test_no_weight_extractor_on_colour_image(method: str) -> None:
     assert torch.all(o[far_from(outline, 6)] >= 0.99)
 
 
-def test_extract_sketch_is_the_high_pass_extractor() -> None:
-    img, _ = drawing()
-    assert torch.equal(extract_sketch(img), high_pass(img))
-    assert torch.equal(extract_sketch(img, sigma=2.0, threshold=0.3), extract_lines(img, "high_pass", sigma=2.0, threshold=0.3))
 
 
 def _lineart_standard_numpy(img: np.ndarray, sigma: float = 6.0) -> np.ndarray:

@@ -298,7 +298,7 @@ def test_mixed_precision_keeps_fp32_master_weights(assets: dict[str, Path], tmp_
 
 
 def test_v_prediction_export_records_its_parameterization(assets: dict[str, Path], tmp_path: Path) -> None:
-    from colorize.io import safetensors_metadata
+    from colorize.atomic import safetensors_metadata
 
     tr = make_trainer(small_config(assets, tmp_path, objective={"prediction": "v"},
                                    run={"max_steps": 1, "export": True}))

@@ -1,5 +1,5 @@
 """Resumable training state: model, optimiser, scheduler, grad scaler, EMA, RNG states and data position,
-one ``.pt`` file per save, written atomically (``colorize.io.atomic_path``) and read back with
+one ``.pt`` file per save, written atomically (``colorize.atomic.atomic_path``) and read back with
 ``torch.load(weights_only=True)`` (only tensors and plain Python values are stored).
 
 The data position is the global step (``training.batches``: every sample is a function of the step), stored
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from colorize.io import atomic_path
+from colorize.atomic import atomic_path
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step_(\d{8})\.pt$")

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from colorize.atomic import save_safetensors_atomic
 from colorize.checkpoint import COMPONENT_PREFIXES, CONFIG_METADATA_KEY
 from colorize.config import ColorizerConfig
-from colorize.io import save_safetensors_atomic
 
 TRAINING_METADATA_KEY = "colorize_training"
 PREFIXES = {name: COMPONENT_PREFIXES[name] for name in

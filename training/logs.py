@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from colorize.io import atomic_path
+from colorize.atomic import atomic_path
 from colorize.pipeline import GenerationSettings, make_conditioning, reference_tokens, sample_latent, sketch_hints
 from colorize.preprocess import tensor_to_pil
 from colorize.sampling.noise_schedule import DiscreteSchedule

@@ -2,7 +2,7 @@
 
 ``python -m training.prepare --images DIR --out ROOT [--layout folders|zip] [--shard-size 1000] [--masks]``
 
-* sketches: ``colorize.extract.extract_sketch`` (high-pass line extractor, no network; thesis §3.2 uses
+* sketches: ``colorize.extractors.high_pass`` (high-pass line extractor, no network; thesis §3.2 uses
   SketchKeras / Anime2Sketch ensembles — extract with those elsewhere and drop the files into ``sketch/`` for
   better data);
 * masks (``--masks``): the no-weight silhouette of the extracted sketch (``colorize.masks.sketch_foreground_mask``),
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from colorize.extract import DEFAULT_SIGMA, DEFAULT_THRESHOLD, extract_sketch
-from colorize.io import atomic_path
+from colorize.atomic import atomic_path
+from colorize.extractors.classic import DEFAULT_SIGMA, DEFAULT_THRESHOLD, high_pass
 from colorize.preprocess import load_image
 from training.data import IMAGE_EXTS
 
@@ -50,7 +50,7 @@ def _gray_png(x01: torch.Tensor) -> bytes:
 def process(path: Path, sigma: float, threshold: float, masks: bool) -> tuple[bytes, bytes | None, int]:
     """One colour image → (sketch PNG, mask PNG or None, short edge)."""
     image = load_image(path)
-    sketch = extract_sketch(image, sigma=sigma, threshold=threshold)
+    sketch = high_pass(image, sigma=sigma, threshold=threshold)
     mask_png = None
     if masks:
         from colorize.masks import sketch_foreground_mask

@@ -142,10 +142,10 @@ def _report(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
+    from colorize.atomic import atomic_path
     from colorize.benchmark.measure import bench_size
     from colorize.benchmark.report import environment
     from colorize.errors import InputError
-    from colorize.io import atomic_path
     from colorize.pipeline import GenerationSettings
 
     if args.json is not None and args.json.exists() and not args.overwrite:

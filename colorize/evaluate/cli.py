@@ -78,7 +78,7 @@ def load_models(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _saver(out: Path, overwrite: bool) -> Any:
-    from colorize.io import atomic_path
+    from colorize.atomic import atomic_path
     from colorize.preprocess import tensor_to_pil
 
     def save(protocol: str, stem: str, image01: Any) -> None:

@@ -5,7 +5,7 @@
 * ``tps`` (‡): every sketch is colorized with its own ground truth, TPS-deformed, as reference; PSNR,
   MS-SSIM and CLIP similarity between each result and its ground truth.
 
-Sketches are extracted with :func:`colorize.extract.extract_sketch` unless a folder of sketches with
+Sketches are extracted with :func:`colorize.extractors.high_pass` unless a folder of sketches with
 the same file stems is given. Ground truths (and given sketches) are centre-cropped to a square and
 resized to ``size``² (bicubic, antialiased). Images stream through in batches: only Inception features,
 per-image scores and the few contact-sheet rows are kept, so the folder can be large.
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from colorize.errors import InputError
 from colorize.evaluate.metrics import clip_similarity, fid_from_features, mean_finite, ms_ssim, psnr
 from colorize.evaluate.tps import DEFAULT_POINTS, DEFAULT_SIGMA, random_tps
-from colorize.extract import DEFAULT_SIGMA as SKETCH_SIGMA
-from colorize.extract import DEFAULT_THRESHOLD, extract_sketch
+from colorize.extractors.classic import DEFAULT_SIGMA as SKETCH_SIGMA
+from colorize.extractors.classic import DEFAULT_THRESHOLD, high_pass
 from colorize.preprocess import load_image
 
 PROTOCOLS = ("random", "tps")
@@ -176,7 +176,7 @@ def evaluate(
         idx = list(range(start, min(n, start + settings.batch_size)))
         gt = torch.cat([load_square(images[i], settings.size) for i in idx])
         sk = (torch.cat([load_square(sketches[i], settings.size) for i in idx]) if sketches is not None
-              else extract_sketch(gt))
+              else high_pass(gt))
         gen = settings.generation(settings.seed + start)
         cols: dict[str, Tensor] = {"ground truth": gt, "sketch": sk}
         batch_rows = [{"name": images[i].name} for i in idx]
@@ -234,7 +234,7 @@ def _summary(settings: EvalSettings, n: int, rows: list[dict[str, Any]], real: l
         **{k: v for k, v in dataclasses.asdict(settings).items() if k not in ("sheet_rows", "batch_size")},
         "protocols": list(settings.protocols),
         "batch_size": settings.batch_size,
-        "sketches": "given" if given_sketches else f"extracted (colorize.extract, sigma={SKETCH_SIGMA}, threshold={DEFAULT_THRESHOLD})",
+        "sketches": "given" if given_sketches else f"extracted (high_pass, sigma={SKETCH_SIGMA}, threshold={DEFAULT_THRESHOLD})",
     }
     if "random" in settings.protocols:
         s["fid"] = fid_from_features(torch.cat(fake), torch.cat(real)) if real else None

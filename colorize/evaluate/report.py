@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import torch
 from PIL import Image, ImageDraw
 
+from colorize.atomic import atomic_path
 from colorize.evaluate.protocol import EvalResult
-from colorize.io import atomic_path
 
 SUMMARY_COLUMNS = ("images", "size", "steps", "sampler", "scheduler", "reference_cfg", "sketch_cfg", "seed",
                    "fid", "psnr", "ms_ssim", "clip_similarity")

@@ -1,4 +1,4 @@
-"""Atomic file writes: a file appears under its final name complete, or not at all."""
+"""Atomic file writes: a file appears under its final name complete, or not at all (downloads, exports, images)."""
 from __future__ import annotations
 
 import contextlib
