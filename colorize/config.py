@@ -1,15 +1,16 @@
-"""Model configurations as data (open_clip style): full-size presets and tiny test presets.
+"""Model configurations as data (open_clip style): the shared SD2.1 sub-module configs, full-size and tiny presets.
 
-Every number here is either the released SD2.1-based ColorizeDiffusion configuration
-(thesis ch. 5; official ``configs/inference/*.yaml``) or a tiny variant that keeps the same
-topology for tests and fixtures.
+Every number here is either the released SD2.1-based ColorizeDiffusion configuration (thesis ch. 5; official
+``configs/inference/*.yaml`` at commit ``c9bd9fb``) or a tiny variant that keeps the same topology for tests and
+fixtures. What only one model family has is configured in the family's folder (``colorize/families/``).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-Version = Literal["mult", "switch", "v2"]
+#: The name of a model family in the registry (``colorize.families.FAMILIES``): ``mult``, ``switch``, ``v2``.
+Version = str
 Parameterization = Literal["eps", "v"]
 
 
@@ -83,11 +84,13 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class ColorizerConfig:
-    """A whole colorizer: which version, parameterisation and sub-module sizes.
+    """A whole colorizer: its family (``version``: the registry name, as the official file prefixes),
+    parameterisation and sub-module sizes.
 
-    ``extras`` holds version-specific settings that tensor shapes cannot show (absent = the released
-    value): ``transformer_dim_head`` (v1.5 recovery-transformer head width, 64) and ``warp_dim_head``
-    (v2 warp-module head width, 64). Everything else about the v1.5/v2 modules is read from shapes.
+    ``extras`` holds family-specific settings that tensor shapes cannot show, recorded by our own exports (absent
+    = the released value): ``transformer_dim_head`` (v1.5 recovery-transformer attention head width, 64) and
+    ``warp_dim_head`` (v2 warp-module head width, 64). Everything else about a family's modules is read from
+    shapes.
     """
 
     version: Version = "mult"

@@ -3,12 +3,15 @@
 Thesis §5.3: the reference's 256 CLIP patch tokens are read by every cross-attention, the sketch encoder's five
 hints are added to the U-Net features (Eq. 5.1) and sampling uses dual classifier-free guidance over the reference
 and the sketch. Everything reference- or sketch-derived is computed once per generation (:class:`Conditioning`)
-and reused at every step; v1.5/v2 add per-generation U-Net arguments (``unet_kwargs``), attention injection its
-reference latent (``injection``). :class:`colorize.pipeline.Colorizer` strings these together.
+and reused at every step; a family's foreground/background separation (:func:`separation_inputs`) adds its
+context, cross-attention processor and U-Net arguments, attention injection its reference latent
+(``injection``). Every U-Net call gets the generation's attention extensions as one
+:class:`~colorize.models.attention.AttentionPatches` (reference strengths, processors).
+:class:`colorize.pipeline.Colorizer` strings these steps together.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -16,7 +19,16 @@ from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
 from colorize.errors import InputError
+from colorize.families import SeparationInputs, UNetInputs, get_family
 from colorize.injection import AttentionInjector, InjectionInputs
+from colorize.masks.inputs import (
+    check_mask,
+    fit_sketch_mask,
+    reference_mask_or_fallback,
+    sketch_mask_from_prepared,
+    sketch_mask_to_latent,
+)
+from colorize.models.attention import AttentionPatches, Processor
 from colorize.models.vae_tiling import TilingMode
 from colorize.models.vae_tiling import decode as decode_maybe_tiled
 from colorize.preprocess import blank_sketch, check_image
@@ -25,29 +37,32 @@ from colorize.sampling import (
     SAMPLERS,
     UNCOND_REF,
     UNCOND_SKETCH,
+    DiscreteSchedule,
     GuidedDenoiser,
     sample_dpm_solver,
+    sampler_sigmas,
 )
-from colorize.sampling.noise_schedule import DiscreteSchedule
-from colorize.settings import MAX_SEED, GenerationSettings, reference_off, sampling_sigmas
+from colorize.settings import MAX_SEED, EnhanceSettings, GenerationSettings, reference_off
 
+Encoder = Callable[[Tensor], Tensor]
 StepCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
 class Conditioning:
-    """Per-generation inputs of the U-Net: reference tokens and sketch hints (cond and all -1 sketch).
+    """Per-generation inputs of the U-Net: the context and sketch hints (cond and all -1 sketch).
 
-    ``unet_kwargs``: extra per-call U-Net arguments of v1.5/v2 (``split``, ``hs_bg``, ``style``; see
-    :func:`colorize.variants.separation_inputs`), the same for every CFG row (their per-image tensors are
-    tiled over the rows by the U-Net; the reference-unconditional rows get a zero context, as the official
-    app). ``injection``: the reference latent (and hints) of attention injection, when asked for.
-    ``dataclasses.replace`` gives a fresh row cache.
+    ``cross_attention`` and ``unet_kwargs``: a family's cross-attention processor and other U-Net arguments
+    (v1.5/v2 split attention; v2 ``hs_bg``, ``style``, warp mask: :func:`separation_inputs`), the same for every
+    CFG row (their per-image tensors are tiled over the rows; the reference-unconditional rows get a zero context,
+    as the official app). ``injection``: the reference latent (and hints) of attention injection, when asked
+    for. ``dataclasses.replace`` gives a fresh row cache.
     """
 
     context: Tensor
     hints: list[Tensor]
     hints_uncond: list[Tensor]
+    cross_attention: Processor | None = None
     unet_kwargs: dict[str, Any] = field(default_factory=dict)
     injection: InjectionInputs | None = None
     _stacked: dict[tuple[str, ...], tuple[Tensor, list[Tensor]]] = field(
@@ -118,17 +133,74 @@ def sketch_hints(sketch_encoder: nn.Module, sketch: Tensor, strength: float = 1.
 
 
 def make_conditioning(
-    tokens: Tensor, hints: Sequence[Tensor], hints_uncond: Sequence[Tensor], dtype: torch.dtype,
-    device: torch.device | None = None, unet_kwargs: Mapping[str, Any] | None = None,
+    tokens: Tensor | UNetInputs, hints: Sequence[Tensor], hints_uncond: Sequence[Tensor], dtype: torch.dtype,
+    device: torch.device | None = None,
 ) -> Conditioning:
-    """Pair reference tokens (or a v1.5/v2 context) with sketch hints (a batch of 1 is repeated to the other's
-    batch size); ``unet_kwargs`` are passed to every U-Net call (v1.5/v2 split options, background, style)."""
-    b = max(tokens.shape[0], hints[0].shape[0])
+    """Pair reference tokens, or a family's :class:`~colorize.families.UNetInputs` (v1.5/v2 separation: context,
+    cross-attention processor, U-Net arguments), with sketch hints (a batch of 1 is repeated to the other's
+    batch size)."""
+    inputs = tokens if isinstance(tokens, UNetInputs) else UNetInputs(tokens)
+    b = max(inputs.context.shape[0], hints[0].shape[0])
     move = (lambda t: t.to(device)) if device is not None else (lambda t: t)
-    tokens = move(_repeat_to(tokens, b, "reference"))
+    context = move(_repeat_to(inputs.context, b, "reference"))
     hints = [move(_repeat_to(h, b, "sketch")) for h in hints]
     hints_uncond = [move(_repeat_to(h, b, "sketch")) for h in hints_uncond]
-    return Conditioning(tokens.to(dtype), hints, hints_uncond, dict(unet_kwargs or {}))
+    return Conditioning(context.to(dtype), hints, hints_uncond, inputs.cross_attention, dict(inputs.kwargs))
+
+
+@torch.no_grad()
+def separation_inputs(
+    config: ColorizerConfig,
+    extras: Mapping[str, nn.Module],
+    enhance: EnhanceSettings | None,
+    *,
+    tokens: Tensor,
+    reference: Tensor,
+    sketch: Tensor,
+    sketch_hw: tuple[int, int],
+    encode_tokens: Encoder,
+    encode_latent: Encoder,
+    sketch_mask: Tensor | None = None,
+    reference_mask: Tensor | None = None,
+    background: Tensor | None = None,
+    background_mask: Tensor | None = None,
+) -> UNetInputs:
+    """The U-Net inputs of one generation: the plain reference tokens without enhancement, else the family's
+    foreground/background separation (``Family.separation``: v1.5 / v2).
+
+    tokens: CLIP local tokens of the reference; reference / background: images in [-1, 1] at their own size;
+    sketch: the prepared sketch (lines +1) at the output size; sketch_hw: the user sketch's size (the frame of
+    ``sketch_mask``). Masks are ``(B, H, W)`` in [0, 1] in their image's frame. Without ``sketch_mask`` it is
+    computed from the line art (:func:`colorize.masks.sketch_foreground_mask`); without ``reference_mask`` (and
+    no background image) background enhance warns and treats the whole reference as foreground.
+    """
+    enhance = enhance or EnhanceSettings()
+    enhance.validate()
+    family = get_family(config.version)
+    family.check_enhance(enhance)
+    given = {"sketch_mask": sketch_mask, "reference_mask": reference_mask, "background": background,
+             "background_mask": background_mask}
+    if not enhance.active:
+        unused = [k for k, v in given.items() if v is not None]
+        if unused:
+            raise InputError(f"{', '.join(unused)} given but no enhancement is on: enable background, "
+                             "foreground or style enhance (v1.5/v2 checkpoints) to use them")
+        return UNetInputs(tokens)
+    device, size = tokens.device, (int(sketch.shape[-2]), int(sketch.shape[-1]))
+    latent_mask = None
+    if enhance.masked:
+        pixel = fit_sketch_mask(sketch_mask, sketch_hw, size) if sketch_mask is not None \
+            else sketch_mask_from_prepared(sketch)
+        latent_mask = sketch_mask_to_latent(pixel.to(device), config.vae.downsample_factor)
+    if enhance.background_enhance and background is None:
+        reference_mask = reference_mask_or_fallback(reference_mask, reference)
+    elif reference_mask is not None:
+        reference_mask = check_mask(reference_mask, "reference mask").to(device)
+    if background_mask is not None:
+        background_mask = check_mask(background_mask, "background mask").to(device)
+    inputs = SeparationInputs(tokens, reference, size, encode_tokens, encode_latent, latent_mask, reference_mask,
+                              background, background_mask)
+    return family.separation(extras, enhance, inputs)
 
 
 def initial_noise(config: ColorizerConfig, batch: int, size: tuple[int, int], seed: int, device: torch.device) -> Tensor:
@@ -171,9 +243,12 @@ def sample_latent(
     window = settings.guidance_window_active
     last_t = config.schedule.timesteps - 1
     injector = _injector(unet, schedule, cond, settings)
+    patches = AttentionPatches(cross_attention=cond.cross_attention, reference_scales=scales)
 
-    def call(x: Tensor, t: Tensor, context: Tensor, hints: list[Tensor] | None) -> Tensor:
-        return unet(x, t, context, hints, scales, **cond.unet_kwargs)
+    def call(x: Tensor, t: Tensor, context: Tensor, hints: list[Tensor] | None,
+             self_attention: Processor | None = None) -> Tensor:
+        attention = patches if self_attention is None else replace(patches, self_attention=self_attention)
+        return unet(x, t, context, hints, attention, **cond.unet_kwargs)
 
     def model_fn(x: Tensor, t: Tensor, rows: tuple[str, ...]) -> Tensor:
         context, hints = cond.rows(rows)
@@ -195,7 +270,7 @@ def sample_latent(
         latent = sample_dpm_solver(den.model_output, noise, settings.steps, config.schedule,
                                    config.parameterization, callback=step)
     else:
-        sigmas = sampling_sigmas(settings, schedule, config, device)
+        sigmas = sampler_sigmas(settings.sampler, settings.scheduler, settings.steps, schedule, device)
         gen = torch.Generator().manual_seed((int(settings.seed) + 1) % (MAX_SEED + 1))
         latent = SAMPLERS[settings.sampler](den, noise * sigmas[0], sigmas, callback=step, generator=gen)
     if not torch.isfinite(latent).all():

@@ -1,63 +1,94 @@
-"""Building the colorizer's modules from checkpoint files (released or tiny) without extra copies.
+"""Loading a colorizer from checkpoint files (released, exported or tiny) through the model-family registry.
 
-Modules are built on the ``meta`` device and receive the file's tensors with
-``load_state_dict(assign=True)``, so a 4 GB checkpoint needs about 4 GB of memory, not 8, and no
-time is spent on a random initialisation that is thrown away.
+The header is read first: the family is detected from the keys (:func:`colorize.families.detect_family`), the
+config derived from the shapes (or the config our own exports store) and, for full-size files, the key layout
+checked against the family's released layout, all before any tensor is read; then only the components the
+family needs are read and assigned to modules built on the meta device (no second copy, no throw-away
+initialisation).
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, TypeVar
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from colorize.checkpoint import (
-    COMPONENT_PREFIXES,
     CONFIG_METADATA_KEY,
-    expected_layout,
+    TensorInfo,
+    config_from_metadata,
     load_state_dict_file,
-    read_checkpoint_info,
+    materialize,
+    read_header,
     read_metadata,
-    split_by_prefix,
+    shape_of,
     validate_keys,
 )
 from colorize.config import ClipConfig, ColorizerConfig
 from colorize.errors import CheckpointError
+from colorize.families import Family, component_prefixes, detect_family, get_family, split_checkpoint
+from colorize.models.sketch_encoder import SketchEncoder
+from colorize.models.vae import AutoencoderKL
 
-M = TypeVar("M", bound=nn.Module)
 PathLike = str | os.PathLike[str]
+#: Components every SD2.1 family needs besides its own.
+SHARED_COMPONENTS: tuple[str, ...] = ("unet", "sketch_encoder", "vae")
 
 
-def materialize(factory: Callable[[], M], state_dict: Mapping[str, torch.Tensor], what: str) -> M:
-    """``factory()`` on the meta device, then the given weights assigned strictly (clear error on mismatch)."""
-    with torch.device("meta"):
-        module = factory()
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    validate_keys(expected, state_dict, optional=(), what=what)
-    module.load_state_dict(dict(state_dict), strict=True, assign=True)
-    leftover = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
-    if leftover:  # a non-persistent buffer the file cannot provide: a bug in the module, not the file
-        raise RuntimeError(f"{what}: tensors not provided by the state dict: {leftover[:5]}")
-    return module
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint is, read from its header only."""
+
+    path: Path
+    family: Family
+    config: ColorizerConfig
+    header: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    config_source: str  # "metadata" (our own exports) or "shapes"
 
 
-def require_components(parts: Mapping[str, Mapping[str, torch.Tensor]], components: tuple[str, ...], what: str) -> None:
-    """A clear error when a checkpoint lacks a component its version needs (an incomplete file)."""
-    missing = [COMPONENT_PREFIXES[c] + "*" for c in components if not parts.get(c)]
-    if missing:
-        raise CheckpointError(f"{what} has no {', '.join(missing)} tensors, which its version needs: an incomplete "
-                              "or converted file. Use the released checkpoint (weights_manifest.json).")
+def checkpoint_config(family: Family, shapes: Mapping[str, Any], metadata: Mapping[str, str] | None = None,
+                      num_head_channels: int | None = None) -> tuple[ColorizerConfig, str]:
+    """``(config, "metadata" | "shapes")`` of a checkpoint of ``family``.
+
+    The config our own files store (:data:`~colorize.checkpoint.CONFIG_METADATA_KEY`) is preferred when present
+    and checked against the U-Net shapes (its parameterisation wins: a v-trained v1 export is v); otherwise every
+    size is derived from the shapes, ``num_head_channels`` (not visible in shapes) from the argument or
+    :func:`~colorize.checkpoint.default_num_head_channels`.
+    """
+    parts = split_checkpoint(shapes)
+    if metadata and CONFIG_METADATA_KEY in metadata:
+        cfg = config_from_metadata(metadata[CONFIG_METADATA_KEY])
+        w0 = parts["unet"].get("input_blocks.0.0.weight")
+        if w0 is not None and shape_of(w0)[0] != cfg.unet.model_channels:
+            raise CheckpointError(
+                f"the {CONFIG_METADATA_KEY!r} metadata says model_channels={cfg.unet.model_channels} but the "
+                f"U-Net weights have {shape_of(w0)[0]}; the file was modified after it was written."
+            )
+        return replace(cfg, version=family.name, parameterization=cfg.parameterization or family.parameterization), \
+            "metadata"
+    return family.infer_config(parts, num_head_channels), "shapes"
+
+
+def read_checkpoint_info(path: PathLike, num_head_channels: int | None = None) -> CheckpointInfo:
+    """Family and config of a checkpoint without loading its tensors."""
+    header = read_header(path)
+    metadata = read_metadata(path)
+    family = detect_family(header, metadata, source=Path(path).name)
+    config, source = checkpoint_config(family, header, metadata, num_head_channels)
+    return CheckpointInfo(Path(path), family, config, header, metadata, source)
 
 
 @dataclass
 class ColorizerModules:
     """The networks of a colorizer plus its config (all on CPU, the file's dtypes).
 
-    ``unet`` is a ``DualCondUNet`` (v1), ``SwitchUNet`` (v1.5) or ``V2UNet`` (v2); ``extras`` holds the
-    version's other modules by component name: ``thresh_embedder`` and ``transformer`` (v1.5),
+    ``unet`` is the family's U-Net (``DualCondUNet``, with split LoRA for v1.5, ``V2UNet`` for v2); ``extras``
+    holds the family's other modules by component name: ``thresh_embedder`` and ``transformer`` (v1.5),
     ``bg_encoder`` and ``style_encoder`` (v2), nothing for v1.
     """
 
@@ -73,33 +104,30 @@ class ColorizerModules:
 def read_checkpoint_parts(
     path: PathLike, extra_components: Sequence[str] = ()
 ) -> tuple[str, ColorizerConfig, dict[str, dict[str, torch.Tensor]]]:
-    """``(file name, config, state dicts by component)`` of a checkpoint: the version is detected from the
-    header's keys and the layout validated (full-size models) before only the needed components (U-Net,
-    sketch encoder, VAE, the version's extras, ``extra_components``, the schedule buffer) are read."""
-    from colorize.variants import EXTRA_COMPONENTS
-
+    """``(file name, config, state dicts by component)`` of a checkpoint: the family is detected from the header's
+    keys and the layout validated (full-size models) before only the needed components (U-Net, sketch encoder,
+    VAE, the family's own, ``extra_components``, the schedule buffer) are read."""
     name = os.path.basename(os.fspath(path))
     info = read_checkpoint_info(path)
     if not info.config.tiny:
-        validate_keys(expected_layout(info.version), info.header, what=name)
-    wanted = ["unet", "sketch_encoder", "vae", *EXTRA_COMPONENTS[info.version], *extra_components]
-    prefixes = [COMPONENT_PREFIXES[c] for c in wanted] + ["alphas_cumprod"]
-    return name, info.config, split_by_prefix(load_state_dict_file(path, prefixes=prefixes))
+        validate_keys(info.family.layout(), info.header, what=name)
+    prefixes = component_prefixes()
+    wanted = [*SHARED_COMPONENTS, *info.family.components, *extra_components]
+    tensors = load_state_dict_file(path, prefixes=[prefixes[c] for c in wanted] + ["alphas_cumprod"])
+    return name, info.config, split_checkpoint(tensors)
 
 
 def load_checkpoint_modules(path: PathLike, include_clip: bool = False) -> ColorizerModules:
-    """All networks of a ColorizeDiffusion checkpoint (version detected from its keys: mult, switch, v2).
+    """All networks of a ColorizeDiffusion checkpoint (family detected from its keys: mult, switch, v2).
 
-    The header is read first: version, config and key layout are checked before any tensor is
-    loaded, and only the needed components are read (CLIP weights a checkpoint may carry are
-    skipped unless ``include_clip``). Modules are built on the meta device and receive the tensors.
+    The header is read first: family, config and key layout are checked before any tensor is loaded, and only
+    the needed components are read (CLIP weights a checkpoint may carry are skipped unless ``include_clip``).
+    Modules are built on the meta device and receive the tensors.
     """
-    from colorize.models.sketch_encoder import SketchEncoder
-    from colorize.models.vae import AutoencoderKL
-    from colorize.variants import build_modules
-
     name, config, parts = read_checkpoint_parts(path, ["clip_visual", "clip_text"] if include_clip else [])
-    unet, extras = build_modules(config, parts, name)
+    family = get_family(config.version)
+    unet = family.build_unet(config, parts, name)
+    extras = family.build_extras(config, parts, name)
     sketch = materialize(lambda: SketchEncoder(config.sketch), parts.pop("sketch_encoder"), f"{name} (sketch encoder)")
     vae = materialize(lambda: AutoencoderKL(config.vae), parts.pop("vae"), f"{name} (VAE)")
     ref = None
@@ -125,7 +153,7 @@ def load_reference_encoder_from_state_dict(
     ``with_text=False`` drops the text tower (354 M parameters for ViT-H) even when the file has it:
     colorization needs only the vision tower; text manipulation needs both.
     """
-    from colorize.models.clip import ReferenceEncoder
+    from colorize.models.clip import ReferenceEncoder  # open_clip is imported with it
     from colorize.models.clip_convert import to_open_clip
 
     try:

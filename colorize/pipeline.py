@@ -1,8 +1,8 @@
 """The colorization pipeline: reference tokens + sketch hints → dual-CFG sampling → VAE decode.
 
 :class:`Colorizer` holds the loaded networks (device, precision, optional low-VRAM offload) and strings the
-steps of :mod:`colorize.generate` together (thesis §5.3; v1.5 §5.5 and v2 §5.6 through :mod:`colorize.variants`).
-The step functions are re-exported here, so ``from colorize.pipeline import sample_latent`` keeps working.
+steps of :mod:`colorize.generate` together (thesis §5.3; the v1.5 §5.5 and v2 §5.6 separation through the model's
+family, :mod:`colorize.families`).
 """
 from __future__ import annotations
 
@@ -15,21 +15,22 @@ from torch import Tensor, nn
 from colorize.config import ColorizerConfig
 from colorize.device import resolve_device, resolve_dtype
 from colorize.errors import InputError
-from colorize.generate import (  # noqa: F401  (re-exported: the public names live here too)
+from colorize.families import get_family
+from colorize.generate import (
     Conditioning,
     StepCallback,
     cast_for_inference,
     initial_noise,
     make_conditioning,
-    module_device,
-    module_dtype,
     noise_schedule,
     reference_tokens,
     sample_latent,
+    separation_inputs,
     sketch_hints,
     vae_decode,
 )
 from colorize.injection import generation_injection
+from colorize.models.vae import SeededLatentEncoder
 from colorize.models.vae_tiling import TilingMode
 from colorize.offload import enable_low_vram, offloaded
 from colorize.preprocess import (
@@ -43,21 +44,7 @@ from colorize.preprocess import (
     target_size,
     to_signed,
 )
-from colorize.settings import (  # noqa: F401  (re-exported: the public names live here too)
-    AUTO_SCHEDULER,
-    MAX_SEED,
-    SCHEDULER_CHOICES,
-    GenerationSettings,
-    reference_off,
-    sampling_sigmas,
-)
-from colorize.variants import (
-    EnhanceSettings,
-    SeededLatentEncoder,
-    base_resolution,
-    cast_extras,
-    separation_inputs,
-)
+from colorize.settings import MAX_SEED, EnhanceSettings, GenerationSettings
 
 
 class Colorizer:
@@ -66,8 +53,10 @@ class Colorizer:
     Device and precision are choices of the caller (``auto`` = CUDA/MPS in fp16 where present,
     else CPU in fp32). As in the official app, the U-Net and sketch encoder run in the chosen
     precision while the U-Net's time embedding and output head, the VAE and CLIP stay fp32.
-    ``extras`` are the version's other modules (:class:`colorize.loader.ColorizerModules`); v1.5/v2
-    foreground/background separation is asked for with :class:`colorize.variants.EnhanceSettings`.
+    ``extras`` are the family's other modules (:class:`colorize.loader.ColorizerModules`); v1.5/v2
+    foreground/background separation is asked for with :class:`colorize.settings.EnhanceSettings`.
+    ``low_vram`` keeps CLIP and the U-Net on the CPU, each on the device only while it runs
+    (:mod:`colorize.offload`), and tiles large VAE decodes; ``vae_tiling`` is off / auto / on.
     """
 
     def __init__(
@@ -84,17 +73,16 @@ class Colorizer:
         low_vram: bool = False,
     ) -> None:
         self.config = config
+        self.family = get_family(config.version)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
-        place = torch.device("cpu") if low_vram else self.device  # issue 9 hook: low_vram, see below
+        place = torch.device("cpu") if low_vram else self.device
         cast_for_inference(unet, sketch_encoder, vae, place, self.dtype)
         self.extras = dict(extras or {})
-        cast_extras(config.version, self.extras, self.device, self.dtype)
+        self.family.cast_extras(self.extras, self.device, self.dtype)
         self.unet, self.sketch_encoder, self.vae = unet, sketch_encoder, vae
         self.reference_encoder = reference_encoder.to(place, torch.float32).eval()
         self.schedule = noise_schedule(config, alphas_cumprod)
-        # issue 9 (speed and memory): ``low_vram`` keeps CLIP and the U-Net on the CPU, each on the device only
-        # while it runs (colorize.offload), and tiles large VAE decodes; ``vae_tiling`` is off/auto/on.
         self.offload = None
         self.vae_tiling: TilingMode = "off"
         if low_vram:
@@ -150,19 +138,19 @@ class Colorizer:
     ) -> Conditioning:
         """Prepared sketch (lines +1) and reference / background in [-1, 1] → the generation's conditioning.
 
-        v1.5/v2 (``enhance``): masks as in :func:`colorize.variants.separation_inputs` (``sketch_hw`` = the
+        v1.5/v2 (``enhance``): masks as in :func:`colorize.generate.separation_inputs` (``sketch_hw`` = the
         frame of ``sketch_mask``, default the prepared sketch's); the v2 VAE latents are posterior samples
         seeded from ``settings.seed``."""
         tokens = self.encode_reference(reference)
         hints, hints_uncond = self.encode_sketch(sketch, settings.sketch_strength)
-        context, unet_kwargs = separation_inputs(
+        inputs = separation_inputs(
             self.config, self.extras, enhance, tokens=tokens, reference=reference, sketch=sketch,
             sketch_hw=sketch_hw or (int(sketch.shape[-2]), int(sketch.shape[-1])),
             encode_tokens=self.encode_reference,
             encode_latent=SeededLatentEncoder(self.vae, (int(settings.seed) + 2) % (MAX_SEED + 1)),
             sketch_mask=sketch_mask, reference_mask=reference_mask, background=background,
             background_mask=background_mask)
-        cond = make_conditioning(context, hints, hints_uncond, self.dtype, unet_kwargs=unet_kwargs)
+        cond = make_conditioning(inputs, hints, hints_uncond, self.dtype)
         cond.injection = generation_injection(reference, (int(sketch.shape[-2]), int(sketch.shape[-1])), self.vae,
                                               self.sketch_encoder, settings)
         return cond
@@ -213,7 +201,7 @@ class Colorizer:
         settings.validate()
         sketch01 = check_image(sketch01, "sketch")
         sketch_hw = (int(sketch01.shape[-2]), int(sketch01.shape[-1]))
-        size = target_size(sketch_hw, settings.width, settings.height, base_resolution(self.config.version))
+        size = target_size(sketch_hw, settings.width, settings.height, self.family.base_resolution)
         sketch = prepare_sketch(sketch01, size, settings.polarity)  # type: ignore[arg-type]
         pad = settings.reference_pad_scale
         if pad != 1.0:  # §2.2: white padding of the reference and background; their masks get "no foreground"

@@ -1,39 +1,45 @@
-"""Generation settings: sampler and schedule choice, guidance, strengths, seed, size, guidance window.
+"""Generation settings: sampler and schedule, guidance, reference strengths, seed, size, the advanced controls,
+and the foreground/background controls of v1.5 / v2.
 
-Defaults are the official app's (§2.5, §2.6); :meth:`GenerationSettings.validate` turns every bad value
-into an :class:`~colorize.preprocess.InputError` naming the field.
+Defaults are the official app's (``backend/appfunc.py`` and the Gradio UI of the official repository at commit
+``c9bd9fb``); :meth:`GenerationSettings.validate` and :meth:`EnhanceSettings.validate` turn every bad value into
+an :class:`~colorize.errors.InputError` naming the field. The reference strength reaches the cross-attention
+as :meth:`GenerationSettings.reference_scales`: one value per attention block in the official order
+(:data:`colorize.models.unet.ATTENTION_BLOCK_ORDER`), built by the app's slider rules below.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
-import torch
 from torch import Tensor
 
-from colorize.config import ColorizerConfig
 from colorize.errors import InputError
-from colorize.models.strength import (
-    NUM_ATTENTION_BLOCKS,
-    block_reference_scales,
-    level_reference_scales,
-)
-from colorize.sampling import SAMPLERS, SCHEDULERS
-from colorize.sampling.noise_schedule import DiscreteSchedule
-from colorize.sampling.sigmas import ddim_timesteps, leading_timesteps, timestep_sigmas
+from colorize.models.unet import NUM_ATTENTION_BLOCKS
+from colorize.sampling import SAMPLERS, SCHEDULER_CHOICES, resolve_scheduler
 
-SCHEDULER_CHOICES = ("auto", "leading", *SCHEDULERS)
-# "auto": each sampler's own default, as the official app's "Automatic" (k-diffusion / diffusers).
-AUTO_SCHEDULER = {
-    "dpm_solver": "leading",
-    "ddim": "leading",
-    "euler": "uniform",
-    "euler_ancestral": "uniform",
-    "dpmpp_2m": "karras",
-    "dpmpp_2m_sde": "exponential",
-}
+#: Largest seed (64-bit, as ComfyUI's seed widgets).
 MAX_SEED = 2**64 - 1
+
+#: Level groups of the official app's cross-attention sliders (indices into the official attention-block order);
+#: ``encoder`` overlaps the others (official ``backend/appfunc.py:187-204``).
+LEVEL_GROUPS: dict[str, tuple[int, ...]] = {
+    "high": (0, 1, 13, 14, 15),
+    "middle": (2, 3, 10, 11, 12),
+    "low": (4, 5, 7, 8, 9),
+    "bottom": (6,),
+    "encoder": (0, 1, 2, 3, 4, 5),
+}
+#: The app's three level sliders, in the order it applies them (later groups overwrite earlier ones).
+APP_LEVELS: tuple[str, ...] = ("encoder", "middle", "low")
+#: Groups the app has no slider for; applied after ``APP_LEVELS`` and only when given.
+EXTRA_LEVELS: tuple[str, ...] = ("high", "bottom")
+#: v1.5 / v2 mask thresholds of the app: reference mask 0.5, sketch mask 0.05 (official ``app.py:175-176``).
+DEFAULT_REFERENCE_THRESHOLD = 0.5
+DEFAULT_SKETCH_THRESHOLD = 0.05
+BackgroundContext = Literal["background", "official", "reference"]
+BACKGROUND_CONTEXTS: tuple[str, ...] = ("background", "official", "reference")
 
 
 @dataclass
@@ -42,20 +48,21 @@ class GenerationSettings:
 
     Sampling defaults are the official app's: ``dpm_solver`` on its diffusers "leading" timesteps,
     20 steps, reference CFG 4, sketch CFG 1. ``scheduler="auto"`` picks each sampler's own default
-    (:data:`AUTO_SCHEDULER`); ``leading`` means the diffusers timesteps of the sampler (DDIM's rule
+    (:data:`colorize.sampling.AUTO_SCHEDULER`); ``leading`` means the diffusers timesteps of the sampler (DDIM's rule
     for ``ddim``, DPM-Solver's otherwise). ``level_strengths`` maps ``encoder``/``middle``/``low`` to
     the app's per-level cross-attention sliders; ``block_strengths`` (16 values) overrides them.
     Two deliberate differences from the app: ``polarity="auto"`` (the app always inverts) and, when
     width/height are not given, a size that follows the sketch's aspect at about 512² (the app: 512×512).
 
-    Advanced controls (§2.6, §2.2, §2.9): ``guidance_start``/``guidance_end`` and ``no_guidance``
+    Advanced controls (official ``refnet/models/basemodel.py:273-280``, ``backend/functool.py:120-128``,
+    ``app.py``): ``guidance_start``/``guidance_end`` and ``no_guidance``
     (start, end) form the guidance window on ``tr = 1 − t/999`` (0 = first, noisiest step): outside
     ``[start, end]`` or inside ``no_guidance`` every CFG row gets a zero (empty) reference context
     (see :func:`reference_off`); the official honours it for v1 only, here it works for every version.
     ``reference_pad_scale`` (1–2) pads the reference and background width with white before CLIP;
     ``crop_result`` crops the decoded image to the un-padded sketch area.
 
-    Attention injection (§2.7, :mod:`colorize.injection`): ``injection`` on/off; ``injection_fidelity`` (0–1,
+    Attention injection (official ``refnet/sampling/hook.py:284-383``; :mod:`colorize.injection`): ``injection`` on/off; ``injection_fidelity`` (0–1,
     official "Injection fidelity (reference)" 0.5) blends the plain self-attention into the
     reference-unconditional rows; ``injection_control`` (official "Injection fidelity (sketch)", 0) scales
     the hints of the negated reference in the write pass; ``injection_start`` is the first ``tr`` injected.
@@ -129,9 +136,11 @@ class GenerationSettings:
     @property
     def resolved_scheduler(self) -> str:
         """The scheduler actually used (``auto`` resolved for the sampler)."""
-        return AUTO_SCHEDULER[self.sampler] if self.scheduler == "auto" else self.scheduler
+        return resolve_scheduler(self.sampler, self.scheduler)
 
     def reference_scales(self) -> list[float]:
+        """The reference strength of each cross-attention block, in the official order (the
+        ``AttentionPatches.reference_scales`` of every U-Net call, :func:`colorize.generate.sample_latent`)."""
         if self.block_strengths is not None:
             return block_reference_scales(self.block_strengths, self.reference_strength)
         return level_reference_scales(self.reference_strength, self.level_strengths)
@@ -148,7 +157,8 @@ def reference_off(
     t: Tensor, start: float = 0.0, end: float = 1.0, no_guidance: tuple[float, float] = (-0.05, -0.05),
     last_timestep: int = 999,
 ) -> Tensor:
-    """The guidance window (official ``apply_model`` of v1, §2.6): True where the reference is off.
+    """The guidance window (official ``refnet/models/basemodel.py:273-280``, v1's ``apply_model``): True where the
+    reference is off.
 
     ``tr = 1 − t / last_timestep`` (t may be continuous); the reference is off where ``tr < start``,
     ``tr > end`` or ``no_start <= tr <= no_end``. With the defaults (0, 1, −0.05/−0.05) it never is."""
@@ -157,10 +167,105 @@ def reference_off(
     return (tr < start) | (tr > end) | ((tr >= no_start) & (tr <= no_end))
 
 
-def sampling_sigmas(settings: GenerationSettings, schedule: DiscreteSchedule, cfg: ColorizerConfig, device: torch.device) -> Tensor:
-    """The sigma schedule for the k-diffusion-style samplers (``leading`` = the sampler's diffusers timesteps)."""
-    name = settings.resolved_scheduler
-    if name == "leading":
-        rule = ddim_timesteps if settings.sampler == "ddim" else leading_timesteps
-        return timestep_sigmas(rule(settings.steps, cfg.schedule.timesteps), schedule, device)
-    return SCHEDULERS[name](settings.steps, schedule, device=device)
+def level_reference_scales(strength: float = 1.0, levels: Mapping[str, float] | None = None) -> list[float]:
+    """The 16 per-block scales of the reference strength and the per-level sliders, as the official app builds them.
+
+    Each of ``encoder``, ``middle``, ``low`` (missing = 1, like an untouched slider) sets its blocks to
+    ``strength · level`` in that order, later groups overwriting earlier ones. Blocks 6, 13, 14, 15 (the middle
+    block and the top decoder level) are never touched by these sliders and stay 1, whatever the strength: this
+    matches the released app. ``high`` / ``bottom`` are an extension: when given they set their blocks (also
+    times ``strength``) after the app's groups.
+    """
+    levels = dict(levels or {})
+    unknown = set(levels) - set(LEVEL_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown level group(s) {sorted(unknown)}; known: {sorted(LEVEL_GROUPS)}")
+    scales = [1.0] * NUM_ATTENTION_BLOCKS
+    for name in list(APP_LEVELS) + [name for name in EXTRA_LEVELS if name in levels]:
+        value = float(levels.get(name, 1.0)) * strength
+        for i in LEVEL_GROUPS[name]:
+            scales[i] = value
+    return scales
+
+
+def block_reference_scales(scales: Sequence[float], strength: float = 1.0) -> list[float]:
+    """16 explicit per-block scales ("accurate" mode) times ``strength``.
+
+    Unlike the released app, which assigns its 16 sliders shifted by one (slider 0 dropped, block 15 untouched;
+    official ``backend/appfunc.py:187-204``), value ``i`` goes to block ``i``.
+    """
+    if len(scales) != NUM_ATTENTION_BLOCKS:
+        raise ValueError(f"expected {NUM_ATTENTION_BLOCKS} per-block scales, got {len(scales)}")
+    return [float(s) * strength for s in scales]
+
+
+@dataclass(frozen=True)
+class EnhanceSettings:
+    """The foreground/background controls of v1.5 and v2: "BG enhance", "FG enhance", "Style enhance" (v2) and
+    their sliders, named and defaulted as in the official app (all off; ``backend/appfunc.py:250-266``,
+    ``refnet/models/basemodel.py:261-266``). Which of them a checkpoint can use is its family's decision
+    (``Family.check_enhance``).
+
+    background_enhance / foreground_enhance need the sketch foreground mask (computed from the line art when not
+    given); background enhance without a separate background image also needs the reference foreground mask.
+    style_enhance (v2) needs no mask. fg_scale / bg_scale: "Foreground/Background strength" of the two split
+    attention halves; merge_scale: "Merging scale", blends background into foreground (split attention, and the
+    v2 style vectors with a separate background image); background_factor (v2): "Background factor", multiplies
+    the background-encoder tokens; sketch_threshold: τ_s of the sketch mask (split attention, v2 skip warping);
+    reference_threshold: τ_ref of the reference / background masks; remove_background_foreground: whiten the
+    foreground of a separate background image (needs its mask); lora_scale: multiplier of the fg/bg LoRA deltas
+    (1 = as trained, 0 = LoRA off); background_context (v2): which tokens the background encoder reads
+    (``colorize.families.v2.conditioning``).
+    """
+
+    background_enhance: bool = False
+    style_enhance: bool = False
+    foreground_enhance: bool = False
+    background_factor: float = 1.0
+    merge_scale: float = 0.0
+    fg_scale: float = 1.0
+    bg_scale: float = 1.0
+    sketch_threshold: float = DEFAULT_SKETCH_THRESHOLD
+    reference_threshold: float = DEFAULT_REFERENCE_THRESHOLD
+    remove_background_foreground: bool = False
+    background_context: BackgroundContext = "background"
+    lora_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.background_context not in BACKGROUND_CONTEXTS:
+            raise ValueError(f"background_context must be one of {BACKGROUND_CONTEXTS}, got {self.background_context!r}")
+
+    @property
+    def masked(self) -> bool:
+        """Foreground or background enhance: split attention with the sketch mask."""
+        return self.background_enhance or self.foreground_enhance
+
+    @property
+    def active(self) -> bool:
+        return self.masked or self.style_enhance
+
+    def validate(self) -> None:
+        """Clear errors for values no family can use (which family can use which control: ``check_enhance``)."""
+        numbers = {"fg_scale": self.fg_scale, "bg_scale": self.bg_scale, "merge_scale": self.merge_scale,
+                   "background_factor": self.background_factor, "sketch_threshold": self.sketch_threshold,
+                   "reference_threshold": self.reference_threshold, "lora_scale": self.lora_scale}
+        for name, value in numbers.items():
+            if not math.isfinite(float(value)):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
+
+
+__all__ = [
+    "APP_LEVELS",
+    "BACKGROUND_CONTEXTS",
+    "DEFAULT_REFERENCE_THRESHOLD",
+    "DEFAULT_SKETCH_THRESHOLD",
+    "EXTRA_LEVELS",
+    "LEVEL_GROUPS",
+    "MAX_SEED",
+    "BackgroundContext",
+    "EnhanceSettings",
+    "GenerationSettings",
+    "block_reference_scales",
+    "level_reference_scales",
+    "reference_off",
+]

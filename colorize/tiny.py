@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -24,14 +23,29 @@ import torch
 from torch import nn
 
 from colorize.atomic import safetensors_metadata, save_safetensors_atomic
-from colorize.checkpoint import COMPONENT_PREFIXES, CONFIG_METADATA_KEY
+from colorize.checkpoint import CONFIG_METADATA_KEY
 from colorize.config import TINY_MULT, ColorizerConfig
+from colorize.families import FAMILIES, component_prefixes, get_family
+from colorize.models.sketch_encoder import SketchEncoder
+from colorize.models.vae import AutoencoderKL
+from colorize.weights import default_clip_name, load_manifest, manifest_entry
 
 TINY_METADATA_KEY = "colorize_tiny"
-VERSIONS: tuple[str, ...] = ("mult", "switch", "v2")
-#: manifest name of each version's tiny checkpoint (the released file names)
-CHECKPOINT_NAMES = {"mult": "mult-eps-ft", "switch": "switch-eps", "v2": "v2-full"}
-TINY_RATIO_DIM = 16  # v2 size-embedding sinusoid width per ratio (256 released)
+#: family names, in the order the tiny checkpoints are written
+VERSIONS: tuple[str, ...] = tuple(FAMILIES)
+
+
+def checkpoint_name(version: str) -> str:
+    """The manifest name of a family's default released checkpoint (``mult-eps-ft``, ``switch-eps``, ``v2-full``):
+    the tiny file gets its file name."""
+    for entry in load_manifest():
+        if entry.get("kind") == "checkpoint" and entry.get("version") == version:
+            return str(entry["name"])
+    raise ValueError(f"weights_manifest.json lists no checkpoint of the {version!r} family")
+
+
+#: manifest name of each family's tiny checkpoint (the released file names)
+CHECKPOINT_NAMES: dict[str, str] = {v: checkpoint_name(v) for v in VERSIONS}
 
 
 def _metadata_or_empty(path: Path) -> dict[str, str]:
@@ -50,83 +64,26 @@ def _randomize_zero_layers(module: nn.Module, generator: torch.Generator) -> Non
 
 
 def tiny_config(version: str = "mult", base: ColorizerConfig = TINY_MULT) -> ColorizerConfig:
-    """The tiny config of a version, derived from ``base``.
-
-    v1.5 keeps the base sizes and records a recovery-transformer head width other than the released 64;
-    v2 doubles the widths after the first level (``channel_mult (1, 2, 2, 2)``, the smallest layout in
-    which the style encoder's widths line up with the decoder, as in the released ``(1, 2, 4, 4)``), is
-    v-parameterised, and records a warp head width other than the default rule's.
-    """
-    if version == "mult":
-        return base
-    if version == "switch":
-        head = math.gcd(base.unet.context_dim, 32)
-        return replace(base, version="switch", parameterization="eps", extras={"transformer_dim_head": head})
-    if version == "v2":
-        mult = (1, 2, 2, 2)
-        unet, sketch = replace(base.unet, channel_mult=mult), replace(base.sketch, ch_mults=mult)
-        head = math.gcd(base.unet.model_channels, 32)
-        return replace(base, version="v2", parameterization="v", unet=unet, sketch=sketch,
-                       extras={"warp_dim_head": head})
-    raise ValueError(f"unknown version {version!r}; expected one of {', '.join(VERSIONS)}")
-
-
-def _clip_tokens(config: ColorizerConfig) -> int:
-    v = config.clip.vision
-    return (int(v["image_size"]) // int(v["patch_size"])) ** 2
-
-
-def _version_modules(config: ColorizerConfig) -> dict[str, nn.Module]:
-    """The U-Net and the version's extra modules, by component name."""
-    from colorize.models.unet import DualCondUNet
-
-    if config.version == "switch":
-        from colorize.models.recovery import ClusterTransformer, ScalarEmbedder
-        from colorize.models.split_attention import SwitchUNet
-        from colorize.models.switch_config import ClusterTransformerConfig, ScalarEmbedderConfig, SplitLoraConfig
-
-        dim = config.unet.context_dim
-        head = int(config.extras.get("transformer_dim_head", 64))
-        return {
-            "unet": SwitchUNet(config.unet, SplitLoraConfig()),
-            "thresh_embedder": ScalarEmbedder(ScalarEmbedderConfig(embed_dim=32, out_dim=dim)),
-            "transformer": ClusterTransformer(ClusterTransformerConfig(
-                dim=dim, layers=2, token_length=_clip_tokens(config), dim_head=head, mlp_mult=2)),
-        }
-    if config.version == "v2":
-        from colorize.models.switch_config import V2_LORA
-        from colorize.models.unet_encoder import background_encoder, style_encoder
-        from colorize.models.v2_unet import V2UNet
-        from colorize.models.warp import decoder_out_channels
-
-        cap = 4 * config.unet.model_channels
-        style = style_encoder(config.unet, 2 * TINY_RATIO_DIM, cap)
-        if style.output_widths != [2 * c for c in decoder_out_channels(config.unet)]:
-            raise ValueError(f"channel_mult {config.unet.channel_mult}: the style encoder's widths do not line "
-                             "up with the decoder; use tiny_config('v2')")
-        return {
-            "unet": V2UNet(config.unet, V2_LORA, warp_dim_head=int(config.extras.get("warp_dim_head", 64))),
-            "bg_encoder": background_encoder(config.unet, 2 * TINY_RATIO_DIM),
-            "style_encoder": style,
-        }
-    return {"unet": DualCondUNet(config.unet)}
+    """The tiny config of a family, derived from the v1 tiny config ``base`` (``Family.tiny_config``)."""
+    if version not in FAMILIES:
+        raise ValueError(f"unknown version {version!r}; expected one of {', '.join(VERSIONS)}")
+    return get_family(version).tiny_config(base)
 
 
 def build_tiny_state_dicts(config: ColorizerConfig = TINY_MULT, seed: int = 0) -> tuple[dict, dict]:
     """Random ``(checkpoint, clip)`` state dicts with the released key names of ``config.version``."""
-    from colorize.models.clip import ReferenceEncoder
-    from colorize.models.sketch_encoder import SketchEncoder
-    from colorize.models.vae import AutoencoderKL
+    from colorize.models.clip import ReferenceEncoder  # open_clip is imported with it
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    parts = {**_version_modules(config), "sketch_encoder": SketchEncoder(config.sketch),
+    prefixes = component_prefixes()
+    parts = {**get_family(config.version).fresh_modules(config), "sketch_encoder": SketchEncoder(config.sketch),
              "vae": AutoencoderKL(config.vae)}
     ckpt: dict[str, torch.Tensor] = {}
     for component, module in parts.items():
         _randomize_zero_layers(module, g)
         dtype = torch.float16 if component == "vae" else torch.float32
-        prefix = COMPONENT_PREFIXES[component]
+        prefix = prefixes[component]
         ckpt.update({prefix + k: v.detach().to(dtype).contiguous() for k, v in module.state_dict().items()})
     clip = ReferenceEncoder(config.clip, with_text=True)
     clip_sd = {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
@@ -147,8 +104,6 @@ def write_tiny_weights(
     is the v1 base the other versions derive from (:func:`tiny_config`). Existing files that are not tiny
     test files are never overwritten (:class:`FileExistsError`, checked before anything is written).
     """
-    from colorize.weights import default_clip_name, manifest_entry
-
     directory = Path(directory)
     unknown = [v for v in versions if v not in VERSIONS]
     if unknown:
@@ -164,7 +119,7 @@ def write_tiny_weights(
         cfg = tiny_config(version, config)
         ckpt, version_clip = build_tiny_state_dicts(cfg, seed)
         _save(paths[CHECKPOINT_NAMES[version]], ckpt, cfg)
-        if version == "mult":
+        if cfg == config:  # the CLIP file is the base config's build (whichever families are written)
             clip_sd = version_clip
     if not clip_sd:  # the CLIP weights never depend on which versions are written
         clip_sd = build_tiny_state_dicts(config, seed)[1]

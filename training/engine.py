@@ -23,7 +23,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from colorize.sampling.noise_schedule import ddpm_buffers
-from colorize.switch import background_only_reference, sketch_mask_to_latent
 from training import checkpoint as ckpt
 from training.batches import BatchPlan, ItemSpec, PlanSampler, TripletDataset, collate
 from training.config import ObjectiveConfig, TrainConfig
@@ -32,7 +31,7 @@ from training.distributed import DistInfo, all_reduce_mean, barrier, init_distri
 from training.ema import EMA
 from training.export import export_safetensors
 from training.logs import MetricLog, render_samples, save_samples
-from training.model import TrainModules, build_modules, encode_latents, encode_reference
+from training.model import TrainModules, build_modules
 from training.objective import ScheduleTable, make_inputs, weighted_mse
 from training.stages import apply_trainable, get_stage
 
@@ -67,94 +66,20 @@ def training_loss(
     table: ScheduleTable,
     dtype: torch.dtype,
     device: torch.device,
-    stage: str = "",
+    options: dict[str, Any] | None = None,
 ) -> Tensor:
-    """One micro-batch: frozen VAE/CLIP encodes (no grad), noised inputs (Eq. 5.2 / 5.3), denoiser, MSE.
-    ``stage`` selects the v2 branches (``v2_background``: background only; ``v2_style``: style, background
-    per sample)."""
-    if mods.config.version == "switch":
-        return switch_training_loss(mods, model, batch, objective, table, dtype, device)
-    if mods.config.version == "v2":
-        return v2_training_loss(mods, model, batch, objective, table, dtype, device, style=stage == "v2_style")
+    """One micro-batch: frozen VAE encode of the colour image and the family's frozen encodes (no grad;
+    ``denoiser.training_inputs`` with the stage's model ``options``), noised inputs (Eq. 5.2 / 5.3), the model,
+    MSE."""
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    encoders = mods.encoders()
     with autocast_context(device, dtype):
-        z = encode_latents(mods.vae, b["color"], b["vae_noise"] if objective.vae_sample else None)
-        ctx = encode_reference(mods.clip, b["reference"])
-    inputs = make_inputs(z.float(), ctx.float(), b["sketch"], b, objective, table)
+        z = encoders.latents(b["color"], b["vae_noise"] if objective.vae_sample else None)
+    tokens, kwargs = mods.denoiser.training_inputs(  # type: ignore[operator]
+        b, z, encoders, lambda: autocast_context(device, dtype), **(options or {}))
+    inputs = make_inputs(z.float(), tokens.float(), b["sketch"], b, objective, table)
     with autocast_context(device, dtype):
-        pred = model(inputs.x_t, inputs.t, inputs.context, inputs.sketch)
-    return weighted_mse(pred, inputs.target, inputs.weights)
-
-
-def reference_and_background_tokens(
-    mods: TrainModules, reference: Tensor, reference_mask: Tensor, th_r: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Frozen CLIP tokens of the reference and of its background-only copy ``where(rmask < th_r, ref, white)``
-    (per-sample ``th_r``), in one CLIP call."""
-    bg_ref = background_only_reference(reference, reference_mask, th_r.view(-1, 1, 1, 1))
-    fg, bg = encode_reference(mods.clip, torch.cat([reference, bg_ref])).float().chunk(2)
-    return fg, bg
-
-
-def switch_training_loss(
-    mods: TrainModules,
-    model: torch.nn.Module,
-    batch: dict[str, Tensor],
-    objective: ObjectiveConfig,
-    table: ScheduleTable,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> Tensor:
-    """v1.5 micro-batch (reference §4.2 DualMaskTrainer): CLIP tokens of the reference and of its background-only
-    copy ``where(rmask < th_r, ref, white)`` (frozen, one CLIP call), latent mask ``bicubic(smask, ×1/8)``; the
-    model builds the background tokens and runs split attention with threshold ``th_s`` (both per sample)."""
-    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    with autocast_context(device, dtype):
-        z = encode_latents(mods.vae, b["color"], b["vae_noise"] if objective.vae_sample else None)
-        fg, bg = reference_and_background_tokens(mods, b["reference"], b["reference_mask"], b["th_r"])
-    inputs = make_inputs(z.float(), fg, b["sketch"], b, objective, table)
-    mask = sketch_mask_to_latent(b["mask"], mods.config.vae.downsample_factor)
-    with autocast_context(device, dtype):
-        pred = model(inputs.x_t, inputs.t, inputs.context, inputs.sketch, bg_reference_tokens=bg, th_r=b["th_r"],
-                     th_s=b["th_s"], mask=mask, ref_keep=b["ref_keep"])
-    return weighted_mse(pred, inputs.target, inputs.weights)
-
-
-def v2_training_loss(
-    mods: TrainModules,
-    model: torch.nn.Module,
-    batch: dict[str, Tensor],
-    objective: ObjectiveConfig,
-    table: ScheduleTable,
-    dtype: torch.dtype,
-    device: torch.device,
-    style: bool,
-) -> Tensor:
-    """v2 micro-batch (thesis §5.6.1, Eq. 5.5; inferred details in ``training.v2_model``). Frozen encodes: the
-    colour latent (also the style encoder's input, the ground truth being the reference), the latent and CLIP
-    tokens of the background-only image (``th_r``); the latent sketch mask. ``style=False``: background branch on
-    every sample; ``style=True``: style on every sample, background branch where ``bg_active``."""
-    from colorize.models.size_embedding import size_embedding
-    from colorize.variants.v2 import ratio_dim
-
-    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    den = mods.denoiser
-    ref, color, th_r = b["reference"], b["color"], b["th_r"].view(-1, 1, 1, 1)
-    white = torch.ones_like(color)
-    with autocast_context(device, dtype):
-        z = encode_latents(mods.vae, color, b["vae_noise"] if objective.vae_sample else None)
-        z_bg = encode_latents(mods.vae, torch.where(b["mask"] < th_r, color, white), None)
-        fg, bg = reference_and_background_tokens(mods, ref, b["reference_mask"], b["th_r"])
-    inputs = make_inputs(z.float(), fg, b["sketch"], b, objective, table)
-    mask = sketch_mask_to_latent(b["mask"], mods.config.vae.downsample_factor)
-    hw = tuple(color.shape[-2:])
-    y = size_embedding(hw, hw, ratio_dim(den.bg_encoder), device=device).expand(color.shape[0], -1)  # type: ignore[arg-type]
-    kw: dict[str, Tensor] = {"y": y, "ref_keep": b["ref_keep"], "bg_latent": z_bg.float(), "bg_tokens": bg,
-                             "th_s": b["th_s"], "mask": mask}
-    if style:
-        kw.update(style_latent=z.float(), style_tokens=fg, bg_active=b["bg_active"] > 0.5)
-    with autocast_context(device, dtype):  # one (DDP) forward; the denoiser splits active/inactive rows itself
-        pred = model(inputs.x_t, inputs.t, inputs.context, inputs.sketch, **kw)
+        pred = model(inputs.x_t, inputs.t, inputs.context, inputs.sketch, **kwargs)
     return weighted_mse(pred, inputs.target, inputs.weights)
 
 
@@ -211,7 +136,7 @@ class Trainer:
     def micro_loss(self, batch: dict[str, Tensor], model: torch.nn.Module | None = None) -> Tensor:
         """Loss of one micro-batch (mean over its samples)."""
         return training_loss(self.mods, model or self.model, batch, self.cfg.objective, self.table, self.dtype,
-                             self.device, self.stage.name)
+                             self.device, self.stage.model_options)
 
     def train_step(self, micro_batches: list[dict[str, Tensor]]) -> dict[str, float]:
         """One optimiser step over ``grad_accum`` micro-batches; returns loss (mean over all processes)."""

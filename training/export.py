@@ -1,5 +1,6 @@
-"""Export trained weights as a safetensors file in the released v1 key layout (reference §5.1–5.2), so
-``colorize.pipeline.Colorizer.from_files`` and the nodes load it like ``mult-eps-ft.safetensors``:
+"""Export trained weights as a safetensors file in the released key layout (official ``util.py:101-122`` at commit
+``c9bd9fb`` writes the same layout), so ``colorize.pipeline.Colorizer.from_files`` and the nodes load it like
+``mult-eps-ft.safetensors``:
 
 ``model.diffusion_model.*`` (U-Net) and ``control_encoder.*`` (sketch encoder) in fp32, ``first_stage_model.*``
 (VAE) in fp16 as released (or fp32), no CLIP and no schedule buffers. The model config is stored as JSON in the
@@ -21,19 +22,20 @@ import torch
 from torch import Tensor
 
 from colorize.atomic import save_safetensors_atomic
-from colorize.checkpoint import COMPONENT_PREFIXES, CONFIG_METADATA_KEY
+from colorize.checkpoint import CONFIG_METADATA_KEY
 from colorize.config import ColorizerConfig
+from colorize.families import component_prefixes
 
 TRAINING_METADATA_KEY = "colorize_training"
-PREFIXES = {name: COMPONENT_PREFIXES[name] for name in
-            ("unet", "sketch_encoder", "vae", "thresh_embedder", "transformer", "bg_encoder", "style_encoder")}
+#: Component prefixes a trained model can have (CLIP is never exported).
+PREFIXES = {k: v for k, v in component_prefixes().items() if not k.startswith("clip_")}
 
 
 def released_layout(
     denoiser_sd: Mapping[str, Tensor], vae_sd: Mapping[str, Tensor], vae_dtype: torch.dtype = torch.float16
 ) -> dict[str, Tensor]:
-    """Denoiser (``unet.*``, ``sketch_encoder.*``; v1.5 also ``thresh_embedder.*``, ``transformer.*``) and VAE
-    state dicts → one flat dict with released key names (all fp32 but the VAE: ``vae_dtype``; tensors stay on
+    """Denoiser (``unet.*``, ``sketch_encoder.*``, the family's own components such as v1.5 ``thresh_embedder.*``,
+    ``transformer.*`` or v2 ``bg_encoder.*``, ``style_encoder.*``) and VAE state dicts → one flat dict with released key names (all fp32 but the VAE: ``vae_dtype``; tensors stay on
     their device)."""
     out: dict[str, Tensor] = {}
     for k, v in denoiser_sd.items():

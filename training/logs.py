@@ -11,9 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from colorize.atomic import atomic_path
-from colorize.pipeline import GenerationSettings, make_conditioning, reference_tokens, sample_latent, sketch_hints
+from colorize.families import UNetInputs
+from colorize.generate import make_conditioning, reference_tokens, sample_latent, sketch_hints
 from colorize.preprocess import tensor_to_pil
 from colorize.sampling.noise_schedule import DiscreteSchedule
+from colorize.settings import GenerationSettings
 from training.model import TrainModules
 
 
@@ -42,31 +44,6 @@ def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-@torch.no_grad()
-def _split_inputs(mods: TrainModules, batch: dict[str, Tensor], tokens: Tensor) -> tuple[Tensor, dict[str, Any]]:
-    """v1.5 previews use the trained path: background enhance with both LoRA pairs (as in training) and the
-    app's default thresholds (reference 0.5, sketch 0.05); v1 and v2 previews use the plain path (no
-    background/style branch)."""
-    if mods.config.version != "switch" or "mask" not in batch:
-        return tokens, {}
-    from colorize.models.split_attention import SplitOptions
-    from colorize.switch import (
-        DEFAULT_REFERENCE_THRESHOLD,
-        DEFAULT_SKETCH_THRESHOLD,
-        background_only_reference,
-        sketch_mask_to_latent,
-    )
-
-    dev = tokens.device
-    ref = batch["reference"].to(dev)
-    bg_ref = background_only_reference(ref, batch["reference_mask"].to(dev), DEFAULT_REFERENCE_THRESHOLD)
-    th_r = torch.full((ref.shape[0],), DEFAULT_REFERENCE_THRESHOLD, device=dev)
-    bg = mods.denoiser.background_tokens(reference_tokens(mods.clip, bg_ref), th_r)  # type: ignore[operator]
-    mask = sketch_mask_to_latent(batch["mask"].to(dev), mods.config.vae.downsample_factor)
-    split = SplitOptions(mask=mask, threshold=DEFAULT_SKETCH_THRESHOLD, use_fg_lora=True, use_bg_lora=True)
-    return torch.cat([tokens, bg.to(tokens.dtype)], 1), {"split": split}
-
-
 def render_samples(mods: TrainModules, batch: dict[str, Tensor], steps: int, seed: int) -> Tensor:
     """Colorize ``batch`` (sketch/reference/color in [-1, 1]) with the current weights; returns a grid image
     (1, 3, n·h, 4·w) in [-1, 1]: sketch (black lines), reference, target, result."""
@@ -78,8 +55,9 @@ def render_samples(mods: TrainModules, batch: dict[str, Tensor], steps: int, see
         sketch, color = batch["sketch"].to(dev), batch["color"].to(dev)
         tokens = reference_tokens(mods.clip, batch["reference"].to(dev))
         hints, hints_uncond = sketch_hints(den.sketch_encoder, sketch)
-        tokens, unet_kwargs = _split_inputs(mods, batch, tokens)
-        cond = make_conditioning(tokens, hints, hints_uncond, torch.float32, unet_kwargs=unet_kwargs)
+        context, processor, kwargs = den.preview_inputs(  # type: ignore[operator]
+            tokens, batch, lambda image: reference_tokens(mods.clip, image), mods.config.vae.downsample_factor)
+        cond = make_conditioning(UNetInputs(context, processor, kwargs), hints, hints_uncond, torch.float32)
         size = tuple(sketch.shape[-2:])
         settings = GenerationSettings(steps=steps, seed=seed)
         z = sample_latent(den.unet, DiscreteSchedule.from_config(mods.config.schedule), mods.config, cond, size, settings)

@@ -1,91 +1,79 @@
-"""The modules a v1 training run holds: the trainable denoiser (U-Net + sketch encoder) and the frozen VAE and
-CLIP reference encoder (reference §4.2: VAE and CLIP are always frozen).
+"""The modules a training run holds: the stage family's trainable model and the frozen VAE and CLIP reference
+encoder (official ``refnet/ldm/ddpm.py:233-245`` at commit ``c9bd9fb``: VAE and CLIP are always frozen).
 
-Weights come from a ColorizeDiffusion file (released, exported or tiny: config from its keys or its
-``colorize_config`` metadata), from an SD2.1 LDM checkpoint (thesis §5.4: start from text-to-image weights; its
-``proj_in/proj_out`` are Linear and become the 1×1 convs of this U-Net; the sketch encoder starts from its
-zero-initialised output convs), or are random (``preset`` / ``colorize_config``, for tests and benchmarks).
+What the trainable model is (v1 sketch encoder + U-Net, v1.5 LoRA + recovery transformer, v2 encoders and
+injection modules) is the family's decision (``Family.training_model``, in ``colorize/families/<family>/``);
+this module finds the starting weights and builds the frozen encoders around it. Weights come from a
+ColorizeDiffusion file (released, exported or tiny: config from its keys or its ``colorize_config`` metadata),
+from an SD2.1 LDM checkpoint (thesis §5.4: start from text-to-image weights; its ``proj_in/proj_out`` are Linear
+and become the 1×1 convs of this U-Net; the sketch encoder starts from its zero-initialised output convs), or are
+random (``preset`` / ``colorize_config``, for tests and benchmarks).
 """
 from __future__ import annotations
 
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from colorize.checkpoint import (
-    infer_config,
-    infer_unet_config,
-    infer_vae_config,
-    load_state_dict_file,
-    read_metadata,
-    split_by_prefix,
-)
+from colorize.checkpoint import infer_unet_config, infer_vae_config, load_state_dict_file, read_metadata
 from colorize.config import PRESETS, ColorizerConfig, SketchEncoderConfig
+from colorize.families import Family, TrainingStart, detect_family, get_family, split_checkpoint
+from colorize.loader import checkpoint_config, load_reference_encoder, load_reference_encoder_from_state_dict
 from colorize.models.clip import ReferenceEncoder
-from colorize.models.sketch_encoder import SketchEncoder
-from colorize.models.unet import DualCondUNet
-from colorize.models.vae import AutoencoderKL
+from colorize.models.unet import conv_proj_weights
+from colorize.models.vae import AutoencoderKL, posterior_latent
 from training.config import ModelConfig
 from training.objective import NoiseSpec
 
 
-class Denoiser(nn.Module):
-    """The trainable part of v1: sketch encoder hints (Eq. 5.1) added inside the U-Net's forward."""
+@dataclass
+class FrozenEncoders:
+    """The frozen encoders as the family's training hooks use them (no gradients)."""
 
-    def __init__(self, unet: DualCondUNet, sketch_encoder: SketchEncoder) -> None:
-        super().__init__()
-        self.unet = unet
-        self.sketch_encoder = sketch_encoder
+    vae: AutoencoderKL
+    clip: ReferenceEncoder
+    latent_factor: int
 
-    def forward(self, x_t: Tensor, t: Tensor, context: Tensor, sketch: Tensor) -> Tensor:
-        return self.unet(x_t, t, context, self.sketch_encoder(sketch))
+    @torch.no_grad()
+    def tokens(self, images: Tensor) -> Tensor:
+        """Reference images in [-1, 1] → (b, 256, C) patch tokens (CLS dropped, as the released models use)."""
+        return self.clip.encode_image(images, "full")[:, 1:]
+
+    def latents(self, images: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Images in [-1, 1] → diffusion latents: the posterior sample with ``noise`` (official
+        ``posterior.sample()``), or the posterior mean without it."""
+        return posterior_latent(self.vae, images, noise)
 
 
 @dataclass
 class TrainModules:
-    """``denoiser`` is a :class:`Denoiser` (v1) or a ``training.switch_model.SwitchDenoiser`` (v1.5)."""
+    """The family, its export config, the trainable model (``denoiser``) and the frozen VAE and CLIP."""
 
     config: ColorizerConfig
     denoiser: nn.Module
     vae: AutoencoderKL
     clip: ReferenceEncoder
 
+    @property
+    def family(self) -> Family:
+        return get_family(self.config.version)
+
     def groups(self) -> dict[str, nn.Module]:
         """Module groups by the names stages use (``training.stages``)."""
-        own = getattr(self.denoiser, "groups", None)
-        inner = own() if callable(own) else {"unet": self.denoiser.unet,
-                                             "sketch_encoder": self.denoiser.sketch_encoder}
-        return {**inner, "vae": self.vae, "clip": self.clip}
+        return {**self.denoiser.groups(), "vae": self.vae, "clip": self.clip}  # type: ignore[operator]
+
+    def encoders(self) -> FrozenEncoders:
+        return FrozenEncoders(self.vae, self.clip, self.config.vae.downsample_factor)
 
     def noise_spec(self) -> NoiseSpec:
         v = self.config.clip.vision
         grid = int(v.get("image_size", 224)) // int(v.get("patch_size", 14))
         return NoiseSpec(self.config.vae.embed_dim, self.config.vae.downsample_factor, grid * grid,
                          self.config.clip.embed_dim, self.config.schedule.timesteps)
-
-
-def _assign(module: nn.Module, sd: Mapping[str, Tensor], what: str) -> None:
-    missing, unexpected = module.load_state_dict(dict(sd), strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"{what}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
-
-
-def _on_meta(factory) -> nn.Module:  # type: ignore[no-untyped-def]
-    with torch.device("meta"):
-        return factory()
-
-
-def linear_proj_to_conv(unet_sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """SD2.1 ``proj_in/proj_out`` Linear weights [C, C] → this U-Net's 1×1 conv weights [C, C, 1, 1]."""
-    out = dict(unet_sd)
-    for k, v in unet_sd.items():
-        if (".proj_in.weight" in k or ".proj_out.weight" in k) and v.ndim == 2:
-            out[k] = v[:, :, None, None]
-    return out
 
 
 def initial_weights(cfg: ModelConfig) -> tuple[dict[str, Tensor], ColorizerConfig, bool]:
@@ -105,81 +93,44 @@ def initial_weights(cfg: ModelConfig) -> tuple[dict[str, Tensor], ColorizerConfi
 
 
 def _config_from_file(sd: Mapping[str, Tensor], metadata: Mapping[str, str]) -> tuple[ColorizerConfig, bool]:
-    parts = split_by_prefix(sd)
+    parts = split_checkpoint(sd)
     if parts["sketch_encoder"]:
-        return infer_config(sd, metadata), True
+        return checkpoint_config(detect_family(sd, metadata), sd, metadata)[0], True
     if not parts["unet"] or not parts["vae"]:
         raise ValueError("the init checkpoint has neither a ColorizeDiffusion nor an SD2.1 LDM layout "
                          "(model.diffusion_model.* and first_stage_model.* are needed)")
-    unet = infer_unet_config(linear_proj_to_conv(parts["unet"]))
+    unet = infer_unet_config(conv_proj_weights(parts["unet"]))
     sketch = SketchEncoderConfig(model_channels=unet.model_channels, ch_mults=unet.channel_mult)
     return ColorizerConfig(unet=unet, sketch=sketch, vae=infer_vae_config(parts["vae"])), False
 
 
 def build_modules(cfg: ModelConfig, prediction: str = "eps", device: str | torch.device = "cpu",
                   version: str = "mult") -> TrainModules:
-    """All four modules in float32; the VAE and CLIP frozen and in eval mode.
-
-    ``version``: the model the stage trains ("mult" v1, "switch" v1.5: ``training.switch_model``).
+    """All modules of a run of a ``version``-family stage in float32; the VAE and CLIP frozen and in eval mode.
 
     Weights from files are read on the CPU and moved to ``device``; random modules are built on ``device``
     directly (the benchmark's fast path; a CPU build is reproducible across devices)."""
-    if version == "switch":
-        from training.switch_model import build_switch_denoiser
-
-        config, den, vae, parts = build_switch_denoiser(cfg, prediction)
-        clip = _build_clip(cfg, config, parts, device)
-        vae.to(device, torch.float32).requires_grad_(False).eval()
-        clip.to(device, torch.float32).requires_grad_(False).eval()
-        return TrainModules(config, den.to(device), vae, clip)
-    if version == "v2":
-        from training.v2_model import build_v2_denoiser
-
-        config, den, vae, parts = build_v2_denoiser(cfg, prediction)
-        clip = _build_clip(cfg, config, parts, device)
-        vae.to(device, torch.float32).requires_grad_(False).eval()
-        clip.to(device, torch.float32).requires_grad_(False).eval()
-        return TrainModules(config, den.to(device), vae, clip)
-    if version != "mult":
-        raise ValueError(f"unknown model version {version!r}")
+    family = get_family(version)
     sd, config, has_sketch = initial_weights(cfg)
-    if config.version != "mult":
-        raise NotImplementedError(
-            f"{cfg.init} is a {config.version} checkpoint; the v1 stages train v1 ('mult') models only "
-            "(v1.5 models: stage switch_fgbg; v2 models: stages v2_background, v2_style)")
-    config = replace(config, parameterization=prediction)  # type: ignore[arg-type]
-    parts = split_by_prefix(sd)
-    torch.manual_seed(cfg.init_seed)
-    gc = cfg.gradient_checkpointing
-    if sd:
-        unet = _on_meta(lambda: DualCondUNet(config.unet, use_checkpoint=gc))
-        _assign(unet, linear_proj_to_conv(parts["unet"]), "U-Net")
-        vae = _on_meta(lambda: AutoencoderKL(config.vae))
-        _assign(vae, parts["vae"], "VAE")
-    else:
-        with torch.device(device):
-            unet, vae = DualCondUNet(config.unet, use_checkpoint=gc), AutoencoderKL(config.vae)
-    if has_sketch:
-        sketch = _on_meta(lambda: SketchEncoder(config.sketch))
-        _assign(sketch, parts["sketch_encoder"], "sketch encoder")
-    else:
-        with torch.device(device):
-            sketch = SketchEncoder(config.sketch)
-    clip = _build_clip(cfg, config, parts, device)
-    denoiser = Denoiser(unet, sketch).to(device, torch.float32)
+    source = get_family(config.version)
+    if source.name not in family.training_sources:
+        starts = ", ".join(f"{get_family(n).label} ('{n}')" for n in family.training_sources)
+        raise NotImplementedError(f"{cfg.init or 'the configured model'} is a {source.label} ('{source.name}') "
+                                  f"model; the {family.label} stages start from {starts} models")
+    name = os.path.basename(os.fspath(cfg.init)) if cfg.init else "random start"
+    start = TrainingStart(split_checkpoint(sd), config, has_sketch, prediction, cfg.gradient_checkpointing,
+                          cfg.init_seed, device, name)
+    config, denoiser, vae = family.training_model(start)
+    clip = _build_clip(cfg, config, start.parts, device)
+    denoiser = denoiser.to(device, torch.float32)
     vae.to(device, torch.float32).requires_grad_(False).eval()
     clip.to(device, torch.float32).requires_grad_(False).eval()
-    return TrainModules(config, denoiser, vae, clip)
+    return TrainModules(config, denoiser, vae, clip)  # type: ignore[arg-type]
 
 
 def _build_clip(
     cfg: ModelConfig, config: ColorizerConfig, parts: dict[str, dict[str, Tensor]], device: str | torch.device
 ) -> ReferenceEncoder:
-    from colorize.loader import (
-        load_reference_encoder,
-        load_reference_encoder_from_state_dict,
-    )
-
     if cfg.clip:
         enc = load_reference_encoder(cfg.clip)
     elif parts.get("clip_visual"):
@@ -194,16 +145,4 @@ def _build_clip(
     return enc  # type: ignore[return-value]
 
 
-@torch.no_grad()
-def encode_latents(vae: AutoencoderKL, color: Tensor, vae_noise: Tensor | None) -> Tensor:
-    """Colour images in [-1, 1] → diffusion latents ``scale · z``; ``z`` = posterior sample with the given
-    standard-normal draw (official: ``posterior.sample()``), or the mean when ``vae_noise`` is None."""
-    post = vae.encode(color)
-    z = post.mean if vae_noise is None else post.mean + post.std * vae_noise.to(post.mean)
-    return z * vae.cfg.scale_factor
-
-
-@torch.no_grad()
-def encode_reference(clip: ReferenceEncoder, reference: Tensor) -> Tensor:
-    """Reference images in [-1, 1] → (b, 256, C) patch tokens (CLS dropped, as the released models use)."""
-    return clip.encode_image(reference, "full")[:, 1:]
+__all__ = ["FrozenEncoders", "TrainModules", "build_modules", "initial_weights"]

@@ -1,15 +1,19 @@
 """Training stages: each is a named set of config defaults plus the module groups it trains.
 
 v1 (thesis §5.4) trains the whole U-Net and the sketch encoder in two stages; the VAE and the CLIP reference
-encoder are always frozen (reference §4.2). v1.5 (§5.5) trains only the split LoRA, the recovery transformer and
-the threshold embedder; v2 (§5.6.1) trains the background branch, then the style branch. A stage registered with
-``todo_issue`` is a stub that raises :class:`NotImplementedError` naming its issue (none at present).
+encoder are always frozen (official ``refnet/ldm/ddpm.py:233-245`` at commit ``c9bd9fb``). v1.5 (§5.5) trains only
+the split LoRA, the recovery transformer and the threshold embedder; v2 (§5.6.1) trains the background branch,
+then the style branch. A stage's ``version`` is the family whose training model it trains
+(``Family.training_model``); ``model_options`` are passed to that model's ``training_inputs``. A stage registered
+with ``unavailable`` set is a placeholder that raises :class:`NotImplementedError` with that reason (none at
+present).
 
 Module groups: ``unet``, ``sketch_encoder`` (trainable in v1), ``vae``, ``clip`` (never trainable); v1.5 adds
 ``unet.lora`` (the fg/bg LoRA pairs inside the U-Net), ``thresh_embedder`` and ``recovery_transformer``; v2 adds
 ``unet.warp`` / ``unet.style`` (the background / style injection modules), ``bg_encoder`` and ``style_encoder``.
 
-Thesis vs official code (reference §4.2): the thesis trains Stage I with noisy references and a 10 % reference
+Thesis vs official code (``refnet/models/trainer.py:64-172``, ``configs/training/*.yaml``): the thesis trains
+Stage I with noisy references and a 10 % reference
 drop, then Stage II with clean references and a 50 % drop; the released ``mult`` training config has
 ``noisy_training`` off and ``ucg_rate`` 0.5 (i.e. Stage II settings, or the thesis' *Drop-0.5* ablation) and
 does not say which configuration produced the released weights. The stage defaults follow the thesis; the
@@ -36,15 +40,14 @@ class Stage:
     version: str
     trainable: tuple[str, ...]
     defaults: dict[str, Any] = field(default_factory=dict)
-    todo_issue: int | None = None
+    unavailable: str | None = None  # why a placeholder stage cannot run yet
     needs_masks: bool = False
+    model_options: dict[str, Any] = field(default_factory=dict)
 
     def check_implemented(self) -> None:
-        if self.todo_issue is not None:
-            raise NotImplementedError(
-                f"training stage {self.name!r} ({self.title}) is not implemented yet: it needs the "
-                f"{self.version} model parts of issue {self.todo_issue}. Use stage1_noisy or stage2_finetune."
-            )
+        if self.unavailable is not None:
+            raise NotImplementedError(f"training stage {self.name!r} ({self.title}) is not implemented yet: "
+                                      f"{self.unavailable}. Use stage1_noisy or stage2_finetune.")
 
 
 STAGES: dict[str, Stage] = {}
@@ -75,7 +78,7 @@ register(Stage(
     defaults={"objective": {"noisy_reference": False, "reference_drop": 0.5}},
 ))
 
-# v1.5, thesis §5.5 / reference §4.2 (DualMaskTrainer): only the split fg/bg LoRA, the background ("recovery")
+# v1.5, thesis §5.5 / official DualMaskTrainer (refnet/models/trainer/mask.py:25-164): only the split fg/bg LoRA, the background ("recovery")
 # transformer and the threshold embedder train; the U-Net base and the sketch encoder stay frozen; th_s, th_r ~
 # U[0.05, 0.95] per sample; masks (smask = rmask = the ground truth's mask, as QuartLoader) come from the data.
 # The official trainer's reference-drop rate for this stage is not released: 0.1 here keeps the LoRA'd model
@@ -90,8 +93,8 @@ register(Stage(
     needs_masks=True,
 ))
 
-# v2, thesis §5.6.1 (Eq. 5.5); the official v2 trainer is not released (reference §4.2), what is inferred is
-# listed in training/v2_model.py. Stage 2: background encoder + its injection (warp) modules + decoder split
+# v2, thesis §5.6.1 (Eq. 5.5); the official v2 trainer is not released, what is inferred is listed in
+# colorize/families/v2/training.py. Stage 2: background encoder + its injection (warp) modules + decoder split
 # LoRA; stage 3: style encoder + its injection (style) modules, the background branch frozen and active for 50 %
 # of the samples. Both: 50 % reference drop (thesis), v-prediction (the released v2 is v-parameterised).
 register(Stage(
@@ -110,11 +113,12 @@ register(Stage(
     defaults={"objective": {"noisy_reference": False, "reference_drop": 0.5, "prediction": "v",
                             "background_p": 0.5}},
     needs_masks=True,
+    model_options={"style": True},
 ))
 
 
 def get_stage(name: str) -> Stage:
-    """The registered stage ``name``; stubs raise :class:`NotImplementedError` naming their issue."""
+    """The registered stage ``name``; placeholders raise :class:`NotImplementedError` saying why."""
     if name not in STAGES:
         raise ValueError(f"unknown training stage {name!r}; known: {', '.join(STAGES)}")
     stage = STAGES[name]

@@ -1,4 +1,4 @@
-"""Model configs inferred from checkpoint shapes (or from the tiny writer's metadata)."""
+"""Sub-module configs inferred from checkpoint shapes, and the config our own files store in their metadata."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,7 @@ from dataclasses import replace
 from typing import Any, Iterable, Mapping
 
 from colorize.checkpoint.common import shape_of
-from colorize.checkpoint.keys import (
-    detect_version,
-    parameterization_for,
-    split_by_prefix,
-)
 from colorize.config import (
-    ClipConfig,
     ColorizerConfig,
     SketchEncoderConfig,
     UNetConfig,
@@ -119,43 +113,19 @@ def infer_vae_config(vae: Mapping[str, Any]) -> VAEConfig:
     )
 
 
-def _config_from_metadata(text: str) -> ColorizerConfig:
+def config_from_metadata(text: str) -> ColorizerConfig:
+    """The :class:`ColorizerConfig` JSON our own files store under :data:`CONFIG_METADATA_KEY`."""
     try:
         return ColorizerConfig.from_dict(json.loads(text))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"the {CONFIG_METADATA_KEY!r} metadata entry is not a valid config ({e}).") from None
 
 
-def infer_config(
-    shapes: Mapping[str, Any],
-    metadata: Mapping[str, str] | None = None,
-    num_head_channels: int | None = None,
-) -> ColorizerConfig:
-    """A :class:`ColorizerConfig` for a checkpoint, from its key shapes.
-
-    The ``colorize_config`` metadata entry (written by the tiny-weights writer) is preferred
-    when present; it is checked against the U-Net shapes. Otherwise every size is derived from
-    shapes; ``num_head_channels`` is not visible in shapes, so it comes from the argument or
-    :func:`default_num_head_channels`. Components missing from the file keep their defaults;
-    the CLIP config is always the default (CLIP comes from a separate file).
-    """
-    version = detect_version(shapes)
-    parts = split_by_prefix(shapes)
-    if metadata and CONFIG_METADATA_KEY in metadata:
-        cfg = _config_from_metadata(metadata[CONFIG_METADATA_KEY])
-        w0 = parts["unet"].get("input_blocks.0.0.weight")
-        if w0 is not None and shape_of(w0)[0] != cfg.unet.model_channels:
-            raise CheckpointError(
-                f"the {CONFIG_METADATA_KEY!r} metadata says model_channels={cfg.unet.model_channels} but the "
-                f"U-Net weights have {shape_of(w0)[0]}; the file was modified after it was written."
-            )
-        # the writer's own parameterisation wins (a v-trained v1 export is v, whatever its version says)
-        return replace(cfg, version=version, parameterization=cfg.parameterization or parameterization_for(version))
-    return ColorizerConfig(
-        version=version,
-        parameterization=parameterization_for(version),
-        unet=infer_unet_config(parts["unet"], num_head_channels),
-        sketch=infer_sketch_config(parts["sketch_encoder"]) if parts["sketch_encoder"] else SketchEncoderConfig(),
-        vae=infer_vae_config(parts["vae"]) if parts["vae"] else VAEConfig(),
-        clip=ClipConfig(),
-    )
+__all__ = [
+    "CONFIG_METADATA_KEY",
+    "config_from_metadata",
+    "default_num_head_channels",
+    "infer_sketch_config",
+    "infer_unet_config",
+    "infer_vae_config",
+]

@@ -1,40 +1,12 @@
-"""Expected key layouts of the released versions, and key/shape validation with clear errors."""
+"""Comparing a file's keys and shapes with an expected layout, and validation with clear errors."""
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from colorize.checkpoint.common import shape_of
-from colorize.checkpoint.keys import DEFAULT_OPTIONAL, PARAMETERIZATION
+from colorize.checkpoint.keys import DEFAULT_OPTIONAL
 from colorize.errors import CheckpointError
-
-_LAYOUT_DIR = Path(__file__).resolve().parent.parent / "layouts"
-
-# --------------------------------------------------------------------------------------------
-# Expected layouts and key validation
-# --------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=None)
-def _layout(version: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    for name in (f"keys_{version}.json.gz", f"keys_{version}.json"):
-        p = _LAYOUT_DIR / name
-        if p.is_file():
-            raw = gzip.decompress(p.read_bytes()) if name.endswith(".gz") else p.read_bytes()
-            return tuple((k, tuple(v)) for k, v in json.loads(raw).items())
-    raise FileNotFoundError(f"layout for {version!r} not found in {_LAYOUT_DIR}")
-
-
-def expected_layout(version: str) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of the released full-size model of ``version`` (incl. CLIP and buffers)."""
-    if version not in PARAMETERIZATION:
-        raise ValueError(f"unknown version {version!r}; expected one of {', '.join(PARAMETERIZATION)}")
-    return dict(_layout(version))
-
 
 def _is_optional(key: str, optional: Iterable[str]) -> bool:
     return any(key == o or (o.endswith(".") and key.startswith(o)) for o in optional)
@@ -107,3 +79,6 @@ def validate_keys(
     if m.mismatched:
         msg += _listing("wrong shape", [f"{k} expected {list(e)} got {list(g)}" for k, e, g in m.mismatched])
     raise CheckpointError(msg)
+
+
+__all__ = ["KeyMatch", "compare_keys", "validate_keys"]

@@ -15,22 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from colorize.checkpoint import (
-    COMPONENTS,
-    OPTIONAL_COMPONENTS,
-    VERSION_TITLES,
-    TensorInfo,
-    compare_keys,
-    detect_version,
-    expected_layout,
-    infer_config,
-    parameterization_for,
-    read_header,
-    read_metadata,
-    split_by_prefix,
-)
+from colorize.checkpoint.common import TensorInfo
+from colorize.checkpoint.files import read_header, read_metadata
+from colorize.checkpoint.keys import OPTIONAL_COMPONENTS
+from colorize.checkpoint.layout import compare_keys
 from colorize.config import FULL_MULT, ColorizerConfig
 from colorize.errors import CheckpointError
+from colorize.families import component_prefixes, detect_family, get_family, split_checkpoint
+from colorize.loader import checkpoint_config
 
 _OPTIONAL_WHY = {
     "clip_visual": "loaded from the separate CLIP file",
@@ -65,7 +57,7 @@ class ComponentReport:
 
 @dataclass
 class InspectReport:
-    """Everything ``inspect`` prints, as data."""
+    """Everything ``inspect`` prints, as data (``version`` = the family's registry name)."""
 
     path: str
     source: str  # "safetensors", "torch" or "layout-json"
@@ -108,10 +100,10 @@ def load_layout_json(path: str | Path) -> dict[str, TensorInfo]:
 
 
 def _component_reports(header: Mapping[str, TensorInfo], version: str, full_size: bool) -> list[ComponentReport]:
-    got_parts = split_by_prefix(header)
-    exp_parts = split_by_prefix(expected_layout(version))
+    got_parts = split_checkpoint(header)
+    exp_parts = split_checkpoint(get_family(version).layout())
     reports = []
-    for name in COMPONENTS:
+    for name in (*component_prefixes(), "schedule", "unexpected"):
         exp, got = exp_parts[name], got_parts[name]
         if not exp and not got:
             continue
@@ -136,14 +128,13 @@ def inspect_header(
     """Build the report from a key -> :class:`TensorInfo` map (no file access)."""
     rep = InspectReport(path, source, len(header), sum(i.numel for i in header.values()))
     try:
-        rep.version = detect_version(header, source=Path(path).name or None)
+        family = detect_family(header, metadata, source=Path(path).name or None)
     except CheckpointError as e:
         rep.error = str(e)
         return rep
-    rep.parameterization = parameterization_for(rep.version)
+    rep.version, rep.parameterization = family.name, family.parameterization
     try:
-        rep.config = infer_config(header, metadata)
-        rep.config_source = "metadata" if metadata and "colorize_config" in metadata else "shapes"
+        rep.config, rep.config_source = checkpoint_config(family, header, metadata)
         rep.size = _size_label(rep.config)
     except CheckpointError as e:
         rep.notes.append(f"config could not be derived: {e}")
@@ -195,7 +186,7 @@ def format_report(rep: InspectReport) -> str:
         lines.append(f"result:           NOT RECOGNISED - {rep.error}")
         return "\n".join(lines)
     lines += [
-        f"version:          {rep.version} - {VERSION_TITLES[rep.version]}",
+        f"version:          {rep.version} - {get_family(rep.version).title}",
         f"parameterization: {rep.parameterization} ({'v-prediction' if rep.parameterization == 'v' else 'epsilon-prediction'}; from the keys, not the file name)",
     ]
     if rep.config is not None:

@@ -1,32 +1,48 @@
-"""Transformer parts of the SD2.1 U-Net: cross-attention, GEGLU feed-forward, spatial transformer.
+"""Transformer parts of the SD2.1 U-Net, and the one mechanism that extends their attention: processors.
 
-Thesis §5.3.1 (SD2.1 backbone, reference tokens as cross-attention context) and §2.6 of the reference notes
-(reference strength = a scale on the cross-attention result).  Parameter names follow the official
-``state_dict`` (``to_q/to_k/to_v/to_out.0``, ``ff.net.0.proj``, ``ff.net.2``, ``norm1/2/3``, ``proj_in/out``).
+Layers (thesis §5.3.1: SD2.1 backbone, the reference tokens as cross-attention context; parameter names follow
+the official ``state_dict``: ``to_q/to_k/to_v/to_out.0``, ``ff.net.0.proj``, ``ff.net.2``, ``norm1/2/3``,
+``proj_in/out``): :class:`CrossAttention`, :class:`FeedForward`, :class:`BasicTransformerBlock`,
+:class:`SpatialTransformer`.
+
+**Processors** (the idea of ComfyUI's ``transformer_options`` patches and diffusers' attention processors).
+Every attention layer hands its computation, as an :class:`AttentionCall`, to a processor: a callable
+``processor(call) -> output``. Which processors run is a per-call value, :class:`AttentionPatches`, passed to
+the U-Net's ``forward`` and down to every layer; modules hold no per-generation state. Without patches every
+layer runs :func:`plain_attention`. The extensions built on it:
+
+* reference strength (thesis §5.2, Fig. 5.1): ``AttentionPatches.reference_scales``, one value per
+  cross-attention block in the official order, handed to the cross-attention processor as ``call.scale``;
+* split foreground/background cross-attention with LoRA (thesis Eq. 5.4, v1.5 and v2):
+  :class:`colorize.models.split_attention.SplitAttention`;
+* attention injection (official app): the self-attention processor of :mod:`colorize.injection`;
+* the native ComfyUI bridge: the host projects ``q, k, v`` itself and calls the same processors with an
+  :class:`AttentionCall` that carries them (``colorize.native``).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from colorize.models.injection import AttentionBank
-
 Scale = Union[float, Tensor]
+#: ``(q, k, v) -> softmax(q kᵀ/√d) v`` on ``(b, n, h·d)`` tensors, heads bound (the layer's or a host's kernel).
+Attend = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def _is_one(scale: Scale) -> bool:
+def is_one(scale: Scale) -> bool:
     return not isinstance(scale, Tensor) and scale == 1.0
 
 
 def apply_scale(out: Tensor, scale: Scale) -> Tensor:
     """``out * scale`` where ``scale`` is a number, a 0-d tensor or one value per batch row ``(b,)``."""
-    if _is_one(scale):
+    if is_one(scale):
         return out
     if isinstance(scale, Tensor):
-        scale = scale.to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
+        scale = scale.to(out.device, out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
     return out * scale
 
 
@@ -40,13 +56,129 @@ def attend_heads(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, inner)
 
 
+@dataclass(frozen=True)
+class AttentionSite:
+    """Where an attention layer sits: ``index`` of its SpatialTransformer in the official attention-block order
+    (``colorize.models.unet.ATTENTION_BLOCK_ORDER`` for SD2.1; -1 outside a U-Net), ``depth`` = its transformer
+    block inside it, ``cross`` = cross-attention (``attn2``) or self-attention (``attn1``), ``grid`` = the (h, w)
+    of its query tokens."""
+
+    index: int = -1
+    depth: int = 0
+    cross: bool = False
+    grid: tuple[int, int] = (0, 0)
+
+
+class LoraProjections(Protocol):
+    """The fg/bg LoRA pairs of one attention layer: ``lora.to_q.delta(x, "fg" | "bg", scale)`` (also to_k, to_v)."""
+
+    to_q: Any
+    to_k: Any
+    to_v: Any
+
+
+class AttentionCall:
+    """One attention computation, as a processor sees it.
+
+    ``x``: query input ``(b, n, c)``; ``context``: key/value input (``x`` for self-attention); ``site``: where
+    the layer sits; ``scale``: the block's reference strength (cross-attention; 1 = none); ``lora``: the layer's
+    fg/bg LoRA pairs, if it has any. With ``layer`` (this package's :class:`CrossAttention`) the projections are
+    the layer's and :meth:`output` applies its ``to_out``; a host that projected ``q, k, v`` itself passes them
+    and ``attend`` (its kernel), and applies ``to_out`` on what the processor returns.
+    """
+
+    __slots__ = ("x", "context", "site", "layer", "scale", "lora", "attend", "_q", "_k", "_v", "_parts")
+
+    def __init__(self, x: Tensor, context: Tensor, site: AttentionSite, *, layer: CrossAttention | None = None,
+                 attend: Attend | None = None, scale: Scale = 1.0, lora: LoraProjections | None = None,
+                 q: Tensor | None = None, k: Tensor | None = None, v: Tensor | None = None) -> None:
+        if layer is None and (q is None or k is None or v is None or attend is None):
+            raise ValueError("an AttentionCall without its layer needs q, k, v and the attend kernel")
+        self.x, self.context, self.site, self.layer = x, context, site, layer
+        self.scale, self.lora = scale, lora
+        self.attend: Attend = attend or layer.attend  # type: ignore[union-attr]
+        self._q, self._k, self._v = q, k, v
+        self._parts: dict[tuple[int | None, int | None], Tensor] = {}
+
+    def tokens(self, part: slice | None = None) -> Tensor:
+        """The context tokens ``part`` (one view per part, shared by everything that reads it)."""
+        if part is None:
+            return self.context
+        key = (part.start, part.stop)
+        if key not in self._parts:
+            self._parts[key] = self.context[:, part]
+        return self._parts[key]
+
+    def query(self) -> Tensor:
+        """The base query projection of ``x`` (no LoRA)."""
+        if self._q is None:
+            self._q = self.layer.to_q(self.x)  # type: ignore[union-attr]
+        return self._q
+
+    def key(self, part: slice | None = None) -> Tensor:
+        """The base key projection of the context tokens ``part`` (all of them by default)."""
+        if self._k is not None:
+            return self._k if part is None else self._k[:, part]
+        return self.layer.to_k(self.tokens(part))  # type: ignore[union-attr]
+
+    def value(self, part: slice | None = None) -> Tensor:
+        """The base value projection of the context tokens ``part`` (all of them by default)."""
+        if self._v is not None:
+            return self._v if part is None else self._v[:, part]
+        return self.layer.to_v(self.tokens(part))  # type: ignore[union-attr]
+
+    def output(self, out: Tensor) -> Tensor:
+        """The layer's ``to_out`` of an attention result (a host applies its own: identity then)."""
+        return self.layer.to_out(out) if self.layer is not None else out
+
+
+Processor = Callable[[AttentionCall], Tensor]
+
+
+def plain_attention(call: AttentionCall) -> Tensor:
+    """``to_out(scale · softmax(q kᵀ/√d) v)``: the unpatched computation of every layer."""
+    q, k, v = call.query(), call.key(), call.value()
+    return call.output(apply_scale(call.attend(q, k, v), call.scale))
+
+
+@dataclass(frozen=True)
+class AttentionPatches:
+    """The attention extensions of one U-Net call: the processor of every self-attention (``attn1``) and of
+    every cross-attention (``attn2``) layer (``None`` = :func:`plain_attention`) and the reference strength of
+    each cross-attention block (``None`` = all 1; a value is a float or a tensor of shape () or (b,))."""
+
+    self_attention: Processor | None = None
+    cross_attention: Processor | None = None
+    reference_scales: Sequence[Scale] | None = None
+
+    def __call__(self, call: AttentionCall) -> Tensor:
+        if not call.site.cross:
+            processor = self.self_attention
+        else:
+            processor = self.cross_attention
+            if self.reference_scales is not None:
+                call.scale = self.reference_scales[call.site.index]
+        return plain_attention(call) if processor is None else processor(call)
+
+    def graph_key(self) -> tuple[Any, ...] | None:
+        """A hashable key when a captured CUDA graph can replay this call (plain processors, float scales);
+        ``None`` otherwise (see :mod:`colorize.speedups`)."""
+        if self.self_attention is not None or self.cross_attention is not None:
+            return None
+        scales = tuple(self.reference_scales or ())
+        return None if any(isinstance(s, Tensor) for s in scales) else ("attention", scales)
+
+
+NO_PATCHES = AttentionPatches()
+
+
 class CrossAttention(nn.Module):
-    """Multi-head attention with SDPA; ``scale`` multiplies softmax(qkᵀ/√d)·v before ``to_out``.
+    """Multi-head attention (SDPA) whose computation is its processor's (:class:`AttentionPatches`).
 
     ``context=None`` means self-attention for a self-attention layer (``context_dim is None``) and an *empty
-    reference* for a cross-attention layer: since ``to_k``/``to_v`` have no bias, an all-zero context gives
-    ``v = 0`` and thus exactly ``to_out(0)`` for any token count, which is what is returned (no attention is
-    computed).  This is the official unconditional input (zero context).
+    reference* for an unpatched cross-attention layer: since ``to_k``/``to_v`` have no bias, an all-zero context
+    gives ``v = 0`` and thus exactly ``to_out(0)`` for any token count, which is what is returned (no attention
+    is computed). This is the official unconditional input (zero context).
     """
 
     def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64) -> None:
@@ -64,13 +196,19 @@ class CrossAttention(nn.Module):
         """(b, n, h·d), (b, m, h·d) ×2 → (b, n, h·d): :func:`attend_heads` with this layer's head count."""
         return attend_heads(q, k, v, self.heads)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, scale: Scale = 1.0) -> Tensor:
-        if context is None and self.is_cross:
+    @property
+    def lora(self) -> LoraProjections | None:
+        """This layer itself when its projections carry fg/bg LoRA pairs (``colorize.models.lora``)."""
+        return self if hasattr(self.to_q, "delta") else None
+
+    def forward(self, x: Tensor, context: Tensor | None = None, patches: AttentionPatches | None = None,
+                site: AttentionSite | None = None) -> Tensor:
+        site = site or AttentionSite(cross=self.is_cross)
+        if context is None and self.is_cross and (patches is None or patches.cross_attention is None):
             zero = x.new_zeros(1, 1, self.to_q.out_features)
             return self.to_out(zero).expand(x.shape[0], x.shape[1], -1)
-        ctx = x if context is None else context
-        out = self.attend(self.to_q(x), self.to_k(ctx), self.to_v(ctx))
-        return self.to_out(apply_scale(out, scale))
+        call = AttentionCall(x, x if context is None else context, site, layer=self, lora=self.lora)
+        return (patches or NO_PATCHES)(call)
 
 
 class GEGLU(nn.Module):
@@ -98,11 +236,7 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-LN block: self-attention, cross-attention to the reference tokens, GEGLU feed-forward.
-
-    ``injection`` is set only inside :func:`colorize.models.injection.attention_injection` (attention
-    injection's write/read bank); otherwise it is ``None`` and the block computes its plain forward.
-    """
+    """Pre-LN block: self-attention, cross-attention to the reference tokens, GEGLU feed-forward."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int) -> None:
         super().__init__()
@@ -113,12 +247,11 @@ class BasicTransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
-        self.injection: AttentionBank | None = None
 
-    def forward(self, x: Tensor, context: Tensor | None, scale: Scale = 1.0) -> Tensor:
-        h = self.norm1(x)
-        x = x + (self.attn1(h) if self.injection is None else self.injection.self_attention(self, h))
-        x = x + self.attn2(self.norm2(x), context, scale)
+    def forward(self, x: Tensor, context: Tensor | None, patches: AttentionPatches | None = None,
+                index: int = -1, depth: int = 0, grid: tuple[int, int] = (0, 0)) -> Tensor:
+        x = x + self.attn1(self.norm1(x), None, patches, AttentionSite(index, depth, False, grid))
+        x = x + self.attn2(self.norm2(x), context, patches, AttentionSite(index, depth, True, grid))
         return x + self.ff(self.norm3(x))
 
 
@@ -126,8 +259,8 @@ class SpatialTransformer(nn.Module):
     """GroupNorm(32, eps 1e-6) → 1×1-conv ``proj_in`` → transformer blocks → 1×1-conv ``proj_out`` → residual.
 
     The 1×1 convolutions are applied as matrix products on the (b, h·w, c) token layout, which avoids one
-    layout round trip; their weights keep the official ``[C, C, 1, 1]`` conv shape.  ``attn_index`` is the
-    block's position in the official 16-block attention order (see ``colorize.models.strength``).
+    layout round trip; their weights keep the official ``[C, C, 1, 1]`` conv shape. ``attn_index`` is the
+    block's position in the official attention-block order (its :class:`AttentionSite` index).
     """
 
     def __init__(
@@ -143,11 +276,32 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = nn.Conv2d(inner, channels, 1)
 
-    def forward(self, x: Tensor, context: Tensor | None, scale: Scale = 1.0) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None, patches: AttentionPatches | None = None) -> Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (b, hw, c)
         tokens = F.linear(tokens, self.proj_in.weight.flatten(1), self.proj_in.bias)
-        for block in self.transformer_blocks:
-            tokens = block(tokens, context, scale)
+        for depth, block in enumerate(self.transformer_blocks):
+            tokens = block(tokens, context, patches, self.attn_index, depth, (h, w))
         tokens = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)
         return x + tokens.transpose(1, 2).unflatten(2, (h, w))
+
+
+__all__ = [
+    "NO_PATCHES",
+    "Attend",
+    "AttentionCall",
+    "AttentionPatches",
+    "AttentionSite",
+    "BasicTransformerBlock",
+    "CrossAttention",
+    "FeedForward",
+    "GEGLU",
+    "LoraProjections",
+    "Processor",
+    "Scale",
+    "SpatialTransformer",
+    "apply_scale",
+    "attend_heads",
+    "is_one",
+    "plain_attention",
+]

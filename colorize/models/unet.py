@@ -1,17 +1,20 @@
 """The SD2.1 denoising U-Net of ColorizeDiffusion (``DualCondUNet``), thesis §5.3.1 and Eq. 5.1.
 
-Topology (reference notes §1.3, full size): input blocks = conv_in, then per level ``num_res_blocks`` ×
-(ResBlock [+ SpatialTransformer]) and a Downsample (except the last level); middle = Res, Attn, Res; output
-blocks mirror the encoder with ``num_res_blocks + 1`` blocks per level, each consuming one skip, and an
-Upsample closing every level but the top one.  Sketch hints (Eq. 5.1) are added after input blocks
-0, 3, 6, 9, 11 (after conv_in, after each Downsample, after the last input block), before the skip is stored.
+Topology (full size: official ``configs/inference/*.yaml`` ``unet_config`` at commit ``c9bd9fb``): input blocks =
+conv_in, then per level ``num_res_blocks`` × (ResBlock [+ SpatialTransformer]) and a Downsample (except the last
+level); middle = Res, Attn, Res; output blocks mirror the encoder with ``num_res_blocks + 1`` blocks per level,
+each consuming one skip, and an Upsample closing every level but the top one. Sketch hints (Eq. 5.1) are added
+after input blocks 0, 3, 6, 9, 11 (after conv_in, after each Downsample, after the last input block), before
+the skip is stored. With ``split_lora`` the cross-attention projections of the chosen blocks carry the fg/bg
+LoRA pairs of v1.5 / v2 (thesis §5.5.2); every attention extension is a per-call value
+(:class:`~colorize.models.attention.AttentionPatches`).
 """
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
 from dataclasses import fields
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +22,34 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from colorize.config import UNetConfig
-from colorize.models.attention import SpatialTransformer
+from colorize.models.attention import AttentionPatches, CrossAttention, SpatialTransformer
+from colorize.models.lora import SplitLoraConfig, SplitLoraLinear, resolve_rank
 
-ReferenceScales = Union[Sequence[Union[float, Tensor]], Tensor, None]
+#: Official attention-block order (depth-first through input, middle, output blocks of the SD2.1 U-Net): the
+#: ``index`` of :class:`~colorize.models.attention.AttentionSite` and of the per-block reference strengths.
+ATTENTION_BLOCK_ORDER: tuple[str, ...] = (
+    "input_blocks.1.1",
+    "input_blocks.2.1",
+    "input_blocks.4.1",
+    "input_blocks.5.1",
+    "input_blocks.7.1",
+    "input_blocks.8.1",
+    "middle_block.1",
+    "output_blocks.3.1",
+    "output_blocks.4.1",
+    "output_blocks.5.1",
+    "output_blocks.6.1",
+    "output_blocks.7.1",
+    "output_blocks.8.1",
+    "output_blocks.9.1",
+    "output_blocks.10.1",
+    "output_blocks.11.1",
+)
+NUM_ATTENTION_BLOCKS = len(ATTENTION_BLOCK_ORDER)
+#: Token-grid size of each block relative to the latent (the official blocks' ``scale_factor``).
+BLOCK_SCALE_FACTORS: tuple[float, ...] = (
+    1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125, 0.25, 0.25, 0.25, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0,
+)
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -93,14 +121,14 @@ class UNetBlock(nn.Sequential):
         x: Tensor,
         emb: Tensor,
         context: Tensor | None,
-        scales: ReferenceScales = None,
+        attention: AttentionPatches | None = None,
         size: Sequence[int] | None = None,
     ) -> Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, 1.0 if scales is None else scales[layer.attn_index])
+                x = layer(x, context, attention)
             elif isinstance(layer, Upsample):
                 x = layer(x, size)
             else:
@@ -111,17 +139,18 @@ class UNetBlock(nn.Sequential):
 class DualCondUNet(nn.Module):
     """SD2.1 U-Net conditioned on reference tokens (cross-attention) and sketch hints (additive, Eq. 5.1).
 
-    Reference strength is a *forward argument* (``reference_scales``), not module state: the official code
-    stores ``reference_scale`` as a per-block attribute, which makes a value set for one generation leak into
-    the next (sticky-state bugs, reference notes §7).  Here every call states its scales or gets all ones.
-    ``state_dict()`` keys equal the official ``model.diffusion_model.*`` keys with that prefix stripped.
-    ``use_checkpoint`` recomputes each block in the backward pass (training only).  ``make_attention`` is the
-    hook for variants (split attention, LoRA) that replace the SpatialTransformer.
+    Every per-generation input is a forward argument, attention extensions included (``attention``: reference
+    strengths, split attention, injection); the official code stores ``reference_scale`` and the LoRA mode as
+    module attributes, so a value set for one generation leaks into the next. ``state_dict()`` keys equal the
+    official ``model.diffusion_model.*`` keys with that prefix stripped (incl. the v1.5/v2
+    ``attn2.to_{q,k,v}.lora_{down,up}_{fg,bg}`` pairs with ``split_lora``). ``use_checkpoint`` recomputes each
+    block in the backward pass (training only).
     """
 
     def __init__(
         self,
         cfg: UNetConfig,
+        split_lora: SplitLoraConfig | None = None,
         *,
         use_checkpoint: bool = False,
         device: torch.device | str | None = None,
@@ -129,6 +158,7 @@ class DualCondUNet(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.split_lora = split_lora
         self.use_checkpoint = use_checkpoint
         self.hint_indices: list[int] = []
         self.num_attention_blocks = 0
@@ -148,20 +178,20 @@ class DualCondUNet(nn.Module):
             self.to(dtype)
 
     # ---------------------------------------------------------------- construction
-    def make_attention(self, channels: int, attn_index: int) -> SpatialTransformer:
-        """The attention block for ``channels`` at position ``attn_index`` of the official attention order.
-
-        Variants override this and return a ``SpatialTransformer`` subclass (``UNetBlock`` routes context
-        and reference scale by that type).
-        """
-        cfg = self.cfg
-        heads = channels // cfg.num_head_channels
-        return SpatialTransformer(
-            channels, heads, cfg.num_head_channels, cfg.context_dim, cfg.transformer_depth, attn_index
-        )
+    def has_lora(self, attn_index: int) -> bool:
+        """Whether the cross-attention block ``attn_index`` carries the fg/bg LoRA pairs."""
+        lora = self.split_lora
+        if lora is None or lora.blocks == "none":
+            return False
+        return lora.blocks == "all" or attn_index > encoder_attention_count(self.cfg)
 
     def _next_attention(self, channels: int) -> SpatialTransformer:
-        block = self.make_attention(channels, self.num_attention_blocks)
+        cfg, index = self.cfg, self.num_attention_blocks
+        block = SpatialTransformer(channels, channels // cfg.num_head_channels, cfg.num_head_channels,
+                                   cfg.context_dim, cfg.transformer_depth, index)
+        if self.split_lora is not None:
+            ranks = (self.split_lora.fg_rank, self.split_lora.bg_rank) if self.has_lora(index) else None
+            add_split_lora(block, cfg.context_dim, ranks)
         self.num_attention_blocks += 1
         return block
 
@@ -214,15 +244,6 @@ class DualCondUNet(nn.Module):
         found = [m for m in self.modules() if isinstance(m, SpatialTransformer)]
         return sorted(found, key=lambda m: m.attn_index)
 
-    def _scales(self, scales: ReferenceScales, device: torch.device) -> ReferenceScales:
-        if scales is None:
-            return None
-        if len(scales) != self.num_attention_blocks:
-            raise ValueError(f"expected {self.num_attention_blocks} reference scales, got {len(scales)}")
-        if isinstance(scales, Tensor):
-            return scales.to(device=device, dtype=self.dtype)
-        return [s.to(device=device, dtype=self.dtype) if isinstance(s, Tensor) else float(s) for s in scales]
-
     def _hints(self, hints: Sequence[Tensor | None] | None) -> dict[int, Tensor]:
         if hints is None:
             return {}
@@ -241,23 +262,28 @@ class DualCondUNet(nn.Module):
         timesteps: Tensor,
         context: Tensor | None,
         hints: Sequence[Tensor | None] | None = None,
-        reference_scales: ReferenceScales = None,
+        attention: AttentionPatches | None = None,
     ) -> Tensor:
         """Predict the model output (ε or v) for latent ``x`` (b, C, h, w).
 
-        timesteps: float (b,) or scalar, continuous values allowed.  context: (b, N, context_dim) reference
-        tokens; ``None`` = empty reference (identical to any all-zero context).  hints: the sketch-encoder
-        outputs (already multiplied by the sketch strength), one per ``hint_indices`` entry, ``None`` entries
-        skipped.  reference_scales: ``None`` (all 1) or one value per attention block in the official order
-        (see ``colorize.models.strength``); a value is a float, or a tensor of shape () or (b,); a tensor of
-        shape (16,) or (16, b) is accepted too.  They multiply softmax(qkᵀ/√d)·v of every ``attn2``.
+        timesteps: float (b,) or scalar, continuous values allowed. context: (b, N, context_dim) reference
+        tokens (v1.5/v2 split attention: ``[foreground N | background N]``); ``None`` = empty reference
+        (identical to any all-zero context). hints: the sketch-encoder outputs (already multiplied by the sketch
+        strength), one per ``hint_indices`` entry, ``None`` entries skipped. attention: the call's attention
+        processors and per-block reference strengths (:class:`~colorize.models.attention.AttentionPatches`;
+        ``None`` = plain attention, all strengths 1).
         """
+        self._check_attention(attention)
         if context is not None:
             context = context.to(self.dtype)
         emb = self._embed(timesteps, x)
-        scales = self._scales(reference_scales, x.device)
-        h, skips = self._encode(x, emb, context, scales, hints)
-        return self._head(self._decode(h, skips, emb, context, scales), x)
+        h, skips = self._encode(x, emb, context, attention, hints)
+        return self._head(self._decode(h, skips, emb, context, attention), x)
+
+    def _check_attention(self, attention: AttentionPatches | None) -> None:
+        scales = attention.reference_scales if attention is not None else None
+        if scales is not None and len(scales) != self.num_attention_blocks:
+            raise ValueError(f"expected {self.num_attention_blocks} reference scales, got {len(scales)}")
 
     # Forward pieces, shared with variants that change one stage (e.g. the v2 decoder).
     def _embed(self, timesteps: Tensor, x: Tensor) -> Tensor:
@@ -269,24 +295,26 @@ class DualCondUNet(nn.Module):
         return self.time_embed(t_emb.to(self.time_embed[0].weight.dtype)).to(self.dtype)
 
     def _encode(
-        self, x: Tensor, emb: Tensor, context: Any, scales: ReferenceScales, hints: Sequence[Tensor | None] | None
+        self, x: Tensor, emb: Tensor, context: Tensor | None, attention: AttentionPatches | None,
+        hints: Sequence[Tensor | None] | None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Input blocks (hints added after their blocks, skips stored) and the middle block."""
         hints_at = self._hints(hints)
         h, skips = x.to(self.dtype), []
         for i, block in enumerate(self.input_blocks):
-            h = self._run(block, h, emb, context, scales)
+            h = self._run(block, h, emb, context, attention)
             if i in hints_at:
                 h = h + hints_at[i]
             skips.append(h)
-        return self._run(self.middle_block, h, emb, context, scales), skips
+        return self._run(self.middle_block, h, emb, context, attention), skips
 
-    def _decode(self, h: Tensor, skips: list[Tensor], emb: Tensor, context: Any, scales: ReferenceScales) -> Tensor:
+    def _decode(self, h: Tensor, skips: list[Tensor], emb: Tensor, context: Tensor | None,
+                attention: AttentionPatches | None) -> Tensor:
         """Output blocks, each consuming the last stored skip (``skips`` is emptied)."""
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             size = tuple(skips[-1].shape[-2:]) if skips else None
-            h = self._run(block, h, emb, context, scales, size)
+            h = self._run(block, h, emb, context, attention, size)
         return h
 
     def _head(self, h: Tensor, x: Tensor) -> Tensor:
@@ -324,6 +352,27 @@ def build_input_blocks(
     return nn.ModuleList(blocks), skip_channels, hint_indices, (ch, ds)
 
 
+def encoder_attention_count(cfg: UNetConfig) -> int:
+    """Number of attention blocks in the input blocks (the middle block's index; decoder blocks follow)."""
+    return sum(cfg.num_res_blocks for level in range(len(cfg.channel_mult)) if 2**level in cfg.attention_resolutions)
+
+
+def add_split_lora(block: SpatialTransformer, context_dim: int, ranks: tuple[float, float] | None) -> None:
+    """Give every ``attn2`` of ``block`` a fresh layer whose ``to_q/to_k/to_v`` carry fg/bg LoRA pairs of these
+    ranks (:func:`~colorize.models.lora.resolve_rank`); ``None``: a fresh plain layer. The layer is built anew
+    rather than patched so that random initialisation draws in the order the v1.5/v2 U-Nets always have (the
+    tiny test weights and training from v1 weights reproduce exactly)."""
+    for tb in block.transformer_blocks:
+        old = tb.attn2
+        inner, heads = old.to_q.out_features, old.heads
+        attn = CrossAttention(old.to_q.in_features, context_dim, heads, inner // heads)
+        if ranks is not None:
+            for name, fan_in in (("to_q", old.to_q.in_features), ("to_k", context_dim), ("to_v", context_dim)):
+                fg, bg = (resolve_rank(r, fan_in, inner) for r in ranks)
+                setattr(attn, name, SplitLoraLinear(fan_in, inner, fg, bg))
+        tb.attn2 = attn
+
+
 def zero_residual_outputs(module: nn.Module) -> None:
     """Zero every ResBlock's last conv and every SpatialTransformer's ``proj_out`` inside ``module``."""
     for m in module.modules():
@@ -331,6 +380,16 @@ def zero_residual_outputs(module: nn.Module) -> None:
         if layer is not None:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+
+def conv_proj_weights(unet_sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A U-Net state dict with SD2.x ``proj_in/proj_out`` Linear weights ``[C, C]`` (text-to-image checkpoints)
+    as the ``[C, C, 1, 1]`` 1×1-conv weights of this U-Net (the released colorizers store convs)."""
+    out = dict(unet_sd)
+    for k, v in unet_sd.items():
+        if (".proj_in.weight" in k or ".proj_out.weight" in k) and v.ndim == 2:
+            out[k] = v[:, :, None, None]
+    return out
 
 
 def config_from_official(params: Mapping[str, Any]) -> UNetConfig:

@@ -249,4 +249,29 @@ def vae_config_from_ddconfig(params: dict) -> tuple[VAEConfig, dict]:
     return cfg, extra
 
 
-__all__ = ["AutoencoderKL", "DiagonalGaussian", "vae_config_from_ddconfig"]
+@torch.no_grad()
+def posterior_latent(vae: nn.Module, image: Tensor, noise: Tensor | None = None) -> Tensor:
+    """Image in [-1, 1] → diffusion latent ``scale_factor · z``: ``z`` the posterior sample with the given
+    standard-normal draw (the official ``posterior.sample()``), or the posterior mean when ``noise`` is None."""
+    post = vae.encode(image)
+    z = post.mean if noise is None else post.mean + post.std * noise.to(post.mean)
+    return z * vae.cfg.scale_factor
+
+
+class SeededLatentEncoder:
+    """``image in [-1, 1] → scale_factor · z`` with ``z`` a VAE posterior sample (as the official v2 app),
+    its noise drawn from a CPU generator seeded per generation so results reproduce on any device."""
+
+    def __init__(self, vae: nn.Module, seed: int) -> None:
+        self.vae = vae
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    @torch.no_grad()
+    def __call__(self, image: Tensor) -> Tensor:
+        w = next(self.vae.parameters())
+        post = self.vae.encode(image.to(w.device, w.dtype))
+        noise = torch.randn(post.mean.shape, generator=self.generator).to(post.mean)
+        return (post.mean + post.std * noise) * self.vae.cfg.scale_factor
+
+
+__all__ = ["AutoencoderKL", "DiagonalGaussian", "SeededLatentEncoder", "posterior_latent", "vae_config_from_ddconfig"]

@@ -1,12 +1,14 @@
 """Host bridge of the colorizer (no host import): the SD2.1 U-Net layout a host builds, the colorizer's own
 modules that run inside the host's U-Net call, and the per-step math its patches call.
 
-Used by the ComfyUI bridge (``nodes/native*.py``): the checkpoint's U-Net becomes the host's native SD2.x
-model, and sketch hints, split cross-attention, reference strengths and the v2 decoder extras are applied
-through the host's patch points with exactly the library's math (thesis §5.3–5.6).
+Used by the ComfyUI bridge (``nodes/native/``): the checkpoint's U-Net becomes the host's native SD2.x model,
+and sketch hints, split cross-attention, reference strengths and the v2 decoder extras are applied through the
+host's patch points with the library's own code: the attention processors of :mod:`colorize.models.attention`
+and :mod:`colorize.models.split_attention`, the v2 decoder modules (thesis §5.3–5.6).
 """
 from __future__ import annotations
 
+from colorize.native.batch import chunk_hints, token_grid
 from colorize.native.build import NativeCheckpoint, read_native_checkpoint, read_vae
 from colorize.native.extras import AttentionLora, LoraPairs, NativeExtras
 from colorize.native.layout import (
@@ -16,35 +18,19 @@ from colorize.native.layout import (
     host_unet_config,
     split_unet_state_dict,
 )
-from colorize.native.ops import (
-    Attend,
-    attend_heads,
-    chunk_hints,
-    mask_tokens,
-    scaled_attention,
-    split_attention,
-    token_grid,
-    warp_skip,
-)
 
 __all__ = [
-    "Attend",
     "AttentionBlock",
     "AttentionLora",
     "LoraPairs",
     "NativeCheckpoint",
     "NativeExtras",
-    "attend_heads",
     "attention_blocks",
     "chunk_hints",
     "hint_block_indices",
     "host_unet_config",
-    "mask_tokens",
     "read_native_checkpoint",
     "read_vae",
-    "scaled_attention",
-    "split_attention",
     "split_unet_state_dict",
     "token_grid",
-    "warp_skip",
 ]

@@ -7,7 +7,8 @@ U-Net:
 * ``sketch_encoder`` — the five sketch hints (thesis Eq. 5.1);
 * ``lora`` — per cross-attention layer, the foreground/background LoRA pairs of ``to_q/to_k/to_v``
   (v1.5 all blocks, v2 decoder blocks; thesis §5.5.2, Eq. 5.4), never merged into the base weights;
-* ``warp_modules`` / ``style_modules`` — v2 skip warping and style modulation (thesis §5.6).
+* the family's other U-Net additions (``Family.unet_additions``), e.g. v2's ``warp_modules`` / ``style_modules``
+  for skip warping and style modulation (thesis §5.6).
 
 State-dict keys map one to one onto the official checkpoint keys (:func:`extras_state_dict`).
 """
@@ -24,7 +25,6 @@ from torch import Tensor, nn
 from colorize.config import ColorizerConfig
 from colorize.models.lora import Branch
 from colorize.models.sketch_encoder import SketchEncoder
-from colorize.models.warp import style_modules, warp_modules
 
 #: ``<path>.attn2.to_q.lora_down_fg.weight`` (U-Net key without the ``model.diffusion_model.`` prefix).
 LORA_KEY = re.compile(r"(?P<path>.+\.attn2)\.(?P<proj>to_[qkv])\.lora_(?P<kind>down|up)_(?P<branch>fg|bg)\.weight$")
@@ -63,14 +63,15 @@ class AttentionLora(nn.Module):
 
 
 class NativeExtras(nn.Module):
-    """Sketch encoder, split LoRA (v1.5/v2) and v2 warp/style modules of one checkpoint.
+    """Sketch encoder, split LoRA (v1.5/v2) and the family's other U-Net additions of one checkpoint.
 
-    ``lora``: ``{attn2 path: {projection: (in, out, fg rank, bg rank)}}`` (empty for v1);
-    ``warp_dim_head``: head width of the v2 warp modules (``None`` = not v2).
+    ``lora``: ``{attn2 path: {projection: (in, out, fg rank, bg rank)}}`` (empty for v1); ``additions``: modules
+    by their U-Net key prefix (v2: ``warp_modules``, ``style_modules``), registered under that name.
     """
 
     def __init__(self, config: ColorizerConfig, lora: Mapping[str, LoraShapes] | None = None,
-                 warp_dim_head: int | None = None, *, device: torch.device | str | None = None) -> None:
+                 additions: Mapping[str, nn.Module] | None = None, *,
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         self.config = config
         self.lora_paths = {path: lora_module_name(path) for path in (lora or {})}
@@ -78,8 +79,8 @@ class NativeExtras(nn.Module):
             self.sketch_encoder = SketchEncoder(config.sketch)
             self.lora = nn.ModuleDict({name: AttentionLora(lora[path])  # type: ignore[index]
                                        for path, name in self.lora_paths.items()})
-            self.warp_modules = warp_modules(config.unet, warp_dim_head) if warp_dim_head else None
-            self.style_modules = style_modules(config.unet) if warp_dim_head else None
+        for name, module in (additions or {}).items():
+            self.add_module(name, module)
 
     def lora_for(self, path: str) -> AttentionLora | None:
         """The LoRA of the ``attn2`` at ``path`` (``None``: that layer has none)."""
@@ -112,7 +113,7 @@ def extras_state_dict(sketch_encoder: Mapping[str, Tensor], unet_extra: Mapping[
         if m:
             out[f"lora.{lora_module_name(m['path'])}.{m['proj']}.lora_{m['kind']}_{m['branch']}.weight"] = value
         else:
-            out[key] = value  # warp_modules.*, style_modules.*
+            out[key] = value  # the family's additions (v2: warp_modules.*, style_modules.*)
     return out
 
 

@@ -8,23 +8,23 @@ custom layouts):
 * :func:`host_unet_config` — the constructor parameters of that U-Net (thesis §5.3.1: SD2.1 backbone with
   1×1-conv ``proj_in/out``, i.e. ``use_linear_in_transformer=False`` as the released checkpoints);
 * :func:`attention_blocks` — the cross-attention blocks in the official 16-block order
-  (:data:`colorize.models.strength.ATTENTION_BLOCK_ORDER` for SD2.1), as host keys and module paths;
+  (:data:`colorize.models.unet.ATTENTION_BLOCK_ORDER` for SD2.1), as host keys and module paths;
 * :func:`hint_block_indices` — the input blocks after which the sketch hints are added (Eq. 5.1);
 * :func:`split_unet_state_dict` — U-Net keys the host's U-Net has vs. the colorizer's own additions (the
-  v1.5/v2 split LoRA pairs, v2 ``warp_modules`` / ``style_modules``), which stay with our modules.
+  v1.5/v2 split LoRA pairs, a family's other U-Net modules such as v2's ``warp_modules`` / ``style_modules``),
+  which stay with our modules.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from colorize.config import UNetConfig
 
 T = TypeVar("T")
-#: Key fragments of U-Net tensors the host's plain SD2.1 U-Net does not have.
+#: Key fragments of the split-LoRA tensors, which the host's plain SD2.1 U-Net does not have.
 EXTRA_KEY_MARKERS: tuple[str, ...] = (".lora_down_fg.", ".lora_up_fg.", ".lora_down_bg.", ".lora_up_bg.")
-EXTRA_KEY_PREFIXES: tuple[str, ...] = ("warp_modules.", "style_modules.")
 
 
 @dataclass(frozen=True)
@@ -105,17 +105,19 @@ def hint_block_indices(cfg: UNetConfig) -> list[int]:
     return indices
 
 
-def is_extra_unet_key(key: str) -> bool:
-    """True for U-Net keys (prefix stripped) that belong to the colorizer's additions, not the SD2.1 U-Net."""
-    return key.startswith(EXTRA_KEY_PREFIXES) or any(m in key for m in EXTRA_KEY_MARKERS)
+def is_extra_unet_key(key: str, additions: Sequence[str] = ()) -> bool:
+    """True for U-Net keys (prefix stripped) that belong to the colorizer's additions (the split LoRA pairs and
+    the modules named in ``additions``), not the SD2.1 U-Net."""
+    return key.split(".", 1)[0] in additions or any(m in key for m in EXTRA_KEY_MARKERS)
 
 
-def split_unet_state_dict(sd: Mapping[str, T]) -> tuple[dict[str, T], dict[str, T]]:
-    """``(host U-Net keys, colorizer additions)`` of a U-Net state dict (``model.diffusion_model.`` stripped)."""
+def split_unet_state_dict(sd: Mapping[str, T], additions: Sequence[str] = ()) -> tuple[dict[str, T], dict[str, T]]:
+    """``(host U-Net keys, colorizer additions)`` of a U-Net state dict (``model.diffusion_model.`` stripped);
+    ``additions``: the family's U-Net module names besides the LoRA pairs (``Family.unet_additions``)."""
     base: dict[str, T] = {}
     extra: dict[str, T] = {}
     for k, v in sd.items():
-        (extra if is_extra_unet_key(k) else base)[k] = v
+        (extra if is_extra_unet_key(k, additions) else base)[k] = v
     return base, extra
 
 

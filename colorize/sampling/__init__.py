@@ -13,10 +13,6 @@ The official default ("diffuser_dpm") has its own integer timesteps and starting
 """
 from __future__ import annotations
 
-from typing import Callable
-
-from torch import Tensor
-
 from colorize.sampling.denoiser import (
     COND,
     UNCOND_REF,
@@ -28,16 +24,23 @@ from colorize.sampling.denoiser import (
     to_denoised,
 )
 from colorize.sampling.dpm_solver import dpm_solver_schedule, sample_dpm_solver
+from colorize.sampling.noise_schedule import DiscreteSchedule, ddpm_buffers
 from colorize.sampling.samplers import SAMPLERS
-from colorize.sampling.sigmas import exponential, karras, karras_sigmas, leading_timesteps, uniform_sigmas
-
-SCHEDULERS: dict[str, Callable[..., Tensor]] = {
-    "karras": karras,
-    "uniform": uniform_sigmas,
-    "exponential": exponential,
-}
+from colorize.sampling.sigmas import (
+    AUTO_SCHEDULER,
+    SCHEDULER_CHOICES,
+    SCHEDULERS,
+    ddim_timesteps,
+    karras_sigmas,
+    leading_timesteps,
+    resolve_scheduler,
+    sampler_sigmas,
+    timestep_sigmas,
+)
 
 __all__ = [
+    "AUTO_SCHEDULER",
+    "SCHEDULER_CHOICES",
     "COND",
     "DiscreteSchedule",
     "GuidedDenoiser",
@@ -53,6 +56,8 @@ __all__ = [
     "karras_sigmas",
     "leading_timesteps",
     "sample_dpm_solver",
+    "resolve_scheduler",
+    "sampler_sigmas",
     "scalings",
     "timestep_sigmas",
     "to_denoised",

@@ -7,6 +7,7 @@ official k-diffusion path passes for its "Karras" and "Exponential" schedulers, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -71,7 +72,44 @@ def exponential(n: int, schedule: DiscreteSchedule, device: torch.device | str =
     return exponential_sigmas(n, schedule.sigma_min, schedule.sigma_max, device)
 
 
+#: The sigma schedules by name (``leading`` is separate: the sampler's own diffusers timesteps).
+SCHEDULERS: dict[str, Callable[..., Tensor]] = {
+    "karras": karras,
+    "uniform": uniform_sigmas,
+    "exponential": exponential,
+}
+#: Each sampler's own default schedule, as the official app's "Automatic" (k-diffusion / diffusers defaults).
+AUTO_SCHEDULER: dict[str, str] = {
+    "dpm_solver": "leading",
+    "ddim": "leading",
+    "euler": "uniform",
+    "euler_ancestral": "uniform",
+    "dpmpp_2m": "karras",
+    "dpmpp_2m_sde": "exponential",
+}
+SCHEDULER_CHOICES: tuple[str, ...] = ("auto", "leading", *SCHEDULERS)
+
+
+def resolve_scheduler(sampler: str, scheduler: str) -> str:
+    """The schedule a sampler runs on: ``auto`` resolved to its default (:data:`AUTO_SCHEDULER`)."""
+    return AUTO_SCHEDULER[sampler] if scheduler == "auto" else scheduler
+
+
+def sampler_sigmas(sampler: str, scheduler: str, steps: int, schedule: DiscreteSchedule,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """The ``steps + 1`` sigmas of a sampler/scheduler choice; ``leading`` = the sampler's diffusers timesteps
+    (DDIM's rule for ``ddim``, DPM-Solver's otherwise)."""
+    name = resolve_scheduler(sampler, scheduler)
+    if name == "leading":
+        rule = ddim_timesteps if sampler == "ddim" else leading_timesteps
+        return timestep_sigmas(rule(steps, schedule.num_timesteps), schedule, device)
+    return SCHEDULERS[name](steps, schedule, device=device)
+
+
 __all__ = [
+    "AUTO_SCHEDULER",
+    "SCHEDULERS",
+    "SCHEDULER_CHOICES",
     "ddim_timesteps",
     "leading_timesteps",
     "timestep_sigmas",
@@ -79,5 +117,7 @@ __all__ = [
     "exponential_sigmas",
     "karras",
     "karras_sigmas",
+    "resolve_scheduler",
+    "sampler_sigmas",
     "uniform_sigmas",
 ]

@@ -4,17 +4,18 @@ from __future__ import annotations
 import torch
 
 from colorize.models import unet
-from colorize.models.split_attention import SplitOptions, SwitchUNet
-from colorize.models.strength import level_reference_scales
-from colorize.models.switch_config import lora_config_from_official
+from colorize.models.attention import AttentionPatches
+from colorize.models.lora import lora_config_from_official
+from colorize.models.split_attention import SplitAttention, SplitOptions
 from colorize.parity.core import Fixture, register
+from colorize.settings import level_reference_scales
 
 
 @register("switch_split_attention")
 def run(fx: Fixture) -> dict[str, torch.Tensor]:
     cfg, sc = fx.config, fx.scalars
-    model = SwitchUNet(unet.config_from_official(cfg["unet_config"]["params"]),
-                       lora_config_from_official(cfg.get("lora_config", {})))
+    model = unet.DualCondUNet(unet.config_from_official(cfg["unet_config"]["params"]),
+                              lora_config_from_official(cfg.get("lora_config", {})))
     model.load_state_dict(fx.weights("model.diffusion_model."), strict=True)
     model.eval()
 
@@ -35,5 +36,6 @@ def run(fx: Fixture) -> dict[str, torch.Tensor]:
         scales = level_scales if isinstance(case.get("reference_scale"), str) else None
         if isinstance(case.get("reference_scale"), (int, float)) and case["reference_scale"] != 1.0:
             scales = [float(case["reference_scale"])] * model.num_attention_blocks
-        out[name] = model(x, t, context, hints, reference_scales=scales, split=opts)
+        out[name] = model(x, t, context, hints, AttentionPatches(cross_attention=SplitAttention(opts),
+                                                                 reference_scales=scales))
     return out

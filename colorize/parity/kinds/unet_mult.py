@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from colorize.models import sketch_encoder, unet
-from colorize.models.strength import block_reference_scales, level_reference_scales
+from colorize.models.attention import AttentionPatches
 from colorize.parity.core import Fixture, register
+from colorize.settings import block_reference_scales, level_reference_scales
 
 
 @register("unet_mult")
@@ -25,9 +26,9 @@ def run(fx: Fixture) -> dict[str, torch.Tensor]:
 
     blocks_api = fx.scalars["refscale_blocks_api"]
     blocks = block_reference_scales(blocks_api["scales"], blocks_api.get("strength", 1.0))
-    out["eps_refscale_blocks"] = model(x, t, context, hints, reference_scales=blocks)
+    out["eps_refscale_blocks"] = model(x, t, context, hints, AttentionPatches(reference_scales=blocks))
 
     levels_api = fx.scalars["refscale_levels_api"]
     levels = level_reference_scales(levels_api.get("strength", 1.0), levels_api["scales"])
-    out["eps_refscale_levels"] = model(x, t, context, hints, reference_scales=levels)
+    out["eps_refscale_levels"] = model(x, t, context, hints, AttentionPatches(reference_scales=levels))
     return out

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from colorize.families.v2.encoders import RATIO_EMBED_DIM, UNetEncoder, embed_ratios, ratio_tensor
 from colorize.models import unet
-from colorize.models.size_embedding import RATIO_EMBED_DIM, embed_ratios, ratio_tensor
-from colorize.models.unet_encoder import UNetEncoder
 from colorize.parity.core import Fixture, register
 
 

@@ -5,13 +5,14 @@ import re
 
 import torch
 
+from colorize.families.v2.config import FULL_V2
+from colorize.families.v2.unet import V2UNet
 from colorize.models import unet
-from colorize.models.split_attention import SplitOptions
-from colorize.models.strength import level_reference_scales
-from colorize.models.switch_config import lora_config_from_official
-from colorize.models.v2_config import FULL_V2
-from colorize.models.v2_unet import V2UNet
+from colorize.models.attention import AttentionPatches
+from colorize.models.lora import lora_config_from_official
+from colorize.models.split_attention import SplitAttention, SplitOptions
 from colorize.parity.core import Fixture, register
+from colorize.settings import level_reference_scales
 
 
 def warp_dim_head(fx: Fixture) -> int:
@@ -54,11 +55,13 @@ def run(fx: Fixture) -> dict[str, torch.Tensor]:
             scales = None if float(ref) == 1.0 else [float(ref)] * model.num_attention_blocks
         st = style if case.get("style_modulations") else None
         if not case.get("mask_threshold_hs_bg"):  # no mask: first N tokens, LoRA inactive, no warping
-            out[case["output"]] = model(x, t, context[:, : context.shape[1] // 2], hints, scales, style=st)
+            out[case["output"]] = model(x, t, context[:, : context.shape[1] // 2], hints,
+                                        AttentionPatches(reference_scales=scales), style=st)
             continue
         opts = SplitOptions(mask=mask, threshold=attn_threshold, fg_scale=sc["fg_scale"], bg_scale=sc["bg_scale"],
                             merge_scale=sc["merge_scale"], use_fg_lora=bool(case["use_fg_lora"]),
                             use_bg_lora=bool(case["use_bg_lora"]))
-        out[case["output"]] = model(x, t, context, hints, scales, split=opts, hs_bg=hs_bg, style=st,
+        patches = AttentionPatches(cross_attention=SplitAttention(opts), reference_scales=scales)
+        out[case["output"]] = model(x, t, context, hints, patches, hs_bg=hs_bg, style=st, warp_mask=mask,
                                     warp_threshold=warp_threshold)
     return out

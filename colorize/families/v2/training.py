@@ -1,7 +1,8 @@
-"""The modules of the v2 training stages (thesis §5.6.1, Eq. 5.5; reference §1.10). The official v2 trainer was
-not released (reference §4.2), so the stage semantics follow the thesis and what is inferred is said here.
+"""The model of the v2 training stages (thesis §5.6.1, Eq. 5.5). The official v2 trainer was not released (the
+official repository's ``refnet/models/trainer/`` has none), so the stage semantics follow the thesis and what is
+inferred is said here.
 
-:class:`V2Denoiser` holds the v2 U-Net (:class:`~colorize.models.v2_unet.V2UNet`: decoder split LoRA,
+:class:`V2Denoiser` holds the v2 U-Net (:class:`~colorize.families.v2.unet.V2UNet`: decoder split LoRA,
 ``warp_modules`` = background injection, ``style_modules`` = style injection), the sketch encoder and the
 background and style encoders. Thesis stage 2 (``v2_background``) trains the background encoder, its injection
 modules and the split-attention LoRA; stage 3 (``v2_style``) trains the style encoder and its injection modules
@@ -15,7 +16,7 @@ Inferred (not in the thesis or the released code):
   size embedding of equal sizes (the crop is the target). The CLIP tokens of the background are those of the
   224² background-only reference, as v1.5.
 * The background encoder cross-attends to the background's tokens (the library's default
-  ``V2Settings.background_context="background"``, so training matches default inference; the thesis formula
+  ``EnhanceSettings.background_context="background"``, so training matches default inference; the thesis formula
   ``φ_bg(E(r_bg), e)`` uses the reference tokens). Context ``[e | e_bg]``, both LoRA pairs on (background
   enhance), per-sample thresholds ``th_s`` (split attention and skip warping), ``th_r`` as v1.5.
 * Stage 3 activates the background branch per sample (Bernoulli 0.5): active rows run as stage 2 plus style,
@@ -24,21 +25,26 @@ Inferred (not in the thesis or the released code):
 """
 from __future__ import annotations
 
-import os
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from colorize.checkpoint import split_by_prefix
 from colorize.config import ColorizerConfig
-from colorize.models.lora import SplitLoraLinear
+from colorize.families.base import Family, TrainingStart
+from colorize.families.v1.training import Autocast, Encoders
+from colorize.families.v2.conditioning import ratio_dim
+from colorize.families.v2.config import V2_LORA, default_warp_dim_head
+from colorize.families.v2.encoders import UNetEncoder, background_encoder, size_embedding, style_encoder
+from colorize.families.v2.unet import V2UNet
+from colorize.families.v15.training import lora_pairs
+from colorize.masks.inputs import background_only_reference, sketch_mask_to_latent
+from colorize.models.attention import AttentionPatches
 from colorize.models.sketch_encoder import SketchEncoder
-from colorize.models.split_attention import SplitOptions
-from colorize.models.unet_encoder import UNetEncoder
-from colorize.models.v2_unet import V2UNet
+from colorize.models.split_attention import SplitAttention, SplitOptions
 from colorize.models.vae import AutoencoderKL
-from training.config import ModelConfig
 
 
 def _pick(value: Tensor | None, rows: Tensor) -> Tensor | None:
@@ -58,13 +64,34 @@ class V2Denoiser(nn.Module):
 
     def groups(self) -> dict[str, nn.Module]:
         """Stage groups; ``unet.lora`` / ``unet.warp`` / ``unet.style`` share their parameters with ``unet``."""
-        lora = nn.ModuleList()
-        for m in self.unet.modules():
-            if isinstance(m, SplitLoraLinear):
-                lora.extend([m.lora_down_fg, m.lora_up_fg, m.lora_down_bg, m.lora_up_bg])
-        return {"unet": self.unet, "unet.lora": lora, "unet.warp": self.unet.warp_modules,
+        return {"unet": self.unet, "unet.lora": lora_pairs(self.unet), "unet.warp": self.unet.warp_modules,
                 "unet.style": self.unet.style_modules, "sketch_encoder": self.sketch_encoder,
                 "bg_encoder": self.bg_encoder, "style_encoder": self.style_encoder}
+
+    def training_inputs(self, batch: Mapping[str, Tensor], latent: Tensor, encoders: Encoders, autocast: Autocast,
+                        style: bool = False, **options: Any) -> tuple[Tensor, dict[str, Any]]:
+        """Frozen encodes: the latent and CLIP tokens of the background-only image (``th_r``) and the reference
+        tokens; the latent sketch mask and the size embedding of equal sizes. ``style=False`` (stage
+        ``v2_background``): background branch on every sample; ``style=True`` (``v2_style``): style on every
+        sample (the colour latent: the ground truth is the reference), background branch where ``bg_active``."""
+        color, th_r = batch["color"], batch["th_r"].view(-1, 1, 1, 1)
+        with autocast():
+            z_bg = encoders.latents(torch.where(batch["mask"] < th_r, color, torch.ones_like(color)))
+            bg_ref = background_only_reference(batch["reference"], batch["reference_mask"], th_r)
+            fg, bg = encoders.tokens(torch.cat([batch["reference"], bg_ref])).float().chunk(2)
+        mask = sketch_mask_to_latent(batch["mask"], encoders.latent_factor)
+        hw = tuple(color.shape[-2:])
+        y = size_embedding(hw, hw, ratio_dim(self.bg_encoder), device=color.device).expand(color.shape[0], -1)
+        kw: dict[str, Any] = {"y": y, "ref_keep": batch["ref_keep"], "bg_latent": z_bg.float(), "bg_tokens": bg,
+                              "th_s": batch["th_s"], "mask": mask}
+        if style:
+            kw.update(style_latent=latent.float(), style_tokens=fg, bg_active=batch["bg_active"] > 0.5)
+        return fg, kw
+
+    def preview_inputs(self, tokens: Tensor, batch: Mapping[str, Tensor], encode_tokens: Callable[[Tensor], Tensor],
+                       latent_factor: int) -> tuple[Tensor, Any, dict[str, Any]]:
+        """Previews use the plain path (no background or style branch)."""
+        return tokens, None, {}
 
     def forward(
         self,
@@ -110,6 +137,7 @@ class V2Denoiser(nn.Module):
               style_latent: Tensor | None, ref_keep: Tensor | None, style_tokens: Tensor | None = None) -> Tensor:
         hints = self.sketch_encoder(sketch)
         kwargs: dict[str, object] = {}
+        attention = None
         ctx = context
         if style_latent is not None:
             kwargs["style"] = self.style_encoder(style_latent, context if style_tokens is None else style_tokens, y)
@@ -118,48 +146,38 @@ class V2Denoiser(nn.Module):
                 raise ValueError("the background branch needs bg_tokens, th_s, mask and y")
             kwargs["hs_bg"] = self.bg_encoder(bg_latent, bg_tokens, y)
             ctx = torch.cat([context, bg_tokens.to(context.dtype)], dim=1)
-            kwargs["split"] = SplitOptions(mask=mask, threshold=th_s.float().view(-1, 1, 1),  # type: ignore[arg-type]
-                                           use_fg_lora=True, use_bg_lora=True)
+            threshold = th_s.float().view(-1, 1, 1)
+            split = SplitOptions(mask=mask, threshold=threshold, use_fg_lora=True, use_bg_lora=True)  # type: ignore[arg-type]
+            kwargs.update(warp_mask=mask, warp_threshold=threshold)
+            attention = AttentionPatches(cross_attention=SplitAttention(split))
         if ref_keep is not None:
             ctx = ctx * ref_keep.to(ctx.dtype).view(-1, 1, 1)
-        return self.unet(x_t, t, ctx, hints, **kwargs)
+        return self.unet(x_t, t, ctx, hints, attention, **kwargs)
 
 
-def build_v2_denoiser(cfg: ModelConfig, prediction: str = "v") -> tuple[ColorizerConfig, V2Denoiser, AutoencoderKL,
-                                                                         dict[str, dict[str, Tensor]]]:
-    """``(export config, denoiser, VAE, remaining parts)`` from a v2 file (released, exported or tiny) or random
-    (``colorize_config`` of version v2). Starting v2 from v1/v1.5 weights is not supported yet."""
-    from training.model import initial_weights
-
-    sd, config, _ = initial_weights(cfg)
-    if config.version != "v2":
-        raise NotImplementedError(f"the v2 stages start from a v2 model (a v2 file or a v2 colorize_config), got "
-                                  f"{config.version!r}; initialising v2 from v1/v1.5 weights is not implemented")
-    parts = split_by_prefix(sd)
-    torch.manual_seed(cfg.init_seed)
-    if sd:
-        from colorize.variants.v2 import build_modules
-
-        unet, extras = build_modules(config, parts, os.path.basename(os.fspath(cfg.init)))
+def build_v2_denoiser(start: TrainingStart, family: Family) -> tuple[ColorizerConfig, V2Denoiser, AutoencoderKL]:
+    """``(export config, denoiser, VAE)`` in float32 from a v2 file (released, exported or tiny; built through
+    ``family``'s loaders) or random (a v2 ``colorize_config``). Starting v2 from v1/v1.5 weights is not supported."""
+    parts, config = start.parts, start.config
+    torch.manual_seed(start.init_seed)
+    if parts.get("unet"):
+        unet = family.build_unet(config, parts, start.name)
+        extras = family.build_extras(config, parts, start.name)
         bg, style = extras["bg_encoder"], extras["style_encoder"]
         sketch = SketchEncoder(config.sketch)
         sketch.load_state_dict(parts.pop("sketch_encoder"))
         vae = AutoencoderKL(config.vae)
         vae.load_state_dict({k: v.float() for k, v in parts.pop("vae").items()})
     else:
-        from colorize.models.switch_config import V2_LORA
-        from colorize.models.unet_encoder import background_encoder, style_encoder
-        from colorize.models.v2_config import default_warp_dim_head
-
         warp = int(config.extras.get("warp_dim_head", default_warp_dim_head(config.unet)))
         unet = V2UNet(config.unet, V2_LORA, warp_dim_head=warp)
         bg, style = background_encoder(config.unet), style_encoder(config.unet)
         sketch, vae = SketchEncoder(config.sketch), AutoencoderKL(config.vae)
-    if cfg.gradient_checkpointing:
+    if start.gradient_checkpointing:
         unet.use_checkpoint = True
-    config = replace(config, parameterization=prediction)  # type: ignore[arg-type]
+    config = replace(config, parameterization=start.prediction)  # type: ignore[arg-type]
     den = V2Denoiser(unet, sketch, bg, style).to(torch.float32)  # type: ignore[arg-type]
-    return config, den, vae.to(torch.float32), parts
+    return config, den, vae.to(torch.float32)
 
 
 __all__ = ["V2Denoiser", "build_v2_denoiser"]

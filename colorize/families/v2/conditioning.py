@@ -1,6 +1,7 @@
 """v2 per-generation conditioning: background / style encoders at t = 0, masks, LoRA flags (thesis §5.6).
 
-Official recipe (reference notes §2.3, §2.4; all computed once per generation, never per step):
+Official recipe (``refnet/models/v2-colorizer.py:82-268`` and ``backend/appfunc.py:250-266`` at commit ``c9bd9fb``;
+all computed once per generation, never per step):
 
 * size embedding ``y = size_embedding(image size, target size)`` of the image an encoder sees;
 * **style enhance**: ``style = style_encoder(VAE(squash(reference, H×W)), t=0, context=emb, y)``; with a
@@ -13,81 +14,40 @@ Official recipe (reference notes §2.3, §2.4; all computed once per generation,
 * with a mask (foreground or background enhance): context ``[emb | bg tokens, or emb when there are none]``,
   split attention with the sketch-mask threshold τ_s, which also selects the warped skips.
 
-Which tokens the background encoder cross-attends to (``V2Settings.background_context``): the reference notes
-give ``bg_emb`` (CLIP tokens of the background image) except that, with a separate background image *and*
-style enhance, the official app feeds the reference tokens (§7.16, listed as a quirk); the thesis' stage-2
-formula ``z_bg = φ_bg(E(r_bg), e)`` uses the reference embedding ``e``.  ``"background"`` (default) always
-uses the background's tokens, ``"official"`` reproduces the app, ``"reference"`` follows the thesis formula.  The sticky decoder LoRA of the official app (§7.12) does not exist here: everything a
-generation needs is in the returned :class:`V2Conditioning` and is passed to every U-Net call.
+Which tokens the background encoder cross-attends to (``EnhanceSettings.background_context``): the official app
+gives it ``bg_emb`` (CLIP tokens of the background image) except that, with a separate background image *and*
+style enhance, it feeds the reference tokens (a quirk of ``prepare_conditions``); the thesis' stage-2 formula
+``z_bg = φ_bg(E(r_bg), e)`` uses the reference embedding ``e``. ``"background"`` (default) always uses the
+background's tokens, ``"official"`` reproduces the app, ``"reference"`` follows the thesis formula. The sticky
+decoder LoRA of the official app does not exist here: everything a generation needs is in the returned
+:class:`V2Conditioning` and is passed to every U-Net call.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from colorize.models.size_embedding import RATIO_EMBED_DIM, size_embedding
-from colorize.models.split_attention import SplitOptions
-from colorize.models.unet_encoder import UNetEncoder
-from colorize.switch import (
-    DEFAULT_REFERENCE_THRESHOLD,
-    DEFAULT_SKETCH_THRESHOLD,
-    background_only_reference,
-)
+from colorize.errors import InputError
+from colorize.families.base import SeparationInputs, UNetInputs
+from colorize.families.v2.encoders import RATIO_EMBED_DIM, UNetEncoder, size_embedding
+from colorize.masks.inputs import background_only_reference
+from colorize.models.split_attention import SplitAttention, SplitOptions
+from colorize.settings import EnhanceSettings
 
 #: image in [-1, 1] (b, 3, H, W) → diffusion latent (VAE posterior sample × scale factor), as the app.
 LatentEncoder = Callable[[Tensor], Tensor]
 #: image in [-1, 1] → CLIP local tokens (b, N, c) (CLS dropped).
 TokenEncoder = Callable[[Tensor], Tensor]
-BackgroundContext = Literal["background", "official", "reference"]
-BACKGROUND_CONTEXTS: tuple[str, ...] = ("background", "official", "reference")
-
-
-@dataclass(frozen=True)
-class V2Settings:
-    """The v2 controls of the official app (defaults = the app's).
-
-    background_factor: "Background factor" — multiplies the background-encoder tokens (``mask_scale``).
-    merge_scale: "Merging scale" — blends background into foreground in split attention and in the style
-    vectors (with a separate background image).  sketch_threshold: τ_s of the sketch mask (split attention
-    and skip warping).  reference_threshold: τ_ref of the reference / background foreground masks.
-    remove_background_foreground: whiten the foreground of a separate background image (needs its mask).
-    background_context: the background encoder's cross-attention tokens (see the module docstring).
-    """
-
-    background_enhance: bool = False
-    style_enhance: bool = False
-    foreground_enhance: bool = False
-    background_factor: float = 1.0
-    merge_scale: float = 0.0
-    fg_scale: float = 1.0
-    bg_scale: float = 1.0
-    sketch_threshold: float = DEFAULT_SKETCH_THRESHOLD
-    reference_threshold: float = DEFAULT_REFERENCE_THRESHOLD
-    remove_background_foreground: bool = False
-    background_context: BackgroundContext = "background"
-
-    def __post_init__(self) -> None:
-        if self.background_context not in BACKGROUND_CONTEXTS:
-            raise ValueError(f"background_context must be one of {BACKGROUND_CONTEXTS}, got {self.background_context!r}")
-
-    @property
-    def masked(self) -> bool:
-        return self.background_enhance or self.foreground_enhance
-
-    def lora_flags(self) -> tuple[bool, bool]:
-        """``(use_fg_lora, use_bg_lora)``: background enhance → both (official); foreground only → fg
-        (as v1.5; the official v2 app does not state it)."""
-        return self.masked, self.background_enhance
 
 
 @dataclass(frozen=True)
 class V2Conditioning:
-    """Everything a v2 generation passes to :class:`~colorize.models.v2_unet.V2UNet` at every step.
+    """Everything a v2 generation passes to :class:`~colorize.families.v2.unet.V2UNet` at every step.
 
     context: ``(b, N, c)`` (no mask) or ``(b, 2N, c)`` ``[reference | background]``; split: options with the
     latent sketch mask (``None`` without masks); hs_bg / style: one tensor per decoder block or ``None``.
@@ -99,9 +59,17 @@ class V2Conditioning:
     hs_bg: tuple[Tensor, ...] | None = None
     style: tuple[Tensor, ...] | None = None
 
-    def unet_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``V2UNet.forward`` besides x, t, context, hints, reference scales."""
-        return {"split": self.split, "hs_bg": self.hs_bg, "style": self.style}
+    def unet_inputs(self, lora_scale: float = 1.0) -> UNetInputs:
+        """The context, the split-attention processor (with masks) and the ``V2UNet.forward`` arguments."""
+        kwargs: dict[str, Any] = {}
+        if self.style is not None:
+            kwargs["style"] = self.style
+        if self.split is None:
+            return UNetInputs(self.context, None, kwargs)
+        if self.hs_bg is not None:
+            kwargs.update(hs_bg=self.hs_bg, warp_mask=self.split.mask, warp_threshold=self.split.threshold)
+        split = self.split if lora_scale == 1.0 else replace(self.split, lora_scale=lora_scale)
+        return UNetInputs(self.context, SplitAttention(split), kwargs)
 
 
 def squash(image: Tensor, size: tuple[int, int]) -> Tensor:
@@ -142,7 +110,7 @@ def merge_styles(fg: Sequence[Tensor], bg: Sequence[Tensor], merge_scale: float)
 
 
 def background_image(
-    settings: V2Settings,
+    settings: EnhanceSettings,
     reference: Tensor,
     reference_mask: Tensor | None = None,
     background: Tensor | None = None,
@@ -163,7 +131,7 @@ def background_image(
 
 
 def v2_conditioning(
-    settings: V2Settings,
+    settings: EnhanceSettings,
     target_hw: tuple[int, int],
     reference: Tensor,
     reference_tokens: Tensor,
@@ -182,7 +150,7 @@ def v2_conditioning(
 
     target_hw: output size in pixels.  reference / background: images in [-1, 1] at their own size (their
     sizes drive the size embedding).  reference_tokens: CLIP local tokens ``emb`` (after any manipulation).
-    sketch_mask: foreground mask at latent resolution (``colorize.switch.sketch_mask_to_latent``), needed by
+    sketch_mask: foreground mask at latent resolution (``colorize.masks.inputs.sketch_mask_to_latent``), needed by
     foreground/background enhance.  reference_mask / background_mask: pixel foreground masks in [0, 1].
     """
     if settings.masked and sketch_mask is None:
@@ -215,7 +183,7 @@ def v2_conditioning(
         return V2Conditioning(emb, None, None, style_t)
     second = bg.tokens if bg is not None and settings.background_enhance else emb
     context = torch.cat([emb, second.expand(emb.shape[0], -1, -1)], dim=1)
-    use_fg, use_bg = settings.lora_flags()
+    use_fg, use_bg = lora_flags(settings)
     split = SplitOptions(mask=sketch_mask, threshold=settings.sketch_threshold, fg_scale=settings.fg_scale,
                          bg_scale=settings.bg_scale, merge_scale=settings.merge_scale,
                          use_fg_lora=use_fg, use_bg_lora=use_bg)
@@ -231,18 +199,48 @@ class _Encoded:
     y: Tensor
 
 
+def lora_flags(settings: EnhanceSettings) -> tuple[bool, bool]:
+    """``(use_fg_lora, use_bg_lora)``: background enhance → both (official); foreground only → fg (as v1.5; the
+    official v2 app does not state it)."""
+    return settings.masked, settings.background_enhance
+
+
+def ratio_dim(encoder: nn.Module) -> int:
+    """Sinusoid width per ratio of an encoder's size embedding (half its ``label_emb`` input)."""
+    return int(encoder.label_emb[0][0].in_features) // 2  # type: ignore[index]
+
+
+@torch.no_grad()
+def separation(extras: Mapping[str, nn.Module], enhance: EnhanceSettings, inputs: SeparationInputs) -> UNetInputs:
+    """The U-Net inputs of one v2 generation: split attention, background tokens ``hs_bg`` and style vectors as
+    enabled (masks as :class:`~colorize.families.base.SeparationInputs` says)."""
+    if enhance.remove_background_foreground and inputs.background is not None and inputs.background_mask is None:
+        raise InputError("removing the foreground from the background image needs its mask")
+    if enhance.background_enhance and inputs.background is None and inputs.reference_mask is None:
+        raise InputError("background enhance needs the reference mask or a background image")
+    bg_encoder, st_encoder = extras.get("bg_encoder"), extras.get("style_encoder")
+    cond = v2_conditioning(
+        enhance, inputs.size, inputs.reference, inputs.tokens, inputs.encode_latent, inputs.encode_tokens,
+        bg_encoder=bg_encoder, style_encoder=st_encoder,  # type: ignore[arg-type]
+        sketch_mask=inputs.latent_mask if enhance.masked else None, reference_mask=inputs.reference_mask,
+        background=inputs.background, background_mask=inputs.background_mask,
+        ratio_dim=ratio_dim(st_encoder if st_encoder is not None else bg_encoder),  # type: ignore[arg-type]
+    )
+    return cond.unet_inputs(enhance.lora_scale)
+
+
 __all__ = [
-    "BACKGROUND_CONTEXTS",
-    "BackgroundContext",
     "LatentEncoder",
     "TokenEncoder",
     "V2Conditioning",
-    "V2Settings",
     "background_image",
     "encode_background",
     "encode_style",
     "encoder_inputs",
+    "lora_flags",
     "merge_styles",
+    "ratio_dim",
+    "separation",
     "squash",
     "v2_conditioning",
 ]

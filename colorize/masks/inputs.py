@@ -1,19 +1,22 @@
-"""Per-generation inputs of v1.5 / v2: masks in the sketch's target frame, and seeded VAE latents.
+"""The masks of one generation with foreground/background separation (v1.5, v2): checked, fitted to their frames.
 
-Masks are ``(B, H, W)`` (or ``(B, 1, H, W)``) floats in [0, 1], 1 = foreground (ComfyUI's MASK layout),
-each in the frame of its own image: a sketch mask is fitted and padded exactly like the sketch
-(:func:`colorize.preprocess.fit_and_pad`), a reference / background mask is resized to its image.
+Masks are ``(B, H, W)`` (or ``(B, 1, H, W)``) floats in [0, 1], 1 = foreground (ComfyUI's MASK layout), each in the
+frame of its own image: a sketch mask is fitted and padded exactly like the sketch
+(:func:`colorize.preprocess.fit_and_pad`) and brought to latent resolution, a reference / background mask is
+resized to its image and selects the background-only copy of it.
 """
 from __future__ import annotations
 
 import warnings
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor
 
 from colorize.errors import InputError
-from colorize.masks import sketch_foreground_mask
+from colorize.masks.sketch import sketch_foreground_mask
 from colorize.preprocess import fit_and_pad
+from colorize.settings import DEFAULT_REFERENCE_THRESHOLD
 
 ASPECT_TOLERANCE = 0.02
 
@@ -71,26 +74,32 @@ def reference_mask_or_fallback(mask: Tensor | None, reference: Tensor) -> Tensor
     return torch.ones(reference.shape[0], 1, *reference.shape[-2:], device=reference.device)
 
 
-class SeededLatentEncoder:
-    """``image in [-1, 1] → scale_factor · z`` with ``z`` a VAE posterior sample (as the official v2 app),
-    its noise drawn from a CPU generator seeded per generation so results reproduce on any device."""
+def background_only_reference(reference: Tensor, reference_mask: Tensor,
+                              threshold: float | Tensor = DEFAULT_REFERENCE_THRESHOLD) -> Tensor:
+    """``where(rmask < threshold, reference, white)`` for a reference in [-1, 1] ``(b, 3, H, W)`` and its
+    foreground mask ``(b|1, 1, H, W)`` (resized bilinearly first if its size differs); a ``(b, 1, 1, 1)``
+    threshold tensor gives per-sample thresholds (training)."""
+    if reference_mask.ndim == 3:
+        reference_mask = reference_mask[:, None]
+    if reference_mask.shape[-2:] != reference.shape[-2:]:
+        reference_mask = F.interpolate(reference_mask.float(), size=reference.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+    keep = reference_mask.to(reference.device) < threshold
+    return torch.where(keep, reference, torch.ones_like(reference))
 
-    def __init__(self, vae: nn.Module, seed: int) -> None:
-        self.vae = vae
-        self.generator = torch.Generator().manual_seed(int(seed))
-
-    @torch.no_grad()
-    def __call__(self, image: Tensor) -> Tensor:
-        w = next(self.vae.parameters())
-        post = self.vae.encode(image.to(w.device, w.dtype))
-        noise = torch.randn(post.mean.shape, generator=self.generator).to(post.mean)
-        return (post.mean + post.std * noise) * self.vae.cfg.scale_factor
+def sketch_mask_to_latent(mask: Tensor, factor: int = 8) -> Tensor:
+    """Pixel-resolution sketch mask ``(b, 1, H, W)`` → latent resolution by bicubic ×1/factor (official
+    ``backend/appfunc.py:264``)."""
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    return F.interpolate(mask.float(), scale_factor=1.0 / factor, mode="bicubic", align_corners=False)
 
 
 __all__ = [
-    "SeededLatentEncoder",
+    "background_only_reference",
     "check_mask",
     "fit_sketch_mask",
     "reference_mask_or_fallback",
     "sketch_mask_from_prepared",
+    "sketch_mask_to_latent",
 ]

@@ -1,6 +1,6 @@
 """v1.5 ("switch") conditioning assembly: masks → split-attention context and LoRA flags (thesis §5.5).
 
-Official recipe (reference notes §1.9, §2.3, §2.4):
+Official recipe (``refnet/models/switch.py:156-277`` and ``backend/appfunc.py:250-266`` at commit ``c9bd9fb``):
 
 * ``th_r, th_s = thresh_embedder([reference_threshold, sketch_threshold])`` (one token each).
 * background tokens = ``φ(CLIP_local(where(rmask < th_ref, reference, white)) + th_r)`` with the recovery
@@ -11,44 +11,47 @@ Official recipe (reference notes §1.9, §2.3, §2.4):
 
 Official quirks and what is done here:
 
-* §7.15 — inference adds ``th_s`` to the foreground tokens although training did not.  Kept by default
+* Inference adds ``th_s`` to the foreground tokens although training did not (``refnet/models/switch.py:221-241``
+  against ``refnet/models/trainer/mask.py:62-92``).  Kept by default
   (``sketch_threshold_on_fg=True``: the released weights are used with it and the parity fixture pins it);
   ``False`` gives the training-time assembly.
-* §7.11 — with both enhancements the official app repeats the 512-token context to 1024, so each half of
-  the split attends to ``[fg, bg]`` (probably unintended).  Not reproduced by default (each half gets its own
+* With both enhancements the official app repeats the 512-token context to 1024, so each half of the split
+  attends to ``[fg, bg]`` (probably unintended; ``refnet/models/switch.py:221-241``).  Not reproduced by default (each half gets its own
   tokens, as Eq. 5.4 states); ``repeat_both=True`` reproduces it.
-* §7.10 — with background enhance the official app resets the user's foreground/background strengths to 1.
+* With background enhance the official app resets the user's foreground/background strengths to 1
+  (``prepare_conditions`` calls ``adjust_fgbg_scale(1, 1)``).
   Not reproduced: :meth:`SwitchConditioning.split_options` uses the given strengths (default 1, i.e. the
   official result); :func:`official_fgbg_scales` gives the app's values for exact reproduction.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from colorize.models.recovery import ClusterTransformer, ScalarEmbedder
-from colorize.models.split_attention import SplitOptions
+from colorize.errors import InputError
+from colorize.families.base import SeparationInputs, UNetInputs
+from colorize.families.v15.recovery import ClusterTransformer, ScalarEmbedder
+from colorize.masks.inputs import background_only_reference
+from colorize.models.split_attention import SplitAttention, SplitOptions
+from colorize.settings import DEFAULT_REFERENCE_THRESHOLD, DEFAULT_SKETCH_THRESHOLD, EnhanceSettings
 
 EnhanceMode = Literal["background", "foreground", "both"]
 ENHANCE_MODES: tuple[str, ...] = ("background", "foreground", "both")
-#: App defaults (reference notes §2.3): reference-mask threshold, sketch-mask threshold.
-DEFAULT_REFERENCE_THRESHOLD = 0.5
-DEFAULT_SKETCH_THRESHOLD = 0.05
 
 
 def lora_flags(mode: EnhanceMode) -> tuple[bool, bool]:
-    """``(use_fg_lora, use_bg_lora)`` of an enhance mode (reference notes §1.9)."""
+    """``(use_fg_lora, use_bg_lora)`` of an enhance mode (official ``refnet/models/switch.py:221-241``)."""
     if mode not in ENHANCE_MODES:
         raise ValueError(f"unknown enhance mode {mode!r}; expected one of {ENHANCE_MODES}")
     return mode != "background", mode != "foreground"
 
 
 def official_fgbg_scales(mode: EnhanceMode, fg_scale: float, bg_scale: float) -> tuple[float, float]:
-    """The strengths the official app actually uses: reset to (1, 1) whenever background enhance is on (§7.10)."""
+    """The strengths the official app actually uses: reset to (1, 1) whenever background enhance is on."""
     return (1.0, 1.0) if lora_flags(mode)[1] else (fg_scale, bg_scale)
 
 
@@ -59,25 +62,6 @@ def threshold_tokens(embedder: ScalarEmbedder, reference_threshold: float,
     return th[0:1], th[1:2]
 
 
-def background_only_reference(reference: Tensor, reference_mask: Tensor,
-                              threshold: float | Tensor = DEFAULT_REFERENCE_THRESHOLD) -> Tensor:
-    """``where(rmask < threshold, reference, white)`` for a reference in [-1, 1] ``(b, 3, H, W)`` and its
-    foreground mask ``(b|1, 1, H, W)`` (resized bilinearly first if its size differs); a ``(b, 1, 1, 1)``
-    threshold tensor gives per-sample thresholds (training)."""
-    if reference_mask.ndim == 3:
-        reference_mask = reference_mask[:, None]
-    if reference_mask.shape[-2:] != reference.shape[-2:]:
-        reference_mask = F.interpolate(reference_mask.float(), size=reference.shape[-2:], mode="bilinear",
-                                       align_corners=False)
-    keep = reference_mask.to(reference.device) < threshold
-    return torch.where(keep, reference, torch.ones_like(reference))
-
-
-def sketch_mask_to_latent(mask: Tensor, factor: int = 8) -> Tensor:
-    """Pixel-resolution sketch mask ``(b, 1, H, W)`` → latent resolution by bicubic ×1/factor (§2.3)."""
-    if mask.ndim == 3:
-        mask = mask[:, None]
-    return F.interpolate(mask.float(), scale_factor=1.0 / factor, mode="bicubic", align_corners=False)
 
 
 def recover_background(transformer: ClusterTransformer, bg_reference_tokens: Tensor, th_r: Tensor) -> Tensor:
@@ -95,7 +79,8 @@ class SwitchConditioning:
 
     def split_options(self, mask: Tensor, *, threshold: float = DEFAULT_SKETCH_THRESHOLD, fg_scale: float = 1.0,
                       bg_scale: float = 1.0, merge_scale: float = 0.0, lora_scale: float = 1.0) -> SplitOptions:
-        """:class:`SplitOptions` for ``SwitchUNet.forward(split=...)`` with this conditioning's LoRA flags."""
+        """:class:`SplitOptions` of :class:`~colorize.models.split_attention.SplitAttention` with this
+        conditioning's LoRA flags."""
         return SplitOptions(mask=mask, threshold=threshold, fg_scale=fg_scale, bg_scale=bg_scale,
                             merge_scale=merge_scale, use_fg_lora=self.use_fg_lora, use_bg_lora=self.use_bg_lora,
                             lora_scale=lora_scale)
@@ -120,7 +105,7 @@ def switch_context(
     ``thresh_embedder`` and either ``background_tokens`` (CLIP local tokens of a separate background image,
     used as ``tokens + th_r`` without φ) or ``bg_reference_tokens`` (CLIP local tokens of
     :func:`background_only_reference`) together with ``transformer`` (φ).  See the module docstring for
-    ``sketch_threshold_on_fg`` (§7.15) and ``repeat_both`` (§7.11).
+    ``sketch_threshold_on_fg`` and ``repeat_both``.
     """
     use_fg, use_bg = lora_flags(mode)
     if not use_bg:  # foreground only: both halves are the reference tokens
@@ -143,17 +128,54 @@ def switch_context(
     return SwitchConditioning(context, use_fg, use_bg)
 
 
+def enhance_mode(enhance: EnhanceSettings) -> EnhanceMode | None:
+    """The v1.5 enhance mode of the settings (``None``: neither, i.e. the plain v1 computation)."""
+    if enhance.background_enhance and enhance.foreground_enhance:
+        return "both"
+    return "background" if enhance.background_enhance else "foreground" if enhance.foreground_enhance else None
+
+
+@torch.no_grad()
+def separation(extras: Mapping[str, nn.Module], enhance: EnhanceSettings, inputs: SeparationInputs) -> UNetInputs:
+    """The U-Net inputs of one v1.5 generation: the context ``[fg N | bg N]`` of the enhance mode and
+    :class:`~colorize.models.split_attention.SplitAttention` with the latent sketch mask and the LoRA flags."""
+    mode = enhance_mode(enhance)
+    if mode is None or inputs.latent_mask is None:
+        raise ValueError("v1.5 separation needs background or foreground enhance and the latent sketch mask")
+    tau = enhance.reference_threshold
+    bg_tokens = bg_ref_tokens = None
+    if mode != "foreground":
+        background = inputs.background
+        if background is not None:
+            if enhance.remove_background_foreground:
+                if inputs.background_mask is None:
+                    raise InputError("removing the foreground from the background image needs its mask")
+                background = background_only_reference(background, inputs.background_mask, tau)
+            bg_tokens = inputs.encode_tokens(background)
+        else:
+            if inputs.reference_mask is None:
+                raise InputError("background enhance needs the reference mask or a background image")
+            bg_ref_tokens = inputs.encode_tokens(background_only_reference(inputs.reference, inputs.reference_mask,
+                                                                           tau))
+    cond = switch_context(mode, inputs.tokens, thresh_embedder=extras.get("thresh_embedder"),  # type: ignore[arg-type]
+                          transformer=extras.get("transformer"),  # type: ignore[arg-type]
+                          bg_reference_tokens=bg_ref_tokens, background_tokens=bg_tokens,
+                          reference_threshold=tau, sketch_threshold=enhance.sketch_threshold)
+    split = cond.split_options(inputs.latent_mask, threshold=enhance.sketch_threshold, fg_scale=enhance.fg_scale,
+                               bg_scale=enhance.bg_scale, merge_scale=enhance.merge_scale,
+                               lora_scale=enhance.lora_scale)
+    return UNetInputs(cond.context, SplitAttention(split))
+
+
 __all__ = [
-    "DEFAULT_REFERENCE_THRESHOLD",
-    "DEFAULT_SKETCH_THRESHOLD",
     "ENHANCE_MODES",
     "EnhanceMode",
     "SwitchConditioning",
-    "background_only_reference",
+    "enhance_mode",
     "lora_flags",
     "official_fgbg_scales",
     "recover_background",
-    "sketch_mask_to_latent",
+    "separation",
     "switch_context",
     "threshold_tokens",
 ]

@@ -1,6 +1,7 @@
 """Configuration of the v2 extras: background / style encoders, warp and style modules, decoder LoRA.
 
-Released values (reference notes §1.10; official ``configs/inference/v2.yaml``): the two encoders are copies
+Released values (official ``configs/inference/v2.yaml`` and ``refnet/models/v2-colorizer.py:13-40`` at commit
+``c9bd9fb``): the two encoders are copies
 of the U-Net encoder half (same widths, context 1024) with a size embedding of ``adm_in_channels = 512``
 (two ratio sinusoids of width 256); warp-module attention uses heads of width 64 (``ich / 64`` heads); the
 style encoder's Downsample outputs are ``min(2560, 4·ch)`` wide; split LoRA rank 4/4 on the decoder only.
@@ -13,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from colorize.config import UNetConfig
-from colorize.models.switch_config import V2_LORA, SplitLoraConfig, infer_lora_config
+from colorize.models.lora import SplitLoraConfig, infer_lora_config
+
+#: v2's LoRA: rank 4/4, decoder attention blocks only.
+V2_LORA = SplitLoraConfig(fg_rank=4, bg_rank=4, blocks="output")
 
 
 @dataclass(frozen=True)
@@ -58,4 +62,4 @@ def infer_v2_config(unet: Mapping[str, Any], style_encoder: Mapping[str, Any] | 
                     style_width_cap=cap)
 
 
-__all__ = ["FULL_V2", "V2Config", "default_warp_dim_head", "infer_v2_config"]
+__all__ = ["FULL_V2", "V2_LORA", "V2Config", "default_warp_dim_head", "infer_v2_config"]

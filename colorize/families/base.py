@@ -1,0 +1,193 @@
+"""The family protocol: what a model family tells the loader, the pipeline, the nodes and training.
+
+A family is one kind of released model (ColorizeDiffusion v1 ``mult``, v1.5 ``switch``, v2, ...). Everything
+that differs between families lives in the family's folder behind these hooks; everything else (file reading,
+U-Net blocks, attention, VAE, CLIP, sampling) is shared. :class:`Family` holds the defaults, which are the SD2.1
+ones of v1: a family with another backbone overrides the hooks it changes, the callers stay as they are.
+
+Data that crosses the hooks:
+
+* :class:`SeparationInputs`: what one generation offers a family's conditioning (reference tokens and image,
+  encoders, masks);
+* :class:`UNetInputs`: what the family's conditioning gives the U-Net at every step (context, its
+  cross-attention processor, other forward arguments).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from colorize.checkpoint.assign import materialize
+from colorize.checkpoint.infer import infer_sketch_config, infer_unet_config, infer_vae_config
+from colorize.config import ClipConfig, ColorizerConfig, SketchEncoderConfig, VAEConfig
+from colorize.errors import InputError
+from colorize.models.attention import Processor
+from colorize.models.unet import DualCondUNet
+
+#: image in [-1, 1] (b, 3, H, W) → CLIP local tokens (b, N, c), or → diffusion latent (b, 4, H/8, W/8).
+Encoder = Callable[[Tensor], Tensor]
+Parts = dict[str, dict[str, Tensor]]
+
+
+@dataclass
+class SeparationInputs:
+    """One generation's inputs to a family's foreground/background conditioning (tensors on one device).
+
+    tokens: CLIP local tokens of the reference (after any text edit); reference / background: images in
+    [-1, 1] at their own sizes; size: output (H, W) in pixels; encode_tokens / encode_latent: image → CLIP
+    tokens / → diffusion latent (a seeded VAE posterior sample); latent_mask: sketch foreground mask at latent
+    resolution ``(b, 1, h, w)`` when foreground/background enhance is on; reference_mask / background_mask:
+    pixel foreground masks ``(b, 1, H, W)`` in [0, 1].
+    """
+
+    tokens: Tensor
+    reference: Tensor
+    size: tuple[int, int]
+    encode_tokens: Encoder
+    encode_latent: Encoder
+    latent_mask: Tensor | None = None
+    reference_mask: Tensor | None = None
+    background: Tensor | None = None
+    background_mask: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class UNetInputs:
+    """What a family gives its U-Net at every step of one generation: the context, the cross-attention processor
+    that reads it (``None`` = plain attention) and the family's other U-Net arguments. The reference-unconditional
+    CFG rows get a zero context of the same shape and the same processor and arguments (official rows)."""
+
+    context: Tensor
+    cross_attention: Processor | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingStart:
+    """Where a training run starts: the checkpoint's tensors by component (prefixes stripped; empty for a random
+    start), its config, whether it holds a sketch encoder, the prediction target, gradient checkpointing, the seed
+    of fresh initialisations, the device random modules are built on and the file's name (for errors)."""
+
+    parts: Parts
+    config: ColorizerConfig
+    has_sketch: bool
+    prediction: str
+    gradient_checkpointing: bool = False
+    init_seed: int = 0
+    device: str | torch.device = "cpu"
+    name: str = "init checkpoint"
+
+
+class Family:
+    """A model family. Subclasses set the class attributes and override the hooks that differ (see the module
+    docstring); every method has the SD2.1 v1 behaviour here."""
+
+    #: registry key: the official file prefix and ``ColorizerConfig.version`` (``mult``, ``switch``, ``v2``)
+    name: ClassVar[str] = ""
+    #: the name users see in the UI and documentation (``v1``, ``v1.5``, ``v2``)
+    label: ClassVar[str] = ""
+    #: one line for ``inspect`` and the loader nodes
+    title: ClassVar[str] = ""
+    #: prediction target of the released weights (``eps`` or ``v``)
+    parameterization: ClassVar[str] = "eps"
+    #: side of the square whose area the output gets when no size is given
+    base_resolution: ClassVar[int] = 512
+    #: checkpoint components only this family has: component name → key prefix (the U-Net, sketch encoder, VAE
+    #: and CLIP prefixes are shared: ``colorize.checkpoint.keys.COMPONENT_PREFIXES``)
+    components: ClassVar[dict[str, str]] = {}
+    #: families whose files this family's training stages can start from (``name`` values)
+    training_sources: ClassVar[tuple[str, ...]] = ()
+    #: folder of this family's package (its key layout ``keys.json.gz`` lies there)
+    folder: ClassVar[Path] = Path(__file__).resolve().parent
+
+    # ------------------------------------------------------------------ detection and config
+    def matches(self, keys: Collection[str]) -> bool:
+        """Whether a state dict with these keys is this family's (the registry asks the most specific first)."""
+        return any(k.startswith("model.diffusion_model.") for k in keys) and any(
+            k.startswith("control_encoder.") for k in keys)
+
+    def layout(self) -> dict[str, tuple[int, ...]]:
+        """Key → shape of the released full-size model (incl. CLIP and schedule buffers, which files may lack)."""
+        return dict(_layout(self.folder / "keys.json.gz"))
+
+    def infer_config(self, parts: Mapping[str, Mapping[str, Any]],
+                     num_head_channels: int | None = None) -> ColorizerConfig:
+        """The config of a checkpoint from its shapes (component → key → shape, prefixes stripped)."""
+        return ColorizerConfig(
+            version=self.name,  # type: ignore[arg-type]
+            parameterization=self.parameterization,  # type: ignore[arg-type]
+            unet=infer_unet_config(parts["unet"], num_head_channels),
+            sketch=infer_sketch_config(parts["sketch_encoder"]) if parts.get("sketch_encoder") else SketchEncoderConfig(),
+            vae=infer_vae_config(parts["vae"]) if parts.get("vae") else VAEConfig(),
+            clip=ClipConfig(),
+        )
+
+    # ------------------------------------------------------------------ modules
+    def build_unet(self, config: ColorizerConfig, parts: Parts, name: str) -> nn.Module:
+        """The denoising U-Net from the checkpoint's tensors (``parts["unet"]`` is consumed)."""
+        return materialize(lambda: DualCondUNet(config.unet), parts.pop("unet"), f"{name} (U-Net)")
+
+    def build_extras(self, config: ColorizerConfig, parts: Parts, name: str) -> dict[str, nn.Module]:
+        """The family's other modules by component name (their parts are consumed)."""
+        return {}
+
+    def unet_additions(self, config: ColorizerConfig, parts: Parts) -> dict[str, nn.Module]:
+        """Modules inside this family's U-Net that a plain SD2.1 U-Net lacks (besides the LoRA pairs), built
+        empty (on the meta device when called there) for a host that runs its own SD2.1 U-Net (the native
+        bridge); their weights are the U-Net keys ``<name>.*``."""
+        return {}
+
+    def cast_extras(self, extras: Mapping[str, nn.Module], device: torch.device, dtype: torch.dtype) -> None:
+        """Place and cast the extra modules for inference (in place, frozen, eval)."""
+        for module in extras.values():
+            module.to(device, torch.float32).eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------ generation
+    def check_enhance(self, enhance: Any) -> None:
+        """A clear :class:`~colorize.errors.InputError` for foreground/background settings
+        (:class:`colorize.settings.EnhanceSettings`) this family cannot use."""
+        if enhance.active or enhance.remove_background_foreground:
+            raise InputError(f"{self.label} ('{self.name}') checkpoints have no foreground/background separation: "
+                             "load switch-eps (BG/FG enhance) or v2-full (BG/FG/style enhance)")
+
+    def separation(self, extras: Mapping[str, nn.Module], enhance: Any, inputs: SeparationInputs) -> UNetInputs:
+        """The U-Net inputs of one generation with foreground/background enhance on (``check_enhance`` passed)."""
+        raise NotImplementedError(f"{self.label} has no foreground/background separation")
+
+    # ------------------------------------------------------------------ tiny test models and training
+    def tiny_config(self, base: ColorizerConfig) -> ColorizerConfig:
+        """The tiny test config of this family derived from the v1 tiny config ``base``."""
+        return base
+
+    def fresh_modules(self, config: ColorizerConfig) -> dict[str, nn.Module]:
+        """The U-Net and the extra modules by component name, freshly initialised (tiny test weights)."""
+        return {"unet": DualCondUNet(config.unet)}
+
+    def training_model(self, start: TrainingStart) -> tuple[ColorizerConfig, nn.Module, nn.Module]:
+        """``(export config, trainable model, VAE)`` of this family's training stages, from ``start``. The model is
+        an ``nn.Module`` whose attributes are checkpoint components, with ``groups()`` (the module groups stages
+        name as trainable), ``training_inputs(batch, encoders, autocast)`` → ``(reference tokens, forward
+        arguments)`` and ``preview_inputs(tokens, batch, encode_tokens)`` → ``(context, UNetInputs-like
+        arguments)`` (see ``families/v1/training.py``)."""
+        raise NotImplementedError(f"{self.label} has no training stage")
+
+    def __repr__(self) -> str:
+        return f"<family {self.name} ({self.label})>"
+
+
+@lru_cache(maxsize=None)
+def _layout(path: Path) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    if not path.is_file():
+        raise FileNotFoundError(f"key layout {path} not found")
+    return tuple((k, tuple(v)) for k, v in json.loads(gzip.decompress(path.read_bytes())).items())
+
+
+__all__ = ["Encoder", "Family", "Parts", "SeparationInputs", "TrainingStart", "UNetInputs"]
