@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from colorize.device import PRECISIONS
+from colorize.settings import DEFAULT_REFERENCE_THRESHOLD, DEFAULT_SKETCH_THRESHOLD
 
 if TYPE_CHECKING:
     import torch
@@ -82,15 +83,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--bg-strength", type=float, default=1.0, help="background strength")
     g.add_argument("--merge-scale", type=float, default=0.0, help="merging scale (background blended into foreground)")
     g.add_argument("--bg-factor", type=float, default=1.0, help="background factor (v2)")
-    g.add_argument("--sketch-mask-threshold", type=float, default=0.05)
-    g.add_argument("--reference-mask-threshold", type=float, default=0.5)
+    g.add_argument("--sketch-mask-threshold", type=float, default=DEFAULT_SKETCH_THRESHOLD)
+    g.add_argument("--reference-mask-threshold", type=float, default=DEFAULT_REFERENCE_THRESHOLD)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from colorize.errors import WeightsMissingError
-    from colorize.pipeline import Colorizer, GenerationSettings
+    from colorize.pipeline import Colorizer
     from colorize.preprocess import load_image, tensor_to_pil
     from colorize.progress import ProgressBar
+    from colorize.settings import GenerationSettings
     from colorize.weights import default_checkpoint_name, default_clip_name, resolve
 
     if args.out.exists() and not args.overwrite:
@@ -127,8 +129,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     image = model.colorize(sketch, reference, settings, callback=lambda info: bar.update(), **separation)
     bar.close()
     if result_mask is not None:
+        from colorize.masks.inputs import fit_sketch_mask
         from colorize.preprocess import remove_background
-        from colorize.variants import fit_sketch_mask
 
         if not settings.crop_result:  # the mask is in the sketch's frame: fit it like the sketch
             result_mask = fit_sketch_mask(result_mask, tuple(sketch.shape[-2:]), tuple(image.shape[-2:]))
@@ -162,7 +164,7 @@ def _mask(path: Path | None) -> torch.Tensor | None:
 def _separation(args: argparse.Namespace, reference: torch.Tensor) -> dict[str, Any]:
     """The v1.5/v2 keyword arguments of ``Colorizer.colorize`` from the command line (empty when unused)."""
     from colorize.preprocess import load_image
-    from colorize.variants import EnhanceSettings
+    from colorize.settings import EnhanceSettings
 
     enhance = EnhanceSettings(
         background_enhance=args.bg_enhance, foreground_enhance=args.fg_enhance, style_enhance=args.style_enhance,
@@ -207,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("make-tiny-weights", help="write tiny random weights (ComfyUI models layout)")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--versions", nargs="+", choices=("mult", "switch", "v2"), default=["mult", "switch", "v2"],
-                      help="checkpoints to write (default: all; the CLIP file is always written)")
+    from colorize.families import FAMILIES
+
+    tiny.add_argument("--versions", nargs="+", choices=tuple(FAMILIES), default=list(FAMILIES),
+                      help="checkpoints to write, by family (default: all; the CLIP file is always written)")
     if argv and argv[0] == "inspect":
         from colorize.checkpoint.report import main as inspect_main
 

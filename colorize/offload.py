@@ -1,4 +1,4 @@
-"""Sequential CPU offload for low VRAM (issue 9: complete 1024² under an 8 GB cap within 3× the normal time).
+"""Sequential CPU offload for low VRAM (complete 1024² under an 8 GB cap within 3× the normal time).
 
 Each large module (CLIP, sketch encoder, U-Net, VAE) lives on the CPU and sits on the compute device only
 while it runs. Inference never changes weights, so the CPU tensor of every parameter and buffer is kept as

@@ -1,4 +1,4 @@
-"""Optional speed-ups of the U-Net call (issue 9): ``torch.compile``, CUDA graphs, channels-last.
+"""Optional speed-ups of the U-Net call: ``torch.compile``, CUDA graphs, channels-last.
 
 All are opt-in and leave the eager path intact: they replace a module's ``forward`` on the *instance* (the
 module object, its parameters and state-dict keys stay the same) with a function that falls back to the
@@ -97,7 +97,7 @@ def installed(module: nn.Module) -> list[SpeedupState]:
 def compile_module(module: nn.Module, mode: str | None = None, backend: str = "inductor", dynamic: bool | None = False
                    ) -> SpeedupState:
     """``torch.compile`` the module's forward (lazily: compiled on the first call, once per input signature);
-    any compile or run failure falls back to eager with a warning (issue 9: the eager path never breaks)."""
+    any compile or run failure falls back to eager with a warning (the eager path never breaks)."""
     state = SpeedupState("torch.compile", details={"mode": mode or "default", "backend": backend})
     try:
         fast = torch.compile(module.forward, mode=mode, backend=backend, dynamic=dynamic)

@@ -14,9 +14,15 @@ from .loaders import CheckpointLoader, ReferenceEncoderFromCLIPVision, Reference
 from .manipulation import ControlHeatmap, TextEdit
 from .masks import MaskPreview, SamMask, SketchMask
 from .models import register_folders
-from .native import NativeConditioning, NativeLoader
-from .native_guider import NativeGuider, NativeSigmas
-from .native_patches import NativeEnhance, NativeReferenceStrength, NativeSketch
+from .native import (
+    NativeConditioning,
+    NativeEnhance,
+    NativeGuider,
+    NativeLoader,
+    NativeReferenceStrength,
+    NativeSigmas,
+    NativeSketch,
+)
 from .reference import ReferenceEmbed
 from .sampler import Sampler
 from .sketch import SketchHintsNode, SketchPreprocess

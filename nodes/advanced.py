@@ -1,4 +1,5 @@
-"""Advanced controls of the official app (reference notes §2.2, §2.6, §2.7, §2.9) as small nodes.
+"""Advanced controls of the official app as small nodes (official ``backend/functool.py:120-128``,
+``refnet/models/basemodel.py:273-280``, ``refnet/sampling/hook.py:284-383`` and ``app.py`` at commit ``c9bd9fb``).
 
 Guidance Window and Attention Injection each add their settings to a chainable COLORIZE_ADVANCED value that
 feeds the sampler's optional ``advanced`` input (unconnected = the plain path). Reference Pad, Crop To Sketch
@@ -12,7 +13,6 @@ from typing import Any
 from torch import Tensor
 
 from colorize.injection import InjectionInputs, generation_injection
-from colorize.pipeline import GenerationSettings
 from colorize.preprocess import (
     check_image,
     content_box,
@@ -22,6 +22,7 @@ from colorize.preprocess import (
     remove_background,
     to_signed,
 )
+from colorize.settings import GenerationSettings
 
 from .host import intermediate_device
 from .types import ColorizeModel, bchw_to_image, image_to_bchw

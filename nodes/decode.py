@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from colorize.pipeline import vae_decode
+from colorize.generate import vae_decode
 
 from .host import check_interrupted, intermediate_device
 from .types import COLORIZE_MODEL, ColorizeModel, bchw_to_image

@@ -2,7 +2,7 @@
 
 Thesis §5.5–5.6. Each node adds its part to a COLORIZE_ENHANCE request (the settings, the reference image and
 encoder, the masks); the sampler's optional ``enhance`` input turns it into the generation's context and U-Net
-inputs with :func:`colorize.variants.separation_inputs`, once per generation at the output size, so wiring
+inputs with :func:`colorize.generate.separation_inputs`, once per generation at the output size, so wiring
 (or bypassing) a node switches its enhancement on (or off). The v2 VAE latents are posterior samples seeded
 from the sampler's seed, exactly as :meth:`colorize.pipeline.Colorizer.colorize` draws them.
 """
@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 
 from colorize.errors import InputError
-from colorize.pipeline import MAX_SEED
+from colorize.families import UNetInputs
+from colorize.generate import separation_inputs
+from colorize.models.vae import SeededLatentEncoder
 from colorize.preprocess import check_image, prepare_reference, to_signed
-from colorize.switch import DEFAULT_REFERENCE_THRESHOLD, DEFAULT_SKETCH_THRESHOLD
-from colorize.variants import EnhanceSettings, SeededLatentEncoder, separation_inputs
+from colorize.settings import DEFAULT_REFERENCE_THRESHOLD, DEFAULT_SKETCH_THRESHOLD, MAX_SEED, EnhanceSettings
 
 from .host import ready_all
 from .types import COLORIZE_ENHANCE, COLORIZE_REFERENCE_ENCODER, ColorizeModel, image_to_bchw
@@ -38,8 +39,8 @@ class EnhanceRequest:
     background_mask: Tensor | None = None
 
     def unet_inputs(self, model: ColorizeModel, tokens: Tensor, sketch: Tensor, seed: int,
-                    device: torch.device) -> tuple[Tensor, dict[str, Any]]:
-        """``(context, unet_kwargs)`` of one generation on ``device`` (the library's separation inputs)."""
+                    device: torch.device) -> UNetInputs:
+        """The U-Net inputs of one generation on ``device`` (the library's separation inputs)."""
         extras = dict(zip(model.extras, ready_all(*model.extras.values())))
         sketch_hw = tuple(self.sketch_mask.shape[-2:]) if self.sketch_mask is not None else tuple(sketch.shape[-2:])
         return separation_inputs(

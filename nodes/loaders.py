@@ -10,9 +10,9 @@ from torch import nn
 
 from colorize.checkpoint import read_header
 from colorize.device import PRECISIONS
+from colorize.families import FAMILIES, get_family
+from colorize.generate import cast_for_inference, noise_schedule
 from colorize.loader import load_checkpoint_modules, load_reference_encoder
-from colorize.pipeline import cast_for_inference, noise_schedule
-from colorize.variants import cast_extras
 from colorize.weights import DEFAULT_CHECKPOINT, DEFAULT_CLIP, manifest_entry
 
 from .host import ManagedModule, load_device, offload_device, unet_dtype
@@ -20,7 +20,7 @@ from .models import CHECKPOINT_FOLDER, CLIP_FOLDER, list_files, resolve_file
 from .reference import ClipVisionReference, OpenClipReference
 from .types import COLORIZE_MODEL, COLORIZE_REFERENCE_ENCODER, ColorizeModel
 
-SUPPORTED_VERSIONS = ("mult", "switch", "v2")  # v1, v1.5, v2
+SUPPORTED_VERSIONS = tuple(FAMILIES)  # the checkpoint families the nodes load (v1, v1.5, v2)
 
 
 def default_file(name: str) -> str:
@@ -63,11 +63,11 @@ class CheckpointLoader:
 
     def load(self, ckpt_name: str, precision: str) -> dict[str, Any]:
         path = resolve_file(CHECKPOINT_FOLDER, ckpt_name)
-        mods = load_checkpoint_modules(path)  # detects the version (mult, switch, v2) from the keys
+        mods = load_checkpoint_modules(path)  # detects the family (mult, switch, v2) from the keys
         params = sum(p.numel() for p in mods.unet.parameters())
         dtype = unet_dtype(precision, load_device("unet"), params)
         cast_for_inference(mods.unet, mods.sketch_encoder, mods.vae, offload_device("unet"), dtype)
-        cast_extras(mods.config.version, mods.extras, offload_device("unet"), dtype)
+        get_family(mods.config.version).cast_extras(mods.extras, offload_device("unet"), dtype)
         model = ColorizeModel(
             name=ckpt_name,
             config=mods.config,

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from colorize.errors import InputError
+from colorize.generate import module_device
 from colorize.manipulation import TextEncoder
 from colorize.models.clip import ReferenceEncoder as OpenClipEncoder
-from colorize.pipeline import module_device
 from colorize.preprocess import check_image, prepare_reference
 from colorize.weights import DEFAULT_CLIP, manifest_entry
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 from colorize.errors import InputError
-from colorize.pipeline import SCHEDULER_CHOICES, GenerationSettings, make_conditioning, module_device, sample_latent
+from colorize.generate import make_conditioning, module_device, sample_latent
 from colorize.preprocess import fit_and_pad, target_size
-from colorize.sampling import SAMPLERS
+from colorize.sampling import SAMPLERS, SCHEDULER_CHOICES
+from colorize.settings import GenerationSettings
 
 from .advanced import COLORIZE_ADVANCED, AdvancedOptions
 from .enhance import EnhanceRequest
@@ -21,14 +22,7 @@ from .types import (
     ReferenceTokens,
     SketchHints,
 )
-
-SEED_MAX = 2**63 - 1
-
-
-def level_input(level: str, blocks: str) -> tuple[str, dict[str, Any]]:
-    return ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
-                      "tooltip": f"Per-level reference strength for the {level} cross-attention blocks ({blocks}), "
-                                 "multiplied by reference_strength (the official app's level sliders)."})
+from .widgets import level_inputs, level_strengths, seed_input
 
 
 class Sampler:
@@ -55,8 +49,7 @@ class Sampler:
             "model": (COLORIZE_MODEL, {"tooltip": "The ColorizeDiffusion checkpoint."}),
             "reference": (COLORIZE_REFERENCE, {"tooltip": "Reference tokens from Reference Embed."}),
             "hints": (COLORIZE_HINTS, {"tooltip": "Sketch hints from Sketch Hints (made with the same checkpoint)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
-                             "tooltip": "Seed of the starting noise (drawn on the CPU: same seed, same image on any device)."}),
+            "seed": seed_input("Seed of the starting noise (drawn on the CPU: same seed, same image on any device)."),
             "steps": ("INT", {"default": 20, "min": 1, "max": 500,
                               "tooltip": "Number of denoising steps (official default 20)."}),
             "sampler": (list(SAMPLERS), {"default": "dpm_solver",
@@ -76,9 +69,7 @@ class Sampler:
             "reference_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
                                              "tooltip": "Scales how much the cross-attention reads the reference "
                                                         "(0 = ignore it in the scaled blocks)."}),
-            "encoder_strength": level_input("encoder", "the six down-sampling blocks"),
-            "middle_strength": level_input("middle", "the middle-resolution blocks"),
-            "low_strength": level_input("low", "the low-resolution blocks"),
+            **level_inputs(),
             **size_inputs("Override of the output"),
         }, "optional": {
             "enhance": (COLORIZE_ENHANCE, {
@@ -111,19 +102,19 @@ class Sampler:
         settings = GenerationSettings(
             steps=steps, sampler=sampler, scheduler=scheduler, reference_cfg=reference_cfg, sketch_cfg=sketch_cfg,
             reference_strength=reference_strength,
-            level_strengths={"encoder": encoder_strength, "middle": middle_strength, "low": low_strength},
+            level_strengths=level_strengths(encoder_strength, middle_strength, low_strength),
             sketch_strength=hints.strength, seed=seed, width=size[1], height=size[0],
         )
         if advanced is not None:
             settings = advanced.apply(settings)
         settings.validate()
         injection = advanced.injection(model, size, settings) if advanced is not None else None
-        context, unet_kwargs = reference.tokens, {}
+        inputs = reference.tokens
         if enhance is not None:  # the separation encoders run once, before the U-Net is placed for sampling
-            context, unet_kwargs = enhance.unet_inputs(model, reference.tokens, hints.sketch, seed, load_device("unet"))
+            inputs = enhance.unet_inputs(model, reference.tokens, hints.sketch, seed, load_device("unet"))
         unet = model.unet.ready()
         device = module_device(unet)
-        cond = make_conditioning(context, hints.hints, hints.hints_uncond, model.dtype, device, unet_kwargs)
+        cond = make_conditioning(inputs, hints.hints, hints.hints_uncond, model.dtype, device)
         cond.injection = injection
         progress, preview = Progress(steps), LatentPreview(device)
 
@@ -136,4 +127,4 @@ class Sampler:
         return ({"samples": raw.to(intermediate_device())},)
 
 
-__all__ = ["SEED_MAX", "Sampler"]
+__all__ = ["Sampler"]

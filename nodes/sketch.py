@@ -5,7 +5,7 @@ from typing import Any
 
 from torch import Tensor
 
-from colorize.pipeline import sketch_hints
+from colorize.generate import sketch_hints
 from colorize.preprocess import check_image, fit_and_pad, prepare_sketch, target_size, to_signed
 
 from .host import intermediate_device

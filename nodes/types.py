@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from colorize.config import ColorizerConfig
+from colorize.families import get_family
 from colorize.sampling.noise_schedule import DiscreteSchedule
 
 from .host import ManagedModule
@@ -39,15 +40,14 @@ class ColorizeModel:
     extras: Mapping[str, ManagedModule] = field(default_factory=dict)
 
     def describe(self) -> str:
-        """One line for the UI: file, version detected from the keys, prediction type, precision."""
-        names = {"mult": "v1 (mult)", "switch": "v1.5 (switch)", "v2": "v2"}
+        """One line for the UI: file, family detected from the keys, prediction type, precision."""
         tiny = "; tiny random test weights" if self.config.tiny else ""
         dtype = str(self.dtype).replace("torch.", "")
-        return (f"{self.name}: ColorizeDiffusion {names.get(self.config.version, self.config.version)}, "
-                f"{self.config.parameterization}-prediction, U-Net {dtype}{tiny}")
+        return (f"{self.name}: {describe_family(self.config)}, {self.config.parameterization}-prediction, "
+                f"U-Net {dtype}{tiny}")
 
 
-class ReferenceEncoder(Protocol):
+class ReferenceTokenSource(Protocol):
     """What the reference-embedding node needs: ``tokens(image in [-1, 1], (B, 3, H, W)) -> (B, 256, C)``."""
 
     embed_dim: int
@@ -86,6 +86,13 @@ class SketchHints:
         return int(self.sketch.shape[-2]), int(self.sketch.shape[-1])
 
 
+def describe_family(config: ColorizerConfig) -> str:
+    """``ColorizeDiffusion v1.5 (switch)``: the family detected from the keys, as users know it."""
+    family = get_family(config.version)
+    name = family.label if family.label == family.name else f"{family.label} ({family.name})"
+    return f"ColorizeDiffusion {name}"
+
+
 def image_to_bchw(image: Tensor) -> Tensor:
     """ComfyUI IMAGE (B, H, W, C) in [0, 1] → (B, C, H, W) float32 in [0, 1]."""
     if image.ndim == 3:  # a single image without batch dimension
@@ -105,9 +112,10 @@ __all__ = [
     "COLORIZE_REFERENCE",
     "COLORIZE_REFERENCE_ENCODER",
     "ColorizeModel",
-    "ReferenceEncoder",
+    "ReferenceTokenSource",
     "ReferenceTokens",
     "SketchHints",
     "bchw_to_image",
+    "describe_family",
     "image_to_bchw",
 ]

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
+
+#: The repository's root folder.
+REPO = Path(__file__).resolve().parents[1]
 
 
 def state_shapes(module: torch.nn.Module, prefix: str) -> dict[str, list[int]]:

@@ -27,7 +27,7 @@ def _enhance_settings():  # type: ignore[no-untyped-def]
     try:
         from colorize.settings import EnhanceSettings
     except ImportError:  # the tree before the restructuring
-        from colorize.variants import EnhanceSettings
+        from colorize.settings import EnhanceSettings
     return EnhanceSettings
 
 

@@ -146,7 +146,7 @@ def _bench(args: argparse.Namespace) -> int:
     from colorize.benchmark.measure import bench_size
     from colorize.benchmark.report import environment
     from colorize.errors import InputError
-    from colorize.pipeline import GenerationSettings
+    from colorize.settings import GenerationSettings
 
     if args.json is not None and args.json.exists() and not args.overwrite:
         raise FileExistsError(f"{args.json} exists; pass --overwrite or choose another --json")

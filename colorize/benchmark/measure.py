@@ -104,8 +104,8 @@ def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, 
                unet_iters: int = 10, batch: int = 1, flops: bool = True) -> dict[str, Any]:
     """Time one resolution: stages of ``runs`` generations (after ``warmup``), ``unet_iters`` single U-Net
     calls at the CFG batch size, peak memory, FLOPs and achieved TFLOP/s."""
+    from colorize.generate import make_conditioning
     from colorize.injection import generation_injection
-    from colorize.pipeline import make_conditioning
 
     dev = model.device
     sketch, reference = synthetic_inputs(size, batch, settings.seed)
@@ -198,9 +198,9 @@ def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, 
 
 
 def tiling_difference(model: Any, latent: Tensor, tiled: Tensor) -> dict[str, Any]:
-    """How far the tiled decode ``tiled`` of ``latent`` is from the untiled one (issue 9: tiling is not exact,
+    """How far the tiled decode ``tiled`` of ``latent`` is from the untiled one (tiling is not exact,
     GroupNorm statistics and the mid-block attention are per tile); run after the memory window."""
-    from colorize.pipeline import vae_decode
+    from colorize.generate import vae_decode
 
     offload = getattr(model, "offload", None)
     try:

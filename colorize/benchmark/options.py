@@ -1,4 +1,4 @@
-"""Speed and memory options of ``python -m colorize bench`` (issue 9): low-VRAM offload, a memory cap,
+"""Speed and memory options of ``python -m colorize bench``: low-VRAM offload, a memory cap,
 ``torch.compile``, CUDA graphs, channels-last, VAE tiling. Checked before the model is built (options a
 device cannot honour are refused with a clear message) and applied to the built colorizer."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ GIB = float(1 << 30)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("speed and memory options (issue 9)")
+    g = p.add_argument_group("speed and memory options")
     g.add_argument("--with-text", action="store_true",
                    help="keep the CLIP text tower on the device (1.3 GiB), as the official app always does; by "
                         "default it is dropped, as the library and nodes do unless a text edit needs it")

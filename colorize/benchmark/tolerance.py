@@ -1,5 +1,5 @@
-"""Half precision against float32 on the same random weights: the full pipeline's decoded image (issue 9:
-"fp16/bf16 outputs of the full pipeline stay within a stated tolerance of float32 on random weights").
+"""Half precision against float32 on the same random weights: the full pipeline's decoded image (fp16/bf16
+outputs of the full pipeline must stay within a stated tolerance of float32).
 
 One float32 colorizer is built; each half-precision colorizer shares its CLIP and VAE (float32 in every
 precision, as the official app) and gets copies of its U-Net and sketch encoder, cast as the pipeline casts
@@ -22,7 +22,7 @@ from colorize.config import ColorizerConfig
 @torch.inference_mode()
 def generate(model: Any, sketch: Tensor, reference: Tensor, size: tuple[int, int], settings: Any) -> tuple[Tensor, Tensor]:
     """(decoded image in [-1, 1], final latent), both float32 on the CPU."""
-    from colorize.pipeline import make_conditioning
+    from colorize.generate import make_conditioning
 
     tokens = model.encode_reference(reference.to(model.device))
     hints, hints_uncond = model.encode_sketch(sketch.to(model.device), settings.sketch_strength)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from typing import Any, Iterable, Mapping
 
 from colorize.checkpoint.common import shape_of

@@ -8,6 +8,7 @@ from colorize.checkpoint.common import shape_of
 from colorize.checkpoint.keys import DEFAULT_OPTIONAL
 from colorize.errors import CheckpointError
 
+
 def _is_optional(key: str, optional: Iterable[str]) -> bool:
     return any(key == o or (o.endswith(".") and key.startswith(o)) for o in optional)
 

@@ -62,7 +62,7 @@ class EvalSettings:
             raise InputError("batch size and TPS points must be at least 1")
 
     def generation(self, seed: int) -> Any:
-        from colorize.pipeline import GenerationSettings
+        from colorize.settings import GenerationSettings
 
         return GenerationSettings(
             steps=self.steps, sampler=self.sampler, scheduler=self.scheduler, reference_cfg=self.reference_cfg,

@@ -17,7 +17,8 @@ from colorize.extractors.classic import (
     high_pass,
     lineart_standard,
 )
-from colorize.extractors.extractor import LineExtractor, extract_lines, working_size
+from colorize.extractors.extractor import LineExtractor, working_size
+from colorize.extractors.lines import extract_lines
 from colorize.extractors.loading import (
     LineExtractorWeightsError,
     detect_kind,

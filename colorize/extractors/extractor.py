@@ -6,16 +6,14 @@ in [0, 1], black lines on white, at the input's resolution.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from colorize.errors import InputError
-from colorize.extractors.classic import high_pass, lineart_standard
 from colorize.extractors.filters import crop, pad_to_multiple, resize
 from colorize.extractors.polarity import InputPolarity, to_dark_on_light
-from colorize.extractors.registry import MODEL_SPECS, ModelSpec, canonical_method
+from colorize.extractors.registry import MODEL_SPECS, ModelSpec
 from colorize.preprocess import check_image
 
 
@@ -77,36 +75,4 @@ class LineExtractor:
         return lines.to(out_device).expand(-1, 3, -1, -1).contiguous()
 
 
-def extract_lines(
-    image01: Tensor,
-    method: str | LineExtractor = "high_pass",
-    input_polarity: InputPolarity = "auto",
-    resolution: int | None = None,
-    **options: Any,
-) -> Tensor:
-    """Line art from colour images, pencil drawings or inverted sketches: (B, 3, H, W) black on white.
-
-    ``method``: a loaded :class:`LineExtractor`; a no-weight method (``"high_pass"``: the SketchKeras
-    input filter, options ``sigma``/``threshold``; ``"lineart_standard"``: A1111's, option ``sigma``);
-    or a model name (``"sketch_keras"``, ``"anime2sketch"``, ``"manga_line"``, or the official
-    ``lineart_keras``/``lineart``/``lineart_denoise``), loaded for this call with ``options``
-    (``models_dir``, ``download``, ``device``, ``dtype``) — load once with ``load_line_extractor`` to
-    reuse it. White-on-black inputs are inverted first (``input_polarity="auto"``).
-    """
-    if isinstance(method, LineExtractor):
-        if options:
-            raise TypeError(f"unexpected options for a loaded extractor: {', '.join(options)}")
-        return method(image01, input_polarity, resolution)
-    name = canonical_method(method)
-    if name in MODEL_SPECS:
-        from colorize.extractors.loading import load_line_extractor
-
-        return load_line_extractor(name, **options)(image01, input_polarity, resolution)
-    x, _ = to_dark_on_light(check_image(image01, "image"), input_polarity)
-    h, w = x.shape[-2:]
-    x = resize(x, working_size(h, w, resolution)).clamp(0, 1)
-    lines = (high_pass if name == "high_pass" else lineart_standard)(x, **options)
-    return resize(lines, (h, w)).clamp(0, 1)
-
-
-__all__ = ["LineExtractor", "extract_lines", "working_size"]
+__all__ = ["LineExtractor", "working_size"]

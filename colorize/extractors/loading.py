@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from colorize.checkpoint import load_state_dict_file
+from colorize.checkpoint import load_state_dict_file, materialize
 from colorize.errors import CheckpointError
 from colorize.extractors.extractor import LineExtractor
 from colorize.extractors.registry import MODEL_SPECS, ModelSpec, canonical_method
@@ -57,16 +57,14 @@ def detect_kind(state_dict: Mapping[str, object], source: str = "state dict") ->
     )
 
 
-def materialize(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+def build_network(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], source: str) -> nn.Module:
     """Build ``spec``'s network on the meta device and assign every tensor from ``state_dict`` strictly
-    (:func:`colorize.loader.materialize`); BatchNorm counters a file lacks default to 0."""
-    from colorize.loader import materialize as assign_strictly
-
+    (:func:`colorize.checkpoint.materialize`); BatchNorm counters a file lacks default to 0."""
     full = dict(state_dict)
     for k in state_dict:
         if k.endswith("running_mean"):
             full.setdefault(k[: -len("running_mean")] + "num_batches_tracked", torch.zeros((), dtype=torch.long))
-    return assign_strictly(spec.build, full, f"{source} ({spec.title} weights)").eval().requires_grad_(False)
+    return materialize(spec.build, full, f"{source} ({spec.title} weights)").eval().requires_grad_(False)
 
 
 def line_extractor_from_state_dict(
@@ -86,7 +84,7 @@ def line_extractor_from_state_dict(
                 f"{source} holds {MODEL_SPECS[found].title} weights, but {kind!r} was requested; "
                 f"pick {found!r} or the {MODEL_SPECS.get(wanted, MODEL_SPECS[found]).title} file."
             )
-    net = materialize(MODEL_SPECS[found], sd, source)
+    net = build_network(MODEL_SPECS[found], sd, source)
     return LineExtractor(found, net.to(device=device, dtype=dtype), source)
 
 
@@ -129,5 +127,5 @@ def load_line_extractor(
 
 __all__ = [
     "FOREIGN_HINTS", "LineExtractorWeightsError", "detect_kind", "line_extractor_from_state_dict",
-    "load_line_extractor", "materialize", "resolve_line_extractor_path", "strip_module_prefix",
+    "build_network", "load_line_extractor", "resolve_line_extractor_path", "strip_module_prefix",
 ]

@@ -1,4 +1,4 @@
-"""Tiled VAE decode / encode for large images (issue 9: peak memory at 1024², 1024² on an 8 GB card).
+"""Tiled VAE decode / encode for large images (peak memory at 1024², 1024² on an 8 GB card).
 
 The kl-f8 decoder's last levels dominate the memory of a generation: at 1024² the full-resolution level
 holds 128–256 float32 channels of 1024² pixels (0.5–1 GiB per tensor, ~4 GiB at the decode's peak).

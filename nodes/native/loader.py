@@ -1,0 +1,98 @@
+"""Native bridge nodes that start a graph: the checkpoint as a native MODEL + VAE, the reference as CONDITIONING.
+
+The U-Net of a ColorizeDiffusion checkpoint is an SD2.1 U-Net (thesis §5.3.1) whose keys are the official
+``model.diffusion_model.*`` names, so it becomes ComfyUI's own SD2.x model (eps for v1 / v1.5, v for v2, read
+from the keys) and works with KSampler, custom samplers, LoRA loaders, model merging, previews and model
+management; the colorizer's own modules travel beside it (:mod:`.model`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from colorize.device import PRECISIONS
+from colorize.families import get_family
+from colorize.native.build import read_native_checkpoint
+
+from ..host import offload_device
+from ..loaders import SUPPORTED_VERSIONS, default_file
+from ..models import CHECKPOINT_FOLDER, list_files, resolve_file
+from ..types import COLORIZE_REFERENCE, ReferenceTokens
+from .model import COLORIZE_NATIVE, NativeParts, host_dtype, native_model, native_vae, reference_conditioning
+
+
+class NativeLoader:
+    """models/colorizediffusion file → MODEL, VAE, COLORIZE_NATIVE."""
+
+    DESCRIPTION = (
+        "Loads a ColorizeDiffusion checkpoint as ComfyUI's own SD2.x MODEL and VAE (eps-prediction for v1 / "
+        "v1.5, v-prediction for v2, detected from the file's keys), so KSampler, SamplerCustomAdvanced, LoRA "
+        "loaders and model-merge nodes work on it. The third output holds the colorizer's own parts (sketch "
+        "encoder, v1.5/v2 split LoRA, v2 warp and style modules, background encoders) for the ColorizeDiffusion "
+        "Native patch nodes, which must be applied for colorization (thesis §5.3). Non-commercial weights "
+        "(CC-BY-NC-SA-4.0)."
+    )
+    CATEGORY = "ColorizeDiffusion/native"
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL", "VAE", COLORIZE_NATIVE, "STRING")
+    RETURN_NAMES = ("model", "vae", "colorizer", "info")
+    OUTPUT_TOOLTIPS = (
+        ("The U-Net as a native SD2.x MODEL: patch it with Native Sketch (and Native Enhance / Reference "
+         "Strength), then sample with KSampler or SamplerCustomAdvanced."),
+        "The checkpoint's VAE (core VAE Decode / Encode).",
+        "The colorizer's own modules, for the Native patch nodes.",
+        "File, detected version, prediction type and precision.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "ckpt_name": (list_files(CHECKPOINT_FOLDER, SUPPORTED_VERSIONS), {
+                "default": default_file("mult-eps-ft"),
+                "tooltip": "Checkpoint in models/colorizediffusion (mult-eps-ft = v1, switch-eps = v1.5, "
+                           "v2-full = v2); a missing listed file is downloaded when the node first runs."}),
+            "precision": (list(PRECISIONS), {
+                "default": "auto",
+                "tooltip": "U-Net precision. auto = ComfyUI's choice for the device (fp16 on most GPUs, fp32 on "
+                           "CPU); the colorizer's modules follow it."}),
+        }}
+
+    def load(self, ckpt_name: str, precision: str) -> dict[str, Any]:
+        path = resolve_file(CHECKPOINT_FOLDER, ckpt_name)
+        ck = read_native_checkpoint(path)
+        model = native_model(ck, precision)
+        vae = native_vae(ck)
+        dtype = host_dtype(model)
+        ck.extras.to(offload_device("unet"), dtype)
+        get_family(ck.config.version).cast_extras(ck.encoders, offload_device("unet"), dtype)
+        parts = NativeParts(ckpt_name, path, ck.config, ck.extras, ck.encoders, dtype)
+        info = parts.describe()
+        return {"ui": {"text": [info]}, "result": (model, vae, parts, info)}
+
+
+
+class NativeConditioning:
+    """COLORIZE_REFERENCE → positive / negative CONDITIONING."""
+
+    DESCRIPTION = (
+        "Turns the reference's 256 CLIP ViT-H/14 tokens (Reference Embed) into native conditioning: positive = "
+        "the tokens, negative = an empty (all-zero) reference, the official unconditional input of reference "
+        "CFG. Use them with KSampler (its cfg is the reference guidance scale) or the ColorizeDiffusion Native "
+        "Guider (reference and sketch CFG). v1.5/v2 background/style enhance: use Native Enhance instead."
+    )
+    CATEGORY = "ColorizeDiffusion/native"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+    OUTPUT_TOOLTIPS = ("The reference tokens as conditioning.", "The empty reference (zero context).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "reference": (COLORIZE_REFERENCE, {"tooltip": "Reference tokens from Reference Embed (or a Text Edit)."}),
+        }}
+
+    def encode(self, reference: ReferenceTokens) -> tuple[list[list[Any]], list[list[Any]]]:
+        return reference_conditioning(reference.tokens)
+
+
+__all__ = ["NativeConditioning", "NativeLoader"]

@@ -1,0 +1,195 @@
+"""The native bridge's MODEL patch nodes (each clones the MODEL, then patches the clone).
+
+* Native Sketch — sketch hints at input blocks 0, 3, 6, 9, 11 (thesis Eq. 5.1) + an empty LATENT of the
+  sketch's size;
+* Native Reference Strength — the official per-level reference strength (thesis §5.2, Fig. 5.1);
+* Native Enhance — v1.5/v2 foreground/background separation (split cross-attention with the fg/bg LoRA and
+  the masks, Eq. 5.4; v2 skip warping and style modulation, §5.6) and its positive/negative conditioning.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from colorize.errors import InputError
+from colorize.families import UNetInputs
+from colorize.generate import separation_inputs
+from colorize.models.vae import SeededLatentEncoder
+from colorize.preprocess import check_image, fit_and_pad, target_size, to_signed
+from colorize.settings import MAX_SEED, level_reference_scales
+
+from ..enhance import EnhanceRequest
+from ..host import intermediate_device, load_device, ready_all
+from ..types import COLORIZE_ENHANCE, COLORIZE_REFERENCE, ReferenceTokens, image_to_bchw
+from ..widgets import level_inputs, level_strengths, seed_input
+from .decoder import WarpPatch, set_v2
+from .model import COLORIZE_NATIVE, NativeParts, reference_conditioning
+from .patches import HintPatch, SplitState, attach, attention_patch, set_attention, set_patch
+
+MODEL_INPUT = ("MODEL", {"tooltip": "The native MODEL from the ColorizeDiffusion Native Loader (or a patched one)."})
+PARTS_INPUT = (COLORIZE_NATIVE, {"tooltip": "The 'colorizer' output of the same ColorizeDiffusion Native Loader."})
+SKETCH_INPUT = ("IMAGE", {"tooltip": "Prepared sketch (white lines on black) from ColorizeDiffusion Sketch Preprocess."})
+
+
+def prepared_sketch(image: Tensor) -> Tensor:
+    """A prepared sketch IMAGE → (B, 3, H, W) in [-1, 1], fitted into multiples of 64 (padding = no lines)."""
+    x = to_signed(check_image(image_to_bchw(image), "sketch"))
+    h, w = x.shape[-2:]
+    size = target_size((h, w), w, h)
+    return x if size == (h, w) else fit_and_pad(x, size, fill=-1.0)
+
+
+class LazyLatentEncoder:
+    """One seeded posterior-sample encoder per generation (as the Sampler), the VAE read only if v2 needs it."""
+
+    def __init__(self, parts: NativeParts, seed: int) -> None:
+        self.parts, self.seed = parts, seed
+        self.encoder: SeededLatentEncoder | None = None
+
+    def __call__(self, image: Tensor) -> Tensor:
+        if self.encoder is None:
+            self.encoder = SeededLatentEncoder(self.parts.vae(), self.seed)
+        return self.encoder(image)
+
+
+def check_parts(model: Any, parts: NativeParts) -> None:
+    """A clear error when the colorizer's modules and the MODEL come from different layouts."""
+    unet = getattr(getattr(model, "model", None), "diffusion_model", None)
+    ch = getattr(unet, "model_channels", parts.config.unet.model_channels)
+    if ch != parts.config.unet.model_channels:
+        raise InputError(f"the 'colorizer' input ({parts.name}) does not belong to this MODEL: connect both "
+                         "outputs of the same ColorizeDiffusion Native Loader")
+
+
+class NativeSketch:
+    """MODEL + prepared sketch → MODEL with sketch hints, and an empty LATENT of the sketch's size."""
+
+    DESCRIPTION = (
+        "Adds the sketch to a native ColorizeDiffusion MODEL: the checkpoint's sketch encoder turns the prepared "
+        "line art into five hints added after U-Net input blocks 0, 3, 6, 9, 11 (thesis Eq. 5.1), on ComfyUI's "
+        "device when sampling starts. The blank sketch's hints are used for the rows the ColorizeDiffusion "
+        "Native Guider marks sketch-unconditional (sketch CFG). The latent output is an empty latent of the "
+        "sketch's size: connect it to the sampler (another size re-fits the sketch)."
+    )
+    CATEGORY = "ColorizeDiffusion/native"
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL", "LATENT")
+    RETURN_NAMES = ("model", "latent")
+    OUTPUT_TOOLTIPS = ("The patched MODEL (a clone; the input MODEL is unchanged).",
+                       "An empty latent of the sketch's size and batch.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": MODEL_INPUT, "colorizer": PARTS_INPUT, "sketch": SKETCH_INPUT,
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                   "tooltip": "Sketch strength: scales the hints (official range 0–3)."}),
+        }}
+
+    def patch(self, model: Any, colorizer: NativeParts, sketch: Tensor, strength: float) -> tuple[Any, dict[str, Any]]:
+        check_parts(model, colorizer)
+        x = prepared_sketch(sketch)
+        m = model.clone()
+        attach(m, colorizer)
+        set_patch(m, "input_block_patch", HintPatch(colorizer, x, strength), HintPatch)
+        f = colorizer.config.vae.downsample_factor
+        latent = torch.zeros(x.shape[0], colorizer.config.vae.z_channels, x.shape[-2] // f, x.shape[-1] // f)
+        return m, {"samples": latent.to(intermediate_device())}
+
+
+class NativeReferenceStrength:
+    """MODEL → MODEL with the reference strength per level (scales the cross-attention result)."""
+
+    DESCRIPTION = (
+        "Sets how strongly a native ColorizeDiffusion MODEL reads the reference: the cross-attention result "
+        "softmax(QKᵀ/√d)·V is scaled per block (thesis §5.2), with the official app's level sliders "
+        "(encoder, middle, low; each × reference_strength). Combines with Native Enhance in either order."
+    )
+    CATEGORY = "ColorizeDiffusion/native"
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The patched MODEL (a clone).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": MODEL_INPUT, "colorizer": PARTS_INPUT,
+            "reference_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
+                                             "tooltip": "Scales how much the cross-attention reads the reference."}),
+            **level_inputs(),
+        }}
+
+    def patch(self, model: Any, colorizer: NativeParts, reference_strength: float, encoder_strength: float,
+              middle_strength: float, low_strength: float) -> tuple[Any]:
+        check_parts(model, colorizer)
+        if len(colorizer.blocks) != 16:
+            raise InputError(f"per-level strengths need the SD2.1 layout of 16 attention blocks; {colorizer.name} "
+                             f"has {len(colorizer.blocks)}")
+        scales = level_reference_scales(reference_strength,
+                                        level_strengths(encoder_strength, middle_strength, low_strength))
+        m = model.clone()
+        set_attention(m, attention_patch(m, colorizer).with_(scales=tuple(scales)))
+        return (m,)
+
+
+class NativeEnhance:
+    """MODEL + reference + COLORIZE_ENHANCE → MODEL with v1.5/v2 separation, and its CONDITIONING."""
+
+    DESCRIPTION = (
+        "v1.5/v2 foreground/background separation for a native ColorizeDiffusion MODEL (thesis §5.5–5.6): from "
+        "Background Encode / Style Encode it builds the [foreground | background] reference context (positive; "
+        "negative = its empty version) and patches the MODEL with split cross-attention (fg/bg LoRA, sketch "
+        "mask), and for v2 the background warping and style modulation of the decoder. The v2 latents of the "
+        "reference/background are posterior samples seeded by 'seed': give it the sampler's seed to reproduce "
+        "the ColorizeDiffusion Sampler exactly."
+    )
+    CATEGORY = "ColorizeDiffusion/native"
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("model", "positive", "negative")
+    OUTPUT_TOOLTIPS = ("The patched MODEL (a clone).", "The separation context.", "Its empty (zero) version.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": MODEL_INPUT, "colorizer": PARTS_INPUT,
+            "reference": (COLORIZE_REFERENCE, {"tooltip": "Reference tokens from Reference Embed."}),
+            "sketch": SKETCH_INPUT,
+            "enhance": (COLORIZE_ENHANCE, {"tooltip": "Background Encode and/or Style Encode (v2) output."}),
+            "seed": seed_input("Seed of the v2 VAE posterior samples (use the sampler's seed)."),
+        }}
+
+    def patch(self, model: Any, colorizer: NativeParts, reference: ReferenceTokens, sketch: Tensor,
+              enhance: EnhanceRequest, seed: int) -> tuple[Any, Any, Any]:
+        check_parts(model, colorizer)
+        inputs = self.inputs(colorizer, reference.tokens, prepared_sketch(sketch), enhance, seed)
+        m = model.clone()
+        attach(m, colorizer)
+        processor, kw = inputs.cross_attention, inputs.kwargs  # (an earlier Native Enhance is replaced)
+        state = SplitState(processor, int(inputs.context.shape[1])) if processor is not None else None
+        set_attention(m, attention_patch(m, colorizer).with_(split=state))
+        warp = WarpPatch(colorizer, kw["hs_bg"], kw["warp_mask"], kw["warp_threshold"]) if kw.get("hs_bg") else None
+        set_v2(m, colorizer, warp, kw.get("style"))
+        positive, negative = reference_conditioning(inputs.context.to(intermediate_device()))
+        return m, positive, negative
+
+    @staticmethod
+    def inputs(parts: NativeParts, tokens: Tensor, sketch: Tensor, request: EnhanceRequest, seed: int) -> UNetInputs:
+        """The family's U-Net inputs exactly as the ColorizeDiffusion Sampler computes them."""
+        device = load_device("unet")
+        encoders = dict(zip(parts.encoders, ready_all(*parts.encoders.values())))
+        sketch_hw = tuple(request.sketch_mask.shape[-2:]) if request.sketch_mask is not None else tuple(sketch.shape[-2:])
+        encode_latent = LazyLatentEncoder(parts, (int(seed) + 2) % (MAX_SEED + 1))
+        return separation_inputs(
+            parts.config, encoders, request.settings, tokens=tokens.to(device), reference=request.reference.to(device),
+            sketch=sketch.to(device), sketch_hw=sketch_hw,  # type: ignore[arg-type]
+            encode_tokens=lambda image: request.encoder.tokens(image).float().to(device),
+            encode_latent=encode_latent, sketch_mask=request.sketch_mask, reference_mask=request.reference_mask,
+            background=request.background.to(device) if request.background is not None else None,
+            background_mask=request.background_mask)
+
+
+__all__ = ["NativeEnhance", "NativeReferenceStrength", "NativeSketch", "prepared_sketch"]

@@ -1,0 +1,231 @@
+"""Weights manifest, local lookup and the atomic, never-overwriting downloader (network mocked)."""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from colorize import weights as w
+from colorize.checkpoint import PARAMETERIZATION
+from colorize.errors import WeightsMissingError
+
+REPO = Path(__file__).resolve().parents[2]
+RELEASED = {"mult-eps-ft.safetensors", "mult-eps-newft.safetensors", "switch-eps.safetensors", "v2-full.safetensors"}
+
+
+def _fake_hub(content: bytes, calls: list[dict[str, Any]] | None = None):
+    """A stand-in for hf_hub_download that writes ``content`` where the real one would."""
+
+    def fake(**kw: Any) -> str:
+        if calls is not None:
+            calls.append(kw)
+        sub = kw.get("subfolder") or ""
+        out = Path(kw["local_dir"]) / sub / kw["filename"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if kw.get("tqdm_class"):
+            bar = kw["tqdm_class"](total=len(content))
+            bar.update(len(content) // 2)
+            bar.update(len(content) - len(content) // 2)
+            bar.close()
+        out.write_bytes(content)
+        return str(out)
+
+    return fake
+
+
+def _all_files(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.is_file())
+
+
+# --- manifest -------------------------------------------------------------------------------
+
+
+def test_manifest_schema() -> None:
+    entries = w.load_manifest()
+    names = [e["name"] for e in entries]
+    assert len(set(names)) == len(names)
+    for e in entries:
+        missing = [f for f in w.REQUIRED_FIELDS if f not in e]
+        assert not missing, f"{e['name']} lacks {missing}"
+        assert e["revision"] == "main"
+        assert e["sha256"] is None or re.fullmatch(r"[0-9a-f]{64}", e["sha256"])
+        assert e["size_bytes"] is None or (isinstance(e["size_bytes"], int) and e["size_bytes"] > 0)
+        assert e["size_human"].endswith("GB")
+        assert all(alt in names for alt in e.get("alternatives") or [])
+        if e["repo_id"]:
+            assert w.hub_url(e).startswith(f"https://huggingface.co/{e['repo_id']}/resolve/main/")
+        else:  # not on the Hub: a direct https URL is required
+            assert e.get("url", "").startswith("https://") and w.hub_url(e) == e["url"]
+    ckpts = [e for e in entries if e["kind"] == "checkpoint"]
+    assert {e["filename"] for e in ckpts} == RELEASED
+    for e in ckpts:
+        assert e["licence"] == "CC-BY-NC-SA-4.0" and e["repo_id"] == "tellurion/ColorizeDiffusion"
+        assert e["models_subdir"] == "colorizediffusion"
+        assert e["parameterization"] == PARAMETERIZATION[e["version"]]
+    for e in entries:
+        if e["kind"].startswith("clip"):
+            assert e["models_subdir"] == "clip_vision"
+    assert w.manifest_entry(w.default_checkpoint_name())["kind"] == "checkpoint"
+    assert w.manifest_entry(w.default_clip_name())["kind"] == "clip"
+    assert w.manifest_entry("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")["repo_id"] == "h94/IP-Adapter"
+
+
+def test_manifest_inside_package_is_the_root_file() -> None:
+    """One source of truth: the packaged name is a symlink (wheels copy its content)."""
+    root, packaged = REPO / "weights_manifest.json", REPO / "colorize" / "weights_manifest.json"
+    assert packaged.is_symlink() and packaged.resolve() == root.resolve()
+
+
+def test_default_models_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(w.MODELS_DIR_ENV, str(tmp_path / "m"))
+    assert w.default_models_dir() == tmp_path / "m"
+    monkeypatch.delenv(w.MODELS_DIR_ENV)
+    assert w.default_models_dir().parts[-2:] == ("colorizediffusion", "models")
+
+
+# --- resolve without network ----------------------------------------------------------------
+
+
+def test_resolve_finds_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(**kw: Any) -> str:
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(w, "hf_hub_download", no_network)
+    sub = tmp_path / "colorizediffusion" / "mult-eps-ft.safetensors"
+    sub.parent.mkdir()
+    sub.write_bytes(b"x")
+    assert w.resolve("mult-eps-ft", tmp_path, download=True) == sub
+    assert w.resolve("mult-eps-ft.safetensors", tmp_path) == sub
+    flat = tmp_path / "v2-full.safetensors"
+    flat.write_bytes(b"y")
+    assert w.resolve("v2-full", tmp_path) == flat
+    assert w.resolve(str(flat)) == flat  # explicit path
+    renamed = tmp_path / "colorizediffusion" / "my-own.safetensors"
+    renamed.write_bytes(b"z")
+    assert w.resolve("my-own.safetensors", tmp_path) == renamed  # any file in the models folders
+    with pytest.raises(WeightsMissingError, match="not a known weights name|neither an existing file"):
+        w.resolve("no-such-model", tmp_path)
+    with pytest.raises(WeightsMissingError, match="no such file"):
+        w.resolve(str(tmp_path / "elsewhere" / "switch-eps.safetensors"), tmp_path)
+
+
+def test_vision_only_clip_is_an_accepted_alternative(tmp_path: Path) -> None:
+    alt = tmp_path / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+    alt.parent.mkdir()
+    alt.write_bytes(b"v")
+    assert w.resolve(w.default_clip_name(), tmp_path) == alt
+    with pytest.raises(WeightsMissingError):
+        w.resolve(w.default_clip_name(), tmp_path, accept_alternatives=False)
+
+
+def test_offline_message_and_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(**kw: Any) -> str:
+        part = Path(kw["local_dir"]) / kw["filename"]
+        part.write_bytes(b"half a file")  # a failed download may leave bytes behind
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(w, "hf_hub_download", offline)
+    with pytest.raises(WeightsMissingError) as e:
+        w.resolve("switch-eps", tmp_path, download=True)
+    msg = str(e.value)
+    final = tmp_path / "colorizediffusion" / "switch-eps.safetensors"
+    assert "switch-eps.safetensors" in msg and str(final) in msg
+    assert "tellurion/ColorizeDiffusion" in msg
+    assert "https://huggingface.co/tellurion/ColorizeDiffusion/resolve/main/switch-eps.safetensors" in msg
+    assert f"python -m colorize download switch-eps --models-dir {tmp_path}" in msg
+    assert "ConnectionError" in msg and "CC-BY-NC-SA-4.0" in msg
+    assert len(msg.splitlines()) <= 15
+    assert _all_files(tmp_path) == []  # nothing under the final name, no temp leftovers
+    with pytest.raises(WeightsMissingError, match="downloading is disabled"):
+        w.resolve("switch-eps", tmp_path, download=False)
+
+
+# --- downloads (mocked hub) -----------------------------------------------------------------
+
+
+def test_download_is_atomic_and_reports_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    content = b"weights" * 1000
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(w, "hf_hub_download", _fake_hub(content, calls))
+    seen: list[tuple[int, int]] = []
+    path = w.resolve("mult-eps-newft", tmp_path, download=True, progress=lambda n, t: seen.append((n, t)))
+    assert path == tmp_path / "colorizediffusion" / "mult-eps-newft.safetensors"
+    assert path.read_bytes() == content
+    assert _all_files(tmp_path) == [path]
+    assert calls[0]["repo_id"] == "tellurion/ColorizeDiffusion" and calls[0]["filename"] == "mult-eps-newft.safetensors"
+    assert Path(calls[0]["local_dir"]).parent == path.parent  # temp folder on the same filesystem
+    assert seen[-1] == (len(content), len(content)) and seen[0][0] < len(content)
+
+
+def test_download_checksum_mismatch_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    content = b"some bytes"
+    monkeypatch.setattr(w, "hf_hub_download", _fake_hub(content))
+    entry = dict(w.manifest_entry("mult-eps-ft"), sha256=hashlib.sha256(b"other").hexdigest())
+    with pytest.raises(WeightsMissingError, match="sha256 mismatch"):
+        w.fetch(entry, tmp_path)
+    assert _all_files(tmp_path) == []
+    entry["sha256"] = hashlib.sha256(content).hexdigest()
+    assert w.fetch(entry, tmp_path).read_bytes() == content
+    # the real entry with a known size/sha256 rejects a wrong file too
+    with pytest.raises(WeightsMissingError, match="expected 2,528,373,448"):
+        w.resolve("clip-vit-h-14-vision", tmp_path / "other", download=True)
+    assert _all_files(tmp_path / "other") == []
+
+
+def test_existing_file_is_never_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    final = tmp_path / "colorizediffusion" / "mult-eps-ft.safetensors"
+    final.parent.mkdir()
+    final.write_bytes(b"old")
+    monkeypatch.setattr(w, "hf_hub_download", _fake_hub(b"new"))
+    entry = w.manifest_entry("mult-eps-ft")
+    assert w.fetch(entry, tmp_path) == final and final.read_bytes() == b"old"
+
+    # a file that appears while the download runs (another process) is kept as well
+    other = tmp_path / "b"
+    target = other / "colorizediffusion" / "mult-eps-ft.safetensors"
+    inner = _fake_hub(b"new")
+
+    def racing(**kw: Any) -> str:
+        target.write_bytes(b"theirs")
+        return inner(**kw)
+
+    monkeypatch.setattr(w, "hf_hub_download", racing)
+    assert w.fetch(entry, other) == target and target.read_bytes() == b"theirs"
+    assert _all_files(other) == [target]
+
+
+def test_main_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    assert w.main_download(["--list", "--models-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert all(e["name"] in out for e in w.load_manifest())
+    monkeypatch.setattr(w, "hf_hub_download", _fake_hub(b"ok"))
+    assert w.main_download(["v2-full", "--models-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "colorizediffusion" / "v2-full.safetensors").read_bytes() == b"ok"
+    capsys.readouterr()
+    assert w.main_download(["v2-full", "--models-dir", str(tmp_path)]) == 0
+    assert "already present" in capsys.readouterr().out
+    assert w.main_download(["nonsense", "--models-dir", str(tmp_path)]) == 1
+
+    def offline(**kw: Any) -> str:
+        raise OSError("offline")
+
+    monkeypatch.setattr(w, "hf_hub_download", offline)
+    assert w.main_download(["switch-eps", "--models-dir", str(tmp_path)]) == 1
+    assert "python -m colorize download switch-eps" in capsys.readouterr().err
+
+
+def test_direct_url_entries_download_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries that are not on the Hub are fetched from their ``url``, with the sha256 prefix checked."""
+    import hashlib
+    import io
+    import urllib.request
+
+    payload = b"inception weights"
+    entry = {**w.manifest_entry("fid-inception"), "sha256_prefix": hashlib.sha256(payload).hexdigest()[:8]}
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=0: io.BytesIO(payload))
+    got = w.fetch(entry, tmp_path)
+    assert got.read_bytes() == payload and got.name == entry["filename"]
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [got]

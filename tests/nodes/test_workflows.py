@@ -1,0 +1,198 @@
+"""The shipped workflows: only existing node types, inputs that match INPUT_TYPES, UI and API twins equal."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from colorize.weights import hub_url, load_manifest
+from nodes import NODE_CLASS_MAPPINGS
+
+REPO = Path(__file__).resolve().parents[2]
+WF = REPO / "workflows"
+sys.path.insert(0, str(WF))
+import make_workflows
+
+# Core ComfyUI nodes the workflows may use: name -> (inputs {name: type}, output types). Checked against a
+# real server's /object_info by tests/test_comfyui_integration.py.
+CORE = {
+    "LoadImage": ({"image": "COMBO", "upload": "IMAGEUPLOAD"}, ["IMAGE", "MASK"]),
+    "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, []),
+    "PreviewImage": ({"images": "IMAGE"}, []),
+    "PreviewAny": ({"source": "*"}, []),
+    "KSampler": ({"model": "MODEL", "seed": "INT", "steps": "INT", "cfg": "FLOAT", "sampler_name": "COMBO",
+                  "scheduler": "COMBO", "positive": "CONDITIONING", "negative": "CONDITIONING", "latent_image": "LATENT",
+                  "denoise": "FLOAT"}, ["LATENT"]),
+    "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, ["IMAGE"]),
+    "SamplerCustomAdvanced": ({"noise": "NOISE", "guider": "GUIDER", "sampler": "SAMPLER", "sigmas": "SIGMAS",
+                               "latent_image": "LATENT"}, ["LATENT", "LATENT"]),
+    "KSamplerSelect": ({"sampler_name": "COMBO"}, ["SAMPLER"]),
+    "RandomNoise": ({"noise_seed": "INT"}, ["NOISE"]),
+}
+# Ranges of the core nodes' number widgets (ComfyUI 0.3.64 INPUT_TYPES).
+CORE_RANGES = {("KSampler", "seed"): (0, 2**64 - 1), ("KSampler", "steps"): (1, 10000), ("KSampler", "cfg"): (0.0, 100.0),
+               ("KSampler", "denoise"): (0.0, 1.0), ("RandomNoise", "noise_seed"): (0, 2**64 - 1)}
+LOADERS = {"ColorizeDiffusionCheckpointLoader": ("ckpt_name", "colorizediffusion"),
+           "ColorizeDiffusionNativeLoader": ("ckpt_name", "colorizediffusion"),
+           "ColorizeDiffusionReferenceEncoderLoader": ("clip_name", "clip_vision")}
+UI_FILES = sorted(WF.glob("*.json"))
+API_FILES = sorted((WF / "api").glob("*.json"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def spec_of(class_type: str) -> tuple[dict[str, Any], list[str]]:
+    """{input name: (type, options)} and output types of a pack or core node."""
+    if class_type in NODE_CLASS_MAPPINGS:
+        cls = NODE_CLASS_MAPPINGS[class_type]
+        s = cls.INPUT_TYPES()
+        return {**s["required"], **s.get("optional", {})}, list(cls.RETURN_TYPES)
+    inputs, outputs = CORE[class_type]
+    ranges = {k: {"min": lo, "max": hi} for (ct, k), (lo, hi) in CORE_RANGES.items() if ct == class_type}
+    return {k: (t, ranges.get(k, {})) for k, t in inputs.items() if t != "IMAGEUPLOAD"}, outputs
+
+
+def test_every_ui_workflow_has_an_api_twin_and_thumbnail() -> None:
+    assert UI_FILES, "no workflows shipped"
+    assert {p.name for p in UI_FILES} == {p.name for p in API_FILES}
+    for p in UI_FILES:
+        assert (WF / f"{p.stem}.jpg").is_file(), f"{p.stem}.jpg thumbnail missing"
+
+
+def test_generated_files_are_up_to_date() -> None:
+    for rel, content in make_workflows.build().items():
+        assert load(WF / rel) == content, f"workflows/{rel} is stale: run python workflows/make_workflows.py"
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.name)
+def test_api_workflow_matches_input_types(path: Path) -> None:
+    graph = load(path)
+    for nid, node in graph.items():
+        ct = node["class_type"]
+        assert ct in NODE_CLASS_MAPPINGS or ct in CORE, f"node {nid}: unknown type {ct}"
+        spec, _ = spec_of(ct)
+        required = NODE_CLASS_MAPPINGS[ct].INPUT_TYPES()["required"] if ct in NODE_CLASS_MAPPINGS else spec
+        assert set(required) <= set(node["inputs"]), f"node {nid} ({ct}) lacks {set(required) - set(node['inputs'])}"
+        assert set(node["inputs"]) <= set(spec), f"node {nid} ({ct}) has unknown inputs"
+        for name, value in node["inputs"].items():
+            typ, opts = spec[name]
+            if isinstance(value, list):  # a link [source id, output index]
+                src = graph[value[0]]
+                out_types = spec_of(src["class_type"])[1]
+                assert value[1] < len(out_types), f"node {nid}.{name}: output {value[1]} does not exist"
+                assert typ in ("*", out_types[value[1]]), f"node {nid}.{name}: {out_types[value[1]]} into {typ}"
+            elif isinstance(typ, list):
+                assert value in typ, f"node {nid}.{name}: {value!r} not a choice"
+            elif typ in ("INT", "FLOAT"):
+                assert opts["min"] <= value <= opts["max"] and isinstance(value, (int, float))
+                if typ == "INT":
+                    assert isinstance(value, int)
+            elif typ == "BOOLEAN":
+                assert isinstance(value, bool), f"node {nid}.{name}: {value!r} is not a boolean"
+            elif ct == "LoadImage":
+                assert (WF / value).is_file(), f"{value} must be shipped beside the workflow"
+            else:
+                assert isinstance(value, str)
+
+
+def widget_names(class_type: str) -> list[str]:
+    """The frontend's widget order: every non-socket input in INPUT_TYPES order, an INT seed followed by its
+    'control after generate' widget; LoadImage's upload button follows its file picker."""
+    if class_type not in NODE_CLASS_MAPPINGS:
+        names = []
+        for n, t in CORE[class_type][0].items():
+            if t in ("COMBO", "IMAGEUPLOAD", "STRING", "INT", "FLOAT"):
+                names += [n, "control_after_generate"] if n in ("seed", "noise_seed") else [n]
+        return names
+    names = []
+    spec = NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+    for name, (typ, opts) in {**spec["required"], **spec.get("optional", {})}.items():
+        if isinstance(typ, list) or typ in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+            names.append(name)
+            if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
+                names.append("control_after_generate")
+    return names
+
+
+def ui_to_api(ui: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The frontend's 'Export (API)': widget values by INPUT_TYPES order, links by input slot."""
+    links = {link[0]: link for link in ui["links"]}
+    out: dict[str, dict[str, Any]] = {}
+    for node in ui["nodes"]:
+        if node["type"] in ("MarkdownNote", "Note"):  # frontend-only notes
+            continue
+        widgets = widget_names(node["type"])
+        assert len(widgets) == len(node.get("widgets_values", [])), f"{node['type']}: widget count"
+        inputs: dict[str, Any] = {}
+        for name, value in zip(widgets, node.get("widgets_values", [])):
+            if name == "control_after_generate":
+                assert value in ("fixed", "increment", "decrement", "randomize")
+            elif name != "upload":
+                inputs[name] = value
+        for slot, inp in enumerate(node["inputs"]):
+            link = links[inp["link"]]
+            assert link[3] == node["id"] and link[4] == slot
+            inputs[inp["name"]] = [str(link[1]), link[2]]
+        out[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return out
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_ui_workflow_equals_its_api_twin(path: Path) -> None:
+    ui = load(path)
+    api = load(WF / "api" / path.name)
+    assert ui_to_api(ui) == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
+    assert ui["last_node_id"] == max(n["id"] for n in ui["nodes"]) and ui["last_link_id"] == len(ui["links"])
+    for node in ui["nodes"]:  # output link lists agree with the link table
+        for slot, out in enumerate(node["outputs"]):
+            assert sorted(out["links"]) == sorted(l[0] for l in ui["links"] if l[1] == node["id"] and l[2] == slot)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_ui_loaders_carry_model_download_links(path: Path) -> None:
+    by_file = {(e["models_subdir"], e["filename"]): e for e in load_manifest()}
+    loaders = LOADERS
+    found = 0
+    for node in load(path)["nodes"]:
+        if node["type"] in loaders:
+            widget, folder = loaders[node["type"]]
+            name = node["widgets_values"][widget_names(node["type"]).index(widget)]
+            entry = by_file[(folder, name)]
+            assert node["properties"]["models"] == [{"name": name, "url": hub_url(entry), "directory": folder}]
+            assert node["properties"]["models"][0]["url"].endswith(".safetensors")
+            found += 1
+    assert found == 2
+
+
+def test_tiny_weights_use_the_workflow_file_names(tmp_path: Path) -> None:
+    """``make-tiny-weights DIR`` fills DIR in ComfyUI's layout so every workflow runs unchanged against it."""
+    from colorize.tiny import write_tiny_weights
+
+    written = {p.relative_to(tmp_path).as_posix() for p in write_tiny_weights(tmp_path, versions=("mult", "switch", "v2")).values()}
+    loaders = LOADERS
+    for path in API_FILES:
+        for node in load(path).values():
+            if node["class_type"] in loaders:
+                widget, folder = loaders[node["class_type"]]
+                assert f"{folder}/{node['inputs'][widget]}" in written, f"{path.name}: {node['inputs'][widget]}"
+
+
+def test_registry_metadata_lists_the_workflow_models() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    comfy = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["requires-comfyui"].startswith(">=")
+    by_file = {(e["models_subdir"], e["filename"]): hub_url(e) for e in load_manifest()}
+    models = {m["location"]: m["model_url"] for m in comfy["Models"]}
+    for (folder, name), url in by_file.items():
+        if f"/{folder}/{name}" in models:
+            assert models[f"/{folder}/{name}"] == url
+    used = {f"/{l['directory']}/{l['name']}" for p in UI_FILES for n in load(p)["nodes"]
+            for l in n["properties"].get("models", [])}
+    assert used <= set(models)
+    reqs = (REPO / "requirements.txt").read_text().split()
+    assert not any(r.split(">")[0].split("=")[0].lower() in ("torch", "torchvision", "torchaudio") for r in reqs)
