@@ -67,4 +67,19 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "FAMILIES",
+    "CheckpointError",
+    "Colorizer",
+    "ColorizerConfig",
+    "EnhanceSettings",
+    "GenerationSettings",
+    "InputError",
+    "WeightsMissingError",
+    "get_family",
+    "load_checkpoint_modules",
+    "load_image",
+    "load_reference_encoder",
+    "read_checkpoint_info",
+    "tensor_to_pil",
+]
