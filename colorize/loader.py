@@ -78,7 +78,7 @@ def read_checkpoint_info(path: PathLike, num_head_channels: int | None = None) -
     """Family and config of a checkpoint without loading its tensors."""
     header = read_header(path)
     metadata = read_metadata(path)
-    family = detect_family(header, metadata, source=Path(path).name)
+    family = detect_family(header, source=Path(path).name)
     config, source = checkpoint_config(family, header, metadata, num_head_channels)
     return CheckpointInfo(Path(path), family, config, header, metadata, source)
 

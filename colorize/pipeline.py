@@ -204,7 +204,7 @@ class Colorizer:
         size = target_size(sketch_hw, settings.width, settings.height, self.family.base_resolution)
         sketch = prepare_sketch(sketch01, size, settings.polarity)  # type: ignore[arg-type]
         pad = settings.reference_pad_scale
-        if pad != 1.0:  # §2.2: white padding of the reference and background; their masks get "no foreground"
+        if pad != 1.0:  # official reference padding (backend/functool.py:120-128): white padding of the reference and background; their masks get "no foreground"
             reference01 = pad_reference(reference01, pad)
             background = pad_reference(background, pad) if background is not None else None
             reference_mask = pad_width(reference_mask, pad, 0.0) if reference_mask is not None else None

@@ -160,7 +160,7 @@ def prepare_sketch(
 
 def content_box(hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
     """``(top, left, height, width)`` of an ``hw`` image fitted (aspect kept) and centred in ``size``,
-    as :func:`fit_and_pad` places it: the un-padded sketch area of the result (§2.9 "Crop result")."""
+    as :func:`fit_and_pad` places it: the un-padded sketch area of the result (the official "Crop result")."""
     (h, w), (H, W) = hw, size
     r = min(H / h, W / w)
     nh, nw = max(1, int(h * r)), max(1, int(w * r))
@@ -191,7 +191,7 @@ def crop_to_box(image: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Te
 def pad_width(image: torch.Tensor, pad_scale: float, fill: float) -> torch.Tensor:
     """Pad ``(..., H, W)`` to width ``int(W · pad_scale)`` with ``fill``, the content centred.
 
-    The official "Reference padding scale" (§2.2, ``pad_scale`` in [1, 2], white padding) widens the
+    The official "Reference padding scale" (``backend/functool.py:120-128``, ``pad_scale`` in [1, 2], white padding) widens the
     reference (and a background image) before CLIP squashes it to 224², so the subject looks narrower.
     Where the official puts the padding is not recorded; here it is split evenly (left gets the smaller half)."""
     if not math.isfinite(float(pad_scale)) or not 1.0 <= float(pad_scale) <= 2.0:
@@ -205,14 +205,14 @@ def pad_width(image: torch.Tensor, pad_scale: float, fill: float) -> torch.Tenso
 
 
 def pad_reference(reference01: torch.Tensor, pad_scale: float) -> torch.Tensor:
-    """Reference (or background) image in [0, 1] padded with white to ``pad_scale`` × its width (§2.2)."""
+    """Reference (or background) image in [0, 1] padded with white to ``pad_scale`` × its width (the official reference padding)."""
     return pad_width(check_image(reference01, "reference"), pad_scale, fill=1.0)
 
 
 def remove_background(
     image: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5, white: float = 1.0
 ) -> torch.Tensor:
-    """The official "Remove background in result" (§2.9): keep pixels where ``mask >= threshold``, else ``white``.
+    """The official "Remove background in result" (``backend/appfunc.py`` post-processing): keep pixels where ``mask >= threshold``, else ``white``.
 
     ``image``: ``(B, C, H, W)`` (white = 1 in both [0, 1] and [-1, 1]); ``mask``: ``(B, H, W)`` or
     ``(B, 1, H, W)`` in [0, 1], 1 = foreground, batch 1 or B, bilinearly resized to the image when its

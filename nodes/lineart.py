@@ -1,6 +1,6 @@
 """Line extraction node: colour illustrations, pencil drawings or inverted sketches → clean line art.
 
-A thin wrapper over :mod:`colorize.extractors` (reference §2.2): the no-weight filters run where the image
+A thin wrapper over :mod:`colorize.extractors` (the official app's line extractors): the no-weight filters run where the image
 is; the networks (SketchKeras, Anime2Sketch, MangaLineExtraction) are read from ComfyUI's ``models/lineart``
 (a missing manifest file is downloaded on first use), loaded once per file and placed by ComfyUI's model
 management. The output is black lines on white at the input's size, what Sketch Preprocess expects.

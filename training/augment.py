@@ -1,4 +1,5 @@
-"""On-the-fly augmentation of (sketch, colour, reference) triplets: thesis §3.2 and the official loader (§4.3).
+"""On-the-fly augmentation of (sketch, colour, reference) triplets: thesis §3.2 and the official loader
+(``data/preprocessing.py`` at commit ``c9bd9fb``).
 
 What is done, and where the two sources differ (the choice made here is the default; the other is a setting):
 

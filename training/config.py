@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
-# Official mult training buckets (reference §4.3): 768² listed four times (weight 4), then six aspect buckets.
+# Official mult training buckets (``configs/training`` of the official repository): 768² listed four times (weight 4), then six aspect buckets.
 OFFICIAL_BUCKETS: tuple[tuple[int, int], ...] = (
     (768, 768), (768, 768), (768, 768), (768, 768),
     (704, 832), (832, 704), (896, 640), (640, 896), (960, 576), (576, 960),
@@ -54,7 +54,7 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Thesis §3.2 and official loader (reference §4.3); see ``training/augment.py`` for where they differ.
+    """Thesis §3.2 and official loader (``data/dataloader.py``, ``data/preprocessing.py`` at commit ``c9bd9fb``); see ``training/augment.py`` for where they differ.
 
     ``load_size``: official short-edge range ``[max bucket side, load_size)`` (961 for the official buckets);
     ``None`` resizes by ``scale_range`` × the bucket's long side instead (thesis)."""
@@ -79,7 +79,7 @@ class AugmentConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Diffusion objective (reference §4.2; thesis Eq. 5.2 / 5.3)."""
+    """Diffusion objective (official ``refnet/models/trainer.py:64-108``; thesis Eq. 5.2 / 5.3)."""
 
     prediction: Literal["eps", "v"] = "eps"
     noisy_reference: bool = False
@@ -89,7 +89,7 @@ class ObjectiveConfig:
     offset_noise: float = 0.05
     snr_gamma: float = 0.0
     vae_sample: bool = True
-    # v1.5/v2 stages (reference §4.2, DualMaskTrainer): per-sample mask thresholds th_s, th_r ~ U[lo, hi]
+    # v1.5/v2 stages (official DualMaskTrainer, refnet/models/trainer/mask.py:36-98): per-sample mask thresholds th_s, th_r ~ U[lo, hi]
     threshold_range: tuple[float, float] = (0.05, 0.95)
     # v2_style (thesis §5.6.1): per-sample probability that the background branch is active
     background_p: float = 0.5

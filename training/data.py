@@ -1,4 +1,4 @@
-"""Training triplet sources: plain folders and the official zip-shard layout (reference §4.3; thesis §3.1).
+"""Training triplet sources: plain folders and the official zip-shard layout (official ``data/dataloader.py:92-140``; thesis §3.1).
 
 A triplet is (colour image, sketch, optional mask); the colour image is also the reference (ground truth as
 reference, thesis §3.1). Layouts:

@@ -95,7 +95,7 @@ def initial_weights(cfg: ModelConfig) -> tuple[dict[str, Tensor], ColorizerConfi
 def _config_from_file(sd: Mapping[str, Tensor], metadata: Mapping[str, str]) -> tuple[ColorizerConfig, bool]:
     parts = split_checkpoint(sd)
     if parts["sketch_encoder"]:
-        return checkpoint_config(detect_family(sd, metadata), sd, metadata)[0], True
+        return checkpoint_config(detect_family(sd), sd, metadata)[0], True
     if not parts["unet"] or not parts["vae"]:
         raise ValueError("the init checkpoint has neither a ColorizeDiffusion nor an SD2.1 LDM layout "
                          "(model.diffusion_model.* and first_stage_model.* are needed)")

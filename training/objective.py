@@ -1,4 +1,4 @@
-"""The diffusion training objective (reference §4.2; thesis §5.4, Eq. 5.2 and 5.3).
+"""The diffusion training objective (official ``refnet/models/trainer.py:64-108``; thesis §5.4, Eq. 5.2 and 5.3).
 
 ``z_t = √ᾱ_t z + √(1-ᾱ_t) ε`` with ``t ~ U{0..T-1}``; target ε (eps) or ``v = √ᾱ_t ε - √(1-ᾱ_t) z``; plain MSE,
 optionally min-SNR-γ weighted. Offset noise adds ``offset · N(0,1)`` per (sample, channel) to ε.
@@ -86,7 +86,7 @@ def draw_sample_noise(gen: torch.Generator, spec: NoiseSpec, hw: tuple[int, int]
 
 
 def draw_thresholds(gen: torch.Generator, cfg: ObjectiveConfig) -> dict[str, Tensor]:
-    """Per-sample mask thresholds of the v1.5/v2 stages (reference §4.2): ``th_s, th_r ~ U[lo, hi]`` (float32),
+    """Per-sample mask thresholds of the v1.5/v2 stages (official ``refnet/models/trainer/mask.py:36-98``): ``th_s, th_r ~ U[lo, hi]`` (float32),
     and ``bg_active`` (float 0/1, 1 with probability ``background_p``; used by ``v2_style``). Own stream, so the
     v1 draws of :func:`draw_sample_noise` are unchanged."""
     lo, hi = cfg.threshold_range

@@ -128,7 +128,7 @@ def inspect_header(
     """Build the report from a key -> :class:`TensorInfo` map (no file access)."""
     rep = InspectReport(path, source, len(header), sum(i.numel for i in header.values()))
     try:
-        family = detect_family(header, metadata, source=Path(path).name or None)
+        family = detect_family(header, source=Path(path).name or None)
     except CheckpointError as e:
         rep.error = str(e)
         return rep

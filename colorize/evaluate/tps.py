@@ -8,7 +8,7 @@ interpolating ``f(c_i) = c_i + d_i`` at the control points ``c_i`` with the leas
 output pixel at ``c_i`` therefore shows the input content found at ``c_i + d_i``. With all displacements
 zero the solution is ``w = 0``, ``A = identity``: the warp is the identity and the size never changes.
 
-Random warps use the numbers of the official training-time reference warp (reference §1.5: 10 control
+Random warps use the numbers of the official training-time reference warp (official ``refnet/sampling/tps_transformation.py:16-22`` at commit ``c9bd9fb``: 10 control
 points, σ = 10 px on the 224 px CLIP input), with σ given as a fraction of the image side so the
 deformation looks the same at any resolution; control points are kept apart and the frame is pinned
 (see :func:`random_tps`), choices of this project.

@@ -1,6 +1,7 @@
 """Line extraction: clean black-on-white line art from colour images, pencil drawings or inverted sketches.
 
-Reference §2.2 (the official app's sketch preprocessors and line extractors). No-weight methods:
+The official app's sketch preprocessors and line extractors (``backend/functool.py:71-87``,
+``preprocessor/__init__.py:24-92`` at commit ``c9bd9fb``). No-weight methods:
 ``high_pass`` (SketchKeras' input filter alone) and ``lineart_standard`` (A1111's, the official
 ``invert-webui``). Networks, implemented here and filled from the published weights through
 ``weights_manifest.json`` (kind ``line_extractor``, folder ``lineart``): SketchKeras (the official

@@ -1,6 +1,6 @@
 """Anime2Sketch (Xiaoyu Xiang, MIT) — the official app's ``lineart`` extractor (``netG.pth``).
 
-Reference §2.2: ``UnetGenerator(3, 1, num_downs=8, ngf=64)`` with InstanceNorm (no affine, no running
+Official ``preprocessor/__init__.py:24-31`` (commit ``c9bd9fb``): ``UnetGenerator(3, 1, num_downs=8, ngf=64)`` with InstanceNorm (no affine, no running
 stats, hence biased convolutions everywhere). The U-Net is nested: each level is
 ``[LeakyReLU(0.2), Conv 4×4 s2, InstanceNorm, <inner level>, ReLU, ConvTranspose 4×4 s2, InstanceNorm]``
 and concatenates its input with its output; the innermost level has no inner norm and no sub-level,

@@ -21,7 +21,7 @@ STANDARD_SIGMA = 6.0
 def high_pass(image01: Tensor, sigma: float = DEFAULT_SIGMA, threshold: float = DEFAULT_THRESHOLD) -> Tensor:
     """Lines where a pixel is darker than its Gaussian (``sigma``) neighbourhood.
 
-    SketchKeras' input filter (reference §2.2, ``lineart_keras``) without the network:
+    SketchKeras' input filter (official ``lineart_keras``, ``preprocessor/__init__.py:81-92``) without the network:
     ``lines = max_c(blur(x) − x) / max(...)``, responses under ``threshold`` become paper,
     ``sketch = 1 − lines``. Each image is scaled so its strongest line is 1; a flat image gives a
     blank (all-white) sketch. The strongest channel counts, so coloured outlines are found too.
@@ -43,7 +43,7 @@ def _numpy_median(values: Tensor) -> Tensor:
 
 @torch.no_grad()
 def lineart_standard(image01: Tensor, sigma: float = STANDARD_SIGMA) -> Tensor:
-    """A1111/ControlNet "lineart_standard" (the official ``invert-webui`` preprocessor, reference §2.2).
+    """A1111/ControlNet "lineart_standard" (the official ``invert-webui`` preprocessor, ``backend/functool.py:71-87``).
 
     On 0..255 values: ``g = GaussianBlur(x, σ=6)`` (OpenCV float kernel, radius 4σ, mirrored borders),
     ``intensity = clip(min_c(g − x), 0, 255)``, divided by ``max(16, median(intensity[intensity > 8]))``

@@ -1,6 +1,6 @@
 """MangaLineExtraction (Li, Liu, Wong, SIGGRAPH 2017; ``res_skip``) — the official ``lineart_denoise``.
 
-Reference §2.2; weights ``lllyasviel/Annotators/erika.pth``. A residual U-Net on one grey channel in
+Official ``preprocessor/__init__.py:24-31`` (commit ``c9bd9fb``); weights ``lllyasviel/Annotators/erika.pth``. A residual U-Net on one grey channel in
 0..255. Units are pre-activation: BatchNorm(eps 1e-3) → LeakyReLU(0.2) → conv ("same" padding).
 Encoder: residual stages of 2, 3, 5, 7, 12 blocks with 24, 48, 96, 192, 384 channels, each stage but
 the first ending in a stride-2 block (inputs must be multiples of 16); a block adds its input

@@ -46,7 +46,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 NO_WEIGHT_METHODS: tuple[str, ...] = ("high_pass", "lineart_standard")
 METHODS: tuple[str, ...] = (*MODEL_SPECS, *NO_WEIGHT_METHODS)
 DEFAULT_MODEL = "sketch_keras"  # the official app's default (lineart_keras)
-# The official app's names (reference §2.2) for the same extractors.
+# The official app's names (``preprocessor/__init__.py:24-31``) for the same extractors.
 ALIASES: dict[str, str] = {
     **{s.official_name: k for k, s in MODEL_SPECS.items()},
     "invert-webui": "lineart_standard",

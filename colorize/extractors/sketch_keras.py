@@ -1,6 +1,6 @@
 """SketchKeras (lllyasviel; PyTorch port) — the official app's default line extractor ``lineart_keras``.
 
-Reference §2.2; weights ``tellurion/line_extractor/model.pth``. A U-Net on one grey channel: six
+Official ``preprocessor/__init__.py:81-92`` (commit ``c9bd9fb``); weights ``tellurion/line_extractor/model.pth``. A U-Net on one grey channel: six
 encoder stages (reflection-padded convolutions, BatchNorm eps 1e-3, ReLU; four stride-2 4×4 convs,
 so inputs must be multiples of 16), four decoder stages (×2 bicubic upsampling, a 4×4 conv padded
 (1, 2, 1, 2), a 3×3 conv) fed with the concatenated skip, and a final 3×3 conv (64 → 1, no activation).

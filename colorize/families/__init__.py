@@ -13,7 +13,8 @@ name       label       what it is (thesis)                                   fol
 
 ``name`` is the official checkpoint prefix (``mult-eps-ft``, ``switch-eps``, ``v2-full``) and the
 ``ColorizerConfig.version`` of a loaded model; ``label`` is what the UI and the docs call it. The family of a
-file is decided from its keys (and the config our own exports store), never from its name. Adding a family:
+file is decided from its keys, never from its name (the config our own exports store in their metadata supplies
+what shapes cannot show: ``colorize.loader.checkpoint_config``). Adding a family:
 write its folder (a :class:`~colorize.families.base.Family` subclass and what only it needs) and add it to
 :data:`FAMILIES`. Detection asks the families from the last to the first: a family's markers may include those
 of the families before it (a v2 file has v1.5's LoRA keys and v1's sketch encoder), never of those after it.
@@ -23,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from colorize.checkpoint.infer import CONFIG_METADATA_KEY, config_from_metadata
 from colorize.checkpoint.keys import COMPONENT_PREFIXES, describe_foreign, split_by_prefix
 from colorize.errors import CheckpointError
 from colorize.families.base import Family, SeparationInputs, TrainingStart, UNetInputs
@@ -56,17 +56,11 @@ def split_checkpoint(sd: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return split_by_prefix(sd, component_prefixes())
 
 
-def detect_family(keys: Collection[str] | Mapping[str, Any], metadata: Mapping[str, str] | None = None,
-                  source: str | None = None) -> Family:
-    """The family of a checkpoint from its key names: the last of :data:`FAMILIES` whose markers it has. The
-    config our own exports store in their metadata may name the family; it counts when that family's markers
-    are there too. Anything else raises :class:`~colorize.errors.CheckpointError` saying what the file looks
-    like."""
+def detect_family(keys: Collection[str] | Mapping[str, Any], source: str | None = None) -> Family:
+    """The family of a checkpoint from its key names: the last of :data:`FAMILIES` whose markers it has (a
+    family's markers may include those of the families before it). A file without any raises
+    :class:`~colorize.errors.CheckpointError` saying what it looks like."""
     keys = list(keys.keys() if isinstance(keys, Mapping) else keys)
-    if metadata and CONFIG_METADATA_KEY in metadata:
-        stored = FAMILIES.get(config_from_metadata(metadata[CONFIG_METADATA_KEY]).version)
-        if stored is not None and stored.matches(keys):
-            return stored
     for family in reversed(FAMILIES.values()):
         if family.matches(keys):
             return family

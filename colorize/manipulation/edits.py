@@ -5,7 +5,7 @@ enhance, four thresholds) plus the strength ratio ``r`` of Eq. 5.11. Text reache
 an injected ``encode_text(list[str]) -> (n, 1, d)`` callable (in the pipeline,
 ``colorize.models.clip.ReferenceEncoder.encode_text``), so everything here stays a pure tensor function.
 
-Deliberate fixes of the official quirks (reference notes §7.14):
+Deliberate fixes of the official quirks (``backend/functool.py:191-245`` at commit ``c9bd9fb``):
 
 * booleans given as text are parsed (``"False"``, ``"0"``, ``"no"``, ``"off"`` are false); the official
   ``bool("False")`` made every queued entry "enhanced";

@@ -1,5 +1,5 @@
 """Correlation map and stratified threshold heatmap of a control prompt (thesis §5.8.2–5.8.3, Fig. 5.23;
-official "Visualize" button, reference notes §3).
+official "Visualize" button, ``refnet/sampling/manipulation.py:98-135`` and ``backend/functool.py:246-272``).
 
 The patch tokens are projected on the control direction (``v·c``), the 16×16 map is bicubically resized
 to the reference size, min-max normalised and cut at ts0..ts3 (0.25 per threshold reached), so the user

@@ -35,7 +35,7 @@ def pwv_from_normalized(
 ) -> Tensor:
     """Eq. 5.11 on an already normalised map ``m`` (values in [0, 1]); ``dscale`` broadcasts against ``m``.
 
-    Follows the official ``compute_pwv`` (reference notes §3), which differs from the thesis formula in
+    Follows the official ``compute_pwv`` (``refnet/sampling/manipulation.py:7-28``), which differs from the thesis formula in
     the second interval: ``−d + d·(m−ts0)/(ts1−ts0)`` instead of ``−r·d + r·d·(m−ts0)/(ts1−ts0)``. So
 
     * ``m ≤ ts0``: ``−r·d``;  ``ts0 < m ≤ ts1``: ``−d → 0``;  ``ts1 < m ≤ ts2``: ``0 → d/2``;

@@ -1,7 +1,7 @@
 """Reference foreground mask with segment-anything (SAM v1: ViT-B / ViT-L / ViT-H).
 
-The released v1.5 app masks the reference with RMBG-2.0 or ISNet (official-implementation.md
-§2.3); SAM is this project's prompted alternative. Models are built with
+The released v1.5 app masks the reference with RMBG-2.0 or ISNet (official ``backend/appfunc.py:250-266``,
+``preprocessor/__init__.py:34-47``); SAM is this project's prompted alternative. Models are built with
 ``segment_anything.build_sam_vit_*(checkpoint=None)`` (nothing is downloaded; construction
 happens on the meta device, so no time is spent on a random init) and filled from a local
 file read by :func:`colorize.checkpoint.load_state_dict_file` (safetensors, or

@@ -1,6 +1,6 @@
 """Sketch foreground mask without weights: the silhouette enclosed by the line art.
 
-The released v1.5 app segments the sketch with ISNet (official-implementation.md §2.3); this is
+The released v1.5 app segments the sketch with ISNet (official ``backend/appfunc.py:250-266``); this is
 the weight-free alternative: threshold the lines, thicken them so that small breaks close,
 flood the background in from the image borders, and call everything the flood cannot reach
 foreground (thesis §5.5 uses the sketch mask only to route cross-attention, so a silhouette

@@ -157,6 +157,9 @@ class AttentionPatches:
         else:
             processor = self.cross_attention
             if self.reference_scales is not None:
+                if not 0 <= call.site.index < len(self.reference_scales):
+                    raise ValueError(f"{len(self.reference_scales)} reference scales given, but the U-Net has a "
+                                     f"cross-attention block #{call.site.index}: give one per attention block")
                 call.scale = self.reference_scales[call.site.index]
         return plain_attention(call) if processor is None else processor(call)
 

@@ -4,7 +4,7 @@ A :class:`SplitLoraLinear` is the frozen base projection ``W`` plus two low-rank
 foreground branch and one for the background branch of split cross-attention:
 ``Ŵ_{f,b} x = W x + scale · up_{f,b}(down_{f,b}(x))``.  The pairs are never merged into ``W``: the plain
 ``forward`` is exactly the base projection, and a branch's delta is added only when the split attention asks
-for it (reference notes §5.4, §7.12: the official LoRA mode is sticky module state; here it is not state).
+for it (the official LoRA mode, ``refnet/modules/lora.py:25-62``, is sticky module state; here it is not state).
 
 State-dict keys equal the official ones: ``weight``, ``lora_down_fg.weight``, ``lora_up_fg.weight``,
 ``lora_down_bg.weight``, ``lora_up_bg.weight`` (all bias-free).

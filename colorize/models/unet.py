@@ -273,17 +273,11 @@ class DualCondUNet(nn.Module):
         processors and per-block reference strengths (:class:`~colorize.models.attention.AttentionPatches`;
         ``None`` = plain attention, all strengths 1).
         """
-        self._check_attention(attention)
         if context is not None:
             context = context.to(self.dtype)
         emb = self._embed(timesteps, x)
         h, skips = self._encode(x, emb, context, attention, hints)
         return self._head(self._decode(h, skips, emb, context, attention), x)
-
-    def _check_attention(self, attention: AttentionPatches | None) -> None:
-        scales = attention.reference_scales if attention is not None else None
-        if scales is not None and len(scales) != self.num_attention_blocks:
-            raise ValueError(f"expected {self.num_attention_blocks} reference scales, got {len(scales)}")
 
     # Forward pieces, shared with variants that change one stage (e.g. the v2 decoder).
     def _embed(self, timesteps: Tensor, x: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ where ``rows`` is a tuple of row-group names (``"cond"``, ``"uncond_ref"``, ``"u
 ``x_batch`` / ``t_batch`` are ``len(rows)`` copies of the latent batch / timesteps stacked along dim 0. The
 model function builds the matching stacked context and sketch hints (and can apply any timestep-dependent
 conditioning, such as the official guidance window), runs the U-Net once, and returns its raw output. The
-row groups follow the official layout (reference §2.5, fixture README §4):
+row groups follow the official layout (``refnet/models/basemodel.py:379-394``, ``refnet/sampling/denoiser.py:46-63``):
 
 * ``cond``          reference context, sketch hints;
 * ``uncond_ref``    zero context, sketch hints;

@@ -1,7 +1,7 @@
 """DPM-Solver++(2M) multistep on integer timesteps: the official app's default sampler ("diffuser_dpm").
 
-The app runs a DPM-Solver multistep scheduler configured by ``configs/scheduler_cfgs/dpm.yaml`` (reference §2.5,
-fixture ``sampler``): scaled-linear 0.00085–0.012 over 1000 steps, ``steps_offset`` 1, "leading" spacing,
+The app runs a DPM-Solver multistep scheduler configured by ``configs/scheduler_cfgs/dpm.yaml`` (official
+``refnet/sampling/scheduler.py:232-239``; parity fixture ``sampler``): scaled-linear 0.00085–0.012 over 1000 steps, ``steps_offset`` 1, "leading" spacing,
 solver order 2, data prediction (DPM-Solver++), midpoint second-order correction, first-order final step, final
 sigma 0, integer timesteps, initial latent ``noise * 1``. Written from the DPM-Solver++ paper (Lu et al., 2022,
 Alg. 2, "2M") in the variance-preserving view:

@@ -1,7 +1,7 @@
 """The discrete DDPM noise schedule (scaled-linear betas) and its sigma / timestep maps.
 
 Every ColorizeDiffusion version uses the SD2.1 schedule: ``betas = linspace(sqrt(0.00085), sqrt(0.012), 1000)**2``
-computed in float64, the 12 DDPM buffers of Ho et al. (2020) stored as float32 (reference §1.2).
+computed in float64, the 12 DDPM buffers of Ho et al. (2020) stored as float32 (official ``refnet/ldm/ddpm.py:125-146``).
 
 Samplers work in the k-diffusion ("variance exploding") view ``x = z_t / sqrt(acp_t)``, whose noise level is
 ``sigma_t = sqrt((1 - acp_t) / acp_t)``. :class:`DiscreteSchedule` maps a continuous sigma to a continuous

@@ -25,25 +25,20 @@ from colorize.errors import InputError
 from colorize.families.base import Family, Parts, SeparationInputs, TrainingStart, UNetInputs
 from colorize.families.v15 import conditioning
 from colorize.families.v15.recovery import (
-    OFFICIAL_HEAD_WIDTH,
+    HEAD_WIDTH_KEY,
     ClusterTransformer,
     ClusterTransformerConfig,
     ScalarEmbedder,
     ScalarEmbedderConfig,
-    infer_embedder_config,
-    infer_recovery_config,
+    recovery_configs,
+    recovery_head_width,
 )
-from colorize.families.v15.training import HEAD_WIDTH_KEY, build_switch_denoiser, clip_tokens
+from colorize.families.v15.training import build_switch_denoiser, clip_tokens
 from colorize.models.lora import SplitLoraConfig, infer_lora_config
 from colorize.models.unet import DualCondUNet
 
 #: The released v1.5 LoRA layout: every attention block, foreground rank 4, background rank 0.5·min(in, out).
 SWITCH_LORA = SplitLoraConfig(fg_rank=4, bg_rank=0.5, blocks="all")
-
-
-def recovery_head_width(config: ColorizerConfig) -> int:
-    """Head width of the recovery transformer's attention: what our export recorded, else the official 64."""
-    return int(config.extras.get(HEAD_WIDTH_KEY, OFFICIAL_HEAD_WIDTH))
 
 
 class V15Family(Family):
@@ -68,8 +63,7 @@ class V15Family(Family):
 
     def build_extras(self, config: ColorizerConfig, parts: Parts, name: str) -> dict[str, nn.Module]:
         require_components(parts, self.components, tuple(self.components), name)
-        embedder_cfg = infer_embedder_config(parts["thresh_embedder"])
-        recovery_cfg = infer_recovery_config(parts["transformer"], recovery_head_width(config))
+        embedder_cfg, recovery_cfg = recovery_configs(config.extras, parts)
         return {
             "thresh_embedder": materialize(lambda: ScalarEmbedder(embedder_cfg), parts.pop("thresh_embedder"),
                                            f"{name} (threshold embedder)"),
@@ -92,7 +86,7 @@ class V15Family(Family):
                        extras={HEAD_WIDTH_KEY: math.gcd(base.unet.context_dim, 32)})
 
     def fresh_modules(self, config: ColorizerConfig) -> dict[str, nn.Module]:
-        dim, width = config.unet.context_dim, recovery_head_width(config)
+        dim, width = config.unet.context_dim, recovery_head_width(config.extras)
         return {
             "unet": DualCondUNet(config.unet, SWITCH_LORA),
             "thresh_embedder": ScalarEmbedder(ScalarEmbedderConfig(embed_dim=32, out_dim=dim)),
@@ -107,4 +101,4 @@ class V15Family(Family):
 
 V15 = V15Family()
 
-__all__ = ["HEAD_WIDTH_KEY", "SWITCH_LORA", "V15", "V15Family", "clip_tokens", "recovery_head_width"]
+__all__ = ["HEAD_WIDTH_KEY", "SWITCH_LORA", "V15", "V15Family"]

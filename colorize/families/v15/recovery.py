@@ -104,6 +104,23 @@ def infer_embedder_config(thresh_embedder: Mapping[str, Any]) -> ScalarEmbedderC
     return ScalarEmbedderConfig(embed_dim=embed_dim, out_dim=out_dim)
 
 
+#: ``ColorizerConfig.extras`` key of our own exports: the recovery transformer's attention head width.
+HEAD_WIDTH_KEY = "transformer_dim_head"
+
+
+def recovery_head_width(extras: Mapping[str, Any]) -> int:
+    """The recovery transformer's head width: what our export recorded (``extras``), else the official 64."""
+    return int(extras.get(HEAD_WIDTH_KEY, OFFICIAL_HEAD_WIDTH))
+
+
+def recovery_configs(extras: Mapping[str, Any], parts: Mapping[str, Mapping[str, Any]]
+                     ) -> tuple[ScalarEmbedderConfig, ClusterTransformerConfig]:
+    """The threshold embedder's and the recovery transformer's configs of a checkpoint, from the shapes of its
+    ``thresh_embedder`` / ``transformer`` parts and the head width its config's ``extras`` record."""
+    return (infer_embedder_config(parts["thresh_embedder"]),
+            infer_recovery_config(parts["transformer"], recovery_head_width(extras)))
+
+
 class ScalarEmbedder(nn.Module):
     """Scalar → ``[cos, sin]`` sinusoid (``embed_dim``, period 10000) → Linear → SiLU → Linear → (n, 1, out)."""
 
@@ -164,6 +181,7 @@ class ClusterTransformer(nn.Module):
 
 
 __all__ = [
+    "HEAD_WIDTH_KEY",
     "OFFICIAL_HEAD_WIDTH",
     "ClusterTransformer",
     "ClusterTransformerConfig",
@@ -171,4 +189,6 @@ __all__ = [
     "ScalarEmbedderConfig",
     "infer_embedder_config",
     "infer_recovery_config",
+    "recovery_configs",
+    "recovery_head_width",
 ]

@@ -29,13 +29,13 @@ from colorize.config import ColorizerConfig
 from colorize.families.base import TrainingStart
 from colorize.families.v1.training import Autocast, Encoders, load_weights
 from colorize.families.v15.recovery import (
+    HEAD_WIDTH_KEY,
     OFFICIAL_HEAD_WIDTH,
     ClusterTransformer,
     ClusterTransformerConfig,
     ScalarEmbedder,
     ScalarEmbedderConfig,
-    infer_embedder_config,
-    infer_recovery_config,
+    recovery_configs,
 )
 from colorize.masks.inputs import background_only_reference, sketch_mask_to_latent
 from colorize.models.attention import AttentionPatches
@@ -45,9 +45,6 @@ from colorize.models.split_attention import SplitAttention, SplitOptions
 from colorize.models.unet import DualCondUNet, conv_proj_weights
 from colorize.models.vae import AutoencoderKL
 from colorize.settings import DEFAULT_REFERENCE_THRESHOLD, DEFAULT_SKETCH_THRESHOLD
-
-#: ``ColorizerConfig.extras`` key of the recovery transformer's attention head width (see ``families/v15``).
-HEAD_WIDTH_KEY = "transformer_dim_head"
 
 
 class SwitchDenoiser(nn.Module):
@@ -126,10 +123,15 @@ class SwitchDenoiser(nn.Module):
         ctx = torch.cat([context, bg], dim=1)
         if ref_keep is not None:
             ctx = ctx * ref_keep.to(ctx.dtype).view(-1, 1, 1)
-        # one attention threshold per sample: (b, 1, 1) broadcasts against the (b, hw, 1) block masks
-        split = SplitOptions(mask=mask, threshold=th_s.float().view(-1, 1, 1),  # type: ignore[arg-type]
-                             use_fg_lora=True, use_bg_lora=True)
-        return self.unet(x_t, t, ctx, hints, AttentionPatches(cross_attention=SplitAttention(split)))
+        return self.unet(x_t, t, ctx, hints, trained_split(mask, th_s))
+
+
+def trained_split(mask: Tensor, th_s: Tensor) -> AttentionPatches:
+    """Split attention as the v1.5 / v2 stages train it: both LoRA pairs on, one mask threshold per sample
+    (``(b, 1, 1)`` broadcasts against the ``(b, hw, 1)`` block masks)."""
+    split = SplitOptions(mask=mask, threshold=th_s.float().view(-1, 1, 1),  # type: ignore[arg-type]
+                         use_fg_lora=True, use_bg_lora=True)
+    return AttentionPatches(cross_attention=SplitAttention(split))
 
 
 def lora_pairs(unet: nn.Module) -> nn.ModuleList:
@@ -164,9 +166,7 @@ def build_switch_denoiser(start: TrainingStart, default_lora: SplitLoraConfig
     parts, config = start.parts, start.config
     torch.manual_seed(start.init_seed)
     if parts.get("transformer"):
-        embedder_cfg = infer_embedder_config(parts["thresh_embedder"])
-        width = int(config.extras.get(HEAD_WIDTH_KEY, OFFICIAL_HEAD_WIDTH))
-        recovery_cfg = infer_recovery_config(parts["transformer"], width)
+        embedder_cfg, recovery_cfg = recovery_configs(config.extras, parts)
     else:
         embedder_cfg, recovery_cfg = fresh_recovery_configs(config)
     lora = (infer_lora_config(parts["unet"]) if parts.get("unet") else None) or default_lora
@@ -189,4 +189,11 @@ def build_switch_denoiser(start: TrainingStart, default_lora: SplitLoraConfig
     return config, den, vae.to(torch.float32)
 
 
-__all__ = ["SwitchDenoiser", "build_switch_denoiser", "clip_tokens", "fresh_recovery_configs", "lora_pairs"]
+__all__ = [
+    "SwitchDenoiser",
+    "build_switch_denoiser",
+    "clip_tokens",
+    "fresh_recovery_configs",
+    "lora_pairs",
+    "trained_split",
+]

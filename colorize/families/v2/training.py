@@ -39,11 +39,9 @@ from colorize.families.v2.conditioning import ratio_dim
 from colorize.families.v2.config import V2_LORA, default_warp_dim_head
 from colorize.families.v2.encoders import UNetEncoder, background_encoder, size_embedding, style_encoder
 from colorize.families.v2.unet import V2UNet
-from colorize.families.v15.training import lora_pairs
+from colorize.families.v15.training import lora_pairs, trained_split
 from colorize.masks.inputs import background_only_reference, sketch_mask_to_latent
-from colorize.models.attention import AttentionPatches
 from colorize.models.sketch_encoder import SketchEncoder
-from colorize.models.split_attention import SplitAttention, SplitOptions
 from colorize.models.vae import AutoencoderKL
 
 
@@ -146,10 +144,8 @@ class V2Denoiser(nn.Module):
                 raise ValueError("the background branch needs bg_tokens, th_s, mask and y")
             kwargs["hs_bg"] = self.bg_encoder(bg_latent, bg_tokens, y)
             ctx = torch.cat([context, bg_tokens.to(context.dtype)], dim=1)
-            threshold = th_s.float().view(-1, 1, 1)
-            split = SplitOptions(mask=mask, threshold=threshold, use_fg_lora=True, use_bg_lora=True)  # type: ignore[arg-type]
-            kwargs.update(warp_mask=mask, warp_threshold=threshold)
-            attention = AttentionPatches(cross_attention=SplitAttention(split))
+            kwargs.update(warp_mask=mask, warp_threshold=th_s.float().view(-1, 1, 1))
+            attention = trained_split(mask, th_s)
         if ref_keep is not None:
             ctx = ctx * ref_keep.to(ctx.dtype).view(-1, 1, 1)
         return self.unet(x_t, t, ctx, hints, attention, **kwargs)

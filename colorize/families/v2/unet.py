@@ -152,7 +152,6 @@ class V2UNet(DualCondUNet):
             check_lengths("hs_bg", hs_bg, n)
         if style is not None:
             check_lengths("style", style, n)
-        self._check_attention(attention)
         if context is not None:
             context = context.to(self.dtype)
         emb = self._embed(timesteps, x)

@@ -1,4 +1,4 @@
-"""Parity kind ``sampler``: full sampling loops of the v1 U-Net with dual CFG (fixture README §5.10).
+"""Parity kind ``sampler``: full sampling loops of the v1 U-Net with dual CFG (the official k-diffusion and diffusers loops).
 
 Each case runs one sampler through :class:`GuidedDenoiser`; a recording row model stores the timesteps,
 inputs and raw outputs of every U-Net call so that ``model_t`` / ``model_in`` / ``model_out`` can be compared.
