@@ -110,7 +110,8 @@ def test_sketch_drop_blanks_sketch(table: ScheduleTable) -> None:
 
 
 def test_offset_noise_variance() -> None:
-    """Per-(sample, channel) spatial means have variance 1/(h·w) + offset² (offset noise, reference §4.2)."""
+    """Per-(sample, channel) spatial means have variance 1/(h·w) + offset² (offset noise, official
+    ``refnet/models/trainer/trainer.py:64-108``)."""
     for offset in (0.0, 0.1):
         cfg = ObjectiveConfig(offset_noise=offset)
         noise = draws(600, cfg, hw=(256, 256))["noise"]  # latent 32×32

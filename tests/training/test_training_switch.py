@@ -1,4 +1,5 @@
-"""v1.5 training stage ``switch_fgbg`` (thesis §5.5; reference §4.2 DualMaskTrainer) on CPU with tiny weights:
+"""v1.5 training stage ``switch_fgbg`` (thesis §5.5; official DualMaskTrainer,
+refnet/models/trainer/mask.py:25-164 at commit c9bd9fb) on CPU with tiny weights:
 masks as batch fields, per-sample thresholds, what trains, the split forward, learning, export → library."""
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def test_dataset_loads_masks_and_draws_thresholds_per_sample(assets: dict[str, P
     assert 0.1 < float(fg.mean()) < 0.9 and (fg < 0.95).all() and (fg > 0.01).float().mean() > 0.9  # shapes + bg
     for key in ("th_s", "th_r"):
         th = batch[key]
-        assert th.shape == (160,) and th.min() >= 0.05 and th.max() <= 0.95  # U[0.05, 0.95] (reference §4.2)
+        assert th.shape == (160,) and th.min() >= 0.05 and th.max() <= 0.95  # U[0.05, 0.95] (official mask.py:36-98)
         assert th.min() < 0.15 and th.max() > 0.85 and abs(float(th.mean()) - 0.5) < 0.08
         assert len(set(th[:4].tolist())) == 4  # per sample, not per batch
     assert not torch.equal(batch["th_s"], batch["th_r"])
@@ -113,9 +114,10 @@ def test_trainable_set_and_frozen_modules(assets: dict[str, Path], tmp_path: Pat
 
 def test_split_forward_uses_per_sample_thresholds(assets: dict[str, Path], tmp_path: Path) -> None:
     """A batch with thresholds (th_s, th_r) per sample equals each sample run alone with scalar thresholds
-    through the library's SplitOptions / switch helpers; a dropped reference zeroes the whole context."""
-    from colorize.models.split_attention import SplitOptions
+    through the library's split-attention processor and v1.5 conditioning helpers; a dropped reference zeroes the whole context."""
     from colorize.families.v15.conditioning import recover_background
+    from colorize.models.attention import AttentionPatches
+    from colorize.models.split_attention import SplitAttention, SplitOptions
 
     tr = make_trainer(switch_config(assets, tmp_path))
     den = tr.mods.denoiser.eval()
@@ -131,14 +133,16 @@ def test_split_forward_uses_per_sample_thresholds(assets: dict[str, Path], tmp_p
             s = slice(i, i + 1)
             bg = recover_background(den.transformer, bgref[s], den.thresh_embedder([float(th_r[i])]))
             split = SplitOptions(mask=mask[s], threshold=float(th_s[i]), use_fg_lora=True, use_bg_lora=True)
-            ref = den.unet(x[s], t[s], torch.cat([fg[s], bg], 1), den.sketch_encoder(sketch[s]), split=split)
+            ref = den.unet(x[s], t[s], torch.cat([fg[s], bg], 1), den.sketch_encoder(sketch[s]),
+                           AttentionPatches(cross_attention=SplitAttention(split)))
             assert torch.allclose(out[s], ref, atol=1e-5), i
         swapped = den(x, t, fg, sketch, bg_reference_tokens=bgref, th_r=th_r, th_s=th_s.flip(0), mask=mask)
         assert not torch.allclose(out, swapped, atol=1e-4)
         dropped = den(x, t, fg, sketch, bg_reference_tokens=bgref, th_r=th_r, th_s=th_s, mask=mask,
                       ref_keep=torch.tensor([0.0, 1.0]))
+        zero_split = SplitOptions(mask=mask[:1], threshold=0.2, use_fg_lora=True, use_bg_lora=True)
         zero = den.unet(x[:1], t[:1], torch.zeros(1, 2 * n, c), den.sketch_encoder(sketch[:1]),
-                        split=SplitOptions(mask=mask[:1], threshold=0.2, use_fg_lora=True, use_bg_lora=True))
+                        AttentionPatches(cross_attention=SplitAttention(zero_split)))
     assert torch.allclose(dropped[:1], zero, atol=1e-5) and torch.allclose(dropped[1:], out[1:], atol=1e-5)
 
 
@@ -167,8 +171,7 @@ def test_start_from_v1_weights(assets: dict[str, Path], tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ runs
 def test_training_lowers_the_loss_and_the_export_colorizes(assets: dict[str, Path], tmp_path: Path) -> None:
     from colorize.pipeline import Colorizer
-    from colorize.settings import GenerationSettings
-    from colorize.settings import EnhanceSettings
+    from colorize.settings import EnhanceSettings, GenerationSettings
 
     tr = make_trainer(switch_config(assets, tmp_path / "fit", objective={"reference_drop": 0.0}))
     probe = tr.fixed_batch(4, key=-7)
@@ -215,19 +218,20 @@ def test_full_size_export_has_the_released_layout(layout_dir: Path) -> None:
     import json
 
     from colorize.config import FULL_MULT
+    from colorize.families.v15 import SWITCH_LORA
     from colorize.families.v15.recovery import ClusterTransformer, ScalarEmbedder
+    from colorize.families.v15.training import SwitchDenoiser, fresh_recovery_configs
     from colorize.models.sketch_encoder import SketchEncoder
-    from colorize.models.split_attention import SwitchUNet
+    from colorize.models.unet import DualCondUNet
     from colorize.models.vae import AutoencoderKL
     from colorize.sampling.noise_schedule import BUFFER_NAMES
     from training.export import released_layout
-    from colorize.families.v15.training import SwitchDenoiser, fresh_switch_config
 
-    scfg, head = fresh_switch_config(FULL_MULT)
-    assert head == 64
+    embedder_cfg, recovery_cfg = fresh_recovery_configs(FULL_MULT)
+    assert recovery_cfg.head_width == 64
     with torch.device("meta"):
-        den = SwitchDenoiser(SwitchUNet(FULL_MULT.unet, scfg.lora), SketchEncoder(FULL_MULT.sketch),
-                             ScalarEmbedder(scfg.thresh_embedder), ClusterTransformer(scfg.transformer))
+        den = SwitchDenoiser(DualCondUNet(FULL_MULT.unet, SWITCH_LORA), SketchEncoder(FULL_MULT.sketch),
+                             ScalarEmbedder(embedder_cfg), ClusterTransformer(recovery_cfg))
         vae = AutoencoderKL(FULL_MULT.vae)
     out = released_layout(den.state_dict(), vae.state_dict())
     layout = json.loads((layout_dir / "keys_switch.json").read_text())

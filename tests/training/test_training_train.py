@@ -63,23 +63,24 @@ def test_stage_defaults_follow_thesis() -> None:
     assert over.objective.reference_drop == 0.3 and over.run.max_steps == 7
 
 
-def test_unimplemented_stages_stop_with_their_issue(monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """A stage registered as a stub (``todo_issue``) fails early everywhere, naming its issue."""
+def test_placeholder_stages_stop_early_with_their_reason(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A stage registered as a placeholder (``unavailable="reason"``) fails early everywhere, giving its reason."""
     from training.stages import Stage
     from training.train import main
 
-    stub = Stage(name="future_stage", title="a future stage", version="v9", trainable=("unet",), todo_issue=42)
+    reason = "its training data is not released"
+    stub = Stage(name="future_stage", title="a future stage", version="v9", trainable=("unet",), unavailable=reason)
     monkeypatch.setitem(STAGES, stub.name, stub)
-    with pytest.raises(NotImplementedError, match="issue 42"):
+    with pytest.raises(NotImplementedError, match=reason):
         get_stage(stub.name)
-    with pytest.raises(NotImplementedError, match="issue 42"):
+    with pytest.raises(NotImplementedError, match=reason):
         config_from_dict({"stage": stub.name})
-    with pytest.raises(NotImplementedError, match="issue 42"):
+    with pytest.raises(NotImplementedError, match=reason):
         apply_trainable(stub, {})
     assert main(["--config", str(REPO / "training/configs/tiny_smoke.json"), "--set", f"stage={stub.name}"]) == 2
-    assert "issue 42" in capsys.readouterr().err
-    assert all(s.todo_issue is None for n, s in STAGES.items() if n != stub.name)  # every shipped stage works
+    assert reason in capsys.readouterr().err
+    assert all(s.unavailable is None for n, s in STAGES.items() if n != stub.name)  # every shipped stage works
 
 
 def test_config_errors_and_shipped_configs(tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ def test_trainable_groups_and_frozen_modules_get_no_gradient(assets: dict[str, P
     mods = tr.mods
     trainable = {id(p) for p in tr.params}
     expected = {id(p) for m in (mods.denoiser.unet, mods.denoiser.sketch_encoder) for p in m.parameters()}
-    assert trainable == expected  # v1: whole U-Net + sketch encoder (reference §4.2)
+    assert trainable == expected  # v1: whole U-Net + sketch encoder (official trainer.py:168-172)
     assert {id(p) for g in tr.optimizer.param_groups for p in g["params"]} == expected
     tr.train_step([tr.fixed_batch(2)])
     for name in ("vae", "clip"):
@@ -267,12 +268,12 @@ def test_export_command_from_training_state(assets: dict[str, Path], tmp_path: P
 
 def test_full_size_export_has_the_released_layout(layout_dir: Path) -> None:
     from colorize.config import FULL_MULT
+    from colorize.families.v1.training import Denoiser
     from colorize.models.sketch_encoder import SketchEncoder
     from colorize.models.unet import DualCondUNet
     from colorize.models.vae import AutoencoderKL
     from colorize.sampling.noise_schedule import BUFFER_NAMES
     from training.export import released_layout
-    from training.model import Denoiser
 
     with torch.device("meta"):
         den = Denoiser(DualCondUNet(FULL_MULT.unet, use_checkpoint=True), SketchEncoder(FULL_MULT.sketch))

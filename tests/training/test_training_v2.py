@@ -103,8 +103,7 @@ def test_mixed_rows_equal_separate_calls(assets: dict[str, Path], tmp_path: Path
 def test_training_lowers_the_loss_and_the_export_colorizes(assets: dict[str, Path], tmp_path: Path,
                                                           stage: str) -> None:
     from colorize.pipeline import Colorizer
-    from colorize.settings import GenerationSettings
-    from colorize.settings import EnhanceSettings
+    from colorize.settings import EnhanceSettings, GenerationSettings
 
     tr = make_trainer(v2_config(assets, tmp_path / "fit", stage, objective={"reference_drop": 0.0}))
     probe = tr.fixed_batch(4, key=-7)
@@ -141,14 +140,14 @@ def test_full_size_export_has_the_released_layout(layout_dir: Path) -> None:
     import json
 
     from colorize.config import FULL_MULT
-    from colorize.models.sketch_encoder import SketchEncoder
     from colorize.families.v2.config import V2_LORA
     from colorize.families.v2.encoders import background_encoder, style_encoder
+    from colorize.families.v2.training import V2Denoiser
     from colorize.families.v2.unet import V2UNet
+    from colorize.models.sketch_encoder import SketchEncoder
     from colorize.models.vae import AutoencoderKL
     from colorize.sampling.noise_schedule import BUFFER_NAMES
     from training.export import released_layout
-    from colorize.families.v2.training import V2Denoiser
 
     with torch.device("meta"):
         den = V2Denoiser(V2UNet(FULL_MULT.unet, V2_LORA), SketchEncoder(FULL_MULT.sketch),
