@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from colorize.models.attention import AttentionPatches
 from colorize.models.vae_tiling import use_tiling
 from colorize.preprocess import prepare_reference, prepare_sketch
 from colorize.sampling import guidance_rows
@@ -220,11 +221,11 @@ def unet_call(model: Any, cond: Any, latent: Tensor, settings: Any) -> tuple[Cal
     context, hints = cond.rows(rows)
     x = torch.cat([latent] * len(rows)).to(model.device)
     t = torch.full((x.shape[0],), 500.0, device=model.device)
-    scales = settings.reference_scales()
+    attention = AttentionPatches(cross_attention=cond.cross_attention, reference_scales=settings.reference_scales())
 
     def call() -> Tensor:
         with torch.no_grad():
-            return model.unet(x, t, context, hints, scales).float()
+            return model.unet(x, t, context, hints, attention, **cond.unet_kwargs).float()
 
     return call, x.shape[0]
 

@@ -207,7 +207,10 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None, patches: AttentionPatches | None = None,
                 site: AttentionSite | None = None) -> Tensor:
         site = site or AttentionSite(cross=self.is_cross)
-        if context is None and self.is_cross and (patches is None or patches.cross_attention is None):
+        if context is None and self.is_cross:
+            if patches is not None and patches.cross_attention is not None:
+                raise ValueError("a cross-attention processor needs a context tensor (b, N, c), e.g. the v1.5/v2 "
+                                 "[foreground | background] tokens; use zeros for an empty reference")
             zero = x.new_zeros(1, 1, self.to_q.out_features)
             return self.to_out(zero).expand(x.shape[0], x.shape[1], -1)
         call = AttentionCall(x, x if context is None else context, site, layer=self, lora=self.lora)

@@ -137,7 +137,8 @@ class AttentionPatch(Shared):
         attend = host_attend(extra_options["n_heads"], extra_options.get("attn_precision"))
         block = next(b for b in self.parts.blocks if b.key == tuple(extra_options["block"]))
         depth = int(extra_options.get("block_index", 0))
-        site = AttentionSite(block.index, depth, True, self.grid(q, extra_options))
+        grid = self.grid(q, extra_options) if self.split is not None else (0, 0)  # only the split mask needs it
+        site = AttentionSite(block.index, depth, True, grid)
         lora = None
         x, context = extra_options.get(RAW_KEY, (None, None))
         if self.split is not None:

@@ -10,23 +10,21 @@ import pytest
 import torch
 from PIL import Image
 
-from colorize.loader import read_checkpoint_info
 from colorize.cli import main
 from colorize.errors import InputError
-from colorize.loader import load_checkpoint_modules, load_reference_encoder
-from colorize.masks import build_tiny_sam, sketch_foreground_mask
-from colorize.families.v15.recovery import ClusterTransformer
-from colorize.models.split_attention import SwitchUNet
-from colorize.models.unet import DualCondUNet
+from colorize.families import get_family
 from colorize.families.v2.config import default_warp_dim_head
 from colorize.families.v2.unet import V2UNet
-from colorize.pipeline import Colorizer
-from colorize.settings import GenerationSettings
-from colorize.preprocess import prepare_sketch
-from colorize.tiny import CHECKPOINT_NAMES, tiny_config, write_tiny_weights
-from colorize.settings import EnhanceSettings
-from colorize.models.vae import SeededLatentEncoder
+from colorize.families.v15.recovery import HEAD_WIDTH_KEY, ClusterTransformer
+from colorize.loader import load_checkpoint_modules, load_reference_encoder, read_checkpoint_info
+from colorize.masks import build_tiny_sam, sketch_foreground_mask
 from colorize.masks.inputs import fit_sketch_mask
+from colorize.models.unet import DualCondUNet
+from colorize.models.vae import SeededLatentEncoder
+from colorize.pipeline import Colorizer
+from colorize.preprocess import prepare_sketch
+from colorize.settings import EnhanceSettings, GenerationSettings
+from colorize.tiny import CHECKPOINT_NAMES, tiny_config, write_tiny_weights
 
 VERSIONS = ("switch", "v2")
 S = GenerationSettings(steps=1, width=64, height=64)
@@ -74,11 +72,12 @@ def box_mask(h: int, w: int, top: float = 0.25, bottom: float = 0.75) -> torch.T
 
 # ------------------------------------------------------------------ tiny weights and loading
 def test_tiny_checkpoints_load_with_their_version_and_settings(tiny_dir: Path) -> None:
-    expected = {"switch": ("eps", SwitchUNet, {"thresh_embedder", "transformer"}),
+    expected = {"switch": ("eps", DualCondUNet, {"thresh_embedder", "transformer"}),
                 "v2": ("v", V2UNet, {"bg_encoder", "style_encoder"})}
     for version, (param, unet_type, extras) in expected.items():
         info = read_checkpoint_info(ckpt(tiny_dir, version))
-        assert (info.version, info.parameterization) == (version, param)
+        assert info.family is get_family(version) and info.family.parameterization == param
+        assert (info.config.version, info.config.parameterization) == (version, param)
         mods = load_checkpoint_modules(ckpt(tiny_dir, version))
         assert mods.config == tiny_config(version) and mods.config.parameterization == param
         assert type(mods.unet) is unet_type and set(mods.extras) == extras
@@ -86,7 +85,7 @@ def test_tiny_checkpoints_load_with_their_version_and_settings(tiny_dir: Path) -
     switch = load_checkpoint_modules(ckpt(tiny_dir, "switch"))
     transformer = switch.extras["transformer"]
     assert isinstance(transformer, ClusterTransformer)
-    head = switch.config.extras["transformer_dim_head"]
+    head = switch.config.extras[HEAD_WIDTH_KEY]
     assert head != 64 and transformer.layers[0][2].heads == transformer.cfg.dim // head
     v2 = load_checkpoint_modules(ckpt(tiny_dir, "v2"))
     warp = v2.config.extras["warp_dim_head"]
@@ -141,8 +140,9 @@ def test_all_foreground_without_lora_is_the_v1_path(tiny_dir: Path, models: dict
 
 
 def test_v2_generations_have_no_sticky_state(models: dict[str, Colorizer]) -> None:
-    """The official app leaves the decoder LoRA on after a masked run (§7.12); here each generation
-    depends on its own inputs only, in any order."""
+    """The official app leaves the decoder LoRA on after a masked run (its LoRA mode is module state,
+    refnet/modules/lora.py:134-196 at commit c9bd9fb); here each generation depends on its own inputs only, in
+    any order."""
     model, sketch, ref = models["v2"], outline_sketch(), reference()
     masked = dict(enhance=EnhanceSettings(background_enhance=True, foreground_enhance=True, style_enhance=True),
                   sketch_mask=box_mask(64, 64), reference_mask=box_mask(80, 60))
@@ -307,12 +307,22 @@ def test_released_layouts_give_the_released_extras(layout_dir: Path) -> None:
     """What the loader builds for the real switch-eps / v2-full files, from their key shapes alone."""
     import json
 
-    from colorize.checkpoint import split_by_prefix
     from colorize.config import FULL_MULT
-    from colorize.models.lora import FULL_SWITCH
+    from colorize.families import split_checkpoint
+    from colorize.families.v2 import v2_config
     from colorize.families.v2.config import FULL_V2
-    from colorize.masks.inputs import switch, v2
+    from colorize.families.v15 import SWITCH_LORA
+    from colorize.families.v15.recovery import ClusterTransformerConfig, ScalarEmbedderConfig, recovery_configs
+    from colorize.models.lora import infer_lora_config
 
-    for version, infer, expected in (("switch", switch.switch_config, FULL_SWITCH), ("v2", v2.v2_config, FULL_V2)):
-        parts = split_by_prefix(json.loads((layout_dir / f"keys_{version}.json").read_text()))
-        assert infer(replace(FULL_MULT, version=version), parts) == expected
+    def layout_parts(version: str) -> dict[str, dict[str, object]]:
+        return split_checkpoint(json.loads((layout_dir / f"keys_{version}.json").read_text()))
+
+    # v1.5: the LoRA, threshold-embedder and recovery-transformer configs its loader reads from the shapes
+    # (ScalarEmbedderConfig() / ClusterTransformerConfig() are the released sizes).
+    parts = layout_parts("switch")
+    assert infer_lora_config(parts["unet"]) == SWITCH_LORA
+    assert recovery_configs(replace(FULL_MULT, version="switch").extras, parts) == (ScalarEmbedderConfig(),
+                                                                                  ClusterTransformerConfig())
+    # v2: every extra's config from the shapes.
+    assert v2_config(replace(FULL_MULT, version="v2"), layout_parts("v2")) == FULL_V2

@@ -12,70 +12,63 @@ from _helpers import randomize as _randomize
 from _helpers import state_shapes as _shapes
 
 from colorize.config import FULL_MULT, TINY_MULT
-from colorize.families.v15.recovery import ClusterTransformer, ScalarEmbedder
-from colorize.models.sketch_encoder import SketchEncoder
-from colorize.models.split_attention import (
-    BlockSplit,
-    SplitContext,
-    SplitCrossAttention,
-    SplitOptions,
-    SwitchUNet,
-)
-from colorize.models.unet import ATTENTION_BLOCK_ORDER, BLOCK_SCALE_FACTORS
-from colorize.models.lora import FULL_SWITCH, SplitLoraConfig, infer_lora_config, infer_switch_config, resolve_rank
-from colorize.families.v2.config import V2_LORA
-from colorize.families.v15.recovery import ClusterTransformerConfig, ScalarEmbedderConfig
-from colorize.models.unet import DualCondUNet
-from colorize.parity.core import load_fixture, run_fixture
-from colorize.masks.inputs import background_only_reference, sketch_mask_to_latent
+from colorize.families.v15 import SWITCH_LORA
 from colorize.families.v15.conditioning import lora_flags, official_fgbg_scales, switch_context
+from colorize.families.v15.recovery import (
+    ClusterTransformer,
+    ClusterTransformerConfig,
+    ScalarEmbedder,
+    ScalarEmbedderConfig,
+    infer_embedder_config,
+    infer_recovery_config,
+)
+from colorize.masks.inputs import background_only_reference, sketch_mask_to_latent
+from colorize.models.attention import AttentionPatches, AttentionSite, CrossAttention
+from colorize.models.lora import Rank, SplitLoraConfig, SplitLoraLinear, infer_lora_config, resolve_rank
+from colorize.models.sketch_encoder import SketchEncoder
+from colorize.models.split_attention import MaskTokens, SplitAttention, SplitOptions
+from colorize.models.unet import ATTENTION_BLOCK_ORDER, BLOCK_SCALE_FACTORS, DualCondUNet
+from colorize.parity.core import load_fixture, run_fixture
 
 PREFIXES = ("model.diffusion_model.", "thresh_embedder.", "transformer.", "control_encoder.")
 
 
-
+def _split(options: SplitOptions, reference_scales: list[float] | None = None) -> AttentionPatches:
+    """The split path of one U-Net call: the Eq. 5.4 cross-attention processor (and per-block strengths)."""
+    return AttentionPatches(cross_attention=SplitAttention(options), reference_scales=reference_scales)
 
 
 # ------------------------------------------------------------------ layouts and parity
 def test_full_size_switch_layout(layout_dir: Path) -> None:
+    embedder_cfg, recovery_cfg = ScalarEmbedderConfig(), ClusterTransformerConfig()  # the released sizes
     with torch.device("meta"):
         modules = {
-            "model.diffusion_model.": SwitchUNet(FULL_MULT.unet, FULL_SWITCH.lora),
-            "thresh_embedder.": ScalarEmbedder(FULL_SWITCH.thresh_embedder),
-            "transformer.": ClusterTransformer(FULL_SWITCH.transformer),
+            "model.diffusion_model.": DualCondUNet(FULL_MULT.unet, SWITCH_LORA),
+            "thresh_embedder.": ScalarEmbedder(embedder_cfg),
+            "transformer.": ClusterTransformer(recovery_cfg),
             "control_encoder.": SketchEncoder(FULL_MULT.sketch),
         }
     official = json.loads((layout_dir / "keys_switch.json").read_text())
     for prefix, module in modules.items():
         expected = {k: list(v) for k, v in official.items() if k.startswith(prefix)}
         assert _shapes(module, prefix) == expected, prefix
-    # Parameter counts of the reference notes §1.9 / §1.11 (LoRA 34,352,128; U-Net incl. LoRA 900,262,852).
+    # Parameter counts of the official classes built on the meta device: the split LoRA of
+    # refnet/modules/lora.py:134-196 (34,352,128; U-Net incl. LoRA 900,262,852), ScalarEmbedder
+    # (refnet/modules/embedder.py:310-326) and ClusterTransformer (refnet/modules/proj.py:58-124) at commit c9bd9fb.
     unet = modules["model.diffusion_model."]
     lora = sum(p.numel() for n, p in unet.named_parameters() if ".lora_" in n)
     assert lora == 34_352_128
     assert sum(p.numel() for p in unet.parameters()) == 900_262_852
     assert sum(p.numel() for p in modules["thresh_embedder."].parameters()) == 1_312_768
     assert sum(p.numel() for p in modules["transformer."].parameters()) == 75_821_056
-    # The config is recoverable from the shapes alone.
+    # The official constructor call ClusterTransformer(dim=1024, layers=6, token_length=256)
+    # (configs/inference/switch.yaml:57-75) gives the same recovery transformer.
+    assert ClusterTransformerConfig.from_official({"dim": 1024, "layers": 6, "token_length": 256}) == recovery_cfg
+    # The configs are recoverable from the shapes alone.
     stripped = {p: {k[len(p):]: v for k, v in official.items() if k.startswith(p)} for p in PREFIXES}
-    inferred = infer_switch_config(stripped["thresh_embedder."], stripped["transformer."],
-                                   stripped["model.diffusion_model."])
-    assert inferred == FULL_SWITCH
-
-
-def test_v2_lora_layout_matches_keys_v2(layout_dir: Path) -> None:
-    """v2 reuses SwitchUNet: rank-4 fg/bg LoRA in the decoder attention blocks only."""
-    official = json.loads((layout_dir / "keys_v2.json").read_text())
-    prefix = "model.diffusion_model."
-    v2_lora = {k: list(v) for k, v in official.items() if k.startswith(prefix) and ".lora_" in k}
-    with torch.device("meta"):
-        unet = SwitchUNet(FULL_MULT.unet, V2_LORA)
-    mine = _shapes(unet, prefix)
-    assert {k: v for k, v in mine.items() if ".lora_" in k} == v2_lora
-    assert all(official.get(k) == v for k, v in mine.items())  # every other key is the plain U-Net's
-    assert infer_lora_config({k[len(prefix):]: v for k, v in official.items() if k.startswith(prefix)}) == V2_LORA
-    with torch.device("meta"):  # without LoRA the split U-Net has exactly the v1 keys
-        assert _shapes(SwitchUNet(FULL_MULT.unet, None), "") == _shapes(DualCondUNet(FULL_MULT.unet), "")
+    assert infer_embedder_config(stripped["thresh_embedder."]) == embedder_cfg
+    assert infer_recovery_config(stripped["transformer."]) == recovery_cfg
+    assert infer_lora_config(stripped["model.diffusion_model."]) == SWITCH_LORA
 
 
 @pytest.mark.parametrize("name", ["switch_split_attention", "switch_conditioning"])
@@ -101,13 +94,13 @@ def test_rank_rule() -> None:
         resolve_rank(0, 8, 8)
 
 
-# ------------------------------------------------------------------ tiny split U-Net vs v1
+# ------------------------------------------------------------------ tiny split-LoRA U-Net vs v1
 @pytest.fixture(scope="module")
-def tiny() -> tuple[DualCondUNet, SwitchUNet]:
+def tiny() -> tuple[DualCondUNet, DualCondUNet]:
     cfg = TINY_MULT.unet
     v1 = DualCondUNet(cfg).eval()
     _randomize(v1, 1)
-    switch = SwitchUNet(cfg, SplitLoraConfig(fg_rank=4, bg_rank=0.5)).eval()
+    switch = DualCondUNet(cfg, SplitLoraConfig(fg_rank=4, bg_rank=0.5)).eval()
     _randomize(switch, 2)  # random LoRA (ups non-zero), then the v1 base weights
     missing, unexpected = switch.load_state_dict(v1.state_dict(), strict=False)
     assert not unexpected and missing and all(".lora_" in k for k in missing)
@@ -131,29 +124,31 @@ def test_all_foreground_mask_without_lora_equals_v1(tiny) -> None:
     ctx = torch.cat([c1, c2], dim=1)
     ref = v1(x, t, c1)
     # fg strength 1, no merge: the background half and its strength have no effect.
-    out = switch(x, t, ctx, split=SplitOptions(mask=ones, bg_scale=0.3))
+    out = switch(x, t, ctx, None, _split(SplitOptions(mask=ones, bg_scale=0.3)))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     # All background: the background tokens at bg strength 1 act like a v1 context.
-    out_bg = switch(x, t, ctx, split=SplitOptions(mask=torch.zeros_like(ones), fg_scale=2.0))
+    out_bg = switch(x, t, ctx, None, _split(SplitOptions(mask=torch.zeros_like(ones), fg_scale=2.0)))
     torch.testing.assert_close(out_bg, v1(x, t, c2), rtol=1e-5, atol=1e-5)
     # Per-block reference scales act inside the split branches exactly as in v1.
     scales = torch.linspace(0.2, 1.5, 16).tolist()
-    torch.testing.assert_close(switch(x, t, ctx, reference_scales=scales, split=SplitOptions(mask=ones)),
-                               v1(x, t, c1, reference_scales=scales), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(switch(x, t, ctx, None, _split(SplitOptions(mask=ones), scales)),
+                               v1(x, t, c1, None, AttentionPatches(reference_scales=scales)), rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()
 def test_lora_only_inside_masked_branches_and_never_sticky(tiny) -> None:
+    """LoRA acts only inside the split-attention processor of the call that asks for it: the same U-Net called
+    without the processor computes exactly the plain v1 path, before and after masked calls."""
     v1, switch = tiny
     x, t, c1, c2 = _inputs()
     ctx = torch.cat([c1, c2], dim=1)
     plain = v1(x, t, c1)
-    torch.testing.assert_close(switch(x, t, c1), plain, rtol=0, atol=0)  # no split: LoRA never applied
+    torch.testing.assert_close(switch(x, t, c1), plain, rtol=0, atol=0)  # no split processor: LoRA never applied
     ones = torch.ones(x.shape[0], 1, *x.shape[-2:])
     zeros = torch.zeros_like(ones)
 
     def run(mask, fg, bg):
-        return switch(x, t, ctx, split=SplitOptions(mask=mask, use_fg_lora=fg, use_bg_lora=bg))
+        return switch(x, t, ctx, None, _split(SplitOptions(mask=mask, use_fg_lora=fg, use_bg_lora=bg)))
 
     # All foreground: the fg LoRA changes the result, the bg LoRA cannot.
     fg_off = run(ones, False, False)
@@ -180,20 +175,48 @@ def test_mixed_mask_selects_per_position(tiny) -> None:
     ctx = torch.cat([c1, c2], dim=1)
     mask = torch.zeros(1, 1, *x.shape[-2:])
     mask[..., : x.shape[-1] // 2] = 1.0
-    both = switch(x, t, ctx, split=SplitOptions(mask=mask, use_fg_lora=True, use_bg_lora=True))
-    rows = [switch(x[i:i + 1], t[i:i + 1], ctx[i:i + 1],
-                   split=SplitOptions(mask=mask, use_fg_lora=True, use_bg_lora=True)) for i in range(2)]
+    both = switch(x, t, ctx, None, _split(SplitOptions(mask=mask, use_fg_lora=True, use_bg_lora=True)))
+    rows = [switch(x[i:i + 1], t[i:i + 1], ctx[i:i + 1], None,
+                   _split(SplitOptions(mask=mask, use_fg_lora=True, use_bg_lora=True))) for i in range(2)]
     torch.testing.assert_close(both, torch.cat(rows), rtol=1e-5, atol=1e-5)
     for uniform in (torch.ones_like(mask), torch.zeros_like(mask)):
-        other = switch(x, t, ctx, split=SplitOptions(mask=uniform, use_fg_lora=True, use_bg_lora=True))
+        other = switch(x, t, ctx, None, _split(SplitOptions(mask=uniform, use_fg_lora=True, use_bg_lora=True)))
         assert (both - other).abs().max() > 1e-3
     with pytest.raises(ValueError):
-        switch(x, t, ctx[:, :-1], split=SplitOptions(mask=mask))  # odd token count
+        switch(x, t, ctx[:, :-1], None, _split(SplitOptions(mask=mask)))  # odd token count
+
+
+@torch.no_grad()
+def test_split_attention_refuses_a_missing_context(tiny) -> None:
+    """Split attention needs a ``[foreground N | background N]`` context tensor; ``None`` (the empty reference of
+    the plain path) is a clear ValueError, not the query tokens split in two."""
+    _, switch = tiny
+    x, t, _, _ = _inputs()
+    mask = torch.zeros(1, 1, *x.shape[-2:])
+    mask[..., : x.shape[-1] // 2] = 1.0
     with pytest.raises(ValueError):
-        switch(x, t, None, split=SplitOptions(mask=mask))
+        switch(x, t, None, None, _split(SplitOptions(mask=mask)))
 
 
 # ------------------------------------------------------------------ split cross-attention (Eq. 5.4)
+def _split_lora_attention(dim: int, ctx_dim: int, heads: int, d: int,
+                          ranks: tuple[Rank, Rank] | None) -> CrossAttention:
+    """A cross-attention layer whose ``to_q/to_k/to_v`` carry fg/bg LoRA pairs of these ranks (the official rank
+    rule, as ``add_split_lora`` builds them inside a U-Net); ``None``: a plain layer."""
+    attn = CrossAttention(dim, ctx_dim, heads, d)
+    if ranks is not None:
+        inner = heads * d
+        for name, fan_in in (("to_q", dim), ("to_k", ctx_dim), ("to_v", ctx_dim)):
+            fg, bg = (resolve_rank(r, fan_in, inner) for r in ranks)
+            setattr(attn, name, SplitLoraLinear(fan_in, inner, fg, bg))
+    return attn
+
+
+def _mask_as_tokens(mask: torch.Tensor) -> torch.Tensor:
+    """A ``(b, 1, h, w)`` mask on its own ``h×w`` token grid, ``(b, h·w, 1)`` (row-major, as the layers' tokens)."""
+    return mask.flatten(2).transpose(1, 2)
+
+
 def _manual_attention(x, tokens, wq, wk, wv, heads):
     q, k, v = x @ wq.T, tokens @ wk.T, tokens @ wv.T
     b, n, inner = q.shape
@@ -208,15 +231,16 @@ def _manual_attention(x, tokens, wq, wk, wv, heads):
 def test_split_cross_attention_matches_equation(use_fg: bool, use_bg: bool) -> None:
     torch.manual_seed(0)
     heads, d, dim, ctx_dim, n_tok = 2, 8, 16, 12, 5
-    attn = SplitCrossAttention(dim, ctx_dim, heads, d, lora_ranks=(3, 0.5)).double()
+    attn = _split_lora_attention(dim, ctx_dim, heads, d, (3, 0.5)).double()
     _randomize(attn, 3)
     x = torch.randn(2, 6, dim, dtype=torch.float64)
     fg_tok, bg_tok = torch.randn(2, 2, n_tok, ctx_dim, dtype=torch.float64)
-    mask = torch.rand(2, 6, 1, dtype=torch.float64)
-    opts = SplitOptions(mask=mask, threshold=0.4, fg_scale=1.3, bg_scale=0.6, merge_scale=0.25,
+    mask4d = torch.rand(2, 1, 2, 3)  # the 6 query positions as a 2x3 token grid
+    opts = SplitOptions(mask=mask4d, threshold=0.4, fg_scale=1.3, bg_scale=0.6, merge_scale=0.25,
                         use_fg_lora=use_fg, use_bg_lora=use_bg, lora_scale=0.8)
     ref_scale = 1.1
-    got = attn(x, BlockSplit(fg_tok, bg_tok, mask, opts), ref_scale)
+    site = AttentionSite(index=0, cross=True, grid=(2, 3))
+    got = attn(x, torch.cat([fg_tok, bg_tok], dim=1), _split(opts, [ref_scale]), site)
 
     def weights(branch, on):
         out = []
@@ -228,6 +252,7 @@ def test_split_cross_attention_matches_equation(use_fg: bool, use_bg: bool) -> N
             out.append(w)
         return out
 
+    mask = _mask_as_tokens(mask4d).double()
     fg = _manual_attention(x, fg_tok, *weights("fg", use_fg), heads) * ref_scale * 1.3
     bg = _manual_attention(x, bg_tok, *weights("bg", use_bg), heads) * ref_scale * 0.6
     fg = 0.75 * fg + 0.25 * bg
@@ -243,11 +268,12 @@ def test_tie_rule_lora_vs_plain_layers() -> None:
     torch.manual_seed(0)
     x = torch.randn(1, 3, 16)
     fg_tok, bg_tok = torch.randn(2, 1, 4, 8)
-    mask = torch.full((1, 3, 1), 0.25)
+    mask = torch.full((1, 1, 1, 3), 0.25)  # on the layer's 1x3 token grid
     opts = SplitOptions(mask=mask, threshold=0.25)
+    site = AttentionSite(index=0, cross=True, grid=(1, 3))
     for lora, picks in (((2, 2), "bg"), (None, "fg")):
-        attn = SplitCrossAttention(16, 8, 2, 8, lora_ranks=lora)
-        got = attn(x, BlockSplit(fg_tok, bg_tok, mask, opts))
+        attn = _split_lora_attention(16, 8, 2, 8, lora)
+        got = attn(x, torch.cat([fg_tok, bg_tok], dim=1), _split(opts), site)
         tokens = bg_tok if picks == "bg" else fg_tok
         torch.testing.assert_close(got, attn(x, tokens), rtol=1e-6, atol=1e-6)
 
@@ -256,20 +282,21 @@ def test_mask_resize_matches_scale_factor_resize() -> None:
     """Resizing to the token grid equals the official ``interpolate(scale_factor=1/ds, bicubic)``."""
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(1, 1, 16, 24, generator=g)
-    ctx = SplitContext(torch.zeros(3, 4, 8), SplitOptions(mask=mask))
+    tokens = MaskTokens(SplitOptions(mask=mask).mask)  # what SplitAttention resizes per block
     for sf in (1.0, 0.5, 0.25, 0.125):
         h, w = int(16 * sf), int(24 * sf)
         official = F.interpolate(mask, scale_factor=sf, mode="bicubic").flatten(2).transpose(1, 2)
-        got = ctx.mask_tokens(h, w)
+        got = tokens((h, w), 3, torch.device("cpu"))
         assert got.shape == (3, h * w, 1)  # tiled over the batch
         torch.testing.assert_close(got, official.expand(3, -1, -1), rtol=0, atol=0)
 
 
 @torch.no_grad()
 def test_bfloat16_split_path_runs() -> None:
-    unet = SwitchUNet(TINY_MULT.unet, dtype=torch.bfloat16).eval()
+    unet = DualCondUNet(TINY_MULT.unet, SWITCH_LORA, dtype=torch.bfloat16).eval()
     x, t, c1, c2 = _inputs(b=1, h=16, w=8)
-    out = unet(x, t, torch.cat([c1, c2], 1), split=SplitOptions(mask=torch.rand(1, 1, 16, 8), use_bg_lora=True))
+    out = unet(x, t, torch.cat([c1, c2], 1), None,
+               _split(SplitOptions(mask=torch.rand(1, 1, 16, 8), use_bg_lora=True)))
     assert out.dtype == torch.float32 and out.shape == x.shape and torch.isfinite(out).all()
 
 
@@ -290,7 +317,7 @@ def test_scalar_embedder_formula() -> None:
 
 @torch.no_grad()
 def test_cluster_transformer_is_a_set_function_of_its_input() -> None:
-    cfg = ClusterTransformerConfig(dim=32, layers=2, token_length=5, dim_head=8)
+    cfg = ClusterTransformerConfig(dim=32, layers=2, token_length=5, heads=4, head_width=8)
     tr = ClusterTransformer(cfg)
     _randomize(tr, 5)
     assert tr.layers[0][2].heads == 4
@@ -306,7 +333,7 @@ def test_cluster_transformer_is_a_set_function_of_its_input() -> None:
 @pytest.fixture(scope="module")
 def extras() -> tuple[ScalarEmbedder, ClusterTransformer]:
     emb = ScalarEmbedder(ScalarEmbedderConfig(embed_dim=16, out_dim=32))
-    tr = ClusterTransformer(ClusterTransformerConfig(dim=32, layers=1, token_length=6, dim_head=16))
+    tr = ClusterTransformer(ClusterTransformerConfig(dim=32, layers=1, token_length=6, heads=2, head_width=16))
     _randomize(emb, 6)
     _randomize(tr, 7)
     return emb, tr
@@ -325,7 +352,8 @@ def test_switch_context_modes(extras) -> None:
     torch.testing.assert_close(c.context, torch.cat([fg + th_s, tr(bg_ref + th_r)], 1))
     c = switch_context("background", fg, thresh_embedder=emb, background_tokens=bg_img)  # separate background
     torch.testing.assert_close(c.context, torch.cat([fg + th_s, bg_img + th_r], 1))
-    c = switch_context("background", fg, sketch_threshold_on_fg=False, **kw)  # training-time assembly (§7.15)
+    # Training-time assembly: official refnet/models/trainer/mask.py:62-92 adds no th_s to the foreground tokens.
+    c = switch_context("background", fg, sketch_threshold_on_fg=False, **kw)
     torch.testing.assert_close(c.context[:, :6], fg)
 
     c = switch_context("foreground", fg)
@@ -335,7 +363,8 @@ def test_switch_context_modes(extras) -> None:
     both = switch_context("both", fg, **kw)
     assert (both.use_fg_lora, both.use_bg_lora) == (True, True)
     torch.testing.assert_close(both.context, switch_context("background", fg, **kw).context)
-    quirk = switch_context("both", fg, repeat_both=True, **kw)  # official §7.11
+    # Official app quirk (refnet/models/switch.py:221-241): with both enhancements the context is repeated.
+    quirk = switch_context("both", fg, repeat_both=True, **kw)
     torch.testing.assert_close(quirk.context, torch.cat([both.context, both.context], 1))
 
     opts = both.split_options(torch.ones(1, 1, 4, 4), threshold=0.2, fg_scale=1.5)
@@ -364,24 +393,30 @@ def test_mask_helpers() -> None:
 
 
 def test_tiny_switch_state_dict_round_trip_through_config_inference(extras) -> None:
-    """What a loader does: split by prefix, infer every config from shapes, build on meta, load strictly."""
-    from colorize.loader import checkpoint_config as infer_config
-    from colorize.checkpoint import split_by_prefix
+    """What a loader does: detect the family, split by prefix, infer every config from shapes, build on meta,
+    load strictly."""
+    from colorize.families import detect_family, split_checkpoint
+    from colorize.loader import checkpoint_config
 
     emb, tr = extras
-    unet = SwitchUNet(TINY_MULT.unet, SplitLoraConfig(fg_rank=4, bg_rank=0.5))
+    lora = SplitLoraConfig(fg_rank=4, bg_rank=0.5)
+    unet = DualCondUNet(TINY_MULT.unet, lora)
     sd = {**{"model.diffusion_model." + k: v for k, v in unet.state_dict().items()},
           **{"control_encoder." + k: v for k, v in SketchEncoder(TINY_MULT.sketch).state_dict().items()},
           **{"thresh_embedder." + k: v for k, v in emb.state_dict().items()},
           **{"transformer." + k: v for k, v in tr.state_dict().items()}}
-    config = infer_config(sd)
+    family = detect_family(sd)
+    config, source = checkpoint_config(family, sd)
+    assert family.name == "switch" and source == "shapes"
     assert config.version == "switch" and config.unet == TINY_MULT.unet
-    parts = split_by_prefix(sd)
-    scfg = infer_switch_config(parts["thresh_embedder"], parts["transformer"], parts["unet"], dim_head=16)
-    assert scfg.transformer == tr.cfg and scfg.thresh_embedder == emb.cfg
-    for factory, part in ((lambda: SwitchUNet(config.unet, scfg.lora), "unet"),
-                          (lambda: ScalarEmbedder(scfg.thresh_embedder), "thresh_embedder"),
-                          (lambda: ClusterTransformer(scfg.transformer), "transformer")):
+    parts = split_checkpoint(sd)
+    lora_cfg = infer_lora_config(parts["unet"])
+    embedder_cfg = infer_embedder_config(parts["thresh_embedder"])
+    recovery_cfg = infer_recovery_config(parts["transformer"], head_width=16)
+    assert lora_cfg == lora and recovery_cfg == tr.cfg and embedder_cfg == emb.cfg
+    for factory, part in ((lambda: DualCondUNet(config.unet, lora_cfg), "unet"),
+                          (lambda: ScalarEmbedder(embedder_cfg), "thresh_embedder"),
+                          (lambda: ClusterTransformer(recovery_cfg), "transformer")):
         with torch.device("meta"):
             module = factory()
         module.load_state_dict(parts[part], strict=True, assign=True)

@@ -1,4 +1,4 @@
-"""Foreground masks (issue 4, scope 2): the weight-free sketch mask, the SAM wrapper, previews.
+"""Foreground masks: the weight-free sketch mask, the SAM wrapper, previews.
 
 Sketch masks are checked on drawn shapes against expectations computed from the drawing
 itself; morphology and the flood fill against naive loops / BFS; SAM against

@@ -214,9 +214,10 @@ def test_auto_scheduler_follows_the_sampler() -> None:
 
 
 def test_ddim_leading_uses_the_diffusers_ddim_timesteps(model: Colorizer) -> None:
-    from colorize.sampling import sampler_sigmas as sampling_sigmas
+    from colorize.sampling import sampler_sigmas
 
-    sig = sampling_sigmas(S(sampler="ddim", scheduler="leading", steps=20), model.schedule, model.config, torch.device("cpu"))
+    s = S(sampler="ddim", scheduler="leading", steps=20)
+    sig = sampler_sigmas(s.sampler, s.scheduler, s.steps, model.schedule, torch.device("cpu"))
     t = model.schedule.sigma_to_t(sig[:-1])
     assert torch.allclose(t, torch.arange(951, 0, -50).float(), atol=1e-2) and sig[-1] == 0
 

@@ -1,5 +1,6 @@
-"""Issue 9 (speed and memory) on the CPU: VAE tiling, sequential offload, the optional U-Net speed-ups, the bench's
-speed/memory flags and the half-precision tolerance check. The timings themselves need the GPU (.gpu/issue9.sh)."""
+"""Speed and memory on the CPU: VAE tiling, sequential offload, the optional U-Net speed-ups, the bench's
+speed/memory flags and the half-precision tolerance check. The timings themselves need the GPU
+(colorize/benchmark/gpu_speed_memory.sh)."""
 from __future__ import annotations
 
 import json

@@ -7,16 +7,16 @@ from typing import Any
 
 import pytest
 import torch
+from test_nodes import REFERENCE, SKETCH
+from test_nodes_enhance import CKPTS, CLIP, SIZE, encoder, models, tiny_dir  # noqa: F401
 
 from colorize.errors import InputError
-from colorize.settings import GenerationSettings
 from colorize.preprocess import content_box, prepare_reference
+from colorize.settings import GenerationSettings
 from nodes import NODE_CLASS_MAPPINGS as M
-from tests.test_nodes import REFERENCE, SKETCH
-from tests.test_nodes_variants import CKPTS, CLIP, SIZE, encoder, models, tiny_dir  # noqa: F401
 
 
-def node_chain(model: Any, encoder: Any, advanced: Any = None, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def node_chain(model: Any, encoder: Any, advanced: Any = None, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: F811
     """Sketch Preprocess → Hints, Reference Embed → Sampler (+ advanced) → Decode; also the prepared sketch."""
     sketch = M["ColorizeDiffusionSketchPreprocess"]().prepare(SKETCH, "auto", SIZE, SIZE)[0]
     hints = M["ColorizeDiffusionSketchHints"]().encode(model, sketch, 1.0)[0]

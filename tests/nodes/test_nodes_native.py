@@ -1,6 +1,6 @@
 """Native-bridge nodes without ComfyUI: node contracts, the patch objects' routing (hint rows per
 ``cond_or_uncond`` chunk, reference strength per block, LoRA paths) on a stand-in MODEL, and the schedules.
-The bridge inside the real host: ``test_comfyui_native.py``."""
+The bridge inside the real host: ``tests/host/test_comfyui_native.py``."""
 from __future__ import annotations
 
 import copy
@@ -11,17 +11,22 @@ import pytest
 import torch
 
 from colorize.config import ColorizerConfig
-from colorize.models.split_attention import SplitOptions
-from colorize.native import attend_heads, read_native_checkpoint
-from colorize.settings import GenerationSettings
 from colorize.generate import noise_schedule, sketch_hints
-from colorize.sampling import sampler_sigmas as sampling_sigmas
+from colorize.models.attention import attend_heads
+from colorize.models.split_attention import SplitAttention, SplitOptions
+from colorize.native import read_native_checkpoint
+from colorize.sampling import sampler_sigmas
 from colorize.tiny import CHECKPOINT_NAMES, write_tiny_weights
 from nodes import NODE_CLASS_MAPPINGS
-from nodes.native.model import NativeParts, reference_conditioning
 from nodes.native.guider import SIGMA_SCHEDULES, host_schedule, official_sigmas
+from nodes.native.model import NativeParts, reference_conditioning
 from nodes.native.model_patches import NativeReferenceStrength, NativeSketch
-from nodes.native.patches import SKETCH_UNCOND_KEY, AttentionPatch, HintPatch, SplitState
+from nodes.native.patches import (
+    SKETCH_UNCOND_KEY,
+    AttentionPatch,
+    HintPatch,
+    SplitState,
+)
 
 NATIVE = {k: v for k, v in NODE_CLASS_MAPPINGS.items() if "Native" in k}
 
@@ -116,11 +121,12 @@ def test_reference_strength_and_split_combine_in_one_attention_patch(parts: dict
     assert isinstance(patch, AttentionPatch) and patch.scales[2] == 1.0 and patch.scales[10] == 1.0 * 0.5 * 2
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 16, 32, generator=g) for _ in range(3))
-    out = patch(q, k, v, {"block": ("output", 5), "n_heads": 2})  # block 9 of 16: the "low" level
+    # block 9 of 16: the "low" level; the host always passes original_shape (the latent's shape)
+    out = patch(q, k, v, {"block": ("output", 5), "n_heads": 2, "original_shape": [2, 4, 4, 4]})
     torch.testing.assert_close(out, attend_heads(q, k, v, 2) * patch.scales[9])
     for block in p.blocks:  # every split layer finds its LoRA under the path the host reports
         assert p.module.lora_for(f"{block.path}.transformer_blocks.0.attn2") is not None
-    split = patch.with_(split=SplitState(SplitOptions(torch.ones(1, 1, 8, 8)), 8))
+    split = patch.with_(split=SplitState(SplitAttention(SplitOptions(torch.ones(1, 1, 8, 8))), 8))
     assert split.scales == patch.scales and split.split is not None
     with pytest.raises(ValueError, match="8-token"):
         split(q, k[:, :6], v[:, :6], {"block": ("input", 1), "n_heads": 2, "original_shape": [2, 4, 4, 4]})
@@ -141,6 +147,6 @@ def test_sigmas_equal_the_sampler_schedules(scheduler: str) -> None:
             return Sampling
 
     sampler, name = ("ddim", "leading") if scheduler == "ddim_leading" else ("euler", scheduler)
-    want = sampling_sigmas(GenerationSettings(sampler=sampler, scheduler=name, steps=7), ours, cfg, torch.device("cpu"))
+    want = sampler_sigmas(sampler, name, 7, ours, torch.device("cpu"))
     got = official_sigmas(host_schedule(Model()), scheduler, 7)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(WF))
 import make_workflows
 
 # Core ComfyUI nodes the workflows may use: name -> (inputs {name: type}, output types). Checked against a
-# real server's /object_info by tests/test_comfyui_integration.py.
+# real server's /object_info by tests/host/test_comfyui_integration.py.
 CORE = {
     "LoadImage": ({"image": "COMBO", "upload": "IMAGEUPLOAD"}, ["IMAGE", "MASK"]),
     "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, []),
