@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--versions", nargs="+", choices=tuple(FAMILIES), default=list(FAMILIES),
                       help="checkpoints to write, by family (default: all; the CLIP file is always written)")
     if argv and argv[0] == "inspect":
-        from colorize.checkpoint.report import main as inspect_main
+        from colorize.checkpoint.inspection import main as inspect_main
 
         return inspect_main(argv[1:])
     if argv and argv[0] == "download":

@@ -23,6 +23,14 @@ class WeightsMissingError(FileNotFoundError):
     """A weights file is not on disk and could not (or may not) be downloaded."""
 
 
+class LineExtractorWeightsError(CheckpointError):
+    """A file cannot be used as line-extractor weights; the message says why and what to use."""
+
+
+class SamWeightsError(CheckpointError):
+    """A SAM weights file cannot be used; the message says why and what to use instead."""
+
+
 #: Exceptions whose message is written for the user (no traceback needed).
 USER_ERRORS: tuple[type[BaseException], ...] = (InputError, CheckpointError, WeightsMissingError, FileExistsError)
 
@@ -46,4 +54,12 @@ def user_errors() -> Iterator[_Status]:
         status.code = 130
 
 
-__all__ = ["USER_ERRORS", "CheckpointError", "InputError", "WeightsMissingError", "user_errors"]
+__all__ = [
+    "USER_ERRORS",
+    "CheckpointError",
+    "InputError",
+    "LineExtractorWeightsError",
+    "SamWeightsError",
+    "WeightsMissingError",
+    "user_errors",
+]

@@ -25,7 +25,7 @@ from colorize.preprocess import (
 from colorize.settings import GenerationSettings
 
 from .host import intermediate_device
-from .types import ColorizeModel, bchw_to_image, image_to_bchw
+from .sockets import ColorizeModel, bchw_to_image, image_to_bchw
 
 COLORIZE_ADVANCED = "COLORIZE_ADVANCED"
 

@@ -8,7 +8,7 @@ import torch
 from colorize.generate import vae_decode
 
 from .host import check_interrupted, intermediate_device
-from .types import COLORIZE_MODEL, ColorizeModel, bchw_to_image
+from .sockets import COLORIZE_MODEL, ColorizeModel, bchw_to_image
 
 
 class Decode:

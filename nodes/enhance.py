@@ -22,7 +22,7 @@ from colorize.preprocess import check_image, prepare_reference, to_signed
 from colorize.settings import DEFAULT_REFERENCE_THRESHOLD, DEFAULT_SKETCH_THRESHOLD, MAX_SEED, EnhanceSettings
 
 from .host import ready_all
-from .types import COLORIZE_ENHANCE, COLORIZE_REFERENCE_ENCODER, ColorizeModel, image_to_bchw
+from .sockets import COLORIZE_ENHANCE, COLORIZE_REFERENCE_ENCODER, ColorizeModel, image_to_bchw
 
 
 @dataclass(frozen=True)

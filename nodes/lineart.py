@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from colorize.errors import LineExtractorWeightsError
 from colorize.extractors import (
     DEFAULT_SIGMA,
     DEFAULT_THRESHOLD,
@@ -22,7 +23,6 @@ from colorize.extractors import (
     NO_WEIGHT_METHODS,
     STANDARD_SIGMA,
     LineExtractor,
-    LineExtractorWeightsError,
     extract_lines,
     load_line_extractor,
 )
@@ -31,7 +31,7 @@ from colorize.weights import manifest_entry
 from .host import ManagedModule, Progress, check_interrupted, intermediate_device, offload_device
 from .models import LINEART_FOLDER, list_files, resolve_file
 from .sketch import MAX_SIZE
-from .types import bchw_to_image, image_to_bchw
+from .sockets import bchw_to_image, image_to_bchw
 
 LINE_METHODS: tuple[str, ...] = (*NO_WEIGHT_METHODS, *MODEL_SPECS)
 AUTO_FILE = "auto"

@@ -18,7 +18,7 @@ from colorize.weights import DEFAULT_CHECKPOINT, DEFAULT_CLIP, manifest_entry
 from .host import ManagedModule, load_device, offload_device, unet_dtype
 from .models import CHECKPOINT_FOLDER, CLIP_FOLDER, list_files, resolve_file
 from .reference import ClipVisionReference, OpenClipReference
-from .types import COLORIZE_MODEL, COLORIZE_REFERENCE_ENCODER, ColorizeModel
+from .sockets import COLORIZE_MODEL, COLORIZE_REFERENCE_ENCODER, ColorizeModel
 
 SUPPORTED_VERSIONS = tuple(FAMILIES)  # the checkpoint families the nodes load (v1, v1.5, v2)
 

@@ -25,7 +25,7 @@ from colorize.preprocess import check_image
 
 from .host import intermediate_device
 from .reference import EncodedReference
-from .types import COLORIZE_REFERENCE, ReferenceTokens, bchw_to_image, image_to_bchw
+from .sockets import COLORIZE_REFERENCE, ReferenceTokens, bchw_to_image, image_to_bchw
 
 THRESHOLD_TIPS = (
     ("ts0 (Eq. 5.11). Each patch token's correlation with the control prompt is min-max normalised to m in "

@@ -19,7 +19,7 @@ from colorize.weights import manifest_entry
 
 from .host import ManagedModule, check_interrupted, intermediate_device, offload_device
 from .models import SAM_FOLDER, list_files, resolve_file
-from .types import bchw_to_image, image_to_bchw
+from .sockets import bchw_to_image, image_to_bchw
 
 SKETCH_POLARITIES = ("auto", "dark_lines", "light_lines")
 AUTO_PROMPTS = ("point+box", "point", "box")

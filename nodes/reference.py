@@ -23,7 +23,7 @@ from colorize.preprocess import check_image, prepare_reference
 from colorize.weights import DEFAULT_CLIP, manifest_entry
 
 from .host import ManagedModule, intermediate_device, model_management
-from .types import COLORIZE_REFERENCE, COLORIZE_REFERENCE_ENCODER, ReferenceTokens, image_to_bchw
+from .sockets import COLORIZE_REFERENCE, COLORIZE_REFERENCE_ENCODER, ReferenceTokens, image_to_bchw
 
 
 def no_text_tower(what: str) -> str:

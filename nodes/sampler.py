@@ -13,7 +13,7 @@ from .advanced import COLORIZE_ADVANCED, AdvancedOptions
 from .enhance import EnhanceRequest
 from .host import LatentPreview, Progress, check_interrupted, intermediate_device, load_device
 from .sketch import encode_hints, size_inputs
-from .types import (
+from .sockets import (
     COLORIZE_ENHANCE,
     COLORIZE_HINTS,
     COLORIZE_MODEL,

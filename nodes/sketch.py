@@ -9,7 +9,7 @@ from colorize.generate import sketch_hints
 from colorize.preprocess import check_image, fit_and_pad, prepare_sketch, target_size, to_signed
 
 from .host import intermediate_device
-from .types import COLORIZE_HINTS, COLORIZE_MODEL, ColorizeModel, SketchHints, bchw_to_image, image_to_bchw
+from .sockets import COLORIZE_HINTS, COLORIZE_MODEL, ColorizeModel, SketchHints, bchw_to_image, image_to_bchw
 
 POLARITIES = ("auto", "invert", "keep")
 MAX_SIZE = 4096

@@ -21,7 +21,6 @@ from colorize.extractors.classic import (
 from colorize.extractors.extractor import LineExtractor, working_size
 from colorize.extractors.lines import extract_lines
 from colorize.extractors.loading import (
-    LineExtractorWeightsError,
     detect_kind,
     line_extractor_from_state_dict,
     load_line_extractor,
@@ -54,7 +53,6 @@ __all__ = [
     "STANDARD_SIGMA",
     "InputPolarity",
     "LineExtractor",
-    "LineExtractorWeightsError",
     "ModelSpec",
     "detect_kind",
     "extract_lines",

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from colorize.checkpoint import load_state_dict_file, materialize
-from colorize.errors import CheckpointError
+from colorize.errors import LineExtractorWeightsError
 from colorize.extractors.extractor import LineExtractor
 from colorize.extractors.registry import MODEL_SPECS, ModelSpec, canonical_method
 
@@ -31,8 +31,6 @@ FOREIGN_HINTS: tuple[tuple[str, str], ...] = (
 )
 
 
-class LineExtractorWeightsError(CheckpointError):
-    """A file cannot be used as line-extractor weights; the message says why and what to use."""
 
 
 def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -126,6 +124,6 @@ def load_line_extractor(
 
 
 __all__ = [
-    "FOREIGN_HINTS", "LineExtractorWeightsError", "detect_kind", "line_extractor_from_state_dict",
+    "FOREIGN_HINTS", "detect_kind", "line_extractor_from_state_dict",
     "build_network", "load_line_extractor", "resolve_line_extractor_path", "strip_module_prefix",
 ]

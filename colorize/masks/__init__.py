@@ -16,7 +16,6 @@ from colorize.masks.preview import overlay_masks
 from colorize.masks.sam import (
     DEFAULT_SAM,
     SAM_VARIANTS,
-    SamWeightsError,
     build_sam,
     build_tiny_sam,
     centre_prompt,
@@ -33,7 +32,6 @@ from colorize.masks.sketch import line_strength, sketch_foreground_mask
 __all__ = [
     "DEFAULT_SAM",
     "SAM_VARIANTS",
-    "SamWeightsError",
     "build_sam",
     "build_tiny_sam",
     "centre_prompt",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from colorize.checkpoint import compare_keys, load_state_dict_file
-from colorize.errors import CheckpointError
+from colorize.errors import SamWeightsError
 from colorize.masks.morphology import dilate
 
 if TYPE_CHECKING:
@@ -47,8 +47,6 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-class SamWeightsError(CheckpointError):
-    """A SAM weights file cannot be used; the message says why and what to use instead."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from colorize.native.build import read_native_checkpoint
 from ..host import offload_device
 from ..loaders import SUPPORTED_VERSIONS, default_file
 from ..models import CHECKPOINT_FOLDER, list_files, resolve_file
-from ..types import COLORIZE_REFERENCE, ReferenceTokens
+from ..sockets import COLORIZE_REFERENCE, ReferenceTokens
 from .model import COLORIZE_NATIVE, NativeParts, host_dtype, native_model, native_vae, reference_conditioning
 
 

@@ -20,7 +20,7 @@ from colorize.errors import InputError
 from colorize.native import NativeCheckpoint, attention_blocks, hint_block_indices, host_unet_config, read_vae
 
 from ..host import ManagedModule, comfy_module, offload_device
-from ..types import describe_family
+from ..sockets import describe_family
 
 COLORIZE_NATIVE = "COLORIZE_NATIVE"
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

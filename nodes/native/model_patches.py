@@ -22,7 +22,7 @@ from colorize.settings import MAX_SEED, level_reference_scales
 
 from ..enhance import EnhanceRequest
 from ..host import intermediate_device, load_device, ready_all
-from ..types import COLORIZE_ENHANCE, COLORIZE_REFERENCE, ReferenceTokens, image_to_bchw
+from ..sockets import COLORIZE_ENHANCE, COLORIZE_REFERENCE, ReferenceTokens, image_to_bchw
 from ..widgets import level_inputs, level_strengths, seed_input
 from .decoder import WarpPatch, set_v2
 from .model import COLORIZE_NATIVE, NativeParts, reference_conditioning

@@ -10,12 +10,20 @@ import torch
 from safetensors.torch import save_file
 
 from colorize import checkpoint as ck
-from colorize.checkpoint.report import format_report, inspect_path
-from colorize.checkpoint.report import main as inspect_main
+from colorize.checkpoint.inspection import format_report, inspect_path
+from colorize.checkpoint.inspection import main as inspect_main
 from colorize.config import FULL_MULT, TINY_MULT, replace
 from colorize.errors import CheckpointError
+from colorize.families import detect_family, get_family, split_checkpoint
+from colorize.loader import checkpoint_config, read_checkpoint_info
 
 VERSIONS = ("mult", "switch", "v2")
+
+
+def _infer_config(shapes, metadata=None):  # type: ignore[no-untyped-def]
+    """The config a loader derives: the family detected from the keys, then its config from the shapes (or the
+    stored metadata)."""
+    return checkpoint_config(detect_family(shapes), shapes, metadata)[0]
 
 
 def _tiny_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -27,7 +35,7 @@ def _tiny_state_dict(version: str = "mult", seed: int = 0) -> dict[str, torch.Te
     """Random tensors with the released key names (no CLIP, no buffers, VAE in fp16 as released)."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
-    for k, shape in ck.expected_layout(version).items():
+    for k, shape in get_family(version).layout().items():
         if ck.component_of(k) in ck.OPTIONAL_COMPONENTS:
             continue
         dtype = torch.float16 if k.startswith("first_stage_model.") else torch.float32
@@ -41,7 +49,7 @@ def _tiny_state_dict(version: str = "mult", seed: int = 0) -> dict[str, torch.Te
 def test_packaged_layouts_equal_shared_layouts(layout_dir: Path) -> None:
     for v in VERSIONS:
         shared = json.loads((layout_dir / f"keys_{v}.json").read_text())
-        packaged = ck.expected_layout(v)
+        packaged = get_family(v).layout()
         assert list(packaged) == list(shared)
         assert all(packaged[k] == tuple(shape) for k, shape in shared.items())
 
@@ -50,50 +58,52 @@ def test_packaged_layouts_equal_shared_layouts(layout_dir: Path) -> None:
 
 
 def test_split_by_prefix_counts_and_stripping() -> None:
-    parts = ck.split_by_prefix(ck.expected_layout("switch"))
+    parts = split_checkpoint(get_family("switch").layout())
     counts = {c: len(d) for c, d in parts.items() if d}
-    # 392 visual + 294 text CLIP keys and 12 buffers (official-implementation.md §6); 42 sketch, 248 VAE (§5.2)
+    # 392 visual + 294 text open_clip ViT-H-14 keys and the 12 DDPM buffers (official refnet/ldm/ddpm.py:125-146);
+    # 42 MultiEncoder keys and the 248 SD kl-f8 VAE keys (official configs/inference/mult.yaml:27-41)
     assert counts["clip_visual"] == 392 and counts["clip_text"] == 294 and counts["schedule"] == 12
     assert counts["sketch_encoder"] == 42 and counts["vae"] == 248 and counts["thresh_embedder"] == 4
     assert "unexpected" not in counts
     assert "embedding" in parts["transformer"]  # top-level transformer.* is not the CLIP text transformer
     assert "input_blocks.0.0.weight" in parts["unet"]
     assert "betas" in parts["schedule"]
-    odd = ck.split_by_prefix({"model_ema.decay": 1, "cond_stage_model.model.x": 2})
+    odd = split_checkpoint({"model_ema.decay": 1, "cond_stage_model.model.x": 2})
     assert odd["unexpected"] == {"model_ema.decay": 1, "cond_stage_model.model.x": 2}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_detect_version_from_released_layouts(version: str) -> None:
-    assert ck.detect_version(ck.expected_layout(version)) == version
+    layout = get_family(version).layout()
+    assert detect_family(layout).name == version
     # without CLIP and buffers (as in the released files) the answer is the same
-    keys = [k for k in ck.expected_layout(version) if ck.component_of(k) not in ck.OPTIONAL_COMPONENTS]
-    assert ck.detect_version(keys) == version
+    keys = [k for k in layout if ck.component_of(k) not in ck.OPTIONAL_COMPONENTS]
+    assert detect_family(keys).name == version
 
 
 def test_detect_version_markers() -> None:
-    mult = list(ck.expected_layout("mult"))
-    assert ck.detect_version(mult + ["thresh_embedder.embed_layer.0.weight"]) == "switch"
-    assert ck.detect_version(mult + ["bg_encoder.input_blocks.0.0.weight"]) == "v2"
-    assert ck.parameterization_for("v2") == "v"
-    assert ck.parameterization_for("mult") == ck.parameterization_for("switch") == "eps"
+    mult = list(get_family("mult").layout())
+    assert detect_family(mult + ["thresh_embedder.embed_layer.0.weight"]).name == "switch"
+    assert detect_family(mult + ["bg_encoder.input_blocks.0.0.weight"]).name == "v2"
+    assert get_family("v2").parameterization == "v"
+    assert get_family("mult").parameterization == get_family("switch").parameterization == "eps"
 
 
 def test_foreign_state_dicts_are_rejected_with_a_description() -> None:
-    plain_sd = [k for k in ck.expected_layout("mult") if not k.startswith("control_encoder.")]
+    plain_sd = [k for k in get_family("mult").layout() if not k.startswith("control_encoder.")]
     with pytest.raises(CheckpointError, match="plain Stable Diffusion") as e:
-        ck.detect_version(plain_sd)
+        detect_family(plain_sd)
     assert "control_encoder" in str(e.value)
     with pytest.raises(CheckpointError, match="SDXL"):
-        ck.detect_version(["conditioner.embedders.0.transformer.x", "model.diffusion_model.input_blocks.0.0.weight"])
+        detect_family(["conditioner.embedders.0.transformer.x", "model.diffusion_model.input_blocks.0.0.weight"])
     with pytest.raises(CheckpointError, match="not a ColorizeDiffusion checkpoint"):
-        ck.detect_version(["foo.weight", "bar.bias"])
+        detect_family(["foo.weight", "bar.bias"])
     # an open_clip file has transformer.resblocks.*: a CLIP model, not a v1.5 checkpoint
     open_clip_keys = ["visual.conv1.weight", "transformer.resblocks.0.attn.in_proj_weight", "token_embedding.weight"]
     with pytest.raises(CheckpointError, match="CLIP model"):
-        ck.detect_version(open_clip_keys)
+        detect_family(open_clip_keys)
     with pytest.raises(CheckpointError, match="no U-Net"):
-        ck.detect_version(["bg_encoder.input_blocks.0.0.weight", "control_encoder.model.0.weight"])
+        detect_family(["bg_encoder.input_blocks.0.0.weight", "control_encoder.model.0.weight"])
 
 
 # --- config inference -----------------------------------------------------------------------
@@ -101,10 +111,10 @@ def test_foreign_state_dicts_are_rejected_with_a_description() -> None:
 
 def test_infer_config_full_layout(layout_dir: Path) -> None:
     shapes = json.loads((layout_dir / "keys_mult.json").read_text())
-    cfg = ck.infer_config(shapes)
+    cfg = _infer_config(shapes)
     assert (cfg.version, cfg.parameterization) == ("mult", "eps")
     assert cfg.unet == FULL_MULT.unet and cfg.sketch == FULL_MULT.sketch and cfg.vae == FULL_MULT.vae
-    v2 = ck.infer_config(ck.expected_layout("v2"))
+    v2 = _infer_config(get_family("v2").layout())
     assert (v2.version, v2.parameterization, v2.unet) == ("v2", "v", FULL_MULT.unet)
 
 
@@ -112,7 +122,7 @@ def test_infer_config_on_fixture_state_dicts(fixture_dir: Path) -> None:
     from colorize.parity.core import load_fixture
 
     fx = load_fixture(fixture_dir / "unet_mult.json")
-    cfg = ck.infer_config(fx.state_dict)
+    cfg = _infer_config(fx.state_dict)
     u = fx.config["unet_config"]["params"]
     assert cfg.unet.model_channels == u["model_channels"] and cfg.unet.channel_mult == tuple(u["channel_mult"])
     assert cfg.unet.num_res_blocks == u["num_res_blocks"] and cfg.unet.context_dim == u["context_dim"]
@@ -134,17 +144,18 @@ def test_infer_config_on_fixture_state_dicts(fixture_dir: Path) -> None:
 
 def test_infer_config_prefers_metadata(tmp_path: Path) -> None:
     sd = _tiny_state_dict()
-    cfg = ck.infer_config(sd)
+    cfg = _infer_config(sd)
     assert cfg.unet.model_channels == 20 and cfg.unet.context_dim == 64 and cfg.vae.ch == 8
     stored = replace(cfg, unet=replace(cfg.unet, num_head_channels=5))
     path = tmp_path / "tiny.safetensors"
     save_file(sd, str(path), metadata={ck.CONFIG_METADATA_KEY: json.dumps(stored.to_dict())})
-    info = ck.read_checkpoint_info(path)
+    info = read_checkpoint_info(path)
+    assert info.config_source == "metadata"
     assert info.config.unet.num_head_channels == 5 and info.config == replace(stored, version="mult")
     bad = replace(stored, unet=replace(stored.unet, model_channels=64))
     save_file(sd, str(tmp_path / "bad.safetensors"), metadata={ck.CONFIG_METADATA_KEY: json.dumps(bad.to_dict())})
     with pytest.raises(CheckpointError, match="model_channels"):
-        ck.read_checkpoint_info(tmp_path / "bad.safetensors")
+        read_checkpoint_info(tmp_path / "bad.safetensors")
 
 
 def test_tiny_weights_writer_output_is_recognised(tmp_path: Path) -> None:
@@ -154,23 +165,24 @@ def test_tiny_weights_writer_output_is_recognised(tmp_path: Path) -> None:
     from colorize.weights import default_checkpoint_name, resolve
 
     write_tiny_weights(tmp_path)
-    info = ck.read_checkpoint_info(resolve(default_checkpoint_name(), tmp_path))
-    assert (info.version, info.parameterization, info.config) == ("mult", "eps", TINY_MULT)
-    assert ck.infer_config(info.header).unet == TINY_MULT.unet  # shapes alone agree with the metadata
+    info = read_checkpoint_info(resolve(default_checkpoint_name(), tmp_path))
+    assert (info.family.name, info.config.parameterization, info.config) == ("mult", "eps", TINY_MULT)
+    by_shapes, source = checkpoint_config(info.family, info.header)
+    assert source == "shapes" and by_shapes.unet == TINY_MULT.unet  # shapes alone agree with the metadata
 
 
 # --- validate_keys --------------------------------------------------------------------------
 
 
 def test_validate_keys_accepts_missing_optional_and_fp16() -> None:
-    expected = ck.expected_layout("mult")
+    expected = get_family("mult").layout()
     got = {k: torch.empty(0).new_empty(s, dtype=torch.float16, device="meta") for k, s in expected.items()
            if ck.component_of(k) not in ck.OPTIONAL_COMPONENTS}
     ck.validate_keys(expected, got)  # CLIP and buffers absent, everything fp16: fine
 
 
 def test_validate_keys_reports_missing_unexpected_and_shapes() -> None:
-    expected = dict(ck.expected_layout("mult"))
+    expected = dict(get_family("mult").layout())
     got = {k: s for k, s in expected.items() if ck.component_of(k) == "unet"}
     got["model.diffusion_model.out.2.weight"] = (3, 320, 3, 3)
     got["model.diffusion_model.extra.weight"] = (1,)
@@ -233,7 +245,7 @@ def test_safetensors_of_another_model_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "other.safetensors"
     save_file({"encoder.layer.0.weight": torch.randn(3, 3), "head.bias": torch.randn(3)}, str(path))
     with pytest.raises(CheckpointError, match="not a ColorizeDiffusion checkpoint"):
-        ck.read_checkpoint_info(path)
+        read_checkpoint_info(path)
     assert inspect_main([str(path)]) == 2
 
 
@@ -314,9 +326,9 @@ def test_metadata_parameterization_wins_over_the_version_default() -> None:
 
     from colorize.config import TINY_MULT
 
-    layout = {k: v for k, v in ck.expected_layout("mult").items() if k.startswith(("model.", "control_encoder."))}
+    layout = {k: v for k, v in get_family("mult").layout().items() if k.startswith(("model.", "control_encoder."))}
     meta = {ck.CONFIG_METADATA_KEY: json.dumps(replace(TINY_MULT, parameterization="v").to_dict())}
     shapes = {**layout, "model.diffusion_model.input_blocks.0.0.weight": (32, 4, 3, 3)}
-    assert ck.infer_config(shapes, meta).parameterization == "v"
+    assert _infer_config(shapes, meta).parameterization == "v"
     meta_eps = {ck.CONFIG_METADATA_KEY: json.dumps(TINY_MULT.to_dict())}
-    assert ck.infer_config(shapes, meta_eps).parameterization == "eps"
+    assert _infer_config(shapes, meta_eps).parameterization == "eps"

@@ -9,11 +9,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from colorize.errors import CheckpointError, InputError, WeightsMissingError
+from colorize.errors import CheckpointError, InputError, LineExtractorWeightsError, WeightsMissingError
 from colorize.extractors import (
     MODEL_SPECS,
     LineExtractor,
-    LineExtractorWeightsError,
     extract_lines,
     lineart_standard,
     load_line_extractor,

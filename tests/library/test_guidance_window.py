@@ -1,5 +1,7 @@
-"""Advanced controls on tiny weights: guidance window (§2.6, every version), reference padding scale (§2.2),
-crop of the result to the sketch area and background removal of the result (§2.9)."""
+"""Advanced controls of the official app on tiny weights: the guidance start/end and no-guidance window (official
+``refnet/models/basemodel.py:273-280``; here for every version), the reference padding scale
+(``backend/functool.py:120-128``), and the crop of the result to the sketch area and background removal of the
+result (the app's post-processing, ``app.py``), all at commit c9bd9fb."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -11,9 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from colorize.errors import InputError
-from colorize.pipeline import Colorizer
-from colorize.settings import GenerationSettings, reference_off
 from colorize.generate import sample_latent
+from colorize.pipeline import Colorizer
 from colorize.preprocess import (
     content_box,
     crop_to_box,
@@ -24,9 +25,8 @@ from colorize.preprocess import (
     prepare_sketch,
     remove_background,
 )
-from colorize.tiny import write_tiny_weights
-from colorize.settings import EnhanceSettings
-from tests.conftest import VERSIONS
+from colorize.settings import EnhanceSettings, GenerationSettings, reference_off
+from colorize.tiny import VERSIONS, write_tiny_weights
 
 S = GenerationSettings(steps=2, width=64, height=64, sketch_cfg=2.0)  # all three CFG row groups
 ALL_OFF = {"no_guidance": (0.0, 1.0)}  # tr = 1 - t/999 is always in [0, 1]

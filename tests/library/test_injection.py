@@ -1,4 +1,5 @@
-"""Attention injection (official "Attention injection", reference notes §2.7) on tiny weights, all versions."""
+"""Attention injection (the official app's "Attention injection": ``refnet/sampling/hook.py:284-383`` and
+``refnet/models/basemodel.py:399-431`` at commit c9bd9fb) on tiny weights, all versions."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,23 +7,29 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from test_guidance_window import enhance_for, outline_sketch, reference
 from torch import Tensor
 
 from colorize.errors import InputError
-from colorize.injection import AttentionInjector
-from colorize.models.attention import BasicTransformerBlock, CrossAttention
 from colorize.injection import (
-    InjectionBank as AttentionBank,
+    AttentionInjector,
+    InjectionBank,
     WriteComplete,
-    attention_injection,
     injected_self_attention,
+    transformer_block_count,
+)
+from colorize.models.attention import (
+    AttentionCall,
+    AttentionPatches,
+    AttentionSite,
+    BasicTransformerBlock,
+    CrossAttention,
 )
 from colorize.pipeline import Colorizer
-from colorize.settings import GenerationSettings
 from colorize.preprocess import prepare_reference, prepare_sketch
 from colorize.sampling.denoiser import COND, UNCOND_REF, UNCOND_SKETCH
-from tests.conftest import VERSIONS
-from tests.test_guidance_window import enhance_for, outline_sketch, reference
+from colorize.settings import GenerationSettings
+from colorize.tiny import VERSIONS
 
 SIZE = (128, 128)  # the tiny U-Net bottoms out at 1×1 for 64², where GroupNorm refuses a batch of 1
 S = GenerationSettings(steps=2, width=128, height=128, sketch_cfg=2.0, injection=True)
@@ -42,42 +49,53 @@ def test_injected_self_attention_is_attention_over_own_and_bank_tokens() -> None
     torch.manual_seed(0)
     attn = CrossAttention(32, None, heads=2, dim_head=16)
     x, bank = torch.randn(3, 10, 32), torch.randn(3, 7, 32)
+    call = AttentionCall(x, x, AttentionSite(), layer=attn)  # a self-attention layer's call
     injected = by_hand_attention(attn, x, torch.cat([x, bank], 1))
-    torch.testing.assert_close(injected_self_attention(attn, x, bank), injected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(injected_self_attention(call, bank), injected, rtol=1e-5, atol=1e-6)
     plain = by_hand_attention(attn, x, x)
     rows = torch.tensor([1])
-    out = injected_self_attention(attn, x, bank, rows, fidelity=0.3)
+    out = injected_self_attention(call, bank, rows, fidelity=0.3)
     torch.testing.assert_close(out[1], 0.3 * plain[1] + 0.7 * injected[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[[0, 2]], injected[[0, 2]], rtol=1e-5, atol=1e-6)
-    one = injected_self_attention(attn, x, bank, rows, fidelity=1.0)
+    one = injected_self_attention(call, bank, rows, fidelity=1.0)
     torch.testing.assert_close(one[1], plain[1], rtol=1e-5, atol=1e-6)  # fidelity 1: plain on those rows
-    tiny = injected_self_attention(attn, x, bank, rows, fidelity=1e-6)  # official: no blend below 1e-5
+    tiny = injected_self_attention(call, bank, rows, fidelity=1e-6)  # official: no blend below 1e-5
     torch.testing.assert_close(tiny, injected, rtol=1e-5, atol=1e-6)
 
 
-def test_bank_is_scoped_and_detached_on_errors() -> None:
+def _holds(module: torch.nn.Module, obj: object) -> bool:
+    """Whether any submodule of ``module`` keeps a reference to ``obj`` as an attribute."""
+    return any(v is obj for m in module.modules() for v in vars(m).values())
+
+
+def test_bank_is_per_call_and_leaves_no_state_on_errors() -> None:
+    """The bank acts only in the calls it is passed to (``AttentionPatches(self_attention=bank)``): after a
+    failing read and after a write/read, the blocks called without it compute exactly their plain forward."""
     torch.manual_seed(0)
     blocks = torch.nn.ModuleList([BasicTransformerBlock(32, 2, 16, 8), BasicTransformerBlock(32, 2, 16, 8)])
     x, ctx = torch.randn(1, 6, 32), torch.randn(1, 4, 8)
     first = blocks[0](x, ctx)
     y = torch.randn(1, 6, 32)
     plain_y = blocks[0](y, ctx)
-    bank = AttentionBank()
-    with pytest.raises(RuntimeError, match="without a written bank"), attention_injection(blocks, bank):
-        bank.mode = "read"
-        blocks[0](x, ctx)
-    assert blocks[0].injection is None and len(bank) == 0
+    bank = InjectionBank(blocks=2)
+    patches = AttentionPatches(self_attention=bank)
+    # each block at its own site (attention-block index), as the U-Net's SpatialTransformers call them
+    bank.mode = "read"
+    with pytest.raises(RuntimeError, match="without a written bank"):
+        blocks[0](x, ctx, patches, 0)
+    assert not _holds(blocks, bank) and len(bank) == 0
     assert torch.equal(blocks[0](x, ctx), first)
-    with attention_injection(blocks, bank):
-        bank.mode = "write"
-        assert torch.equal(blocks[0](x, ctx), first)  # the write pass attends plainly
-        with pytest.raises(WriteComplete):  # the last block stores and ends the write pass
-            blocks[1](first, ctx)
-        assert len(bank) == 2
-        bank.mode = "read"  # (reading the tokens just written would be plain: [x ‖ x] has x's softmax)
-        assert not torch.allclose(blocks[0](y, ctx), plain_y)
-        assert len(bank) == 1  # consumed
-    assert all(b.injection is None for b in blocks) and len(bank) == 0
+    bank.mode = "write"
+    assert torch.equal(blocks[0](x, ctx, patches, 0), first)  # the write pass attends plainly
+    with pytest.raises(WriteComplete):  # the last block stores and ends the write pass
+        blocks[1](first, ctx, patches, 1)
+    assert len(bank) == 2
+    bank.mode = "read"  # (reading the tokens just written would be plain: [x ‖ x] has x's softmax)
+    assert not torch.allclose(blocks[0](y, ctx, patches, 0), plain_y)
+    assert len(bank) == 1  # consumed
+    # no sticky state: without the processor the blocks compute their plain forward
+    assert not _holds(blocks, bank)
+    assert torch.equal(blocks[0](x, ctx), first) and torch.equal(blocks[0](y, ctx), plain_y)
 
 
 def conditioning(model: Colorizer, version: str, settings: GenerationSettings):  # type: ignore[no-untyped-def]
@@ -92,8 +110,9 @@ def rows_call(model: Colorizer, cond, t: float = 500.0):  # type: ignore[no-unty
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3)).repeat(3, 1, 1, 1)
     tt = torch.full((3,), t)
 
-    def call(x: Tensor, t: Tensor, context: Tensor, hints):  # type: ignore[no-untyped-def]
-        return model.unet(x, t, context, hints, None, **cond.unet_kwargs)
+    def call(x: Tensor, t: Tensor, context: Tensor, hints, self_attention=None):  # type: ignore[no-untyped-def]
+        patches = AttentionPatches(self_attention=self_attention, cross_attention=cond.cross_attention)
+        return model.unet(x, t, context, hints, patches, **cond.unet_kwargs)
     return call, x, tt, context, hints
 
 
@@ -121,13 +140,12 @@ def test_one_write_per_context_equals_the_official_full_batch_write(models: dict
     acp = model.schedule.alphas_cumprod
     ours = AttentionInjector(model.unet, cond.injection, acp, fidelity=0.4, seed=5)(call, x, t, context, hints, ROWS)
     full = AttentionInjector(model.unet, cond.injection, acp, fidelity=0.4, seed=5)
-    bank = AttentionBank(0.4)
-    with attention_injection(model.unet, bank):
-        bank.mode = "write"
-        with pytest.raises(WriteComplete):  # stops once the last block has written
-            call(full.noisy_reference(t, 3, x.device, x.dtype), t, context, None)
-        bank.mode, bank.plain_rows = "read", torch.tensor([1])
-        official = call(x, t, context, hints)
+    bank = InjectionBank(0.4, transformer_block_count(model.unet))
+    bank.mode = "write"
+    with pytest.raises(WriteComplete):  # stops once the last block has written
+        call(full.noisy_reference(t, 3, x.device, x.dtype), t, context, None, bank)
+    bank.mode, bank.plain_rows = "read", torch.tensor([1])
+    official = call(x, t, context, hints, bank)
     torch.testing.assert_close(ours, official, rtol=0, atol=1e-5)
 
 
@@ -192,5 +210,6 @@ def test_injection_reference_batch_must_pair_with_the_generation(models: dict[st
     cond = conditioning(model, "mult", S)
     call, x, t, context, hints = rows_call(model, cond)
     two = replace(cond.injection, latent=cond.injection.latent.repeat(2, 1, 1, 1))
-    with pytest.raises(InputError, match="injection reference batch of 2 cannot be paired with a generation batch of 1"):
+    match = "injection reference batch of 2 cannot be paired with a generation batch of 1"
+    with pytest.raises(InputError, match=match):
         AttentionInjector(model.unet, two, model.schedule.alphas_cumprod)(call, x, t, context, hints, ROWS)

@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from colorize import weights as w
-from colorize.errors import CheckpointError
+from colorize.errors import CheckpointError, SamWeightsError
 from colorize.masks import (
     SAM_VARIANTS,
-    SamWeightsError,
     build_tiny_sam,
     centre_prompt,
     dilate,

@@ -1,37 +1,37 @@
 """The host bridge's library part (``colorize.native``), without ComfyUI: the SD2.1 layout a host builds, the
-split of a checkpoint into host U-Net / colorizer modules, and the per-step math against the library's modules."""
+split of a checkpoint into host U-Net / colorizer modules, and the per-step math (the library's attention
+processors called on a host's ``q, k, v``, the v2 skip warp) against the library's own modules."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from colorize.config import TINY_MULT, UNetConfig
-from colorize.models.attention import CrossAttention
-from colorize.models.split_attention import (
-    BlockSplit,
-    SplitContext,
-    SplitCrossAttention,
-    SplitOptions,
+from colorize.families import get_family, split_checkpoint
+from colorize.families.v2.unet import V2UNet, decoder_skip_channels, warp_skip
+from colorize.models.attention import (
+    AttentionCall,
+    AttentionPatches,
+    AttentionSite,
+    CrossAttention,
+    SpatialTransformer,
+    attend_heads,
+    plain_attention,
 )
-from colorize.models.unet import ATTENTION_BLOCK_ORDER
-from colorize.models.unet import DualCondUNet
-from colorize.families.v2.unet import V2UNet
+from colorize.models.split_attention import MaskTokens, SplitAttention, SplitOptions
+from colorize.models.unet import ATTENTION_BLOCK_ORDER, DualCondUNet, add_split_lora
 from colorize.native import (
     AttentionLora,
-    attend_heads,
     attention_blocks,
     chunk_hints,
     hint_block_indices,
     host_unet_config,
-    mask_tokens,
     read_native_checkpoint,
-    scaled_attention,
-    split_attention,
     split_unet_state_dict,
     token_grid,
-    warp_skip,
 )
 from colorize.native.extras import lora_shapes
 from colorize.tiny import (
@@ -52,7 +52,7 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_host_unet_config_is_sd21_with_conv_projections() -> None:
     cfg = host_unet_config(UNetConfig())
-    # ComfyUI's SD2.1 detection values (host notes §4), except the released 1x1-conv proj_in/out
+    # ComfyUI's SD2.1 model-detection values, except the released 1x1-conv proj_in/out
     assert cfg["num_res_blocks"] == [2, 2, 2, 2] and cfg["channel_mult"] == [1, 2, 4, 4]
     assert cfg["transformer_depth"] == [1, 1, 1, 1, 1, 1, 0, 0]
     assert cfg["transformer_depth_output"] == [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
@@ -78,13 +78,16 @@ def test_attention_blocks_and_hint_indices_follow_the_unet(name: str) -> None:
 def test_unet_keys_split_into_host_unet_and_colorizer_additions(version: str) -> None:
     cfg = tiny_config(version)
     ckpt, _ = build_tiny_state_dicts(cfg)
-    prefix = "model.diffusion_model."
-    base, extra = split_unet_state_dict({k[len(prefix):]: v for k, v in ckpt.items() if k.startswith(prefix)})
+    parts = split_checkpoint(ckpt)
+    with torch.device("meta"):
+        additions = tuple(get_family(version).unet_additions(cfg, parts))
+    assert set(additions) == {"mult": set(), "switch": set(), "v2": {"warp_modules", "style_modules"}}[version]
+    base, extra = split_unet_state_dict(parts["unet"], additions)
     assert set(base) == set(DualCondUNet(cfg.unet, device="meta").state_dict())  # exactly the SD2.1 U-Net
     assert all(".lora_" in k or k.startswith(("warp_modules.", "style_modules.")) for k in extra)
     n_lora = len(lora_shapes(extra))
     assert n_lora == {"mult": 0, "switch": 16, "v2": 9}[version]  # v2: decoder blocks only
-    assert any(k.startswith("warp_modules.") for k in extra) == (version == "v2")
+    assert {k.split(".")[0] for k in extra if ".lora_" not in k} == set(additions)
 
 
 def test_read_native_checkpoint_keeps_every_tensor(tiny_files: dict[str, Path]) -> None:
@@ -113,57 +116,121 @@ def _random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
+def _host_call(attn: CrossAttention, x: torch.Tensor, context: torch.Tensor, site: AttentionSite,
+               lora: AttentionLora | None = None, scale: float = 1.0) -> AttentionCall:
+    """The call a host makes: its own ``q, k, v`` projections (here the layer's weights), its own SDPA kernel,
+    the raw inputs for the LoRA deltas, the bridge's LoRA module; ``to_out`` is applied by the host."""
+    heads = attn.heads
+    return AttentionCall(x, context, site, q=attn.to_q(x), k=attn.to_k(context), v=attn.to_v(context),
+                         attend=lambda q, k, v: attend_heads(q, k, v, heads), scale=scale, lora=lora)
+
+
+def _split_layer(dim: int, ctx_dim: int, heads: int, has_lora: bool, seed: int) -> CrossAttention:
+    """A v1.5/v2 ``attn2`` as the library's U-Net builds it (fg/bg LoRA ranks 2 and 3, or none)."""
+    block = SpatialTransformer(32, heads, dim // heads, ctx_dim, 1, 0)  # 32 channels (GroupNorm), attention width dim
+    add_split_lora(block, ctx_dim, (2, 3) if has_lora else None)
+    return _random_(block.transformer_blocks[0].attn2, seed)
+
+
+def _bridge_lora(attn: CrossAttention) -> AttentionLora:
+    """The bridge's copy of the layer's LoRA pairs (:class:`colorize.native.NativeExtras` holds these)."""
+    shapes = {p: (getattr(attn, p).in_features, getattr(attn, p).out_features, 2, 3) for p in ("to_q", "to_k", "to_v")}
+    lora = AttentionLora(shapes)
+    lora.load_state_dict({k: v for k, v in attn.state_dict().items() if ".lora_" in k})
+    return lora
+
+
 @pytest.mark.parametrize("has_lora", [True, False])
 @pytest.mark.parametrize("flags", [(False, False), (True, False), (True, True)])
-def test_split_attention_from_projections_equals_split_cross_attention(has_lora: bool, flags: tuple[bool, bool]) -> None:
+def test_split_attention_on_host_projections_equals_the_unet_split_path(has_lora: bool,
+                                                                         flags: tuple[bool, bool]) -> None:
     heads, dim, ctx_dim, n = 2, 16, 12, 5
-    attn = _random_(SplitCrossAttention(dim, ctx_dim, heads, dim // heads, (2, 3) if has_lora else None), 0)
-    lora = None
-    if has_lora:
-        shapes = {p: (getattr(attn, p).in_features, dim, 2, 3) for p in ("to_q", "to_k", "to_v")}
-        lora = AttentionLora(shapes)
-        lora.load_state_dict({k: v for k, v in attn.state_dict().items() if ".lora_" in k})
+    attn = _split_layer(dim, ctx_dim, heads, has_lora, 0)
+    assert (attn.lora is not None) == has_lora
+    lora = _bridge_lora(attn) if has_lora else None
     g = torch.Generator().manual_seed(1)
     x, context = torch.randn(4, 9, dim, generator=g), torch.randn(4, 2 * n, ctx_dim, generator=g)
-    mask = torch.rand(4, 9, 1, generator=g)
-    mask[0, :3] = 0.4  # exactly at the threshold: the tie rule differs with and without LoRA
-    options = SplitOptions(torch.zeros(1), threshold=0.4, fg_scale=1.3, bg_scale=0.7, merge_scale=0.2,
+    mask = torch.rand(4, 1, 3, 3, generator=g)  # the latent mask on this block's 3x3 token grid
+    mask[0, 0, 0] = 0.4  # tokens 0..2 exactly at the threshold: the tie rule differs with and without LoRA
+    options = SplitOptions(mask, threshold=0.4, fg_scale=1.3, bg_scale=0.7, merge_scale=0.2,
                            use_fg_lora=flags[0], use_bg_lora=flags[1], lora_scale=0.8)
-    want = attn(x, BlockSplit(context[:, :n], context[:, n:], mask, options), 0.9)
-    out = split_attention(attn.to_q(x), attn.to_k(context), attn.to_v(context), x=x, context=context, mask=mask,
-                          options=options, scale=0.9, lora=lora, attend=lambda q, k, v: attend_heads(q, k, v, heads))
+    site = AttentionSite(0, 0, True, (3, 3))
+    # the library's U-Net path: the layer with the split processor and the block's reference strength 0.9
+    want = attn(x, context, AttentionPatches(cross_attention=SplitAttention(options), reference_scales=[0.9]), site)
+    out = SplitAttention(options)(_host_call(attn, x, context, site, lora, scale=0.9))
     torch.testing.assert_close(attn.to_out(out), want, rtol=1e-5, atol=1e-6)
 
 
-def test_scaled_attention_equals_cross_attention_with_a_reference_scale() -> None:
+def test_plain_attention_on_host_projections_equals_cross_attention_with_a_reference_scale() -> None:
     attn = _random_(CrossAttention(16, 12, 4, 4), 2)
     g = torch.Generator().manual_seed(3)
     x, ctx = torch.randn(2, 7, 16, generator=g), torch.randn(2, 5, 12, generator=g)
-    out = scaled_attention(attn.to_q(x), attn.to_k(ctx), attn.to_v(ctx), 0.6, lambda q, k, v: attend_heads(q, k, v, 4))
-    torch.testing.assert_close(attn.to_out(out), attn(x, ctx, 0.6), rtol=1e-5, atol=1e-6)
+    site = AttentionSite(0, 0, True, (7, 1))
+    want = attn(x, ctx, AttentionPatches(reference_scales=[0.6]), site)
+    out = plain_attention(_host_call(attn, x, ctx, site, scale=0.6))
+    torch.testing.assert_close(attn.to_out(out), want, rtol=1e-5, atol=1e-6)
+    # the same through the per-call patches, as the bridge's attention patch hands them the host's call
+    out = AttentionPatches(reference_scales=[0.6])(_host_call(attn, x, ctx, site))
+    torch.testing.assert_close(attn.to_out(out), want, rtol=1e-5, atol=1e-6)
 
 
-def test_mask_tokens_and_token_grid_match_split_context() -> None:
-    mask = torch.rand(2, 1, 12, 10, generator=torch.Generator().manual_seed(4))
-    ctx = SplitContext(torch.zeros(6, 8, 3), SplitOptions(mask))
-    for tokens in (120, 30, 9, 4):
+def test_token_grid_recovers_the_grid_the_split_mask_is_resized_to() -> None:
+    """A host that hands over only the token count: the grid :func:`token_grid` recovers gives the split
+    processor the mask tokens of the block's true grid (bicubic-resized latent mask, tiled over the model
+    batch) and so the same result as the library's U-Net, which passes that grid itself."""
+    g = torch.Generator().manual_seed(4)
+    mask = torch.rand(2, 1, 12, 10, generator=g)
+    tokens_of = MaskTokens(mask)
+    options = SplitOptions(mask, threshold=0.5)
+    attn = _split_layer(16, 12, 2, False, 5)
+    for true_grid in ((12, 10), (6, 5), (3, 3), (2, 2)):  # each Downsample halves a side, rounding up
+        tokens = true_grid[0] * true_grid[1]
         h, w = token_grid(tokens, 12, 10)
-        assert h * w == tokens
-        torch.testing.assert_close(mask_tokens(mask, h, w, 6), ctx.mask_tokens(h, w))
+        assert (h, w) == true_grid
+        want = mask if (h, w) == (12, 10) else F.interpolate(mask, size=(h, w), mode="bicubic", align_corners=False)
+        want = want.flatten(2).transpose(1, 2).repeat(3, 1, 1)  # (6, h·w, 1): the mask tiled over 6 rows
+        torch.testing.assert_close(tokens_of((h, w), 6, mask.device), want)
+        x, ctx = torch.randn(6, tokens, 16, generator=g), torch.randn(6, 8, 12, generator=g)
+        unet_path = attn(x, ctx, AttentionPatches(cross_attention=SplitAttention(options)),
+                         AttentionSite(0, 0, True, true_grid))
+        host = SplitAttention(options)(_host_call(attn, x, ctx, AttentionSite(0, 0, True, (h, w))))
+        torch.testing.assert_close(attn.to_out(host), unet_path, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError):
         token_grid(7, 12, 10)
 
 
+@torch.no_grad()
 def test_warp_skip_equals_the_v2_unet_decoder_warp() -> None:
+    """The bridge replaces each decoder skip by ``warp_skip`` of it (its ``output_block_patch``: the latent mask
+    as tokens of the skip's grid, the per-image background tokens tiled over the CFG batch); a plain U-Net
+    pass patched that way equals the v2 U-Net's own warped decoder."""
     cfg = tiny_config("v2")
-    unet = _random_(V2UNet(cfg.unet, warp_dim_head=16), 5)
+    unet = _random_(V2UNet(cfg.unet, warp_dim_head=16), 5).eval()
     g = torch.Generator().manual_seed(6)
-    skip, bg = torch.randn(4, 64, 4, 4, generator=g), torch.randn(2, 16, 64, generator=g)
+    x, t = torch.randn(4, 4, 16, 16, generator=g), torch.tensor([500.0, 500.0, 20.0, 20.0])
+    ctx = torch.randn(4, 8, cfg.unet.context_dim, generator=g)
     mask = torch.rand(2, 1, 16, 16, generator=g)
-    ctx = SplitContext(torch.zeros(4, 8, 64), SplitOptions(mask))
-    want = unet._warp(2, skip, bg.repeat(2, 1, 1), ctx, 0.3)
-    got = warp_skip(unet.warp_modules[2], skip, bg, mask_tokens(mask, 4, 4, 4), 0.3)
+    hs_bg = [torch.randn(2, 6, c, generator=g) for c in decoder_skip_channels(cfg.unet)]
+    want = unet(x, t, ctx, hs_bg=hs_bg, warp_mask=mask, warp_threshold=0.3)
+
+    masks = MaskTokens(mask)
+
+    def bridge_warp(i: int, c: int):  # type: ignore[no-untyped-def]
+        def hook(module, args):  # type: ignore[no-untyped-def]
+            h, skip = args[0][:, :-c], args[0][:, -c:]
+            tokens = masks(tuple(skip.shape[-2:]), skip.shape[0], skip.device)
+            return (torch.cat([h, warp_skip(unet.warp_modules[i], skip, hs_bg[i], tokens, 0.3)], 1), *args[1:])
+        return hook
+
+    hooks = [block.register_forward_pre_hook(bridge_warp(i, c))
+             for i, (block, c) in enumerate(zip(unet.output_blocks, decoder_skip_channels(cfg.unet)))]
+    try:
+        got = unet(x, t, ctx)
+    finally:
+        for hk in hooks:
+            hk.remove()
     torch.testing.assert_close(got, want)
+    assert (unet(x, t, ctx) - want).abs().max() > 1e-4  # the warp acts, so the test can fail
 
 
 def test_chunk_hints_pick_the_blank_sketch_only_for_sketch_unconditional_chunks() -> None:

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from colorize.cli import main
 from colorize.errors import InputError
 from colorize.pipeline import Colorizer
-from colorize.settings import GenerationSettings
 from colorize.sampling import SAMPLERS
+from colorize.settings import GenerationSettings
 from colorize.tiny import write_tiny_weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -231,9 +231,9 @@ def test_pipeline_sampling_matches_the_official_loop(fixture_dir: Path, case: st
     from dataclasses import replace as dc_replace
 
     from colorize.config import TINY_MULT
+    from colorize.generate import Conditioning, noise_schedule, sample_latent
     from colorize.models.unet import DualCondUNet, config_from_official
     from colorize.parity.core import load_fixture
-    from colorize.generate import Conditioning, noise_schedule, sample_latent
 
     fx = load_fixture(fixture_dir / "sampler.json")
     ucfg = config_from_official(fx.config["unet_config"]["params"])

@@ -11,12 +11,20 @@ from _helpers import randomize as _randomize
 from _helpers import state_shapes as _shapes
 
 from colorize.config import FULL_MULT, TINY_MULT, UNetConfig
-from colorize.models.attention import SpatialTransformer
+from colorize.models.attention import AttentionPatches, SpatialTransformer
 from colorize.models.sketch_encoder import SketchEncoder
-from colorize.models.unet import ATTENTION_BLOCK_ORDER, BLOCK_SCALE_FACTORS
-from colorize.settings import LEVEL_GROUPS, block_reference_scales, level_reference_scales
-from colorize.models.unet import DualCondUNet, timestep_embedding
+from colorize.models.unet import (
+    ATTENTION_BLOCK_ORDER,
+    BLOCK_SCALE_FACTORS,
+    DualCondUNet,
+    timestep_embedding,
+)
 from colorize.parity.core import load_fixture, run_fixture
+from colorize.settings import (
+    LEVEL_GROUPS,
+    block_reference_scales,
+    level_reference_scales,
+)
 
 UNET_PREFIX = "model.diffusion_model."
 SKETCH_PREFIX = "control_encoder."
@@ -79,16 +87,18 @@ def test_reference_scales_none_equals_all_ones_and_scales_act(tiny) -> None:
     x, t, ctx, sk = _inputs()
     hints = sketch(sk)
     base = unet(x, t, ctx, hints)
-    torch.testing.assert_close(unet(x, t, ctx, hints, reference_scales=[1.0] * 16), base, rtol=0, atol=0)
-    torch.testing.assert_close(unet(x, t, ctx, hints, reference_scales=torch.ones(16)), base, rtol=1e-6, atol=1e-6)
+    ones = unet(x, t, ctx, hints, attention=AttentionPatches(reference_scales=[1.0] * 16))
+    torch.testing.assert_close(ones, base, rtol=0, atol=0)
+    ones_tensor = unet(x, t, ctx, hints, attention=AttentionPatches(reference_scales=torch.ones(16)))
+    torch.testing.assert_close(ones_tensor, base, rtol=1e-6, atol=1e-6)
     for block in (0, 6, 15):  # every level of the U-Net reacts to its own scale
         scales = [1.0] * 16
         scales[block] = 0.3
-        assert (unet(x, t, ctx, hints, reference_scales=scales) - base).abs().max() > 1e-4
+        assert (unet(x, t, ctx, hints, attention=AttentionPatches(reference_scales=scales)) - base).abs().max() > 1e-4
     # No state is kept between calls.
     torch.testing.assert_close(unet(x, t, ctx, hints), base, rtol=0, atol=0)
     with pytest.raises(ValueError):
-        unet(x, t, ctx, hints, reference_scales=[1.0] * 15)
+        unet(x, t, ctx, hints, attention=AttentionPatches(reference_scales=[1.0] * 15))
 
 
 @torch.no_grad()
@@ -96,7 +106,7 @@ def test_reference_scale_zero_equals_empty_reference(tiny) -> None:
     """Scale 0 removes softmax·v, which is what a zero context (and context=None) gives."""
     unet, _ = tiny
     x, t, ctx, _ = _inputs()
-    zero_scaled = unet(x, t, ctx, reference_scales=[0.0] * 16)
+    zero_scaled = unet(x, t, ctx, attention=AttentionPatches(reference_scales=[0.0] * 16))
     torch.testing.assert_close(unet(x, t, torch.zeros_like(ctx)), zero_scaled, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(unet(x, t, None), zero_scaled, rtol=1e-5, atol=1e-5)
 
@@ -106,9 +116,10 @@ def test_per_row_scales_match_separate_calls(tiny) -> None:
     unet, _ = tiny
     x, t, ctx, _ = _inputs()
     rows = torch.stack([torch.full((16,), 0.5), torch.linspace(0.2, 1.8, 16)], dim=1)  # (16, b)
-    both = unet(x, t, ctx, reference_scales=rows)
+    both = unet(x, t, ctx, attention=AttentionPatches(reference_scales=rows))
     for i in range(2):
-        one = unet(x[i : i + 1], t[i : i + 1], ctx[i : i + 1], reference_scales=rows[:, i].tolist())
+        scales = AttentionPatches(reference_scales=rows[:, i].tolist())
+        one = unet(x[i : i + 1], t[i : i + 1], ctx[i : i + 1], attention=scales)
         torch.testing.assert_close(both[i : i + 1], one, rtol=1e-5, atol=1e-5)
 
 
@@ -195,12 +206,13 @@ def test_odd_latent_sizes_and_scalar_timestep(tiny) -> None:
 def test_half_precision_weights(tiny, dtype: torch.dtype) -> None:
     unet, sketch = tiny
     x, t, ctx, sk = _inputs()
-    ref = unet(x, t, ctx, sketch(sk), reference_scales=[0.7] * 16)
+    ref = unet(x, t, ctx, sketch(sk), attention=AttentionPatches(reference_scales=[0.7] * 16))
     half = DualCondUNet(TINY_MULT.unet, dtype=dtype).eval()
     half.load_state_dict(unet.state_dict())
     half_sketch = SketchEncoder(TINY_MULT.sketch, dtype=dtype).eval()
     half_sketch.load_state_dict(sketch.state_dict())
-    out = half(x.to(dtype), t, ctx.to(dtype), half_sketch(sk.to(dtype)), reference_scales=[0.7] * 16)
+    scales = AttentionPatches(reference_scales=[0.7] * 16)
+    out = half(x.to(dtype), t, ctx.to(dtype), half_sketch(sk.to(dtype)), attention=scales)
     assert out.dtype == dtype
     err = (out.float() - ref).abs().max() / ref.abs().max()
     assert err < 0.1

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from colorize import weights as w
-from colorize.checkpoint import PARAMETERIZATION
 from colorize.errors import WeightsMissingError
+from colorize.families import get_family
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASED = {"mult-eps-ft.safetensors", "mult-eps-newft.safetensors", "switch-eps.safetensors", "v2-full.safetensors"}
@@ -64,7 +64,7 @@ def test_manifest_schema() -> None:
     for e in ckpts:
         assert e["licence"] == "CC-BY-NC-SA-4.0" and e["repo_id"] == "tellurion/ColorizeDiffusion"
         assert e["models_subdir"] == "colorizediffusion"
-        assert e["parameterization"] == PARAMETERIZATION[e["version"]]
+        assert e["parameterization"] == get_family(e["version"]).parameterization
     for e in entries:
         if e["kind"].startswith("clip"):
             assert e["models_subdir"] == "clip_vision"

@@ -226,7 +226,7 @@ def test_sampler_reports_progress_and_stops_on_cancel(model: Any, encoder: Any, 
 
 
 def test_sampler_rejects_tokens_of_another_width(model: Any, encoder: Any) -> None:
-    from nodes.types import ReferenceTokens
+    from nodes.sockets import ReferenceTokens
 
     hints = M["ColorizeDiffusionSketchHints"]().encode(model, prepared(64), 1.0)[0]
     with pytest.raises(InputError, match="1024-dimensional"):

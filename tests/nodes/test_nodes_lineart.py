@@ -15,14 +15,8 @@ from _helpers import ProgressRecorder
 from torch import nn
 
 import colorize.weights as w
-from colorize.errors import InputError, WeightsMissingError
-from colorize.extractors import (
-    MODEL_SPECS,
-    NO_WEIGHT_METHODS,
-    LineExtractorWeightsError,
-    extract_lines,
-    load_line_extractor,
-)
+from colorize.errors import InputError, LineExtractorWeightsError, WeightsMissingError
+from colorize.extractors import MODEL_SPECS, NO_WEIGHT_METHODS, extract_lines, load_line_extractor
 from colorize.weights import hub_url, manifest_entry
 from nodes import NODE_CLASS_MAPPINGS as M
 from nodes import lineart as node_lineart

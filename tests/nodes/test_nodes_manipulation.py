@@ -22,7 +22,7 @@ from colorize.tiny import write_tiny_weights
 from nodes import NODE_CLASS_MAPPINGS as M
 from nodes.manipulation import ControlHeatmap, TextEdit
 from nodes.reference import EncodedReference, OpenClipReference
-from nodes.types import ReferenceTokens
+from nodes.sockets import ReferenceTokens
 
 REPO = Path(__file__).resolve().parents[2]
 CKPT, CLIP = "mult-eps-ft.safetensors", "open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors"
