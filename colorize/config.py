@@ -69,6 +69,11 @@ class ClipConfig:
         default_factory=lambda: {"context_length": 77, "vocab_size": 49408, "width": 1024, "heads": 16, "layers": 24}
     )
 
+    @property
+    def tokens(self) -> int:
+        """Patch tokens of the vision tower (256 for ViT-H/14 at 224²): the reference context length."""
+        return (int(self.vision.get("image_size", 224)) // int(self.vision.get("patch_size", 14))) ** 2
+
     def open_clip_config(self) -> dict[str, Any]:
         return {"embed_dim": self.embed_dim, "vision_cfg": dict(self.vision), "text_cfg": dict(self.text)}
 

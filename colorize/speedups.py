@@ -6,8 +6,9 @@ original ``forward``, with a warning, whenever the fast path fails. :func:`eager
 speed-up off for a block (FLOP counting, which must see the eager operators). :func:`remove` undoes one.
 
 CUDA graphs target the launch-bound small sizes (512²: ~25 kernels' worth of Python per block, ~1000 launches
-per U-Net call): one graph per static input signature (shapes, dtypes, float reference scales) is captured
-after a warm-up and replayed with the inputs copied into its static buffers.
+per U-Net call): one graph per static input signature (shapes, dtypes, and the attention patches' own key: plain
+processors with float reference strengths, ``AttentionPatches.graph_key``) is captured after a warm-up and
+replayed with the inputs copied into its static buffers.
 """
 from __future__ import annotations
 
@@ -127,8 +128,9 @@ def to_channels_last(*modules: nn.Module) -> int:
 
 
 def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
-    """A hashable key of tensor shapes/dtypes/devices and plain values; ``None`` when a call cannot be graphed
-    (a non-CUDA tensor, a tensor reference scale, extra keyword inputs)."""
+    """A hashable key of tensor shapes/dtypes/devices, plain values and objects' ``graph_key()``; ``None`` when a
+    call cannot be graphed (a non-CUDA tensor, an object without a key, e.g. attention patches with processors or
+    tensor strengths, extra keyword inputs)."""
     if kwargs:
         return None
     key: list[Any] = []
@@ -144,6 +146,8 @@ def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]
             key.append((type(a).__name__, sub))
         elif a is None or isinstance(a, (int, float, bool, str)):
             key.append(a)
+        elif callable(getattr(a, "graph_key", None)) and (sub := a.graph_key()) is not None:
+            key.append(sub)
         else:
             return None
     return tuple(key)

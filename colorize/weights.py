@@ -378,7 +378,6 @@ __all__ = [
     "DEFAULT_CLIP",
     "MODELS_DIR_ENV",
     "REQUIRED_FIELDS",
-    "WeightsMissingError",
     "candidate_paths",
     "default_checkpoint_name",
     "default_clip_name",

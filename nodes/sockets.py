@@ -43,7 +43,7 @@ class ColorizeModel:
         """One line for the UI: file, family detected from the keys, prediction type, precision."""
         tiny = "; tiny random test weights" if self.config.tiny else ""
         dtype = str(self.dtype).replace("torch.", "")
-        return (f"{self.name}: {describe_family(self.config)}, {self.config.parameterization}-prediction, "
+        return (f"{self.name}: {get_family(self.config.version).title}, {self.config.parameterization}-prediction, "
                 f"U-Net {dtype}{tiny}")
 
 
@@ -86,13 +86,6 @@ class SketchHints:
         return int(self.sketch.shape[-2]), int(self.sketch.shape[-1])
 
 
-def describe_family(config: ColorizerConfig) -> str:
-    """``ColorizeDiffusion v1.5 (switch)``: the family detected from the keys, as users know it."""
-    family = get_family(config.version)
-    name = family.label if family.label == family.name else f"{family.label} ({family.name})"
-    return f"ColorizeDiffusion {name}"
-
-
 def image_to_bchw(image: Tensor) -> Tensor:
     """ComfyUI IMAGE (B, H, W, C) in [0, 1] → (B, C, H, W) float32 in [0, 1]."""
     if image.ndim == 3:  # a single image without batch dimension
@@ -116,6 +109,5 @@ __all__ = [
     "ReferenceTokens",
     "SketchHints",
     "bchw_to_image",
-    "describe_family",
     "image_to_bchw",
 ]

@@ -79,7 +79,7 @@ class AugmentConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Diffusion objective (official ``refnet/models/trainer.py:64-108``; thesis Eq. 5.2 / 5.3)."""
+    """Diffusion objective (official ``refnet/models/trainer/trainer.py:64-108``; thesis Eq. 5.2 / 5.3)."""
 
     prediction: Literal["eps", "v"] = "eps"
     noisy_reference: bool = False

@@ -70,9 +70,7 @@ class TrainModules:
         return FrozenEncoders(self.vae, self.clip, self.config.vae.downsample_factor)
 
     def noise_spec(self) -> NoiseSpec:
-        v = self.config.clip.vision
-        grid = int(v.get("image_size", 224)) // int(v.get("patch_size", 14))
-        return NoiseSpec(self.config.vae.embed_dim, self.config.vae.downsample_factor, grid * grid,
+        return NoiseSpec(self.config.vae.embed_dim, self.config.vae.downsample_factor, self.config.clip.tokens,
                          self.config.clip.embed_dim, self.config.schedule.timesteps)
 
 

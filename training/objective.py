@@ -1,4 +1,4 @@
-"""The diffusion training objective (official ``refnet/models/trainer.py:64-108``; thesis §5.4, Eq. 5.2 and 5.3).
+"""The diffusion training objective (official ``refnet/models/trainer/trainer.py:64-108``; thesis §5.4, Eq. 5.2 and 5.3).
 
 ``z_t = √ᾱ_t z + √(1-ᾱ_t) ε`` with ``t ~ U{0..T-1}``; target ε (eps) or ``v = √ᾱ_t ε - √(1-ᾱ_t) z``; plain MSE,
 optionally min-SNR-γ weighted. Offset noise adds ``offset · N(0,1)`` per (sample, channel) to ε.

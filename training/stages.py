@@ -12,7 +12,7 @@ Module groups: ``unet``, ``sketch_encoder`` (trainable in v1), ``vae``, ``clip``
 ``unet.lora`` (the fg/bg LoRA pairs inside the U-Net), ``thresh_embedder`` and ``recovery_transformer``; v2 adds
 ``unet.warp`` / ``unet.style`` (the background / style injection modules), ``bg_encoder`` and ``style_encoder``.
 
-Thesis vs official code (``refnet/models/trainer.py:64-172``, ``configs/training/*.yaml``): the thesis trains
+Thesis vs official code (``refnet/models/trainer/trainer.py:64-172``, ``configs/training/*.yaml``): the thesis trains
 Stage I with noisy references and a 10 % reference
 drop, then Stage II with clean references and a 50 % drop; the released ``mult`` training config has
 ``noisy_training`` off and ``ucg_rate`` 0.5 (i.e. Stage II settings, or the thesis' *Drop-0.5* ablation) and

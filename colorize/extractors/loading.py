@@ -116,7 +116,7 @@ def load_line_extractor(
     """Load SketchKeras / Anime2Sketch / MangaLineExtraction from a file, manifest name or model name.
 
     The network is recognised from the weights' keys (``kind`` only checks it). Foreign or damaged
-    files raise :class:`LineExtractorWeightsError` / :class:`colorize.checkpoint.CheckpointError`.
+    files raise :class:`LineExtractorWeightsError` / :class:`colorize.errors.CheckpointError`.
     """
     path = resolve_line_extractor_path(name_or_path, models_dir, download)
     state_dict = load_state_dict_file(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -105,14 +106,17 @@ class Family:
     components: ClassVar[dict[str, str]] = {}
     #: families whose files this family's training stages can start from (``name`` values)
     training_sources: ClassVar[tuple[str, ...]] = ()
-    #: folder of this family's package (its key layout ``keys.json.gz`` lies there)
-    folder: ClassVar[Path] = Path(__file__).resolve().parent
 
     # ------------------------------------------------------------------ detection and config
     def matches(self, keys: Collection[str]) -> bool:
-        """Whether a state dict with these keys is this family's (the registry asks the most specific first)."""
-        return any(k.startswith("model.diffusion_model.") for k in keys) and any(
-            k.startswith("control_encoder.") for k in keys)
+        """Whether a state dict with these keys is this family's (the registry asks the most specific first): v1's
+        markers are a U-Net and a sketch encoder."""
+        return has_unet(keys) and any(k.startswith("control_encoder.") for k in keys)
+
+    @property
+    def folder(self) -> Path:
+        """This family's folder (the package that defines it; its key layout ``keys.json.gz`` lies there)."""
+        return Path(sys.modules[type(self).__module__].__file__).resolve().parent  # type: ignore[arg-type]
 
     def layout(self) -> dict[str, tuple[int, ...]]:
         """Key → shape of the released full-size model (incl. CLIP and schedule buffers, which files may lack)."""
@@ -174,13 +178,19 @@ class Family:
     def training_model(self, start: TrainingStart) -> tuple[ColorizerConfig, nn.Module, nn.Module]:
         """``(export config, trainable model, VAE)`` of this family's training stages, from ``start``. The model is
         an ``nn.Module`` whose attributes are checkpoint components, with ``groups()`` (the module groups stages
-        name as trainable), ``training_inputs(batch, encoders, autocast)`` → ``(reference tokens, forward
-        arguments)`` and ``preview_inputs(tokens, batch, encode_tokens)`` → ``(context, UNetInputs-like
-        arguments)`` (see ``families/v1/training.py``)."""
+        name as trainable), ``training_inputs(batch, latent, encoders, autocast, **stage_options)`` →
+        ``(reference tokens, forward arguments)`` and ``preview_inputs(tokens, batch, encode_tokens,
+        latent_factor)`` → ``(context, cross-attention processor, U-Net arguments)`` (see
+        ``families/v1/training.py``)."""
         raise NotImplementedError(f"{self.label} has no training stage")
 
     def __repr__(self) -> str:
         return f"<family {self.name} ({self.label})>"
+
+
+def has_unet(keys: Collection[str]) -> bool:
+    """Whether the keys hold an SD-style U-Net (``model.diffusion_model.*``)."""
+    return any(k.startswith("model.diffusion_model.") for k in keys)
 
 
 @lru_cache(maxsize=None)
@@ -190,4 +200,4 @@ def _layout(path: Path) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple((k, tuple(v)) for k, v in json.loads(gzip.decompress(path.read_bytes())).items())
 
 
-__all__ = ["Encoder", "Family", "Parts", "SeparationInputs", "TrainingStart", "UNetInputs"]
+__all__ = ["Encoder", "Family", "Parts", "SeparationInputs", "TrainingStart", "UNetInputs", "has_unet"]

@@ -197,7 +197,7 @@ def load_sam(
     """Load SAM from a ``.pth``/``.safetensors`` file, a manifest name or a variant name.
 
     The variant is read from the weights (``variant`` only checks it). Missing files raise
-    :class:`colorize.weights.WeightsMissingError` with download instructions; unreadable or
+    :class:`colorize.errors.WeightsMissingError` with download instructions; unreadable or
     foreign files raise :class:`SamWeightsError` / :class:`CheckpointError`.
     """
     path = resolve_sam_path(name_or_path, models_dir, download)

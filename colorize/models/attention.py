@@ -17,7 +17,7 @@ layer runs :func:`plain_attention`. The extensions built on it:
   :class:`colorize.models.split_attention.SplitAttention`;
 * attention injection (official app): the self-attention processor of :mod:`colorize.injection`;
 * the native ComfyUI bridge: the host projects ``q, k, v`` itself and calls the same processors with an
-  :class:`AttentionCall` that carries them (``colorize.native``).
+  :class:`AttentionCall` that carries them (``nodes/native/patches.py``).
 """
 from __future__ import annotations
 
@@ -162,6 +162,12 @@ class AttentionPatches:
                                      f"cross-attention block #{call.site.index}: give one per attention block")
                 call.scale = self.reference_scales[call.site.index]
         return plain_attention(call) if processor is None else processor(call)
+
+    def check_blocks(self, blocks: int) -> None:
+        """A clear error unless there is one reference strength per cross-attention block (when any are given)."""
+        if self.reference_scales is not None and len(self.reference_scales) != blocks:
+            raise ValueError(f"expected {blocks} reference scales (one per attention block), got "
+                             f"{len(self.reference_scales)}")
 
     def graph_key(self) -> tuple[Any, ...] | None:
         """A hashable key when a captured CUDA graph can replay this call (plain processors, float scales);

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from colorize.checkpoint.common import shape_of
+
 Branch = Literal["fg", "bg"]
 Rank = int | float
 LoraBlocks = Literal["all", "output", "none"]
@@ -58,9 +60,6 @@ def lora_config_from_official(params: Mapping[str, Any], blocks: LoraBlocks = "a
     return SplitLoraConfig(fg_rank=params.get("fr", 4), bg_rank=params.get("br", 0.5), blocks=blocks)
 
 
-def _shape(v: Any) -> tuple[int, ...]:
-    return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
-
 
 def _infer_rank(ranks: list[tuple[int, int, int]]) -> Rank:
     """One rank spec reproducing every (rank, in, out) triple: absolute if constant, else a fraction."""
@@ -83,8 +82,8 @@ def infer_lora_config(unet: Mapping[str, Any]) -> SplitLoraConfig | None:
         m = re.match(r"(.*attn2\.to_[qkv])\.lora_down_(fg|bg)\.weight$", k)
         if not m:
             continue
-        r, i = _shape(v)
-        o = _shape(unet[m.group(1) + ".weight"])[0]
+        r, i = shape_of(v)
+        o = shape_of(unet[m.group(1) + ".weight"])[0]
         (fg if m.group(2) == "fg" else bg).append((r, i, o))
         in_decoder.append(k.startswith("output_blocks."))
     if not fg:

@@ -273,13 +273,15 @@ class DualCondUNet(nn.Module):
         processors and per-block reference strengths (:class:`~colorize.models.attention.AttentionPatches`;
         ``None`` = plain attention, all strengths 1).
         """
+        if attention is not None:
+            attention.check_blocks(self.num_attention_blocks)
         if context is not None:
             context = context.to(self.dtype)
         emb = self._embed(timesteps, x)
         h, skips = self._encode(x, emb, context, attention, hints)
         return self._head(self._decode(h, skips, emb, context, attention), x)
 
-    # Forward pieces, shared with variants that change one stage (e.g. the v2 decoder).
+    # Forward pieces, shared with U-Nets that change one stage (e.g. the v2 decoder).
     def _embed(self, timesteps: Tensor, x: Tensor) -> Tensor:
         """Time embedding ``time_embed(sinusoid(t))`` (b, 4·model_channels) in the model dtype."""
         t = timesteps.reshape(-1).to(x.device)

@@ -250,10 +250,14 @@ def vae_config_from_ddconfig(params: dict) -> tuple[VAEConfig, dict]:
 
 
 @torch.no_grad()
-def posterior_latent(vae: nn.Module, image: Tensor, noise: Tensor | None = None) -> Tensor:
+def posterior_latent(vae: nn.Module, image: Tensor, noise: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> Tensor:
     """Image in [-1, 1] → diffusion latent ``scale_factor · z``: ``z`` the posterior sample with the given
-    standard-normal draw (the official ``posterior.sample()``), or the posterior mean when ``noise`` is None."""
+    standard-normal draw (the official ``posterior.sample()``) or one drawn from ``generator`` (on the CPU), or the
+    posterior mean when neither is given."""
     post = vae.encode(image)
+    if noise is None and generator is not None:
+        noise = torch.randn(post.mean.shape, generator=generator)
     z = post.mean if noise is None else post.mean + post.std * noise.to(post.mean)
     return z * vae.cfg.scale_factor
 
@@ -266,12 +270,9 @@ class SeededLatentEncoder:
         self.vae = vae
         self.generator = torch.Generator().manual_seed(int(seed))
 
-    @torch.no_grad()
     def __call__(self, image: Tensor) -> Tensor:
         w = next(self.vae.parameters())
-        post = self.vae.encode(image.to(w.device, w.dtype))
-        noise = torch.randn(post.mean.shape, generator=self.generator).to(post.mean)
-        return (post.mean + post.std * noise) * self.vae.cfg.scale_factor
+        return posterior_latent(self.vae, image.to(w.device, w.dtype), generator=self.generator)
 
 
 __all__ = ["AutoencoderKL", "DiagonalGaussian", "SeededLatentEncoder", "posterior_latent", "vae_config_from_ddconfig"]

@@ -19,9 +19,9 @@ from .patches import Shared, on_device, set_patch
 class WarpPatch(Shared):
     """v2: replaces the background part of each decoder skip by its warped version (before the concat)."""
 
-    def __init__(self, parts: NativeParts, hs_bg: list[Tensor], mask: Tensor, threshold: float) -> None:
+    def __init__(self, parts: NativeParts, hs_bg: list[Tensor], mask: Tensor | MaskTokens, threshold: float) -> None:
         self.parts, self.hs_bg, self.threshold = parts, hs_bg, float(threshold)
-        self.mask_tokens = MaskTokens(mask)
+        self.mask_tokens = mask if isinstance(mask, MaskTokens) else MaskTokens(mask)
 
     def __call__(self, h: Tensor, hsp: Tensor, transformer_options: dict[str, Any]) -> tuple[Tensor, Tensor]:
         i = int(transformer_options["block"][1])

@@ -17,10 +17,10 @@ from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
 from colorize.errors import InputError
+from colorize.families import get_family
 from colorize.native import NativeCheckpoint, attention_blocks, hint_block_indices, host_unet_config, read_vae
 
 from ..host import ManagedModule, comfy_module, offload_device
-from ..sockets import describe_family
 
 COLORIZE_NATIVE = "COLORIZE_NATIVE"
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -58,7 +58,7 @@ class NativeParts:
 
     def describe(self) -> str:
         tiny = "; tiny random test weights" if self.config.tiny else ""
-        return (f"{self.name}: {describe_family(self.config)} as a native SD2.x MODEL, "
+        return (f"{self.name}: {get_family(self.config.version).title} as a native SD2.x MODEL, "
                 f"{self.config.parameterization}-prediction, {str(self.dtype).replace('torch.', '')}{tiny}")
 
 

@@ -111,8 +111,9 @@ def test_reference_strength_scales_each_cross_attention_block(unet: DualCondUNet
     # strength 0 everywhere = the empty reference (zero context): the cross-attention result is exactly 0
     zero = unet(x, t, ctx, None, AttentionPatches(reference_scales=[0.0] * NUM_ATTENTION_BLOCKS))
     torch.testing.assert_close(zero, unet(x, t, torch.zeros_like(ctx), None), atol=1e-6, rtol=1e-6)
-    with pytest.raises(ValueError, match="3 reference scales given, but the U-Net has a cross-attention block #3"):
-        unet(x, t, ctx, None, AttentionPatches(reference_scales=[1.0] * 3))
+    for count in (3, 17):
+        with pytest.raises(ValueError, match=f"expected 16 reference scales .one per attention block., got {count}"):
+            unet(x, t, ctx, None, AttentionPatches(reference_scales=[1.0] * count))
 
 
 def test_a_processor_is_called_even_when_it_is_falsy(unet: DualCondUNet) -> None:
@@ -147,9 +148,17 @@ def test_processors_leave_no_state_on_the_modules(unet: DualCondUNet) -> None:
 
 
 def test_graph_key_only_for_plain_float_patches() -> None:
-    assert AttentionPatches(reference_scales=[1.0, 0.5]).graph_key() == ("attention", (1.0, 0.5))
-    assert AttentionPatches(reference_scales=[torch.tensor(1.0)]).graph_key() is None
-    assert AttentionPatches(cross_attention=plain_attention).graph_key() is None
+    """A CUDA graph may replay a call whose patches are plain processors with float strengths (the key holds the
+    strengths); processors or tensor strengths make the call ungraphable."""
+    from colorize.speedups import _signature
+
+    plain = AttentionPatches(reference_scales=[1.0, 0.5])
+    assert plain.graph_key() == ("attention", (1.0, 0.5))
+    assert _signature((1, [2.0], plain), {}) == (1, ("list", (2.0,)), ("attention", (1.0, 0.5)))
+    assert _signature((1, AttentionPatches(reference_scales=[0.5])), {}) != _signature((1, plain), {})
+    for ungraphable in (AttentionPatches(reference_scales=[torch.tensor(1.0)]),
+                        AttentionPatches(cross_attention=plain_attention)):
+        assert ungraphable.graph_key() is None and _signature((1, ungraphable), {}) is None
 
 
 def test_split_attention_through_the_layer_equals_a_host_call_with_the_same_weights() -> None:

@@ -8,8 +8,6 @@ Its training model (Stage I noisy training and Stage II fine-tuning, §5.4) is :
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from colorize.families.base import Family, TrainingStart
 from colorize.families.v1.training import build_denoiser
 
@@ -21,7 +19,6 @@ class V1Family(Family):
     parameterization = "eps"
     base_resolution = 512
     training_sources = ("mult",)  # v1 files (an SD2.1 text-to-image LDM file also starts v1 training)
-    folder = Path(__file__).resolve().parent
 
     def training_model(self, start: TrainingStart):  # type: ignore[no-untyped-def]
         return build_denoiser(start)

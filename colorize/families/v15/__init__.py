@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -22,7 +21,7 @@ from torch import nn
 from colorize.checkpoint.assign import materialize, require_components
 from colorize.config import ColorizerConfig
 from colorize.errors import InputError
-from colorize.families.base import Family, Parts, SeparationInputs, TrainingStart, UNetInputs
+from colorize.families.base import Family, Parts, SeparationInputs, TrainingStart, UNetInputs, has_unet
 from colorize.families.v15 import conditioning
 from colorize.families.v15.recovery import (
     HEAD_WIDTH_KEY,
@@ -33,7 +32,7 @@ from colorize.families.v15.recovery import (
     recovery_configs,
     recovery_head_width,
 )
-from colorize.families.v15.training import build_switch_denoiser, clip_tokens
+from colorize.families.v15.training import build_switch_denoiser
 from colorize.models.lora import SplitLoraConfig, infer_lora_config
 from colorize.models.unet import DualCondUNet
 
@@ -49,11 +48,10 @@ class V15Family(Family):
     base_resolution = 512
     components = {"thresh_embedder": "thresh_embedder.", "transformer": "transformer."}
     training_sources = ("mult", "switch")  # v1.5 training starts from v1 weights (fresh LoRA) or continues v1.5
-    folder = Path(__file__).resolve().parent
 
     def matches(self, keys: Any) -> bool:
-        # an open_clip file's "transformer.resblocks.*" is not a v1.5 marker
-        return super().matches(keys) and any(
+        # a U-Net with v1.5's markers (an open_clip file's "transformer.resblocks.*" is not one)
+        return has_unet(keys) and any(
             k.startswith(("thresh_embedder.", "transformer.embedding", "transformer.layers.")) or ".lora_down_bg." in k
             for k in keys)
 
@@ -91,7 +89,7 @@ class V15Family(Family):
             "unet": DualCondUNet(config.unet, SWITCH_LORA),
             "thresh_embedder": ScalarEmbedder(ScalarEmbedderConfig(embed_dim=32, out_dim=dim)),
             "transformer": ClusterTransformer(ClusterTransformerConfig(
-                dim=dim, layers=2, token_length=clip_tokens(config), heads=dim // width, head_width=width,
+                dim=dim, layers=2, token_length=config.clip.tokens, heads=dim // width, head_width=width,
                 mlp_mult=2)),
         }
 

@@ -13,8 +13,8 @@ Head layout, as the official constructor has it: ``ClusterTransformer(dim, token
 gives its attention ``heads = dim // dim_head`` heads but does not pass ``dim_head`` on, so every head is 64
 wide (the attention's own default) and the attention width is ``64 · heads``, which equals ``dim`` only when
 ``dim_head`` is 64. :meth:`ClusterTransformerConfig.from_official` follows that rule and
-:func:`infer_recovery_config` reads heads from the shapes (``to_q`` rows / 64), so a model trained with another
-``dim_head`` loads and computes what the official code computes. Our own exports may record another head width
+:func:`infer_recovery_config` reads heads from the shapes (the attention width, ``to_q`` / ``to_k`` rows, over 64),
+so a model trained with another ``dim_head`` loads and computes what the official code computes. Our own exports may record another head width
 (``ColorizerConfig.extras["transformer_dim_head"]``, e.g. the tiny test weights).
 
 Keys equal the official ones without their wrapper prefix: ``embed_layer.{0,2}.*`` and
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from colorize.checkpoint.common import shape_of
 from colorize.models.attention import CrossAttention
 from colorize.models.unet import timestep_embedding
 
@@ -37,9 +38,6 @@ from colorize.models.unet import timestep_embedding
 #: own ``dim_head`` argument only sets the number of heads).
 OFFICIAL_HEAD_WIDTH = 64
 
-
-def _shape(v: Any) -> tuple[int, ...]:
-    return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
 
 
 @dataclass(frozen=True)
@@ -53,15 +51,23 @@ class ScalarEmbedderConfig:
 @dataclass(frozen=True)
 class ClusterTransformerConfig:
     """Background "recovery" transformer: ``token_length`` learned queries, ``layers`` × (cross-attention + MLP);
-    attention with ``heads`` heads of width ``head_width`` (released: 1024 wide, 6 layers, 256 tokens, 16 × 64)."""
+    attention with ``heads`` heads of width ``head_width`` (released: 1024 wide, 6 layers, 256 tokens, 16 × 64;
+    ``heads=None`` gives ``dim // head_width``, the official constructor's default)."""
 
     dim: int = 1024
     layers: int = 6
     token_length: int = 256
-    heads: int = 16
+    heads: int | None = None
     head_width: int = OFFICIAL_HEAD_WIDTH
     context_dim: int | None = None  # None: same as dim
     mlp_mult: int = 4
+
+    def __post_init__(self) -> None:
+        if self.heads is None:
+            object.__setattr__(self, "heads", self.dim // self.head_width)
+        if not self.heads or self.heads < 1:
+            raise ValueError(f"the recovery transformer needs at least one head (dim {self.dim}, head width "
+                             f"{self.head_width})")
 
     @classmethod
     def from_official(cls, params: Mapping[str, Any], context_dim: int | None = None,
@@ -86,10 +92,10 @@ def infer_recovery_config(transformer: Mapping[str, Any], head_width: int = OFFI
                           ) -> ClusterTransformerConfig:
     """:class:`ClusterTransformerConfig` from ``transformer.*`` shapes (prefix stripped): the heads are the
     attention width over ``head_width`` (64 for every official model; our exports may record another)."""
-    tokens, dim = _shape(transformer["embedding"])
+    tokens, dim = shape_of(transformer["embedding"])
     layers = len({k.split(".")[1] for k in transformer if k.startswith("layers.")})
-    inner, ctx = _shape(transformer["layers.0.2.to_k.weight"])
-    hidden = _shape(transformer["layers.0.3.0.weight"])[0]
+    inner, ctx = shape_of(transformer["layers.0.2.to_k.weight"])
+    hidden = shape_of(transformer["layers.0.3.0.weight"])[0]
     if inner % head_width:
         raise ValueError(f"recovery transformer attention width {inner} is not a multiple of the head width "
                          f"{head_width}")
@@ -100,7 +106,7 @@ def infer_recovery_config(transformer: Mapping[str, Any], head_width: int = OFFI
 
 def infer_embedder_config(thresh_embedder: Mapping[str, Any]) -> ScalarEmbedderConfig:
     """:class:`ScalarEmbedderConfig` from ``thresh_embedder.*`` shapes (prefix stripped)."""
-    out_dim, embed_dim = _shape(thresh_embedder["embed_layer.0.weight"])
+    out_dim, embed_dim = shape_of(thresh_embedder["embed_layer.0.weight"])
     return ScalarEmbedderConfig(embed_dim=embed_dim, out_dim=out_dim)
 
 

@@ -143,12 +143,6 @@ def lora_pairs(unet: nn.Module) -> nn.ModuleList:
     return pairs
 
 
-def clip_tokens(config: ColorizerConfig) -> int:
-    """Patch tokens of the CLIP reference encoder (256 for ViT-H/14 at 224²)."""
-    v = config.clip.vision
-    return (int(v.get("image_size", 224)) // int(v.get("patch_size", 14))) ** 2
-
-
 def fresh_recovery_configs(config: ColorizerConfig) -> tuple[ScalarEmbedderConfig, ClusterTransformerConfig]:
     """The released v1.5 threshold embedder and recovery transformer (256 → 1024; 6 layers of 16 × 64 heads) resized
     to this model's context width and token count; the head width is 64 where it divides the width, as released."""
@@ -156,7 +150,7 @@ def fresh_recovery_configs(config: ColorizerConfig) -> tuple[ScalarEmbedderConfi
     width = int(config.extras.get(HEAD_WIDTH_KEY, OFFICIAL_HEAD_WIDTH if dim % OFFICIAL_HEAD_WIDTH == 0
                                   else math.gcd(dim, 32)))
     return (ScalarEmbedderConfig(out_dim=dim),
-            ClusterTransformerConfig(dim=dim, token_length=clip_tokens(config), heads=dim // width, head_width=width))
+            ClusterTransformerConfig(dim=dim, token_length=config.clip.tokens, heads=dim // width, head_width=width))
 
 
 def build_switch_denoiser(start: TrainingStart, default_lora: SplitLoraConfig
@@ -192,7 +186,6 @@ def build_switch_denoiser(start: TrainingStart, default_lora: SplitLoraConfig
 __all__ = [
     "SwitchDenoiser",
     "build_switch_denoiser",
-    "clip_tokens",
     "fresh_recovery_configs",
     "lora_pairs",
     "trained_split",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,22 +23,20 @@ from torch import nn
 
 from colorize.checkpoint.assign import materialize, require_components
 from colorize.config import ColorizerConfig
-from colorize.families.base import Family, Parts, SeparationInputs, TrainingStart, UNetInputs
+from colorize.families.base import Family, Parts, SeparationInputs, TrainingStart, UNetInputs, has_unet
 from colorize.families.v2 import conditioning
-from colorize.families.v2.config import V2_LORA, V2Config, default_warp_dim_head, infer_v2_config
+from colorize.families.v2.config import V2_LORA, WARP_HEAD_KEY, V2Config, infer_v2_config, warp_head_width
 from colorize.families.v2.encoders import UNetEncoder, background_encoder, style_encoder
 from colorize.families.v2.training import build_v2_denoiser
 from colorize.families.v2.unet import V2UNet, decoder_out_channels, style_modules, warp_modules
 
-#: ``ColorizerConfig.extras`` key of our own exports: the warp modules' attention head width.
-WARP_HEAD_KEY = "warp_dim_head"
 #: Size-embedding sinusoid width per ratio of the tiny test weights (256 released).
 TINY_RATIO_DIM = 16
 
 
 def v2_config(config: ColorizerConfig, parts: Mapping[str, Mapping[str, Any]]) -> V2Config:
     """The v2 extras' config from the checkpoint's shapes (prefixes stripped) and ``config.extras``."""
-    warp = int(config.extras.get(WARP_HEAD_KEY, default_warp_dim_head(config.unet)))
+    warp = warp_head_width(config)
     return infer_v2_config(parts.get("unet") or {}, parts.get("style_encoder") or None, warp_dim_head=warp)
 
 
@@ -51,10 +48,9 @@ class V2Family(Family):
     base_resolution = 768  # v2 is trained at the 768 level (official readme)
     components = {"bg_encoder": "bg_encoder.", "style_encoder": "style_encoder."}
     training_sources = ("v2",)  # initialising v2 from v1 / v1.5 weights is not implemented
-    folder = Path(__file__).resolve().parent
 
     def matches(self, keys: Any) -> bool:
-        return super().matches(keys) and any(
+        return has_unet(keys) and any(
             k.startswith(("bg_encoder.", "style_encoder.")) or ".warp_modules." in k or ".style_modules." in k
             for k in keys)
 
@@ -107,7 +103,7 @@ class V2Family(Family):
         if style.output_widths != [2 * c for c in decoder_out_channels(config.unet)]:
             raise ValueError(f"channel_mult {config.unet.channel_mult}: the style encoder's widths do not line up "
                              "with the decoder; use the v2 family's tiny_config")
-        unet = V2UNet(config.unet, V2_LORA, warp_dim_head=int(config.extras.get(WARP_HEAD_KEY, 64)))
+        unet = V2UNet(config.unet, V2_LORA, warp_dim_head=warp_head_width(config))
         return {"unet": unet, "bg_encoder": background_encoder(config.unet, 2 * TINY_RATIO_DIM), "style_encoder": style}
 
     def training_model(self, start: TrainingStart) -> tuple[ColorizerConfig, nn.Module, nn.Module]:

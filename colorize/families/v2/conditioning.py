@@ -66,10 +66,11 @@ class V2Conditioning:
             kwargs["style"] = self.style
         if self.split is None:
             return UNetInputs(self.context, None, kwargs)
-        if self.hs_bg is not None:
-            kwargs.update(hs_bg=self.hs_bg, warp_mask=self.split.mask, warp_threshold=self.split.threshold)
         split = self.split if lora_scale == 1.0 else replace(self.split, lora_scale=lora_scale)
-        return UNetInputs(self.context, SplitAttention(split), kwargs)
+        processor = SplitAttention(split)
+        if self.hs_bg is not None:  # the skip warp reads the same resized masks as the split attention
+            kwargs.update(hs_bg=self.hs_bg, warp_mask=processor.mask_tokens, warp_threshold=self.split.threshold)
+        return UNetInputs(self.context, processor, kwargs)
 
 
 def squash(image: Tensor, size: tuple[int, int]) -> Tensor:

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from colorize.config import UNetConfig
+from colorize.checkpoint.common import shape_of
+from colorize.config import ColorizerConfig, UNetConfig
 from colorize.models.lora import SplitLoraConfig, infer_lora_config
 
 #: v2's LoRA: rank 4/4, decoder attention blocks only.
@@ -40,9 +41,6 @@ def default_warp_dim_head(unet: UNetConfig) -> int:
     return FULL_V2.warp_dim_head if unet.model_channels % FULL_V2.warp_dim_head == 0 else unet.num_head_channels
 
 
-def _shape(v: Any) -> tuple[int, ...]:
-    return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
-
 
 def infer_v2_config(unet: Mapping[str, Any], style_encoder: Mapping[str, Any] | None = None,
                     warp_dim_head: int = 64) -> V2Config:
@@ -54,12 +52,22 @@ def infer_v2_config(unet: Mapping[str, Any], style_encoder: Mapping[str, Any] | 
     lora = infer_lora_config(unet) or V2_LORA
     adm, cap = FULL_V2.adm_in_channels, FULL_V2.style_width_cap
     if style_encoder is not None:
-        adm = _shape(style_encoder["label_emb.0.0.weight"])[1]
+        adm = shape_of(style_encoder["label_emb.0.0.weight"])[1]
         down = [int(m.group(1)) for k in style_encoder if (m := re.fullmatch(r"input_blocks\.(\d+)\.0\.op\.weight", k))]
         if down:
-            cap = max(_shape(style_encoder[f"zero_layers.{j}.weight"])[0] for j in down)
+            cap = max(shape_of(style_encoder[f"zero_layers.{j}.weight"])[0] for j in down)
     return V2Config(lora=lora, adm_in_channels=adm, ratio_embed_dim=adm // 2, warp_dim_head=warp_dim_head,
                     style_width_cap=cap)
 
 
-__all__ = ["FULL_V2", "V2_LORA", "V2Config", "default_warp_dim_head", "infer_v2_config"]
+#: ``ColorizerConfig.extras`` key of our own exports: the warp modules' attention head width.
+WARP_HEAD_KEY = "warp_dim_head"
+
+
+def warp_head_width(config: ColorizerConfig) -> int:
+    """The warp modules' head width: what our export recorded, else :func:`default_warp_dim_head`."""
+    return int(config.extras.get(WARP_HEAD_KEY, default_warp_dim_head(config.unet)))
+
+
+__all__ = ["FULL_V2", "V2_LORA", "WARP_HEAD_KEY", "V2Config", "default_warp_dim_head", "infer_v2_config",
+           "warp_head_width"]

@@ -36,7 +36,7 @@ from colorize.config import ColorizerConfig
 from colorize.families.base import Family, TrainingStart
 from colorize.families.v1.training import Autocast, Encoders
 from colorize.families.v2.conditioning import ratio_dim
-from colorize.families.v2.config import V2_LORA, default_warp_dim_head
+from colorize.families.v2.config import V2_LORA, warp_head_width
 from colorize.families.v2.encoders import UNetEncoder, background_encoder, size_embedding, style_encoder
 from colorize.families.v2.unet import V2UNet
 from colorize.families.v15.training import lora_pairs, trained_split
@@ -165,8 +165,7 @@ def build_v2_denoiser(start: TrainingStart, family: Family) -> tuple[ColorizerCo
         vae = AutoencoderKL(config.vae)
         vae.load_state_dict({k: v.float() for k, v in parts.pop("vae").items()})
     else:
-        warp = int(config.extras.get("warp_dim_head", default_warp_dim_head(config.unet)))
-        unet = V2UNet(config.unet, V2_LORA, warp_dim_head=warp)
+        unet = V2UNet(config.unet, V2_LORA, warp_dim_head=warp_head_width(config))
         bg, style = background_encoder(config.unet), style_encoder(config.unet)
         sketch, vae = SketchEncoder(config.sketch), AutoencoderKL(config.vae)
     if start.gradient_checkpointing:

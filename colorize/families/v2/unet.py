@@ -21,8 +21,10 @@ the split-attention processor of the call that asks for it.
   SiLU, Linear ``4c → c``). Where the sketch mask says "background" the warped skip replaces the plain one.
 * :class:`StyleModulation` (key ``style_modules.{i}`` = ``[LayerNorm(2c), Linear(emb → 2c), Linear(2c → 2c)]``):
   ``m = style_i + Linear(t_emb)``, ``(scale, shift) = chunk(Linear(LN(m)))`` (scale first), and the output of
-  decoder block ``i`` becomes ``h · (1 + scale) + shift``.  Keys equal the official ``model.diffusion_model.*`` ones (incl. ``warp_modules.*``,
-``style_modules.*``, ``…attn2.to_{q,k,v}.lora_{down,up}_{fg,bg}``).
+  decoder block ``i`` becomes ``h · (1 + scale) + shift``.
+
+Keys equal the official ``model.diffusion_model.*`` ones (incl. ``warp_modules.*``, ``style_modules.*``,
+``…attn2.to_{q,k,v}.lora_{down,up}_{fg,bg}``).
 """
 from __future__ import annotations
 
@@ -134,24 +136,28 @@ class V2UNet(DualCondUNet):
         attention: AttentionPatches | None = None,
         hs_bg: Sequence[Tensor] | None = None,
         style: Sequence[Tensor] | None = None,
-        warp_mask: Tensor | None = None,
-        warp_threshold: float = 0.05,
+        warp_mask: Tensor | MaskTokens | None = None,
+        warp_threshold: float | Tensor | None = None,
     ) -> Tensor:
         """As :meth:`DualCondUNet.forward`, plus the v2 decoder inputs (computed once per generation).
 
         hs_bg: background-encoder tokens, one ``(b, h_i·w_i, c_i)`` per decoder block (already × the background
-        factor); needs ``warp_mask``, the latent sketch mask whose values not above ``warp_threshold`` select the
-        warped skips (the split-attention mask and threshold, as the app). style: one ``(b, 2·c_i)`` vector per
-        decoder block. A batch dividing the model batch is tiled (CFG rows). With neither, the computation is
-        exactly :class:`DualCondUNet`'s.
+        factor); needs ``warp_mask``, the latent sketch mask (or the split-attention processor's
+        :class:`~colorize.models.split_attention.MaskTokens`, whose resized masks it then shares), whose values not
+        above ``warp_threshold`` select the warped skips (the split-attention mask and threshold, as the app).
+        style: one ``(b, 2·c_i)`` vector per decoder block. A batch dividing the model batch is tiled (CFG rows).
+        With neither, the computation is exactly :class:`DualCondUNet`'s.
         """
         n = len(self.output_blocks)
         if hs_bg is not None:
-            if warp_mask is None:
-                raise ValueError("hs_bg (background warping) needs the latent sketch mask (warp_mask)")
+            if warp_mask is None or warp_threshold is None:
+                raise ValueError("hs_bg (background warping) needs the split attention's latent sketch mask and "
+                                 "threshold (warp_mask, warp_threshold)")
             check_lengths("hs_bg", hs_bg, n)
         if style is not None:
             check_lengths("style", style, n)
+        if attention is not None:
+            attention.check_blocks(self.num_attention_blocks)
         if context is not None:
             context = context.to(self.dtype)
         emb = self._embed(timesteps, x)
@@ -159,12 +165,12 @@ class V2UNet(DualCondUNet):
         b, dtype = x.shape[0], self.dtype
         bg = [tile_batch(t, b, "hs_bg").to(x.device, dtype) for t in hs_bg] if hs_bg is not None else None
         st = [tile_batch(s, b, "style").to(x.device) for s in style] if style is not None else None
-        masks = MaskTokens(warp_mask) if bg is not None else None
+        masks = warp_mask if isinstance(warp_mask, MaskTokens) or warp_mask is None else MaskTokens(warp_mask)
         for i, block in enumerate(self.output_blocks):
             skip = skips.pop()
             if bg is not None:
                 mask = masks(tuple(skip.shape[-2:]), b, x.device)  # type: ignore[misc,arg-type]
-                skip = warp_skip(self.warp_modules[i], skip, bg[i], mask, warp_threshold)
+                skip = warp_skip(self.warp_modules[i], skip, bg[i], mask, warp_threshold)  # type: ignore[arg-type]
             size = tuple(skips[-1].shape[-2:]) if skips else None
             h = self._run(block, torch.cat([h, skip], dim=1), emb, context, attention, size)
             if st is not None:
