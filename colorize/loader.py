@@ -8,7 +8,6 @@ initialisation).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -141,7 +140,7 @@ def load_checkpoint_modules(path: PathLike, include_clip: bool = False) -> Color
 def clip_config_for(metadata: Mapping[str, str]) -> ClipConfig:
     """The CLIP config stored by the tiny-weights writer, else OpenCLIP ViT-H-14."""
     if CONFIG_METADATA_KEY in metadata:
-        return ColorizerConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY])).clip
+        return config_from_metadata(metadata[CONFIG_METADATA_KEY]).clip
     return ClipConfig()
 
 

@@ -44,8 +44,14 @@ def checkpoint_name(version: str) -> str:
     raise ValueError(f"weights_manifest.json lists no checkpoint of the {version!r} family")
 
 
-#: manifest name of each family's tiny checkpoint (the released file names)
-CHECKPOINT_NAMES: dict[str, str] = {v: checkpoint_name(v) for v in VERSIONS}
+
+
+def __getattr__(name: str) -> dict[str, str]:
+    """``CHECKPOINT_NAMES``: the manifest name of each family's tiny checkpoint (the released file names), read
+    from the manifest on first use rather than at import."""
+    if name == "CHECKPOINT_NAMES":
+        return {v: checkpoint_name(v) for v in VERSIONS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _metadata_or_empty(path: Path) -> dict[str, str]:
@@ -108,7 +114,8 @@ def write_tiny_weights(
     unknown = [v for v in versions if v not in VERSIONS]
     if unknown:
         raise ValueError(f"unknown version(s) {unknown}; expected some of {', '.join(VERSIONS)}")
-    names = [CHECKPOINT_NAMES[v] for v in dict.fromkeys(versions)] + [default_clip_name()]
+    checkpoints = {v: checkpoint_name(v) for v in dict.fromkeys(versions)}
+    names = [*checkpoints.values(), default_clip_name()]
     paths = {n: directory / manifest_entry(n)["models_subdir"] / manifest_entry(n)["filename"] for n in names}
     for path in paths.values():
         if path.exists() and TINY_METADATA_KEY not in _metadata_or_empty(path):
@@ -118,7 +125,7 @@ def write_tiny_weights(
     for version in dict.fromkeys(versions):
         cfg = tiny_config(version, config)
         ckpt, version_clip = build_tiny_state_dicts(cfg, seed)
-        _save(paths[CHECKPOINT_NAMES[version]], ckpt, cfg)
+        _save(paths[checkpoints[version]], ckpt, cfg)
         if cfg == config:  # the CLIP file is the base config's build (whichever families are written)
             clip_sd = version_clip
     if not clip_sd:  # the CLIP weights never depend on which versions are written

@@ -98,13 +98,15 @@ class AttentionCall:
         self.scale, self.lora = scale, lora
         self.attend: Attend = attend or layer.attend  # type: ignore[union-attr]
         self._q, self._k, self._v = q, k, v
-        self._parts: dict[tuple[int | None, int | None], Tensor] = {}
+        self._parts: dict[tuple[int | None, int | None], Tensor] | None = None
 
     def tokens(self, part: slice | None = None) -> Tensor:
         """The context tokens ``part`` (one view per part, shared by everything that reads it)."""
         if part is None:
             return self.context
         key = (part.start, part.stop)
+        if self._parts is None:
+            self._parts = {}
         if key not in self._parts:
             self._parts[key] = self.context[:, part]
         return self._parts[key]

@@ -273,13 +273,20 @@ class DualCondUNet(nn.Module):
         processors and per-block reference strengths (:class:`~colorize.models.attention.AttentionPatches`;
         ``None`` = plain attention, all strengths 1).
         """
+        context, emb, h, skips = self._begin(x, timesteps, context, attention, hints)
+        return self._head(self._decode(h, skips, emb, context, attention), x)
+
+    def _begin(self, x: Tensor, timesteps: Tensor, context: Tensor | None, attention: AttentionPatches | None,
+               hints: Sequence[Tensor | None] | None) -> tuple[Tensor | None, Tensor, Tensor, list[Tensor]]:
+        """Checks, the context in the model dtype, the time embedding and the encoder pass (input + middle blocks):
+        ``(context, emb, h, skips)``, shared with U-Nets that change the decoder (v2)."""
         if attention is not None:
             attention.check_blocks(self.num_attention_blocks)
         if context is not None:
             context = context.to(self.dtype)
         emb = self._embed(timesteps, x)
         h, skips = self._encode(x, emb, context, attention, hints)
-        return self._head(self._decode(h, skips, emb, context, attention), x)
+        return context, emb, h, skips
 
     # Forward pieces, shared with U-Nets that change one stage (e.g. the v2 decoder).
     def _embed(self, timesteps: Tensor, x: Tensor) -> Tensor:

@@ -156,12 +156,7 @@ class V2UNet(DualCondUNet):
             check_lengths("hs_bg", hs_bg, n)
         if style is not None:
             check_lengths("style", style, n)
-        if attention is not None:
-            attention.check_blocks(self.num_attention_blocks)
-        if context is not None:
-            context = context.to(self.dtype)
-        emb = self._embed(timesteps, x)
-        h, skips = self._encode(x, emb, context, attention, hints)
+        context, emb, h, skips = self._begin(x, timesteps, context, attention, hints)
         b, dtype = x.shape[0], self.dtype
         bg = [tile_batch(t, b, "hs_bg").to(x.device, dtype) for t in hs_bg] if hs_bg is not None else None
         st = [tile_batch(s, b, "style").to(x.device) for s in style] if style is not None else None
