@@ -7,7 +7,7 @@ the model families v1 (``mult``), v1.5 (``switch``) and v2 load the released che
     import colorize
 
     model = colorize.Colorizer.from_files("mult-eps-ft.safetensors",
-                                          "open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors")
+                                          "open_clip_model.safetensors")
     sketch = colorize.load_image("sketch.png")        # (1, 3, H, W) in [0, 1]
     reference = colorize.load_image("reference.png")
     image = model.colorize(sketch, reference, colorize.GenerationSettings(steps=20, seed=1))

@@ -16,8 +16,10 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +37,9 @@ MANIFEST_CANDIDATES = (
     Path(__file__).resolve().parent / MANIFEST_NAME,
 )
 MODELS_DIR_ENV = "COLORIZE_MODELS_DIR"
+NO_DOWNLOAD_ENV = "COLORIZE_NO_DOWNLOAD"  # set (not "0"): never download, fail at once with the usual message
+OFFLINE_ENVS = (NO_DOWNLOAD_ENV, "HF_HUB_OFFLINE")
+NETWORK_PROBE_TIMEOUT_S = 3.0
 DEFAULT_CHECKPOINT = "mult-eps-ft"
 DEFAULT_CLIP = "clip-vit-h-14"
 REQUIRED_FIELDS = (
@@ -68,10 +73,17 @@ def load_manifest(path: str | os.PathLike[str] | None = None) -> list[dict[str, 
     return [dict(e) for e in _load(str(path or manifest_path()))]
 
 
+def file_names(entry: dict[str, Any]) -> list[str]:
+    """The names the entry's file is found under: ``filename`` (the name its download URL saves it as, so a
+    file fetched by hand or by the frontend's missing-model dialog needs no renaming), then any
+    ``former_filenames`` that earlier releases of this pack saved it as."""
+    return [entry["filename"], *(entry.get("former_filenames") or [])]
+
+
 def manifest_entry(name: str) -> dict[str, Any]:
-    """The entry whose ``name`` or local ``filename`` is ``name``; KeyError listing names if none."""
+    """The entry whose ``name`` or one of whose :func:`file_names` is ``name``; KeyError listing names if none."""
     for e in load_manifest():
-        if name in (e["name"], e["filename"]):
+        if name == e["name"] or name in file_names(e):
             return e
     known = ", ".join(e["name"] for e in load_manifest())
     raise KeyError(f"{name!r} is not in {MANIFEST_NAME} (known: {known})")
@@ -114,8 +126,9 @@ def default_models_dir() -> Path:
 
 
 def candidate_paths(entry: dict[str, Any], models_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Where the entry's file may be, in search order; the first is where a download goes."""
     d = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
-    return [d / entry["models_subdir"] / entry["filename"], d / entry["filename"]]
+    return [place for name in file_names(entry) for place in (d / entry["models_subdir"] / name, d / name)]
 
 
 def _target(entry: dict[str, Any], models_dir: str | os.PathLike[str] | None) -> Path:
@@ -162,8 +175,38 @@ def missing_message(entry: dict[str, Any], models_dir: str | os.PathLike[str] | 
 # ---------------------------------------------------------------------------------------------
 
 
+class DownloadUnavailable(OSError):
+    """No download can start here (offline variable set, or the host is unreachable); the message is the reason."""
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def check_downloads_allowed() -> None:
+    """Raise :class:`DownloadUnavailable` when an offline variable (``COLORIZE_NO_DOWNLOAD``, ``HF_HUB_OFFLINE``)
+    is set."""
+    for name in OFFLINE_ENVS:
+        if env_flag(name):
+            raise DownloadUnavailable(f"not on disk and {name} is set")
+
+
+def check_download_possible(url: str) -> None:
+    """Raise :class:`DownloadUnavailable` at once when the host of ``url`` takes no connection within
+    ``NETWORK_PROBE_TIMEOUT_S``. Without this, huggingface_hub retries an unreachable host for about a minute
+    and prints a line per retry before the same error."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=NETWORK_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise DownloadUnavailable(f"no network: cannot reach {host} ({_first_line(e)})") from None
+
+
 def hf_hub_download(**kwargs: Any) -> str:
-    """Indirection to ``huggingface_hub.hf_hub_download`` (imported lazily; replaceable in tests)."""
+    """Indirection to ``huggingface_hub.hf_hub_download`` (imported lazily; replaceable in tests), after
+    :func:`check_download_possible` on the Hub's endpoint."""
+    check_download_possible(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     from huggingface_hub import hf_hub_download as real
 
     if "tqdm_class" in kwargs and "tqdm_class" not in inspect.signature(real).parameters:
@@ -194,6 +237,7 @@ def _first_line(e: BaseException) -> str:
 
 def _download_url(url: str, dest: Path, progress: Progress | None, timeout: float = 60.0) -> Path:
     """Plain HTTPS download for entries that are not on the Hub (the caller handles atomic placement)."""
+    check_download_possible(url)
     with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as f:
         total, done = int(getattr(resp, "headers", {}).get("Content-Length") or 0), 0
         while block := resp.read(1 << 20):
@@ -224,8 +268,11 @@ def fetch(
         if progress is not None:
             kwargs["tqdm_class"] = _callback_tqdm(progress)
         try:
+            check_downloads_allowed()
             got = (Path(hf_hub_download(**kwargs)) if entry.get("repo_id")
                    else _download_url(hub_url(entry), tmpdir / entry["filename"], progress))
+        except DownloadUnavailable as e:
+            raise WeightsMissingError(missing_message(entry, models_dir, str(e))) from None
         except ImportError:
             raise WeightsMissingError(
                 missing_message(entry, models_dir, "huggingface_hub is not installed (pip install huggingface_hub)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from colorize.errors import WeightsMissingError
-from colorize.weights import default_models_dir, fetch, hub_url, load_manifest
+from colorize.weights import NO_DOWNLOAD_ENV, default_models_dir, fetch, file_names, hub_url, load_manifest
 
 from .host import Progress, comfy_module
 
@@ -24,7 +24,6 @@ CLIP_FOLDER = "clip_vision"
 LINEART_FOLDER = "lineart"
 SAM_FOLDER = "sams"  # segment-anything checkpoints (the folder other packs use for SAM too)
 PACK_FOLDERS = (CHECKPOINT_FOLDER, LINEART_FOLDER, SAM_FOLDER)  # the folders this pack adds to ComfyUI
-NO_DOWNLOAD_ENV = "COLORIZE_NO_DOWNLOAD"
 _EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -109,14 +108,17 @@ def resolve_file(folder: str, name: str) -> Path:
         return found
     dirs = folder_dirs(folder)
     where = f"ComfyUI model folder '{folder}': " + ", ".join(str(d) for d in dirs)
-    entry = next((e for e in load_manifest() if e["filename"] == name and e["models_subdir"] == folder), None)
+    entry = next((e for e in load_manifest() if name in file_names(e) and e["models_subdir"] == folder), None)
+    # A workflow saved with a former file name finds the file under its current (download) name, and back.
+    for other in file_names(entry) if entry else []:
+        found = find_file(folder, other)
+        if found is not None:
+            return found
     if entry is None:
         raise WeightsMissingError(
             f"{name} not found in the {where}. Put the file there (or add a '{folder}:' path in "
             "extra_model_paths.yaml) and refresh the node list."
         )
-    if os.environ.get(NO_DOWNLOAD_ENV, "").strip() not in ("", "0"):
-        raise WeightsMissingError(missing_message(entry, folder, dirs, f"not on disk and {NO_DOWNLOAD_ENV} is set"))
     # Download into the folder itself: an entry with an empty models_subdir targets <dir>/<filename>.
     try:
         return fetch({**entry, "models_subdir": ""}, dirs[0], progress=_download_progress(name))

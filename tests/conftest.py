@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _helpers import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,10 +32,7 @@ def layouts_dir() -> Path | None:
 def _require(path: Path | None, what: str, how: str) -> Path:
     if path is not None:
         return path
-    msg = f"{what} not found: {how}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{msg} (CI=true: a missing {what} is a failure, not a skip)")
-    pytest.skip(msg)
+    skip_or_fail(f"{what} not found: {how}")
 
 
 @pytest.fixture(scope="session")

@@ -226,6 +226,66 @@ def test_direct_url_entries_download_atomically(tmp_path: Path, monkeypatch: pyt
     payload = b"inception weights"
     entry = {**w.manifest_entry("fid-inception"), "sha256_prefix": hashlib.sha256(payload).hexdigest()[:8]}
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=0: io.BytesIO(payload))
+    monkeypatch.setattr(w, "check_download_possible", lambda url: None)  # the network is the stand-in above
     got = w.fetch(entry, tmp_path)
     assert got.read_bytes() == payload and got.name == entry["filename"]
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [got]
+
+
+# ------------------------------------------------------------------------------------- offline
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, never listening: a connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("variable", ["COLORIZE_NO_DOWNLOAD", "HF_HUB_OFFLINE"])
+def test_offline_variables_stop_a_download_before_the_hub_is_asked(
+        variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, "1")
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: pytest.fail("the hub must not be asked"))
+    with pytest.raises(WeightsMissingError, match=f"reason: +not on disk and {variable} is set"):
+        w.resolve("switch-eps", tmp_path, download=True)
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_an_unreachable_hub_fails_at_once_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in w.OFFLINE_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: pytest.fail("the hub must not be asked"))
+    with pytest.raises(WeightsMissingError, match=r"reason: +no network: cannot reach 127\.0\.0\.1 \(Connection"):
+        w.resolve("switch-eps", tmp_path, download=True)
+
+
+def test_cli_offline_with_empty_model_folders_exits_quickly_with_the_named_error(tmp_path: Path) -> None:
+    """``python -m colorize run`` on empty model folders with no network: the two missing-weights messages,
+    no retry lines, and an exit within seconds (huggingface_hub's own retries took about a minute)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in w.OFFLINE_ENVS}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"  # no network, whatever this machine has
+    sketch, ref = REPO / "workflows" / "colorizediffusion_sketch.png", REPO / "workflows" / "colorizediffusion_reference.png"
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "colorize", "run", "--sketch", str(sketch), "--reference", str(ref),
+                           "--out", str(tmp_path / "out.png"), "--models-dir", str(tmp_path / "models")],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=60, check=False)
+    elapsed = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    print(f"exit {proc.returncode} after {elapsed:.1f} s")
+    assert proc.returncode != 0 and "weights file not found: mult-eps-ft.safetensors" in out, out
+    assert "no network: cannot reach 127.0.0.1" in out
+    assert not re.search(r"(?i)retry|retrying", out), out
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert not (tmp_path / "out.png").exists()
