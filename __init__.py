@@ -25,4 +25,8 @@ else:  # loaded as a plain module (e.g. by a tool scanning the repository): no r
     NODE_CLASS_MAPPINGS: dict = {}
     NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+# Served by ComfyUI as the pack's frontend folder: docs/<node id>.md are the node help pages
+# (written by web/make_node_docs.py), shown in the node library's documentation panel.
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -8,6 +8,7 @@ and Remove Background work on images before or after the sampler.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from inspect import cleandoc
 from typing import Any
 
 from torch import Tensor
@@ -74,12 +75,17 @@ class GuidanceWindow(_OptionsNode):
     """Reference guidance only inside a window of the denoising trajectory."""
 
     DESCRIPTION = (
-        "Limits where the reference acts (official 'Guidance start/end step' and 'No guidance' sliders). With "
-        "tr = 1 - t/999 (0 = the first, noisiest step; 1 = the last), every U-Net call outside [start, end] or "
-        "inside [no-guidance start, no-guidance end] gets an empty reference. Start 0 / end 1 and a negative "
-        "no-guidance interval change nothing. Works for v1, v1.5 and v2 (the official app only honours it for "
-        "v1). Connect to the sampler's 'advanced' input."
+        "Limits the reference to part of the denoising: outside [start, end], or inside the no-guidance interval, the "
+        "U-Net gets an empty reference. Connect it to the sampler's 'advanced' input."
     )
+    HELP = cleandoc("""
+        The official app's 'Guidance start/end step' and 'No guidance' sliders. Positions are tr = 1 − t/999
+        (0 = the first, noisiest step; 1 = the last). Every U-Net call outside [start, end] or inside
+        [no-guidance start, no-guidance end] gets an empty reference.
+
+        Start 0 / end 1 and a negative no-guidance interval change nothing. Works for v1, v1.5 and v2 (the official
+        app only honours it for v1), on **Colorize Sampler** and on **Native Guider**.
+    """)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -106,12 +112,19 @@ class AttentionInjection(_OptionsNode):
     """The official 'Attention injection': self-attention also reads the reference's own U-Net features."""
 
     DESCRIPTION = (
-        "Attention injection (official app, about 2x the sampling time): at every step the U-Net first runs on "
-        "the reference image's latent (noised to the same step) and records its self-attention inputs; the "
-        "real step then lets every self-attention read them too, which transfers more of the reference's "
-        "look. Fidelity blends the plain self-attention into the reference-free guidance rows (1 = plain "
-        "there, which strengthens the effect through guidance). Connect to the sampler's 'advanced' input."
+        "Transfers more of the reference's look: self-attention also reads the reference image's own U-Net features. "
+        "About doubles the sampling time. Connect it to Colorize Sampler's 'advanced' input."
     )
+    HELP = cleandoc("""
+        The official app's 'Attention injection' (about 2× the sampling time). At every step the U-Net first runs
+        on the reference image's latent (noised to the same step) and records its self-attention inputs; the real
+        step then lets every self-attention read them too, which transfers more of the reference's look.
+
+        `fidelity` blends the plain self-attention into the reference-free guidance rows (1 = plain there, which
+        strengthens the effect through guidance).
+
+        Only **Colorize Sampler** supports it; **Native Guider** refuses it.
+    """)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -139,10 +152,13 @@ class ReferencePad:
     """Pads the reference (and its mask) in width with white, before Reference Embed."""
 
     DESCRIPTION = (
-        "The official 'Reference padding scale': pads the reference image's width to scale x width with white "
-        "(centred) before it is embedded, which shrinks the character relative to the frame. A reference "
-        "mask, if given, is padded with 0 (no foreground) so it still matches."
+        "Pads the reference's width with white (centred) before Reference Embed, which makes the character smaller in "
+        "the frame. A reference mask, if given, is padded to match."
     )
+    HELP = cleandoc("""
+        The official app's 'Reference padding scale': the width becomes scale × width. A reference mask is padded
+        with 0 (no foreground) so that it still matches; without a mask, the mask output is all zero.
+    """)
     CATEGORY = "ColorizeDiffusion/advanced"
     FUNCTION = "pad"
     RETURN_TYPES = ("IMAGE", "MASK")
@@ -168,9 +184,13 @@ class CropToSketch:
     """Crops a result to the area the sketch covered before it was fitted and padded."""
 
     DESCRIPTION = (
-        "The official 'Crop result': Sketch Preprocess fits the line art into the output size and pads the "
-        "rest; this crops the decoded image back to the line art's own area (same aspect ratio as the input)."
+        "Crops the decoded result back to the line art's own area, removing the padding Sketch Preprocess added (same "
+        "aspect ratio as the original line art)."
     )
+    HELP = cleandoc("""
+        The official app's 'Crop result'. **Sketch Preprocess** fits the line art into the output size and pads the
+        rest; connect the original line art (before Sketch Preprocess) as `sketch`, so that its area can be found.
+    """)
     CATEGORY = "ColorizeDiffusion/advanced"
     FUNCTION = "crop"
     RETURN_TYPES = ("IMAGE",)
@@ -194,10 +214,14 @@ class RemoveBackground:
     """Whitens the result where a foreground mask is below the threshold."""
 
     DESCRIPTION = (
-        "The official 'Remove background in result': keeps the pixels where the mask is at least the "
-        "threshold (reference-mask threshold, default 0.5) and paints the rest white. Any MASK works (e.g. "
-        "Sketch Mask of the line art, SAM Mask of the result); it is resized to the image."
+        "Paints the result white wherever the mask is below the threshold (default 0.5) and keeps the rest. Any MASK "
+        "works, e.g. Sketch Mask of the line art; it is resized to the image."
     )
+    HELP = cleandoc("""
+        The official app's 'Remove background in result'; the threshold is its reference-mask threshold (default
+        0.5). Pixels where the mask is at least the threshold are kept. Any MASK works (e.g. **Sketch Mask** of the
+        line art, **SAM Mask** of the result); it is resized to the image.
+    """)
     CATEGORY = "ColorizeDiffusion/advanced"
     FUNCTION = "remove"
     RETURN_TYPES = ("IMAGE",)

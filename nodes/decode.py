@@ -1,6 +1,7 @@
 """The decode node: LATENT (raw VAE space) → IMAGE with the checkpoint's own VAE."""
 from __future__ import annotations
 
+from inspect import cleandoc
 from typing import Any
 
 import torch
@@ -15,9 +16,13 @@ class Decode:
     """COLORIZE_MODEL + LATENT → IMAGE."""
 
     DESCRIPTION = (
-        "Decodes a latent with the checkpoint's VAE (kl-f8, fp32, as the official app runs it) into an image. "
-        "Takes any LATENT in ComfyUI's usual raw VAE space, one image at a time."
+        "Decodes a latent with the checkpoint's VAE (kl-f8, fp32, as the official app runs it) into an image. Takes "
+        "any LATENT in ComfyUI's usual raw VAE space, one image at a time."
     )
+    HELP = cleandoc("""
+        Use it after **Colorize Sampler**. The VAE always runs in fp32, whatever the U-Net's precision; a batch of
+        latents is decoded one image at a time and returned as one IMAGE batch.
+    """)
     CATEGORY = "ColorizeDiffusion/sampling"
     FUNCTION = "decode"
     RETURN_TYPES = ("IMAGE",)

@@ -9,6 +9,7 @@ from the sampler's seed, exactly as :meth:`colorize.pipeline.Colorizer.colorize`
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from inspect import cleandoc
 from typing import Any
 
 import torch
@@ -86,14 +87,22 @@ class BackgroundEncode:
     """Reference (+ masks / background) → COLORIZE_ENHANCE with BG (and/or FG) enhance on."""
 
     DESCRIPTION = (
-        "v1.5 (switch-eps) and v2 (v2-full) foreground/background separation (thesis §5.5–5.6): the sketch "
-        "mask splits the cross-attention so that reference features colour only the figure (FG enhance) and "
-        "the background is painted from the background-only reference or a separate background image (BG "
-        "enhance; v2 encodes it with its background encoder, v1.5 with its background transformer). Connect "
-        "the output to the sampler's 'enhance' input; the encoding runs there once per generation at the "
-        "output size. Without a sketch mask one is computed from the line art; without a reference mask (and "
-        "no background image) the whole reference counts as foreground (plain background, with a warning)."
+        "v1.5/v2 only: separates figure and background, so the reference colours only the figure and the background "
+        "comes from the reference's background or a separate image. Connect it to the sampler's 'enhance' input."
     )
+    HELP = cleandoc("""
+        Foreground/background separation (thesis §5.5–5.6) of v1.5 (switch-eps) and v2 (v2-full):
+
+        - **FG enhance**: the sketch mask splits the cross-attention so that reference features colour only the
+          figure.
+        - **BG enhance**: the background is painted from the background-only reference or a separate background
+          image; v2 encodes it with its background encoder, v1.5 with its background transformer.
+        - Connect the output to the `enhance` input of **Colorize Sampler** (or **Native Enhance**); the encoding
+          runs there, once per generation, at the output size.
+        - Without a sketch mask, one is computed from the line art. Without a reference mask (and no background
+          image), the whole reference counts as foreground: plain background, with a warning.
+        - Chain it with **Style Encode (v2)** (either order) for both enhancements.
+    """)
     CATEGORY = "ColorizeDiffusion/enhance"
     FUNCTION = "encode"
     RETURN_TYPES = (COLORIZE_ENHANCE,)
@@ -161,12 +170,16 @@ class StyleEncode:
     """Reference → COLORIZE_ENHANCE with v2 style enhance on."""
 
     DESCRIPTION = (
-        "v2 (v2-full) style enhance (thesis §5.6): the style encoder reads the reference's VAE latent and CLIP "
-        "tokens once per generation and modulates the U-Net decoder, carrying the reference's rendering style. "
-        "No mask needed. Connect the output to the sampler's 'enhance' input, or chain it with Background "
-        "Encode (either order) for both; with a separate background image there, the style of both images is "
-        "merged by its merge_scale."
+        "v2 only: carries the reference's rendering style into the result through the style encoder. No mask needed. "
+        "Connect it to the sampler's 'enhance' input, alone or chained with Background Encode."
     )
+    HELP = cleandoc("""
+        Style enhance of v2 (v2-full, thesis §5.6): the style encoder reads the reference's VAE latent and CLIP
+        tokens once per generation and modulates the U-Net decoder, carrying the reference's rendering style.
+
+        Chain it with **Background Encode** (either order) for both enhancements; with a separate background image
+        there, the style of both images is merged by its `merge_scale`.
+    """)
     CATEGORY = "ColorizeDiffusion/enhance"
     FUNCTION = "encode"
     RETURN_TYPES = (COLORIZE_ENHANCE,)

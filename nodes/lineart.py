@@ -8,6 +8,7 @@ management. The output is black lines on white at the input's size, what Sketch 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from inspect import cleandoc
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,22 @@ class LineExtract:
     """IMAGE (colour, pencil or inverted line art) → IMAGE (black lines on white, same size)."""
 
     DESCRIPTION = (
-        "Extracts clean line art from a colour illustration, a pencil drawing or a white-on-black sketch, for "
-        "Sketch Preprocess. No-weight methods: high_pass (SketchKeras' input filter) and lineart_standard (the "
-        "official 'invert-webui'). Networks: sketch_keras (the official default 'lineart_keras'), anime2sketch "
-        "('lineart') and manga_line ('lineart_denoise'), read from models/lineart and downloaded on first use "
-        "if missing. Output: black lines on white at the input's size."
+        "Extracts clean black-on-white line art from a colour illustration, a pencil drawing or a white-on-black "
+        "sketch, for Sketch Preprocess. Network methods read their weights from models/lineart (downloaded on first "
+        "use)."
     )
+    HELP = cleandoc("""
+        Methods:
+
+        - `high_pass`: filter, no weights (SketchKeras' input filter);
+        - `lineart_standard`: filter, no weights (the official 'invert-webui');
+        - `sketch_keras`: network (the official default 'lineart_keras');
+        - `anime2sketch`: network (official 'lineart');
+        - `manga_line`: network (official 'lineart_denoise').
+
+        The networks' weights are read from models/lineart and downloaded on first use if missing. The output is
+        black lines on white at the input's size.
+    """)
     CATEGORY = "ColorizeDiffusion/sketch"
     FUNCTION = "extract"
     RETURN_TYPES = ("IMAGE",)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from functools import partial
+from inspect import cleandoc
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,24 @@ class CheckpointLoader:
     """models/colorizediffusion file → COLORIZE_MODEL (+ a line describing it)."""
 
     DESCRIPTION = (
-        "Loads a ColorizeDiffusion checkpoint (U-Net, sketch encoder and VAE) from models/colorizediffusion. "
-        "The version (v1 mult, v1.5 switch, v2) is detected from the file's keys, not its name, and shown in "
-        "the 'info' output; v1.5/v2 also load their separation modules (threshold embedder and background "
-        "transformer; background and style encoders) for Background Encode / Style Encode. A "
-        "listed file that is not on disk yet is downloaded from Hugging Face on first use (CC-BY-NC-SA-4.0 "
-        "weights: non-commercial use only)."
+        "Loads a ColorizeDiffusion checkpoint from models/colorizediffusion; the version (v1, v1.5 or v2) is read "
+        "from the file. A listed file that is missing is downloaded on first use. The weights are for non-commercial "
+        "use only."
     )
+    HELP = cleandoc("""
+        A checkpoint holds the colorizer's U-Net, sketch encoder and VAE. The version is detected from the file's
+        keys, not from its name, and shown in the `info` output:
+
+        - `mult-eps-ft`: ColorizeDiffusion v1 ("mult");
+        - `switch-eps`: v1.5 ("switch");
+        - `v2-full`: v2.
+
+        v1.5 and v2 checkpoints also load their separation modules (v1.5: threshold embedder and background
+        transformer; v2: background and style encoders), which **Background Encode** and **Style Encode (v2)** use.
+
+        A file listed in the picker that is not on disk yet is downloaded from Hugging Face when the node first
+        runs. The weights are CC-BY-NC-SA-4.0: non-commercial use only.
+    """)
     CATEGORY = "ColorizeDiffusion/loaders"
     FUNCTION = "load"
     RETURN_TYPES = (COLORIZE_MODEL, "STRING")
@@ -95,12 +107,19 @@ class ReferenceEncoderLoader(_ReferenceEncoderSource):
     """models/clip_vision file → COLORIZE_REFERENCE_ENCODER."""
 
     DESCRIPTION = (
-        "Loads the OpenCLIP ViT-H/14 (laion2b_s32b_b79k) reference encoder from models/clip_vision: the "
-        "open_clip file, or the vision-only CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors that IPAdapter users "
-        "already have. A listed file that is not on disk yet is downloaded on first use. Only the vision "
-        "tower is kept in memory; text edits need the open_clip file, whose text tower (1.4 GB in fp32) is "
-        "read from it when an edit or heatmap node first encodes a prompt."
+        "Loads the OpenCLIP ViT-H/14 reference encoder from models/clip_vision (a listed file that is missing is "
+        "downloaded on first use). Text edits need the open_clip file, not the vision-only CLIP-ViT-H-14 one."
     )
+    HELP = cleandoc("""
+        The encoder is OpenCLIP ViT-H/14 (laion2b_s32b_b79k). Two files work:
+
+        - the open_clip file (`open_clip_model.safetensors`): vision and text tower;
+        - the vision-only `CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors` that IPAdapter users already have.
+
+        A listed file that is not on disk yet is downloaded when the node first runs. Only the vision tower is kept
+        in memory. Text edits (**Text Edit**, **Control Heatmap**) need the open_clip file: its text tower (1.4 GB
+        in fp32) is read from it when an edit or heatmap node first encodes a prompt.
+    """)
     FUNCTION = "load"
 
     @classmethod
@@ -134,11 +153,17 @@ class ReferenceEncoderFromCLIPVision(_ReferenceEncoderSource):
     """CLIP_VISION (ComfyUI's own loader) → COLORIZE_REFERENCE_ENCODER."""
 
     DESCRIPTION = (
-        "Uses a CLIP vision model loaded by ComfyUI's 'Load CLIP Vision' node as the reference encoder, so "
-        "the ViT-H/14 file is loaded once and shared with IPAdapter. It must be CLIP-ViT-H-14-laion2B-s32B-b79K "
-        "(ViT-H/14, 1024-dim projection); the colorizer's tokens are its 257 projected hidden states. It has "
-        "no text tower: for text edits use the open_clip file with the ColorizeDiffusion loader."
+        "Uses a CLIP vision model from the core Load CLIP Vision node as the reference encoder, shared with "
+        "IPAdapter. It must be CLIP-ViT-H-14-laion2B-s32B-b79K, and it has no text tower: text edits do not work with "
+        "it."
     )
+    HELP = cleandoc("""
+        Loading the ViT-H/14 file once with ComfyUI's **Load CLIP Vision** node lets IPAdapter and the colorizer
+        share it. The model must be CLIP-ViT-H-14-laion2B-s32B-b79K (ViT-H/14, 1024-dim projection); the
+        colorizer's tokens are its 257 projected hidden states.
+
+        It has no text tower: for text edits load the open_clip file with **Reference Encoder Loader** instead.
+    """)
     FUNCTION = "convert"
 
     @classmethod

@@ -8,6 +8,7 @@ prompt queue). The text directions come from the CLIP model that encoded the ref
 """
 from __future__ import annotations
 
+from inspect import cleandoc
 from typing import Any
 
 from torch import Tensor
@@ -60,12 +61,20 @@ class TextEdit:
     """COLORIZE_REFERENCE + one text edit → COLORIZE_REFERENCE."""
 
     DESCRIPTION = (
-        "One text edit of the reference tokens (thesis §5.8.2, local manipulation): moves the region that the "
-        "control prompt selects from the anchor towards the target, e.g. anchor 'brown hair' → target 'blonde "
-        "hair' with control 'hair'. Chain several Text Edit nodes for sequential edits, each acting on the "
-        "previous result; check the selected region with Control Heatmap. Needs the reference encoder's "
-        "CLIP text tower: the open_clip file in the ColorizeDiffusion Reference Encoder Loader."
+        "Edits the reference with text: moves the region the control prompt selects from the anchor towards the "
+        "target (e.g. brown → blonde hair, control 'hair'). Chain nodes for several edits. Needs the open_clip "
+        "reference encoder."
     )
+    HELP = cleandoc("""
+        One local manipulation of the reference tokens (thesis §5.8.2): the region that the control prompt selects
+        moves from the anchor prompt towards the target prompt, e.g. anchor 'brown hair' → target 'blonde hair'
+        with control 'hair'.
+
+        - Chain several Text Edit nodes for sequential edits, each acting on the previous result.
+        - Check the selected region with **Control Heatmap** and tune `ts0`..`ts3` there.
+        - Needs the reference encoder's CLIP text tower: load the open_clip file with **Reference Encoder Loader**
+          (the vision-only file and **Encoder from CLIP Vision** have none).
+    """)
     CATEGORY = "ColorizeDiffusion/manipulation"
     FUNCTION = "edit"
     RETURN_TYPES = (COLORIZE_REFERENCE,)
@@ -120,11 +129,16 @@ class ControlHeatmap:
     """COLORIZE_REFERENCE + reference IMAGE + control prompt → IMAGE (overlay) + MASK (levels)."""
 
     DESCRIPTION = (
-        "Shows which regions of the reference a control prompt selects at the current thresholds (the "
-        "official 'Visualize' button, thesis Fig. 5.23): the patch tokens (after the edits chained before "
-        "this node) are projected on the prompt, resized to the reference image and cut at ts0..ts3. Blue = "
-        "most related (strongest edit weight), red = unrelated; grid lines mark the 16×16 tokens."
+        "Shows which regions of the reference a control prompt selects at the given thresholds, as Text Edit uses "
+        "them: blue = most related (strongest edit), red = unrelated."
     )
+    HELP = cleandoc("""
+        The official app's 'Visualize' button (thesis Fig. 5.23). The patch tokens, after the edits chained before
+        this node, are projected on the prompt, resized to the reference image and cut at ts0..ts3. Blue = most
+        related (strongest edit weight), red = unrelated; grid lines mark the 16×16 tokens.
+
+        Use the control prompt and thresholds of the **Text Edit** you are tuning.
+    """)
     CATEGORY = "ColorizeDiffusion/manipulation"
     FUNCTION = "visualize"
     RETURN_TYPES = ("IMAGE", "MASK")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from inspect import cleandoc
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,17 @@ class SketchMask:
     """IMAGE (line art) → MASK (figure silhouette), no weights."""
 
     DESCRIPTION = (
-        "Foreground mask of line art without any model: everything the paper around the drawing cannot reach "
-        "from the image borders is the figure (outlines with gaps up to 'gap' pixels count as closed). Works "
-        "on the raw line art or the prepared sketch, and on a reference on a plain light background (lower "
-        "the threshold, e.g. 0.1, so that every coloured pixel blocks the fill). An image without lines gives "
-        "an empty mask and a warning."
+        "Foreground mask of line art without any model: whatever the paper around the drawing cannot reach from the "
+        "image borders is the figure. Small gaps in outlines are bridged."
     )
+    HELP = cleandoc("""
+        Everything the paper around the drawing cannot reach from the image borders is the figure; outlines with
+        gaps up to `gap` pixels count as closed.
+
+        Works on the raw line art or the prepared sketch, and on a reference on a plain light background: lower the
+        threshold (e.g. 0.1) so that every coloured pixel blocks the fill. An image without lines gives an empty
+        mask and a warning.
+    """)
     CATEGORY = "ColorizeDiffusion/masks"
     FUNCTION = "mask"
     RETURN_TYPES = ("MASK",)
@@ -101,11 +107,16 @@ class SamMask:
     """IMAGE (reference) → MASK with segment-anything."""
 
     DESCRIPTION = (
-        "Foreground mask of the colour reference with Segment Anything (models/sams; sam_vit_b is downloaded "
-        "on first use if missing). Prompt: points and/or a box in pixels of the image, or, when both are "
-        "empty, an automatic prompt at the image centre (the subject of a reference usually fills the frame). "
-        "Feed the mask to Background Encode's reference_mask."
+        "Foreground mask of the colour reference with Segment Anything (models/sams; sam_vit_b is downloaded on first "
+        "use). Without points or a box it prompts at the image centre. Feed it to Background Encode's reference_mask."
     )
+    HELP = cleandoc("""
+        Prompt: foreground points, background points and/or a box, in pixels of the image. When points and box are
+        all empty, an automatic prompt at the image centre is used (`auto_prompt`): the subject of a reference
+        usually fills the frame. Background points alone are refused: add a point or a box.
+
+        Feed the mask to **Background Encode**'s `reference_mask`.
+    """)
     CATEGORY = "ColorizeDiffusion/masks"
     FUNCTION = "mask"
     RETURN_TYPES = ("MASK",)
@@ -157,9 +168,12 @@ class MaskPreview:
     """IMAGE + MASK → IMAGE (tinted overlay)."""
 
     DESCRIPTION = (
-        "Shows a mask over its image: the masked region tinted, its outline drawn and the rest dimmed, to check "
-        "a sketch or reference mask before colorizing. A mask of another size is resized to the image."
+        "Shows a mask over its image: the masked region tinted, its outline drawn and the rest dimmed, to check a "
+        "sketch or reference mask before colorizing. A mask of another size is resized to the image."
     )
+    HELP = cleandoc("""
+        Any MASK works (1 = foreground). Connect the output to **Preview Image** or **Save Image**.
+    """)
     CATEGORY = "ColorizeDiffusion/masks"
     FUNCTION = "preview"
     RETURN_TYPES = ("IMAGE",)

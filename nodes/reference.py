@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from inspect import cleandoc
 from typing import Any
 
 import torch
@@ -139,11 +140,16 @@ class ReferenceEmbed:
     """IMAGE → COLORIZE_REFERENCE."""
 
     DESCRIPTION = (
-        "Encodes the colour reference image into the 256 CLIP ViT-H/14 patch tokens that the colorizer's "
-        "cross-attention reads (thesis §5.3), keeping the CLS token for text edits. The image is squashed to "
-        "224×224 (no crop): use a reference whose subject fills the frame. A batch of references gives a "
-        "batch of results."
+        "Encodes the colour reference image into the CLIP tokens the colorizer reads. The image is squashed to "
+        "224×224 without cropping: use a reference whose subject fills the frame."
     )
+    HELP = cleandoc("""
+        The colorizer's cross-attention reads the 256 CLIP ViT-H/14 patch tokens of the reference (thesis §5.3).
+        The CLS token is kept as well, for text edits (**Text Edit**, **Control Heatmap**).
+
+        The image is squashed to 224×224 (no crop), so a reference whose subject fills the frame works best. A
+        batch of references gives a batch of results.
+    """)
     CATEGORY = "ColorizeDiffusion/reference"
     FUNCTION = "embed"
     RETURN_TYPES = (COLORIZE_REFERENCE,)

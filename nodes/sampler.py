@@ -1,6 +1,7 @@
 """The sampler node: reference tokens + sketch hints → LATENT, with progress, preview and Cancel."""
 from __future__ import annotations
 
+from inspect import cleandoc
 from typing import Any
 
 from colorize.errors import InputError
@@ -29,14 +30,22 @@ class Sampler:
     """COLORIZE_MODEL + COLORIZE_REFERENCE + COLORIZE_HINTS → LATENT."""
 
     DESCRIPTION = (
-        "Colorizes: denoises a seeded latent with the ColorizeDiffusion U-Net conditioned on the reference "
-        "tokens and the sketch hints, with dual classifier-free guidance (reference and sketch, thesis §5.3). "
-        "The default (dpm_solver + leading, 20 steps, reference CFG 4) is the official app's. The LATENT is in "
-        "ComfyUI's usual raw VAE space, so core VAE Decode with an SD2 VAE works as well as "
-        "ColorizeDiffusion Decode. Shows progress with a latent preview and stops on Cancel. With a v1.5 or v2 "
-        "checkpoint, the optional 'enhance' input (Background Encode / Style Encode) adds foreground/background "
-        "separation; v2 outputs are best near 768x768 in area (set the size on Sketch Preprocess)."
+        "Colorizes: denoises a latent guided by the reference tokens and the sketch hints, with separate reference "
+        "and sketch guidance scales. The defaults are the official app's. Decode the result with Colorize Decode."
     )
+    HELP = cleandoc("""
+        - **Guidance**: dual classifier-free guidance, one scale for the reference (`reference_cfg`) and one for
+          the sketch (`sketch_cfg`) (thesis §5.3).
+        - **Defaults**: dpm_solver with its own schedule (`auto`, which is `leading` for dpm_solver), 20 steps and
+          reference CFG 4 are the official app's.
+        - **Output**: the LATENT is in ComfyUI's usual raw VAE space, so core **VAE Decode** with an SD2 VAE works
+          as well as **Colorize Decode**.
+        - Shows progress with a latent preview and stops on Cancel.
+        - **v1.5 / v2**: the optional `enhance` input (**Background Encode** / **Style Encode (v2)**) adds
+          foreground/background separation. v2 outputs are best near 768×768 in area (set the size on **Sketch
+          Preprocess**).
+        - **Advanced**: the optional `advanced` input takes **Guidance Window** and/or **Attention Injection**.
+    """)
     CATEGORY = "ColorizeDiffusion/sampling"
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)

@@ -1,6 +1,7 @@
 """Sketch nodes: line-art preprocessing (polarity, fit and pad) and the sketch encoder's hints."""
 from __future__ import annotations
 
+from inspect import cleandoc
 from typing import Any
 
 from torch import Tensor
@@ -38,11 +39,19 @@ class SketchPreprocess:
     """IMAGE (line art) → IMAGE (white lines on black, fitted and padded to a multiple of 64)."""
 
     DESCRIPTION = (
-        "Prepares line art for the sketch encoder: makes the lines white on black (invert black-on-white "
-        "drawings, keep white-on-black ones such as line extractor outputs, or decide automatically from the "
-        "median brightness), then fits it inside the target size keeping its aspect ratio and pads the rest "
-        "with black (no lines). The target size is a multiple of 64."
+        "Prepares line art for the sketch encoder: makes the lines white on black (black-on-white drawings are "
+        "inverted) and fits it into a multiple of 64, keeping its aspect ratio and padding the rest with black."
     )
+    HELP = cleandoc("""
+        - **Polarity**: `invert` for black lines on white paper (the official default); `keep` for drawings that
+          already have white lines on black, such as line extractor outputs; `auto` decides from the median
+          brightness (inverts when the image is mostly light).
+        - **Size**: the line art is fitted inside the target size keeping its aspect ratio, and the rest is padded
+          with black (no lines). The target size is a multiple of 64; with width and height 0 it follows the
+          sketch's aspect ratio at about 512×512 in area.
+
+        Preview the output to check it, then feed it to **Sketch Hints** (or **Native Sketch**).
+    """)
     CATEGORY = "ColorizeDiffusion/sketch"
     FUNCTION = "prepare"
     RETURN_TYPES = ("IMAGE",)
@@ -71,11 +80,17 @@ class SketchHintsNode:
     """Prepared sketch + strength → COLORIZE_HINTS."""
 
     DESCRIPTION = (
-        "Runs the checkpoint's sketch encoder on a prepared sketch (the output of Sketch Preprocess) and "
-        "scales its five hints, which are added to the U-Net features (thesis Eq. 5.1). The hints of a blank "
-        "sketch are computed as well, for the sketch guidance scale. A sketch whose size is not a multiple "
-        "of 64 is fitted into the nearest one and padded with black."
+        "Runs the checkpoint's sketch encoder on a prepared sketch (from Sketch Preprocess) and scales its hints by "
+        "strength. Use the same checkpoint as the sampler."
     )
+    HELP = cleandoc("""
+        The sketch encoder turns the sketch into five hints, which are added to the U-Net features (thesis
+        Eq. 5.1); `strength` scales them. The hints of a blank sketch are computed as well, for the sketch guidance
+        scale (`sketch_cfg` on **Colorize Sampler**).
+
+        A sketch whose size is not a multiple of 64 is fitted into the nearest one and padded with black. The hints
+        also fix the output size.
+    """)
     CATEGORY = "ColorizeDiffusion/sketch"
     FUNCTION = "encode"
     RETURN_TYPES = (COLORIZE_HINTS,)

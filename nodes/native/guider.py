@@ -9,6 +9,7 @@ whether ComfyUI runs them in one batch or in several.
 """
 from __future__ import annotations
 
+from inspect import cleandoc
 from typing import Any
 
 import torch
@@ -81,12 +82,19 @@ class NativeGuider:
     """MODEL + positive / negative → GUIDER with the official dual CFG (reference and sketch)."""
 
     DESCRIPTION = (
-        "The official dual classifier-free guidance of ColorizeDiffusion for SamplerCustomAdvanced: reference CFG "
-        "(positive vs the empty reference) and sketch CFG (the sketch vs a blank sketch, through Native Sketch), "
-        "averaged: ½[(u_ref + g_ref(c − u_ref)) + (u_sketch + g_sketch(c − u_sketch))]. A scale of 1 switches "
-        "its branch off (one U-Net row less). With KSampler, its cfg is the reference scale alone. An optional "
-        "Guidance Window limits the reference to part of the trajectory, as on the ColorizeDiffusion Sampler."
+        "The official dual guidance (reference CFG and sketch CFG) as a GUIDER for SamplerCustomAdvanced. A scale of "
+        "1 switches that guidance off. With KSampler, only the reference scale (its cfg) is available."
     )
+    HELP = cleandoc("""
+        Reference CFG compares the positive with the empty reference; sketch CFG compares the sketch with a blank
+        sketch (through **Native Sketch**). The two are averaged:
+
+        `½[(u_ref + g_ref(c − u_ref)) + (u_sketch + g_sketch(c − u_sketch))]`
+
+        A scale of 1 switches its branch off (one U-Net row less). An optional **Guidance Window** limits the
+        reference to part of the trajectory, as on **Colorize Sampler**; **Attention Injection** needs Colorize
+        Sampler.
+    """)
     CATEGORY = "ColorizeDiffusion/native"
     FUNCTION = "get_guider"
     RETURN_TYPES = ("GUIDER",)
@@ -154,12 +162,15 @@ class NativeSigmas:
     """MODEL + schedule → SIGMAS (the ColorizeDiffusion Sampler's schedules for custom samplers)."""
 
     DESCRIPTION = (
-        "The schedules of the ColorizeDiffusion Sampler as SIGMAS for SamplerCustomAdvanced: 'leading' = the "
-        "official app's DPM-Solver timesteps (diffusers 'leading' spacing; they start below the maximum noise, "
-        "so the starting latent is noise × sigma as in the app), 'ddim_leading', and karras / uniform / "
-        "exponential between the model's own sigma_min and sigma_max. With the same sampler, steps and seed, "
-        "SamplerCustomAdvanced then reproduces the ColorizeDiffusion Sampler."
+        "Colorize Sampler's schedules as SIGMAS for SamplerCustomAdvanced. 'leading' is the official default; with "
+        "the same sampler, steps and seed the result matches Colorize Sampler."
     )
+    HELP = cleandoc("""
+        - `leading`: the official app's DPM-Solver timesteps (diffusers 'leading' spacing). They start below the
+          maximum noise, so the starting latent is noise × sigma, as in the app.
+        - `ddim_leading`: DDIM's timesteps.
+        - `karras`, `uniform`, `exponential`: between the model's own sigma_min and sigma_max.
+    """)
     CATEGORY = "ColorizeDiffusion/native"
     FUNCTION = "get_sigmas"
     RETURN_TYPES = ("SIGMAS",)

@@ -7,6 +7,7 @@ management; the colorizer's own modules travel beside it (:mod:`.model`).
 """
 from __future__ import annotations
 
+from inspect import cleandoc
 from typing import Any
 
 from colorize.device import PRECISIONS
@@ -24,13 +25,19 @@ class NativeLoader:
     """models/colorizediffusion file → MODEL, VAE, COLORIZE_NATIVE."""
 
     DESCRIPTION = (
-        "Loads a ColorizeDiffusion checkpoint as ComfyUI's own SD2.x MODEL and VAE (eps-prediction for v1 / "
-        "v1.5, v-prediction for v2, detected from the file's keys), so KSampler, SamplerCustomAdvanced, LoRA "
-        "loaders and model-merge nodes work on it. The third output holds the colorizer's own parts (sketch "
-        "encoder, v1.5/v2 split LoRA, v2 warp and style modules, background encoders) for the ColorizeDiffusion "
-        "Native patch nodes, which must be applied for colorization (thesis §5.3). Non-commercial weights "
-        "(CC-BY-NC-SA-4.0)."
+        "Loads a ColorizeDiffusion checkpoint as a core SD2.x MODEL and VAE (for KSampler, LoRA and merge nodes), "
+        "plus the colorizer's own parts. The MODEL colorizes only once Native Sketch has patched it."
     )
+    HELP = cleandoc("""
+        - **MODEL**: the U-Net as ComfyUI's own SD2.x model, eps-prediction for v1 / v1.5 and v-prediction for v2,
+          detected from the file's keys. KSampler, SamplerCustomAdvanced, LoRA loaders and model-merge nodes work
+          on it.
+        - **colorizer**: the colorizer's own parts (sketch encoder, v1.5/v2 split LoRA, v2 warp and style modules,
+          background encoders) for the Native patch nodes (**Native Sketch**, **Native Reference Strength**,
+          **Native Enhance**), which must be applied for colorization (thesis §5.3).
+        - A listed file that is missing is downloaded when the node first runs. Non-commercial weights
+          (CC-BY-NC-SA-4.0).
+    """)
     CATEGORY = "ColorizeDiffusion/native"
     FUNCTION = "load"
     RETURN_TYPES = ("MODEL", "VAE", COLORIZE_NATIVE, "STRING")
@@ -74,11 +81,14 @@ class NativeConditioning:
     """COLORIZE_REFERENCE → positive / negative CONDITIONING."""
 
     DESCRIPTION = (
-        "Turns the reference's 256 CLIP ViT-H/14 tokens (Reference Embed) into native conditioning: positive = "
-        "the tokens, negative = an empty (all-zero) reference, the official unconditional input of reference "
-        "CFG. Use them with KSampler (its cfg is the reference guidance scale) or the ColorizeDiffusion Native "
-        "Guider (reference and sketch CFG). v1.5/v2 background/style enhance: use Native Enhance instead."
+        "Turns reference tokens into positive/negative conditioning for KSampler (its cfg is the reference guidance "
+        "scale) or Native Guider. For v1.5/v2 background or style enhance use Native Enhance instead."
     )
+    HELP = cleandoc("""
+        Positive = the reference's 256 CLIP ViT-H/14 tokens (from **Reference Embed** or a **Text Edit**);
+        negative = an empty (all-zero) reference, the official unconditional input of reference CFG. **Native
+        Guider** adds sketch CFG on top of reference CFG.
+    """)
     CATEGORY = "ColorizeDiffusion/native"
     FUNCTION = "encode"
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")

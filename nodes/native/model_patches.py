@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+from inspect import cleandoc
 from typing import Any
 
 import torch
@@ -67,12 +68,16 @@ class NativeSketch:
     """MODEL + prepared sketch → MODEL with sketch hints, and an empty LATENT of the sketch's size."""
 
     DESCRIPTION = (
-        "Adds the sketch to a native ColorizeDiffusion MODEL: the checkpoint's sketch encoder turns the prepared "
-        "line art into five hints added after U-Net input blocks 0, 3, 6, 9, 11 (thesis Eq. 5.1), on ComfyUI's "
-        "device when sampling starts. The blank sketch's hints are used for the rows the ColorizeDiffusion "
-        "Native Guider marks sketch-unconditional (sketch CFG). The latent output is an empty latent of the "
-        "sketch's size: connect it to the sampler (another size re-fits the sketch)."
+        "Patches a native MODEL with the sketch hints and outputs an empty latent of the sketch's size: connect that "
+        "latent to the sampler. Needed for colorization on the native path."
     )
+    HELP = cleandoc("""
+        The checkpoint's sketch encoder turns the prepared line art (from **Sketch Preprocess**) into five hints
+        added after U-Net input blocks 0, 3, 6, 9, 11 (thesis Eq. 5.1), on ComfyUI's device when sampling starts.
+        The blank sketch's hints are used for the rows **Native Guider** marks sketch-unconditional (sketch CFG).
+
+        A latent of another size re-fits the sketch. The MODEL is cloned: the input MODEL is unchanged.
+    """)
     CATEGORY = "ColorizeDiffusion/native"
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL", "LATENT")
@@ -103,10 +108,13 @@ class NativeReferenceStrength:
     """MODEL → MODEL with the reference strength per level (scales the cross-attention result)."""
 
     DESCRIPTION = (
-        "Sets how strongly a native ColorizeDiffusion MODEL reads the reference: the cross-attention result "
-        "softmax(QKᵀ/√d)·V is scaled per block (thesis §5.2), with the official app's level sliders "
-        "(encoder, middle, low; each × reference_strength). Combines with Native Enhance in either order."
+        "Sets how strongly a native MODEL reads the reference, per block level (encoder, middle, low; each × "
+        "reference_strength), as on Colorize Sampler. Combines with Native Enhance in either order."
     )
+    HELP = cleandoc("""
+        The cross-attention result softmax(QKᵀ/√d)·V is scaled per block (thesis §5.2), with the official app's
+        level sliders. The MODEL is cloned: the input MODEL is unchanged.
+    """)
     CATEGORY = "ColorizeDiffusion/native"
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)
@@ -139,13 +147,18 @@ class NativeEnhance:
     """MODEL + reference + COLORIZE_ENHANCE → MODEL with v1.5/v2 separation, and its CONDITIONING."""
 
     DESCRIPTION = (
-        "v1.5/v2 foreground/background separation for a native ColorizeDiffusion MODEL (thesis §5.5–5.6): from "
-        "Background Encode / Style Encode it builds the [foreground | background] reference context (positive; "
-        "negative = its empty version) and patches the MODEL with split cross-attention (fg/bg LoRA, sketch "
-        "mask), and for v2 the background warping and style modulation of the decoder. The v2 latents of the "
-        "reference/background are posterior samples seeded by 'seed': give it the sampler's seed to reproduce "
-        "the ColorizeDiffusion Sampler exactly."
+        "v1.5/v2 figure/background separation for a native MODEL: patches it from Background Encode / Style Encode "
+        "and gives its own positive/negative. Set seed to the sampler's seed to match Colorize Sampler."
     )
+    HELP = cleandoc("""
+        Foreground/background separation (thesis §5.5–5.6): from **Background Encode** / **Style Encode (v2)** it
+        builds the [foreground | background] reference context (positive; negative = its empty version) and
+        patches the MODEL with split cross-attention (fg/bg LoRA, sketch mask), and for v2 with the background
+        warping and style modulation of the decoder.
+
+        The v2 latents of the reference/background are posterior samples seeded by `seed`: give it the sampler's
+        seed to reproduce **Colorize Sampler** exactly. A later Native Enhance replaces an earlier one.
+    """)
     CATEGORY = "ColorizeDiffusion/native"
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")

@@ -21,7 +21,7 @@ from colorize.tiny import write_tiny_weights
 from nodes import NODE_CLASS_MAPPINGS as M
 
 CKPTS = {"mult": "mult-eps-ft.safetensors", "switch": "switch-eps.safetensors", "v2": "v2-full.safetensors"}
-CLIP = "open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors"
+CLIP = "open_clip_model.safetensors"
 SIZE = 64
 
 

@@ -275,7 +275,7 @@ def test_lineart_folder_is_registered_keeping_user_paths(tmp_path: Path, monkeyp
 
 
 def test_lineart_workflow_extracts_without_weights() -> None:
-    graph = json.loads((REPO / "workflows" / "api" / "colorizediffusion_v1_lineart.json").read_text())
+    graph = json.loads((REPO / "workflows" / "api" / "v1 - From an illustration.json").read_text())
     extract = [nid for nid, n in graph.items() if n["class_type"] == "ColorizeDiffusionLineExtract"]
     assert len(extract) == 1 and graph[extract[0]]["inputs"]["method"] in NO_WEIGHT_METHODS
     source = graph[graph[extract[0]]["inputs"]["image"][0]]

@@ -25,7 +25,7 @@ from nodes.reference import EncodedReference, OpenClipReference
 from nodes.sockets import ReferenceTokens
 
 REPO = Path(__file__).resolve().parents[2]
-CKPT, CLIP = "mult-eps-ft.safetensors", "open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors"
+CKPT, CLIP = "mult-eps-ft.safetensors", "open_clip_model.safetensors"
 VISION_ONLY = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 THRESHOLDS = (0.5, 0.55, 0.65, 0.95)
 

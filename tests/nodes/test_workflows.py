@@ -1,6 +1,7 @@
 """The shipped workflows: only existing node types, inputs that match INPUT_TYPES, UI and API twins equal."""
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -62,6 +63,8 @@ def test_every_ui_workflow_has_an_api_twin_and_thumbnail() -> None:
     assert {p.name for p in UI_FILES} == {p.name for p in API_FILES}
     for p in UI_FILES:
         assert (WF / f"{p.stem}.jpg").is_file(), f"{p.stem}.jpg thumbnail missing"
+    digests = {hashlib.sha256((WF / f"{p.stem}.jpg").read_bytes()).hexdigest() for p in UI_FILES}
+    assert len(digests) == len(UI_FILES), "two workflows share a thumbnail"
 
 
 def test_generated_files_are_up_to_date() -> None:
@@ -164,9 +167,27 @@ def test_ui_loaders_carry_model_download_links(path: Path) -> None:
             name = node["widgets_values"][widget_names(node["type"]).index(widget)]
             entry = by_file[(folder, name)]
             assert node["properties"]["models"] == [{"name": name, "url": hub_url(entry), "directory": folder}]
-            assert node["properties"]["models"][0]["url"].endswith(".safetensors")
+            # the frontend's download saves the file under its URL's name: the workflow must ask for that name
+            assert node["properties"]["models"][0]["url"].rsplit("/", 1)[1] == name
             found += 1
     assert found == 2
+
+
+def test_a_clip_file_under_its_former_name_still_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Users of earlier releases saved the CLIP file as ``open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors``: the
+    library and the loader node find it when asked for the download name, and the other way round."""
+    from colorize.weights import manifest_entry, resolve
+    from nodes import models as node_models
+
+    entry = manifest_entry("clip-vit-h-14")
+    former = entry["former_filenames"][0]
+    (tmp_path / "clip_vision").mkdir()
+    (tmp_path / "clip_vision" / former).write_bytes(b"weights")
+    assert resolve("clip-vit-h-14", tmp_path, accept_alternatives=False) == tmp_path / "clip_vision" / former
+    monkeypatch.setattr(node_models, "folder_dirs", lambda folder: [tmp_path / folder])
+    assert node_models.resolve_file("clip_vision", entry["filename"]) == tmp_path / "clip_vision" / former
+    (tmp_path / "clip_vision" / former).rename(tmp_path / "clip_vision" / entry["filename"])
+    assert node_models.resolve_file("clip_vision", former) == tmp_path / "clip_vision" / entry["filename"]
 
 
 def test_tiny_weights_use_the_workflow_file_names(tmp_path: Path) -> None:
@@ -196,3 +217,41 @@ def test_registry_metadata_lists_the_workflow_models() -> None:
     assert used <= set(models)
     reqs = (REPO / "requirements.txt").read_text().split()
     assert not any(r.split(">")[0].split("=")[0].lower() in ("torch", "torchvision", "torchaudio") for r in reqs)
+
+
+# ------------------------------------------------------------------------------------- layout
+
+import layout  # noqa: E402  (workflows/ is on sys.path above)
+
+
+@pytest.mark.parametrize("name", sorted(make_workflows.WORKFLOWS))
+def test_layout_has_no_overlaps_and_shows_the_note_first(name: str) -> None:
+    """With the frontend's measured sizes (+ room for previews), no two node rectangles or stage groups overlap,
+    every node sits inside its stage's group, and the saved view starts at the note, at a zoom that draws text."""
+    make, note = make_workflows.WORKFLOWS[name]
+    graph = make()
+    sizes, title = layout.load_sizes()
+    lay = layout.layout(graph, note, sizes, title)
+    rects = layout.boxes(lay, title)
+    note_box = layout.Box(lay.note_pos[0], lay.note_pos[1] - title, lay.note_size[0], lay.note_size[1] + title)
+    rects["note"] = note_box
+    clashes = [(a, b) for a in rects for b in rects if a < b and rects[a].overlaps(rects[b])]
+    assert not clashes, clashes
+    groups = [layout.Box(*g["bounding"]) for g in lay.groups]
+    assert not [(a, b) for i, a in enumerate(groups) for b in groups[i + 1:] if a.overlaps(b)]
+    stage_title = {sid: t for sid, t, _ in layout.STAGES}
+    by_title = {g["title"]: layout.Box(*g["bounding"]) for g in lay.groups}
+    for nid, stage in layout.stages(graph).items():
+        box, group = rects[nid], by_title[stage_title[stage]]
+        assert group.x <= box.x and box.x + box.w <= group.x + group.w and group.y <= box.y and box.y + box.h <= group.y + group.h
+    assert note_box.x <= min(r.x for r in rects.values()) and note_box.y <= min(r.y for r in rects.values())
+    scale, (ox, oy) = lay.view["scale"], lay.view["offset"]
+    assert scale >= 0.6  # the frontend draws no text below its low-quality zoom threshold
+    assert (note_box.x + ox) * scale >= 0 and (note_box.y + oy) * scale >= 0
+    assert (note_box.x + note_box.w + ox) * scale <= 1280  # a laptop-sized canvas shows the whole note
+
+
+def test_every_node_type_has_a_measured_size() -> None:
+    sizes, _ = layout.load_sizes()
+    used = {n["class_type"] for make, _ in make_workflows.WORKFLOWS.values() for n in make().values()}
+    assert used <= set(sizes), sorted(used - set(sizes))
