@@ -5,7 +5,9 @@ browser), the API-format twin (``api/<name>.json``, what tests post to ``/prompt
     python workflows/make_workflows.py --check  # exit 1 if a file is out of date
 
 Each workflow is described once below as an API-style graph; the UI file is derived from it with the
-nodes' ``INPUT_TYPES`` (widget order), so the two formats cannot drift apart.
+nodes' ``INPUT_TYPES`` (widget order), so the two formats cannot drift apart, and laid out by ``layout.py``.
+The frontend's template browser titles a pack's workflow by its file name, so the names are titles
+("v1 - Text edits"); files of renamed or removed workflows are deleted.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from layout import Graph, layout, load_sizes
 
 from nodes import NODE_CLASS_MAPPINGS
 from nodes.models import CHECKPOINT_FOLDER, CLIP_FOLDER, model_links
@@ -47,7 +51,7 @@ NOTE_V1 = """## ColorizeDiffusion v1: reference-based line-art colorization
 
 1. **Models** (downloaded on first run if missing, or by the frontend's missing-model dialog):
    `models/colorizediffusion/mult-eps-ft.safetensors` (3.9 GB, CC-BY-NC-SA-4.0, non-commercial) and
-   `models/clip_vision/open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors` (or pick the
+   `models/clip_vision/open_clip_model.safetensors` (or pick the
    `CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors` you already have for IPAdapter).
 2. **Images**: copy `colorizediffusion_sketch.png` and `colorizediffusion_reference.png` from the pack's
    `workflows/` folder into ComfyUI's `input/` folder, or load your own line art and reference.
@@ -59,7 +63,7 @@ def input_nodes() -> dict[str, dict[str, Any]]:
     """Nodes 2–5 of the v1 graphs: the reference encoder, the two images and the sketch preparation."""
     return {
         "2": {"class_type": "ColorizeDiffusionReferenceEncoderLoader", "_meta": {"title": "Reference encoder"},
-              "inputs": {"clip_name": "open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors"}},
+              "inputs": {"clip_name": "open_clip_model.safetensors"}},
         "3": {"class_type": "LoadImage", "_meta": {"title": "Sketch (line art)"}, "inputs": {"image": SKETCH}},
         "4": {"class_type": "LoadImage", "_meta": {"title": "Colour reference"}, "inputs": {"image": REFERENCE}},
         "5": {"class_type": "ColorizeDiffusionSketchPreprocess", "_meta": {"title": "Sketch Preprocess"},
@@ -83,8 +87,8 @@ def mask_nodes() -> dict[str, dict[str, Any]]:
     }
 
 
-def v1_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
-    """The v1 colorization graph (API format) and each node's canvas position."""
+def v1_graph() -> Graph:
+    """The v1 colorization graph (API format)."""
     graph: dict[str, dict[str, Any]] = {
         "1": {"class_type": "ColorizeDiffusionCheckpointLoader", "_meta": {"title": "Checkpoint"},
               "inputs": {"ckpt_name": "mult-eps-ft.safetensors", "precision": "auto"}},
@@ -105,9 +109,7 @@ def v1_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
         "11": {"class_type": "PreviewImage", "_meta": {"title": "Prepared sketch"}, "inputs": {"images": ["5", 0]}},
         "12": {"class_type": "PreviewAny", "_meta": {"title": "Checkpoint info"}, "inputs": {"source": ["1", 1]}},
     }
-    pos = {"1": (40, 60), "2": (40, 260), "3": (40, 400), "4": (40, 780), "5": (420, 400), "6": (800, 60),
-           "7": (420, 260), "8": (1180, 60), "9": (1580, 60), "10": (1900, 60), "11": (800, 400), "12": (420, 60)}
-    return graph, pos
+    return graph
 
 
 NOTE_TEXT_EDITS = """## ColorizeDiffusion v1 with text edits of the reference (thesis §5.8)
@@ -117,7 +119,7 @@ The v1 workflow (same models and images), with the reference tokens edited by tw
 control prompt selects from the anchor towards the target; add more edits in a chain, or switch one off (`enabled`).
 **Control Heatmap** shows what the second edit's control prompt selects once the first edit is applied (blue = most
 related, strongest change): tune ts0..ts3 there, then set the same values on the edit.
-Text edits need the CLIP text tower: load `open_clip-ViT-H-14-laion2b_s32b_b79k.safetensors` (the vision-only
+Text edits need the CLIP text tower: load `open_clip_model.safetensors` (the vision-only
 `CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors` cannot encode prompts). It is read on first use (1.4 GB more memory).
 """
 
@@ -129,9 +131,9 @@ def edit_inputs(reference: Link, target: str, anchor: str, control: str) -> dict
             "strength_ratio": 2.0}
 
 
-def text_edits_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+def text_edits_graph() -> Graph:
     """v1 colorization with two sequential text edits of the reference and the control heatmap of the second."""
-    graph, pos = v1_graph()
+    graph = v1_graph()
     graph["8"]["inputs"]["reference"] = ["14", 0]
     graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/v1_text_edits"
     graph.update({
@@ -145,8 +147,7 @@ def text_edits_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, 
         "16": {"class_type": "SaveImage", "_meta": {"title": "Save heatmap"},
                "inputs": {"images": ["15", 0], "filename_prefix": "ColorizeDiffusion/v1_text_edits_heatmap"}},
     })
-    pos.update({"13": (420, 820), "14": (800, 820), "15": (1180, 820), "16": (1580, 820)})
-    return graph, pos
+    return graph
 
 
 NOTE_LINEART = """## ColorizeDiffusion v1 from a colour illustration: line extraction, then colorization
@@ -162,9 +163,9 @@ then goes through the v1 chain with the colour reference: a way to re-colour an 
 """
 
 
-def lineart_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+def lineart_graph() -> Graph:
     """v1 colorization of line art extracted (no weights) from a colour illustration."""
-    graph, pos = v1_graph()
+    graph = v1_graph()
     graph["3"] = {"class_type": "LoadImage", "_meta": {"title": "Colour illustration"},
                   "inputs": {"image": REFERENCE}}
     graph["5"]["inputs"]["image"] = ["13", 0]
@@ -175,8 +176,7 @@ def lineart_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int
                           "input_polarity": "auto", "resolution": 0, "sigma": 0.0, "threshold": 0.1}},
         "14": {"class_type": "PreviewImage", "_meta": {"title": "Extracted lines"}, "inputs": {"images": ["13", 0]}},
     })
-    pos.update({"13": (420, 400), "14": (420, 700), "5": (800, 400), "11": (800, 620)})
-    return graph, pos
+    return graph
 
 
 NOTE_V15 = """## ColorizeDiffusion v1.5: foreground/background separation (BG enhance) with masks
@@ -196,9 +196,9 @@ NOTE_V2 = """## ColorizeDiffusion v2: background encoder and style encoder
 """
 
 
-def v15_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+def v15_graph() -> Graph:
     """v1.5: sketch + reference + masks → colorization with BG enhance."""
-    graph, pos = v1_graph()
+    graph = v1_graph()
     graph["1"]["inputs"]["ckpt_name"] = "switch-eps.safetensors"
     graph["8"]["inputs"]["enhance"] = ["15", 0]
     graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/v15"
@@ -211,22 +211,19 @@ def v15_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
         "18": {"class_type": "PreviewImage", "_meta": {"title": "Sketch mask"}, "inputs": {"images": ["16", 0]}},
         "19": {"class_type": "PreviewImage", "_meta": {"title": "Reference mask"}, "inputs": {"images": ["17", 0]}},
     })
-    pos.update({"13": (420, 1100), "14": (420, 1300), "15": (800, 1100), "16": (800, 1400), "17": (800, 1600),
-                "18": (1180, 1400), "19": (1180, 1600)})
-    return graph, pos
+    return graph
 
 
-def v2_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+def v2_graph() -> Graph:
     """v2: the v1.5 graph on v2-full with Style Encode chained after Background Encode, 768-level output."""
-    graph, pos = v15_graph()
+    graph = v15_graph()
     graph["1"]["inputs"]["ckpt_name"] = "v2-full.safetensors"
     graph["5"]["inputs"].update({"width": 768, "height": 768})
     graph["8"]["inputs"]["enhance"] = ["20", 0]
     graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/v2"
     graph["20"] = {"class_type": "ColorizeDiffusionStyleEncode", "_meta": {"title": "Style Encode"},
                    "inputs": {"encoder": ["2", 0], "reference": ["4", 0], "enhance": ["15", 0]}}
-    pos["20"] = (1180, 1100)
-    return graph, pos
+    return graph
 
 
 NOTE_ADVANCED = """## ColorizeDiffusion v1 with the official app's advanced controls
@@ -241,9 +238,9 @@ The v1 workflow (same models and images) with:
 """
 
 
-def advanced_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+def advanced_graph() -> Graph:
     """v1 with reference padding, guidance window, attention injection, crop and background removal."""
-    graph, pos = v1_graph()
+    graph = v1_graph()
     graph["7"]["inputs"]["image"] = ["13", 0]
     graph["8"]["inputs"]["advanced"] = ["15", 0]
     graph["10"]["inputs"]["images"] = ["17", 0]
@@ -263,9 +260,7 @@ def advanced_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, in
         "18": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Sketch Mask (figure)"},
                "inputs": {"image": ["3", 0], "threshold": 0.5, "gap": 4, "dilation": 2, "polarity": "auto"}},
     })
-    pos.update({"13": (420, 780), "14": (800, 620), "15": (800, 820), "16": (1900, 60), "17": (2220, 60),
-                "18": (1900, 400), "10": (2540, 60)})
-    return graph, pos
+    return graph
 
 
 NOTE_NATIVE_KSAMPLER = """## ColorizeDiffusion v1 as a native MODEL with the core KSampler
@@ -287,7 +282,7 @@ the ColorizeDiffusion Sampler's for the same sampler, steps and seed.
 """
 
 
-def native_ksampler_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+def native_ksampler_graph() -> Graph:
     """v1 through the native bridge: Native Loader → Native Sketch → Reference Strength → core KSampler."""
     graph: dict[str, dict[str, Any]] = {
         "1": {"class_type": "ColorizeDiffusionNativeLoader", "_meta": {"title": "Native Loader"},
@@ -311,15 +306,12 @@ def native_ksampler_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[
                "inputs": {"images": ["11", 0], "filename_prefix": "ColorizeDiffusion/v1_native_ksampler"}},
         "13": {"class_type": "PreviewAny", "_meta": {"title": "Checkpoint info"}, "inputs": {"source": ["1", 3]}},
     }
-    pos = {"1": (40, 60), "2": (40, 300), "3": (40, 440), "4": (40, 820), "5": (420, 440), "6": (420, 300),
-           "7": (800, 60), "8": (1180, 60), "9": (800, 300), "10": (1560, 60), "11": (1940, 60), "12": (2260, 60),
-           "13": (420, 60)}
-    return graph, pos
+    return graph
 
 
-def native_custom_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int]]]:
+def native_custom_graph() -> Graph:
     """v2 through the native bridge: Native Enhance (BG + style) and the dual-CFG Native Guider in SamplerCustomAdvanced."""
-    graph, pos = native_ksampler_graph()
+    graph = native_ksampler_graph()
     for nid in ("9", "10", "12", "13"):
         del graph[nid]
     graph["1"]["inputs"]["ckpt_name"] = "v2-full.safetensors"
@@ -346,21 +338,18 @@ def native_custom_graph() -> tuple[dict[str, dict[str, Any]], dict[str, tuple[in
                "inputs": {"model": ["17", 0], "scheduler": "leading", "steps": 20}},
         "23": {"class_type": "PreviewAny", "_meta": {"title": "Checkpoint info"}, "inputs": {"source": ["1", 3]}},
     })
-    pos.update({"13": (420, 1200), "14": (420, 1400), "15": (800, 1200), "16": (1180, 1200), "17": (1560, 300),
-                "18": (1940, 300), "19": (2320, 60), "20": (1940, 60), "21": (1940, 160), "22": (1940, 500),
-                "11": (2700, 60), "12": (3020, 60), "23": (420, 60)})
-    return graph, pos
+    return graph
 
 
 WORKFLOWS = {
-    "colorizediffusion_v1": (v1_graph, NOTE_V1),
-    "colorizediffusion_v1_text_edits": (text_edits_graph, NOTE_TEXT_EDITS),
-    "colorizediffusion_v1_lineart": (lineart_graph, NOTE_LINEART),
-    "colorizediffusion_v15": (v15_graph, NOTE_V15),
-    "colorizediffusion_v2": (v2_graph, NOTE_V2),
-    "colorizediffusion_v1_advanced": (advanced_graph, NOTE_ADVANCED),
-    "colorizediffusion_v1_native_ksampler": (native_ksampler_graph, NOTE_NATIVE_KSAMPLER),
-    "colorizediffusion_v2_native_custom": (native_custom_graph, NOTE_NATIVE_CUSTOM),
+    "v1 - Colorize line art": (v1_graph, NOTE_V1),
+    "v1 - Text edits": (text_edits_graph, NOTE_TEXT_EDITS),
+    "v1 - From an illustration": (lineart_graph, NOTE_LINEART),
+    "v1.5 - Figure and background": (v15_graph, NOTE_V15),
+    "v2 - Background and style": (v2_graph, NOTE_V2),
+    "v1 - Advanced controls": (advanced_graph, NOTE_ADVANCED),
+    "v1 - Native KSampler": (native_ksampler_graph, NOTE_NATIVE_KSAMPLER),
+    "v2 - Native dual CFG": (native_custom_graph, NOTE_NATIVE_CUSTOM),
 }
 
 
@@ -397,8 +386,9 @@ def widget_value(api_inputs: dict[str, Any], widget: str) -> Any:
 # ------------------------------------------------------------------------------------- UI format
 
 
-def to_ui(graph: dict[str, dict[str, Any]], pos: dict[str, tuple[int, int]], note: str) -> dict[str, Any]:
-    """API graph → UI-format workflow (what the frontend saves and loads)."""
+def to_ui(graph: Graph, note: str) -> dict[str, Any]:
+    """API graph → UI-format workflow (what the frontend saves and loads), laid out by :mod:`layout`."""
+    lay = layout(graph, note, *load_sizes())
     order = topological(graph)
     links: list[list[Any]] = []
     out_links: dict[tuple[str, int], list[int]] = {}
@@ -421,7 +411,7 @@ def to_ui(graph: dict[str, dict[str, Any]], pos: dict[str, tuple[int, int]], not
                 props["models"] = model_links(folder, node["inputs"][widget])
         entry: dict[str, Any] = {
             "id": int(nid), "type": node["class_type"], "title": node["_meta"]["title"],
-            "pos": list(pos[nid]), "size": [340, 60 + 26 * (len(spec["widgets"]) + max(len(ui_inputs), len(spec["outputs"])))],
+            "pos": list(lay.pos[nid]), "size": list(lay.size[nid]),
             "flags": {}, "order": order.index(nid), "mode": 0, "inputs": ui_inputs, "outputs": [],
             "properties": props, "widgets_values": [widget_value(node["inputs"], w) for w in spec["widgets"]],
         }
@@ -431,11 +421,13 @@ def to_ui(graph: dict[str, dict[str, Any]], pos: dict[str, tuple[int, int]], not
         entry["outputs"] = [{"name": name, "type": typ, "links": out_links.get((str(entry["id"]), i), []),
                              "slot_index": i} for i, (name, typ) in enumerate(spec["outputs"])]
     note_id = max(int(k) for k in graph) + 1
-    nodes.append({"id": note_id, "type": "MarkdownNote", "title": "Read me", "pos": [40, -300], "size": [760, 300],
+    nodes.append({"id": note_id, "type": "MarkdownNote", "title": "Read me", "pos": list(lay.note_pos),
+                  "size": list(lay.note_size),
                   "flags": {}, "order": len(nodes), "mode": 0, "inputs": [], "outputs": [],
                   "properties": {}, "widgets_values": [note], "color": "#432", "bgcolor": "#653"})
     return {"last_node_id": note_id, "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+            "groups": [{"id": i + 1, **g} for i, g in enumerate(lay.groups)], "config": {},
+            "extra": {"ds": lay.view}, "version": 0.4}
 
 
 def topological(graph: dict[str, dict[str, Any]]) -> list[str]:
@@ -457,52 +449,107 @@ def topological(graph: dict[str, dict[str, Any]]) -> list[str]:
 # ------------------------------------------------------------------------------------- files
 
 
-def lineart_tiles() -> list[tuple[Any, str]]:
-    """Colour illustration | the lines the workflow's extractor (lineart_standard) finds in it."""
-    import numpy as np
-    import torch
+def _image(name: str) -> Any:
     from PIL import Image
 
+    return Image.open(HERE / name).convert("RGB")
+
+
+def _tensor(image: Any) -> Any:
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def _pil(x: Any) -> Any:
+    from PIL import Image
+
+    return Image.fromarray((x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype("uint8"))
+
+
+def extracted_lines() -> Any:
+    """The lines the lineart workflow's extractor (lineart_standard, no weights) finds in the reference."""
     from colorize.extractors import extract_lines
 
-    image = Image.open(HERE / REFERENCE).convert("RGB")
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    lines = extract_lines(x, "lineart_standard")[0].permute(1, 2, 0).numpy()
-    lines_image = Image.fromarray((lines * 255).round().astype(np.uint8))
-    return [(image, "colour illustration"), (lines_image, "extracted lines")]
+    return _pil(extract_lines(_tensor(_image(REFERENCE)), "lineart_standard"))
 
 
-THUMBNAIL_TILES = {"colorizediffusion_v1_lineart": lineart_tiles}
+def mask_overlay(name: str, **mask_options: Any) -> Any:
+    """What the workflow's Mask Preview shows: the Sketch Mask of an example image, tinted (no weights)."""
+    from colorize.masks import overlay_masks, sketch_foreground_mask
+
+    x = _tensor(_image(name))
+    mask = sketch_foreground_mask(x, **mask_options)
+    return _pil(overlay_masks(x, mask.float(), alpha=0.5, outline=2, dim_background=0.3))
 
 
-def thumbnail(path: Path, tiles: list[tuple[Any, str]] | None = None) -> None:
-    """Sketch | reference (or the given labelled images) side by side (the template browser shows ``<name>.jpg``)."""
-    from PIL import Image, ImageDraw
+def padded_reference() -> Any:
+    """The reference padded to 1.2x its width with white (the advanced workflow's Reference Pad)."""
+    from PIL import Image
 
-    if tiles is None:
-        tiles = [(Image.open(HERE / n).convert("RGB"), label) for n, label in
-                 ((SKETCH, "line art"), (REFERENCE, "colour reference"))]
-    labels = [label for _, label in tiles]
-    h = 256
-    tiles = [t.resize((round(t.width * h / t.height), h), Image.Resampling.LANCZOS) for t, _ in tiles]
-    w = sum(t.width for t in tiles) + 40 * 3
-    canvas = Image.new("RGB", (w, h + 70), (34, 34, 40))
-    x = 40
+    ref = _image(REFERENCE)
+    out = Image.new("RGB", (round(ref.width * 1.2), ref.height), (255, 255, 255))
+    out.paste(ref, ((out.width - ref.width) // 2, 0))
+    return out
+
+
+SKETCH_MASK = {"line_threshold": 0.5, "gap": 4, "dilation": 0, "polarity": "auto"}
+REFERENCE_MASK = {"line_threshold": 0.1, "gap": 4, "dilation": 2, "polarity": "dark_lines"}
+
+
+def thumbnail_content(name: str) -> tuple[str, str, list[tuple[Any, str]]]:
+    """(title, what it does, labelled tiles) of a workflow's template-browser thumbnail. Real results need the
+    real weights, so the tiles are the inputs and what the graph computes from them without weights."""
+    sketch, reference = (_image(SKETCH), "line art"), (_image(REFERENCE), "colour reference")
+    masks = [(mask_overlay(SKETCH, **SKETCH_MASK), "sketch mask"),
+             (mask_overlay(REFERENCE, **REFERENCE_MASK), "reference mask")]
+    return {
+        "v1 - Colorize line art": ("v1: colorize line art", "line art + colour reference -> coloured picture",
+                                 [sketch, reference]),
+        "v1 - Text edits": ("v1 + text edits", "hair purple -> blonde, dress red -> green, heatmap",
+                                            [sketch, reference]),
+        "v1 - From an illustration": ("v1 from an illustration", "extract the lines, then colorize them",
+                                         [reference, (extracted_lines(), "extracted lines")]),
+        "v1.5 - Figure and background": ("v1.5: figure / background", "masks split the reference: figure vs background",
+                                  [sketch, *masks]),
+        "v2 - Background and style": ("v2: background + style", "background encoder and style encoder, 768 px",
+                                 [reference, *masks]),
+        "v1 - Advanced controls": ("v1 advanced controls", "reference pad, guidance window, injection, crop",
+                                          [sketch, (padded_reference(), "padded reference")]),
+        "v1 - Native KSampler": ("v1 as a native MODEL", "core KSampler, LoRA loaders, merges",
+                                                 [sketch, reference]),
+        "v2 - Native dual CFG": ("v2 native, dual CFG", "SamplerCustomAdvanced + Native Guider",
+                                               [sketch, masks[1]]),
+    }[name]
+
+
+def thumbnail(path: Path, title: str, subtitle: str, tiles: list[tuple[Any, str]]) -> None:
+    """A title banner over labelled tiles (the template browser shows ``<name>.jpg`` as the card's picture)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, pad, banner = 256, 32, 84
+    images = [t.resize((round(t.width * h / t.height), h), Image.Resampling.LANCZOS) for t, _ in tiles]
+    w = max(sum(t.width for t in images) + pad * (len(images) + 1), 640)
+    canvas = Image.new("RGB", (w, banner + h + 56), (34, 34, 40))
     d = ImageDraw.Draw(canvas)
-    for t, label in zip(tiles, labels):
-        canvas.paste(t, (x, 20))
-        d.text((x, h + 32), label, fill=(230, 230, 230))
-        x += t.width + 40
-    canvas.save(path, quality=90)
+    d.text((pad, 16), title, fill=(255, 255, 255), font=ImageFont.load_default(30))
+    d.text((pad, 54), subtitle, fill=(190, 200, 230), font=ImageFont.load_default(18))
+    x = pad
+    for image, (_, label) in zip(images, tiles):
+        canvas.paste(image, (x, banner))
+        d.text((x, banner + h + 14), label, fill=(230, 230, 230), font=ImageFont.load_default(18))
+        x += image.width + pad
+    canvas.save(path, quality=88)
 
 
 def build() -> dict[str, Any]:
     """Relative path → JSON content of every workflow file."""
     files: dict[str, Any] = {}
     for name, (make, note) in WORKFLOWS.items():
-        graph, pos = make()
+        graph = make()
         files[f"api/{name}.json"] = graph
-        files[f"{name}.json"] = to_ui(graph, pos, note)
+        files[f"{name}.json"] = to_ui(graph, note)
     return files
 
 
@@ -515,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="only check that the files are up to date")
     args = ap.parse_args(argv)
     stale = []
-    for rel, content in build().items():
+    files = build()
+    for rel, content in files.items():
         path = HERE / rel
         if not path.is_file() or path.read_text(encoding="utf-8") != dumps(content):
             stale.append(rel)
@@ -524,7 +572,13 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(dumps(content), encoding="utf-8")
     if not args.check:
         for name in WORKFLOWS:
-            thumbnail(HERE / f"{name}.jpg", THUMBNAIL_TILES[name]() if name in THUMBNAIL_TILES else None)
+            thumbnail(HERE / f"{name}.jpg", *thumbnail_content(name))
+    wanted = {HERE / rel for rel in files} | {HERE / f"{name}.jpg" for name in WORKFLOWS}
+    for old in [*HERE.glob("*.json"), *HERE.glob("api/*.json"), *HERE.glob("*.jpg")]:
+        if old not in wanted:  # a renamed or removed workflow
+            stale.append(old.relative_to(HERE).as_posix())
+            if not args.check:
+                old.unlink()
     print(("out of date: " if args.check else "wrote: ") + (", ".join(stale) or "nothing"))
     return 1 if args.check and stale else 0
 
