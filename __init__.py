@@ -1,4 +1,4 @@
-"""ComfyUI entry point of the ColorizeDiffusion node pack (classic ``NODE_CLASS_MAPPINGS`` API).
+"""ComfyUI entry point of the ColorizeDiffusion node pack (V3 node schema: ``comfy_entrypoint``).
 
 ComfyUI imports this folder from ``custom_nodes/`` under a module name made from its path, so the pack's
 own library ``colorize`` is made importable by putting this folder on ``sys.path``. The nodes live in
@@ -19,14 +19,13 @@ if _colorize is not None and not os.path.realpath(getattr(_colorize, "__file__",
         f"the ColorizeDiffusion pack needs its own ({os.path.join(_PACK_DIR, 'colorize')})"
     )
 
-if __package__:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-else:  # loaded as a plain module (e.g. by a tool scanning the repository): no relative imports
-    NODE_CLASS_MAPPINGS: dict = {}
-    NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+# No NODE_CLASS_MAPPINGS here: ComfyUI takes a module that has one for a classic-API pack and never calls
+# comfy_entrypoint (nodes.py, load_custom_node).
+if __package__:  # a tool scanning the repository may load this file as a plain module: no relative imports
+    from .nodes import comfy_entrypoint
 
 # Served by ComfyUI as the pack's frontend folder: docs/<node id>.md are the node help pages
 # (written by web/make_node_docs.py), shown in the node library's documentation panel.
 WEB_DIRECTORY = "./web"
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

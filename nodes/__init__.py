@@ -1,8 +1,11 @@
 """ComfyUI nodes: a thin layer over ``colorize`` (socket types, tooltips, model folders, progress, Cancel).
 
-Classic ``NODE_CLASS_MAPPINGS`` API, so every class imports and runs without ComfyUI (unit tests). Importing
-this package registers ``models/colorizediffusion``, ``models/lineart`` and ``models/sams`` with ComfyUI when ComfyUI is running,
-and nothing else: weights are only read or downloaded when a node that needs them runs.
+Written against ComfyUI's V3 node schema (``io.ComfyNode``, pinned API version in :mod:`nodes.schema`): each
+class declares its node id, display name, inputs and outputs in ``define_schema`` and computes in ``execute``.
+ComfyUI loads them through :func:`comfy_entrypoint` (re-exported by the pack's root ``__init__.py``).
+Importing this package registers ``models/colorizediffusion``, ``models/lineart`` and ``models/sams`` with
+ComfyUI when ComfyUI is running, and nothing else: weights are only read or downloaded when a node that needs
+them runs.
 """
 from __future__ import annotations
 
@@ -25,72 +28,39 @@ from .native import (
 )
 from .reference import ReferenceEmbed
 from .sampler import Sampler
+from .schema import ComfyExtension, io
 from .sketch import SketchHintsNode, SketchPreprocess
 
-NODE_CLASS_MAPPINGS = {
-    "ColorizeDiffusionCheckpointLoader": CheckpointLoader,
-    "ColorizeDiffusionReferenceEncoderLoader": ReferenceEncoderLoader,
-    "ColorizeDiffusionReferenceEncoderFromCLIPVision": ReferenceEncoderFromCLIPVision,
-    "ColorizeDiffusionReferenceEmbed": ReferenceEmbed,
-    "ColorizeDiffusionSketchPreprocess": SketchPreprocess,
-    "ColorizeDiffusionSketchHints": SketchHintsNode,
-    "ColorizeDiffusionSampler": Sampler,
-    "ColorizeDiffusionDecode": Decode,
-    "ColorizeDiffusionTextEdit": TextEdit,
-    "ColorizeDiffusionControlHeatmap": ControlHeatmap,
-    "ColorizeDiffusionLineExtract": LineExtract,
-    "ColorizeDiffusionSketchMask": SketchMask,
-    "ColorizeDiffusionSAMMask": SamMask,
-    "ColorizeDiffusionMaskPreview": MaskPreview,
-    "ColorizeDiffusionBackgroundEncode": BackgroundEncode,
-    "ColorizeDiffusionStyleEncode": StyleEncode,
-    "ColorizeDiffusionGuidanceWindow": GuidanceWindow,
-    "ColorizeDiffusionAttentionInjection": AttentionInjection,
-    "ColorizeDiffusionReferencePad": ReferencePad,
-    "ColorizeDiffusionCropToSketch": CropToSketch,
-    "ColorizeDiffusionRemoveBackground": RemoveBackground,
-    "ColorizeDiffusionNativeLoader": NativeLoader,
-    "ColorizeDiffusionNativeConditioning": NativeConditioning,
-    "ColorizeDiffusionNativeSketch": NativeSketch,
-    "ColorizeDiffusionNativeReferenceStrength": NativeReferenceStrength,
-    "ColorizeDiffusionNativeEnhance": NativeEnhance,
-    "ColorizeDiffusionNativeGuider": NativeGuider,
-    "ColorizeDiffusionNativeSigmas": NativeSigmas,
-}
+#: Every node of the pack, in the order of the node library (loaders, sketch, sampling, edits, masks,
+#: separation, advanced, native bridge).
+NODES: tuple[type[io.ComfyNode], ...] = (
+    CheckpointLoader, ReferenceEncoderLoader, ReferenceEncoderFromCLIPVision, ReferenceEmbed,
+    SketchPreprocess, SketchHintsNode, Sampler, Decode,
+    TextEdit, ControlHeatmap, LineExtract,
+    SketchMask, SamMask, MaskPreview, BackgroundEncode, StyleEncode,
+    GuidanceWindow, AttentionInjection, ReferencePad, CropToSketch, RemoveBackground,
+    NativeLoader, NativeConditioning, NativeSketch, NativeReferenceStrength, NativeEnhance, NativeGuider,
+    NativeSigmas,
+)
 
-# Short names: the category (ColorizeDiffusion/...) already names the pack. Distinct from each other and from
-# the core nodes' display names; the node ids (keys) never change.
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "ColorizeDiffusionCheckpointLoader": "Colorize Loader",
-    "ColorizeDiffusionReferenceEncoderLoader": "Reference Encoder Loader",
-    "ColorizeDiffusionReferenceEncoderFromCLIPVision": "Encoder from CLIP Vision",
-    "ColorizeDiffusionReferenceEmbed": "Reference Embed",
-    "ColorizeDiffusionSketchPreprocess": "Sketch Preprocess",
-    "ColorizeDiffusionSketchHints": "Sketch Hints",
-    "ColorizeDiffusionSampler": "Colorize Sampler",
-    "ColorizeDiffusionDecode": "Colorize Decode",
-    "ColorizeDiffusionTextEdit": "Text Edit",
-    "ColorizeDiffusionControlHeatmap": "Control Heatmap",
-    "ColorizeDiffusionLineExtract": "Line Extract",
-    "ColorizeDiffusionSketchMask": "Sketch Mask",
-    "ColorizeDiffusionSAMMask": "SAM Mask",
-    "ColorizeDiffusionMaskPreview": "Mask Preview Overlay",
-    "ColorizeDiffusionBackgroundEncode": "Background Encode",
-    "ColorizeDiffusionStyleEncode": "Style Encode (v2)",
-    "ColorizeDiffusionGuidanceWindow": "Guidance Window",
-    "ColorizeDiffusionAttentionInjection": "Attention Injection",
-    "ColorizeDiffusionReferencePad": "Reference Pad",
-    "ColorizeDiffusionCropToSketch": "Crop To Sketch",
-    "ColorizeDiffusionRemoveBackground": "Remove Background",
-    "ColorizeDiffusionNativeLoader": "Native Loader",
-    "ColorizeDiffusionNativeConditioning": "Native Conditioning",
-    "ColorizeDiffusionNativeSketch": "Native Sketch",
-    "ColorizeDiffusionNativeReferenceStrength": "Native Reference Strength",
-    "ColorizeDiffusionNativeEnhance": "Native Enhance",
-    "ColorizeDiffusionNativeGuider": "Native Guider",
-    "ColorizeDiffusionNativeSigmas": "Native Sigmas",
-}
+register_folders()  # before any define_schema: the file pickers list these folders
 
-register_folders()
+#: Node id → class and node id → display name, as ComfyUI registers them (ids never change: saved
+#: workflows refer to them).
+NODE_CLASSES: dict[str, type[io.ComfyNode]] = {cls.define_schema().node_id: cls for cls in NODES}
+DISPLAY_NAMES: dict[str, str] = {node_id: cls.define_schema().display_name for node_id, cls in NODE_CLASSES.items()}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+class ColorizeDiffusionExtension(ComfyExtension):
+    """The pack as a V3 extension: its nodes (the model folders are registered when the package is imported)."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> ColorizeDiffusionExtension:
+    """What ComfyUI calls to load the pack (V3 extension entry point)."""
+    return ColorizeDiffusionExtension()
+
+
+__all__ = ["DISPLAY_NAMES", "NODES", "NODE_CLASSES", "ColorizeDiffusionExtension", "comfy_entrypoint"]

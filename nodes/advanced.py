@@ -26,9 +26,11 @@ from colorize.preprocess import (
 from colorize.settings import GenerationSettings
 
 from .host import intermediate_device
-from .sockets import ColorizeModel, bchw_to_image, image_to_bchw
+from .schema import io
+from .sockets import AdvancedSocket, ColorizeModel, bchw_to_image, image_to_bchw
+from .widgets import unit_input
 
-COLORIZE_ADVANCED = "COLORIZE_ADVANCED"
+CATEGORY = "ColorizeDiffusion/advanced"
 
 
 @dataclass(frozen=True)
@@ -56,28 +58,23 @@ def _chain(previous: AdvancedOptions | None, **settings: Any) -> AdvancedOptions
     return replace(base, settings={**base.settings, **settings})
 
 
-CHAIN_INPUT = {"advanced": (COLORIZE_ADVANCED, {
-    "tooltip": "Optional: advanced options from another Guidance Window / Attention Injection node (chained)."})}
-UNIT = {"min": 0.0, "max": 1.0, "step": 0.01}
+def chain_input() -> Any:
+    """The optional ``advanced`` input of the nodes that add to COLORIZE_ADVANCED (chaining)."""
+    return AdvancedSocket.Input("advanced", optional=True, tooltip="Optional: advanced options from another "
+                                "Guidance Window / Attention Injection node (chained).")
 
 
-class _OptionsNode:
-    """Shared outputs of the nodes that add to COLORIZE_ADVANCED."""
-
-    CATEGORY = "ColorizeDiffusion/advanced"
-    FUNCTION = "build"
-    RETURN_TYPES = (COLORIZE_ADVANCED,)
-    RETURN_NAMES = ("advanced",)
-    OUTPUT_TOOLTIPS = ("Advanced options for the sampler's 'advanced' input (or another advanced node).",)
+def advanced_output() -> Any:
+    """The shared output of the nodes that add to COLORIZE_ADVANCED (shown as "advanced"; no id, as the input
+    already has that one)."""
+    return AdvancedSocket.Output(display_name="advanced",
+                                 tooltip="Advanced options for the sampler's 'advanced' input (or another advanced "
+                                         "node).")
 
 
-class GuidanceWindow(_OptionsNode):
+class GuidanceWindow(io.ComfyNode):
     """Reference guidance only inside a window of the denoising trajectory."""
 
-    DESCRIPTION = (
-        "Limits the reference to part of the denoising: outside [start, end], or inside the no-guidance interval, the "
-        "U-Net gets an empty reference. Connect it to the sampler's 'advanced' input."
-    )
     HELP = cleandoc("""
         The official app's 'Guidance start/end step' and 'No guidance' sliders. Positions are tr = 1 − t/999
         (0 = the first, noisiest step; 1 = the last). Every U-Net call outside [start, end] or inside
@@ -88,33 +85,37 @@ class GuidanceWindow(_OptionsNode):
     """)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "start": ("FLOAT", {"default": 0.0, **UNIT, "tooltip": "The reference is used from this tr on "
-                                                                 "(0 = from the first step)."}),
-            "end": ("FLOAT", {"default": 1.0, **UNIT, "tooltip": "The reference is used up to this tr "
-                                                               "(1 = to the last step)."}),
-            "no_guidance_start": ("FLOAT", {"default": -0.05, "min": -0.05, "max": 1.0, "step": 0.01,
-                                            "tooltip": "Start of an interval without reference (negative = none)."}),
-            "no_guidance_end": ("FLOAT", {"default": -0.05, "min": -0.05, "max": 1.0, "step": 0.01,
-                                          "tooltip": "End of the interval without reference (negative = none)."}),
-        }, "optional": CHAIN_INPUT}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionGuidanceWindow", display_name="Guidance Window", category=CATEGORY,
+            description=(
+                "Limits the reference to part of the denoising: outside [start, end], or inside the no-guidance "
+                "interval, the U-Net gets an empty reference. Connect it to the sampler's 'advanced' input."
+            ),
+            inputs=[
+                unit_input("start", 0.0, "The reference is used from this tr on (0 = from the first step)."),
+                unit_input("end", 1.0, "The reference is used up to this tr (1 = to the last step)."),
+                io.Float.Input("no_guidance_start", default=-0.05, min=-0.05, max=1.0, step=0.01,
+                               tooltip="Start of an interval without reference (negative = none)."),
+                io.Float.Input("no_guidance_end", default=-0.05, min=-0.05, max=1.0, step=0.01,
+                               tooltip="End of the interval without reference (negative = none)."),
+                chain_input(),
+            ],
+            outputs=[advanced_output()],
+        )
 
-    def build(self, start: float, end: float, no_guidance_start: float, no_guidance_end: float,
-              advanced: AdvancedOptions | None = None) -> tuple[AdvancedOptions]:
+    @classmethod
+    def execute(cls, start: float, end: float, no_guidance_start: float, no_guidance_end: float,
+                advanced: AdvancedOptions | None = None) -> io.NodeOutput:
         opts = _chain(advanced, guidance_start=start, guidance_end=end,
                       no_guidance=(no_guidance_start, no_guidance_end))
         opts.apply(GenerationSettings()).validate()  # bad windows fail here, naming the field
-        return (opts,)
+        return io.NodeOutput(opts)
 
 
-class AttentionInjection(_OptionsNode):
+class AttentionInjection(io.ComfyNode):
     """The official 'Attention injection': self-attention also reads the reference's own U-Net features."""
 
-    DESCRIPTION = (
-        "Transfers more of the reference's look: self-attention also reads the reference image's own U-Net features. "
-        "About doubles the sampling time. Connect it to Colorize Sampler's 'advanced' input."
-    )
     HELP = cleandoc("""
         The official app's 'Attention injection' (about 2× the sampling time). At every step the U-Net first runs
         on the reference image's latent (noised to the same step) and records its self-attention inputs; the real
@@ -127,119 +128,133 @@ class AttentionInjection(_OptionsNode):
     """)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "reference": ("IMAGE", {"tooltip": "The reference image (squashed to the output size, as the "
-                                               "official app)."}),
-            "fidelity": ("FLOAT", {"default": 0.5, **UNIT,
-                                   "tooltip": "Injection fidelity (reference), official default 0.5."}),
-            "sketch_fidelity": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3.0, "step": 0.01,
-                                          "tooltip": "Injection fidelity (sketch): strength of the reference's "
-                                                     "own lines in the recording pass (official default 0)."}),
-            "start": ("FLOAT", {"default": 0.0, **UNIT, "tooltip": "Inject from this tr on (0 = every step)."}),
-        }, "optional": CHAIN_INPUT}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionAttentionInjection", display_name="Attention Injection", category=CATEGORY,
+            description=(
+                "Transfers more of the reference's look: self-attention also reads the reference image's own U-Net "
+                "features. About doubles the sampling time. Connect it to Colorize Sampler's 'advanced' input."
+            ),
+            inputs=[
+                io.Image.Input("reference", tooltip="The reference image (squashed to the output size, as the "
+                                                    "official app)."),
+                unit_input("fidelity", 0.5, "Injection fidelity (reference), official default 0.5."),
+                io.Float.Input("sketch_fidelity", default=0.0, min=0.0, max=3.0, step=0.01,
+                               tooltip="Injection fidelity (sketch): strength of the reference's own lines in the "
+                                       "recording pass (official default 0)."),
+                unit_input("start", 0.0, "Inject from this tr on (0 = every step)."),
+                chain_input(),
+            ],
+            outputs=[advanced_output()],
+        )
 
-    def build(self, reference: Tensor, fidelity: float, sketch_fidelity: float, start: float,
-              advanced: AdvancedOptions | None = None) -> tuple[AdvancedOptions]:
+    @classmethod
+    def execute(cls, reference: Tensor, fidelity: float, sketch_fidelity: float, start: float,
+                advanced: AdvancedOptions | None = None) -> io.NodeOutput:
         image = to_signed(check_image(image_to_bchw(reference), "injection reference"))
         opts = _chain(advanced, injection=True, injection_fidelity=fidelity, injection_control=sketch_fidelity,
                       injection_start=start)
         opts.apply(GenerationSettings()).validate()
-        return (replace(opts, injection_reference=image.to(intermediate_device())),)
+        return io.NodeOutput(replace(opts, injection_reference=image.to(intermediate_device())))
 
 
-class ReferencePad:
+class ReferencePad(io.ComfyNode):
     """Pads the reference (and its mask) in width with white, before Reference Embed."""
 
-    DESCRIPTION = (
-        "Pads the reference's width with white (centred) before Reference Embed, which makes the character smaller in "
-        "the frame. A reference mask, if given, is padded to match."
-    )
     HELP = cleandoc("""
         The official app's 'Reference padding scale': the width becomes scale × width. A reference mask is padded
         with 0 (no foreground) so that it still matches; without a mask, the mask output is all zero.
     """)
-    CATEGORY = "ColorizeDiffusion/advanced"
-    FUNCTION = "pad"
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("reference", "mask")
-    OUTPUT_TOOLTIPS = ("The padded reference.", "The padded mask (all zero when no mask was given).")
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "reference": ("IMAGE", {"tooltip": "The reference image."}),
-            "scale": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 2.0, "step": 0.05,
-                                "tooltip": "New width / old width (official 1-2, default 1 = unchanged)."}),
-        }, "optional": {"mask": ("MASK", {"tooltip": "Optional reference mask (1 = foreground) to pad alike."})}}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionReferencePad", display_name="Reference Pad", category=CATEGORY,
+            description=(
+                "Pads the reference's width with white (centred) before Reference Embed, which makes the character "
+                "smaller in the frame. A reference mask, if given, is padded to match."
+            ),
+            inputs=[
+                io.Image.Input("reference", tooltip="The reference image."),
+                io.Float.Input("scale", default=1.0, min=1.0, max=2.0, step=0.05,
+                               tooltip="New width / old width (official 1-2, default 1 = unchanged)."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional reference mask (1 = foreground) to pad alike."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="reference", tooltip="The padded reference."),
+                io.Mask.Output(display_name="mask", tooltip="The padded mask (all zero when no mask was given)."),
+            ],
+        )
 
-    def pad(self, reference: Tensor, scale: float, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    @classmethod
+    def execute(cls, reference: Tensor, scale: float, mask: Tensor | None = None) -> io.NodeOutput:
         image = pad_reference(image_to_bchw(reference), scale)
         m = pad_width(mask if mask.ndim == 3 else mask[None], scale, 0.0) if mask is not None else \
             image.new_zeros(image.shape[0], *image.shape[-2:])
-        return bchw_to_image(image), m.float()
+        return io.NodeOutput(bchw_to_image(image), m.float())
 
 
-class CropToSketch:
+class CropToSketch(io.ComfyNode):
     """Crops a result to the area the sketch covered before it was fitted and padded."""
 
-    DESCRIPTION = (
-        "Crops the decoded result back to the line art's own area, removing the padding Sketch Preprocess added (same "
-        "aspect ratio as the original line art)."
-    )
     HELP = cleandoc("""
         The official app's 'Crop result'. **Sketch Preprocess** fits the line art into the output size and pads the
         rest; connect the original line art (before Sketch Preprocess) as `sketch`, so that its area can be found.
     """)
-    CATEGORY = "ColorizeDiffusion/advanced"
-    FUNCTION = "crop"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The result without the padding.",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "The decoded result."}),
-            "sketch": ("IMAGE", {"tooltip": "The original line art (before Sketch Preprocess)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionCropToSketch", display_name="Crop To Sketch", category=CATEGORY,
+            description=(
+                "Crops the decoded result back to the line art's own area, removing the padding Sketch Preprocess "
+                "added (same aspect ratio as the original line art)."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The decoded result."),
+                io.Image.Input("sketch", tooltip="The original line art (before Sketch Preprocess)."),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The result without the padding.")],
+        )
 
-    def crop(self, image: Tensor, sketch: Tensor) -> tuple[Tensor]:
+    @classmethod
+    def execute(cls, image: Tensor, sketch: Tensor) -> io.NodeOutput:
         x = image_to_bchw(image)
         hw = (int(sketch.shape[-3]), int(sketch.shape[-2]))
-        return (bchw_to_image(crop_to_box(x, content_box(hw, (int(x.shape[-2]), int(x.shape[-1]))))),)
+        return io.NodeOutput(bchw_to_image(crop_to_box(x, content_box(hw, (int(x.shape[-2]), int(x.shape[-1]))))))
 
 
-class RemoveBackground:
+class RemoveBackground(io.ComfyNode):
     """Whitens the result where a foreground mask is below the threshold."""
 
-    DESCRIPTION = (
-        "Paints the result white wherever the mask is below the threshold (default 0.5) and keeps the rest. Any MASK "
-        "works, e.g. Sketch Mask of the line art; it is resized to the image."
-    )
     HELP = cleandoc("""
         The official app's 'Remove background in result'; the threshold is its reference-mask threshold (default
         0.5). Pixels where the mask is at least the threshold are kept. Any MASK works (e.g. **Sketch Mask** of the
         line art, **SAM Mask** of the result); it is resized to the image.
     """)
-    CATEGORY = "ColorizeDiffusion/advanced"
-    FUNCTION = "remove"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The result on a white background.",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "The result image."}),
-            "mask": ("MASK", {"tooltip": "Foreground mask (1 = keep)."}),
-            "threshold": ("FLOAT", {"default": 0.5, **UNIT, "tooltip": "Pixels with mask >= threshold are kept."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionRemoveBackground", display_name="Remove Background", category=CATEGORY,
+            description=(
+                "Paints the result white wherever the mask is below the threshold (default 0.5) and keeps the rest. "
+                "Any MASK works, e.g. Sketch Mask of the line art; it is resized to the image."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The result image."),
+                io.Mask.Input("mask", tooltip="Foreground mask (1 = keep)."),
+                unit_input("threshold", 0.5, "Pixels with mask >= threshold are kept."),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The result on a white background.")],
+        )
 
-    def remove(self, image: Tensor, mask: Tensor, threshold: float) -> tuple[Tensor]:
+    @classmethod
+    def execute(cls, image: Tensor, mask: Tensor, threshold: float) -> io.NodeOutput:
         m = mask if mask.ndim == 3 else mask[None]
-        return (bchw_to_image(remove_background(image_to_bchw(image), m, threshold)),)
+        return io.NodeOutput(bchw_to_image(remove_background(image_to_bchw(image), m, threshold)))
 
 
-__all__ = ["COLORIZE_ADVANCED", "AdvancedOptions", "AttentionInjection", "CropToSketch", "GuidanceWindow",
-           "ReferencePad", "RemoveBackground"]
+__all__ = ["AdvancedOptions", "AttentionInjection", "CropToSketch", "GuidanceWindow", "ReferencePad",
+           "RemoveBackground"]

@@ -23,7 +23,9 @@ from colorize.preprocess import check_image, prepare_reference, to_signed
 from colorize.settings import DEFAULT_REFERENCE_THRESHOLD, DEFAULT_SKETCH_THRESHOLD, MAX_SEED, EnhanceSettings
 
 from .host import ready_all
-from .sockets import COLORIZE_ENHANCE, COLORIZE_REFERENCE_ENCODER, ColorizeModel, image_to_bchw
+from .schema import io
+from .sockets import ColorizeModel, EnhanceSocket, ReferenceEncoderSocket, image_to_bchw
+from .widgets import unit_input
 
 
 @dataclass(frozen=True)
@@ -66,30 +68,34 @@ def add_to(previous: EnhanceRequest | None, encoder: Any, reference: Tensor, set
     return replace(previous, settings=replace(previous.settings, **settings), encoder=encoder, **given)
 
 
-def reference_inputs() -> dict[str, Any]:
-    return {
-        "encoder": (COLORIZE_REFERENCE_ENCODER, {
-            "tooltip": "The reference encoder that embedded the reference (it also embeds the background-only "
-                       "reference and a separate background)."}),
-        "reference": ("IMAGE", {"tooltip": "The colour reference image: the same one given to Reference Embed."}),
-    }
+def reference_inputs() -> list[Any]:
+    return [
+        ReferenceEncoderSocket.Input("encoder", tooltip="The reference encoder that embedded the reference (it also "
+                                                        "embeds the background-only reference and a separate "
+                                                        "background)."),
+        io.Image.Input("reference", tooltip="The colour reference image: the same one given to Reference Embed."),
+    ]
 
 
-ENHANCE_INPUT = (COLORIZE_ENHANCE, {"tooltip": "Optional: the output of another Background/Style Encode node, "
-                                               "to combine both enhancements."})
+def enhance_input() -> Any:
+    """The optional ``enhance`` input that chains Background Encode and Style Encode."""
+    return EnhanceSocket.Input("enhance", optional=True, tooltip="Optional: the output of another Background/Style "
+                                                                 "Encode node, to combine both enhancements.")
 
 
-def strength(default: float, tooltip: str, high: float = 2.0) -> tuple[str, dict[str, Any]]:
-    return ("FLOAT", {"default": default, "min": 0.0, "max": high, "step": 0.01, "tooltip": tooltip})
+def enhance_output(tooltip: str) -> Any:
+    """The ``enhance`` output (shown as "enhance"; no id, as the chaining input already has that one)."""
+    return EnhanceSocket.Output(display_name="enhance", tooltip=tooltip)
 
 
-class BackgroundEncode:
+def strength(name: str, default: float, tooltip: str) -> Any:
+    """A strength in [0, 2] with 0.01 steps."""
+    return io.Float.Input(name, default=default, min=0.0, max=2.0, step=0.01, tooltip=tooltip)
+
+
+class BackgroundEncode(io.ComfyNode):
     """Reference (+ masks / background) → COLORIZE_ENHANCE with BG (and/or FG) enhance on."""
 
-    DESCRIPTION = (
-        "v1.5/v2 only: separates figure and background, so the reference colours only the figure and the background "
-        "comes from the reference's background or a separate image. Connect it to the sampler's 'enhance' input."
-    )
     HELP = cleandoc("""
         Foreground/background separation (thesis §5.5–5.6) of v1.5 (switch-eps) and v2 (v2-full):
 
@@ -103,54 +109,62 @@ class BackgroundEncode:
           image), the whole reference counts as foreground: plain background, with a warning.
         - Chain it with **Style Encode (v2)** (either order) for both enhancements.
     """)
-    CATEGORY = "ColorizeDiffusion/enhance"
-    FUNCTION = "encode"
-    RETURN_TYPES = (COLORIZE_ENHANCE,)
-    RETURN_NAMES = ("enhance",)
-    OUTPUT_TOOLTIPS = ("Separation request for the ColorizeDiffusion Sampler's 'enhance' input (or a Style Encode).",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                **reference_inputs(),
-                "background_enhance": ("BOOLEAN", {"default": True, "tooltip": "BG enhance: take the background "
-                                                   "from the background-only reference (or the background image)."}),
-                "foreground_enhance": ("BOOLEAN", {"default": False, "tooltip": "FG enhance: the foreground LoRA "
-                                                   "strengthens reference colours on the figure."}),
-                "fg_strength": strength(1.0, "Foreground strength: scales the reference attention inside the mask."),
-                "bg_strength": strength(1.0, "Background strength: scales the background attention outside the mask."),
-                "merge_scale": strength(0.0, "Merging scale: blends the background branch into the foreground "
-                                             "(0 = hard split; v2 also merges style vectors with a background image).", 1.0),
-                "background_factor": strength(1.0, "v2 Background factor: multiplies the background-encoder "
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionBackgroundEncode", display_name="Background Encode",
+            category="ColorizeDiffusion/enhance", description=(
+                "v1.5/v2 only: separates figure and background, so the reference colours only the figure and the "
+                "background comes from the reference's background or a separate image. Connect it to the sampler's "
+                "'enhance' input."
+            ),
+            inputs=[
+                *reference_inputs(),
+                io.Boolean.Input("background_enhance", default=True,
+                                 tooltip="BG enhance: take the background from the background-only reference (or the "
+                                         "background image)."),
+                io.Boolean.Input("foreground_enhance", default=False,
+                                 tooltip="FG enhance: the foreground LoRA strengthens reference colours on the "
+                                         "figure."),
+                strength("fg_strength", 1.0, "Foreground strength: scales the reference attention inside the mask."),
+                strength("bg_strength", 1.0, "Background strength: scales the background attention outside the mask."),
+                unit_input("merge_scale", 0.0, "Merging scale: blends the background branch into the foreground "
+                                               "(0 = hard split; v2 also merges style vectors with a background "
+                                               "image)."),
+                strength("background_factor", 1.0, "v2 Background factor: multiplies the background-encoder "
                                                    "features (leave 1 for v1.5)."),
-                "sketch_threshold": strength(DEFAULT_SKETCH_THRESHOLD, "Sketch-mask threshold: latent mask values "
-                                             "above it count as foreground.", 1.0),
-                "reference_threshold": strength(DEFAULT_REFERENCE_THRESHOLD, "Reference-mask threshold: reference "
-                                                "pixels with mask below it form the background-only reference.", 1.0),
-                "remove_background_foreground": ("BOOLEAN", {
-                    "default": False, "tooltip": "Whiten the foreground of the separate background image (needs "
-                                                 "background_mask)."}),
-            },
-            "optional": {
-                "enhance": ENHANCE_INPUT,
-                "sketch_mask": ("MASK", {"tooltip": "Foreground mask of the line art (Sketch Mask or any MASK, in "
-                                                    "the sketch's frame). Default: computed from the lines."}),
-                "reference_mask": ("MASK", {"tooltip": "Foreground mask of the reference (SAM Mask, Sketch Mask on "
-                                                       "the reference, or any MASK)."}),
-                "background": ("IMAGE", {"tooltip": "Optional separate background image (replaces the "
-                                                    "background-only reference)."}),
-                "background_mask": ("MASK", {"tooltip": "Foreground mask of the background image (for "
-                                                        "remove_background_foreground)."}),
-            },
-        }
+                unit_input("sketch_threshold", DEFAULT_SKETCH_THRESHOLD, "Sketch-mask threshold: latent mask values "
+                                                                         "above it count as foreground."),
+                unit_input("reference_threshold", DEFAULT_REFERENCE_THRESHOLD, "Reference-mask threshold: reference "
+                           "pixels with mask below it form the background-only reference."),
+                io.Boolean.Input("remove_background_foreground", default=False,
+                                 tooltip="Whiten the foreground of the separate background image (needs "
+                                         "background_mask)."),
+                enhance_input(),
+                io.Mask.Input("sketch_mask", optional=True,
+                              tooltip="Foreground mask of the line art (Sketch Mask or any MASK, in the sketch's "
+                                      "frame). Default: computed from the lines."),
+                io.Mask.Input("reference_mask", optional=True,
+                              tooltip="Foreground mask of the reference (SAM Mask, Sketch Mask on the reference, or "
+                                      "any MASK)."),
+                io.Image.Input("background", optional=True,
+                               tooltip="Optional separate background image (replaces the background-only "
+                                       "reference)."),
+                io.Mask.Input("background_mask", optional=True,
+                              tooltip="Foreground mask of the background image (for remove_background_foreground)."),
+            ],
+            outputs=[enhance_output("Separation request for the ColorizeDiffusion Sampler's 'enhance' input (or a "
+                                    "Style Encode).")],
+        )
 
-    def encode(self, encoder: Any, reference: Tensor, background_enhance: bool, foreground_enhance: bool,
-               fg_strength: float, bg_strength: float, merge_scale: float, background_factor: float,
-               sketch_threshold: float, reference_threshold: float, remove_background_foreground: bool,
-               enhance: EnhanceRequest | None = None, sketch_mask: Tensor | None = None,
-               reference_mask: Tensor | None = None, background: Tensor | None = None,
-               background_mask: Tensor | None = None) -> tuple[EnhanceRequest]:
+    @classmethod
+    def execute(cls, encoder: Any, reference: Tensor, background_enhance: bool, foreground_enhance: bool,
+                fg_strength: float, bg_strength: float, merge_scale: float, background_factor: float,
+                sketch_threshold: float, reference_threshold: float, remove_background_foreground: bool,
+                enhance: EnhanceRequest | None = None, sketch_mask: Tensor | None = None,
+                reference_mask: Tensor | None = None, background: Tensor | None = None,
+                background_mask: Tensor | None = None) -> io.NodeOutput:
         if not (background_enhance or foreground_enhance):
             raise InputError("Background Encode with both BG and FG enhance off does nothing: switch one on, or "
                              "bypass the node")
@@ -163,16 +177,12 @@ class BackgroundEncode:
         request = add_to(enhance, encoder, prepare_reference(image_to_bchw(reference)), settings,
                          sketch_mask=sketch_mask, reference_mask=reference_mask, background=bg,
                          background_mask=background_mask)
-        return (request,)
+        return io.NodeOutput(request)
 
 
-class StyleEncode:
+class StyleEncode(io.ComfyNode):
     """Reference → COLORIZE_ENHANCE with v2 style enhance on."""
 
-    DESCRIPTION = (
-        "v2 only: carries the reference's rendering style into the result through the style encoder. No mask needed. "
-        "Connect it to the sampler's 'enhance' input, alone or chained with Background Encode."
-    )
     HELP = cleandoc("""
         Style enhance of v2 (v2-full, thesis §5.6): the style encoder reads the reference's VAE latent and CLIP
         tokens once per generation and modulates the U-Net decoder, carrying the reference's rendering style.
@@ -180,18 +190,24 @@ class StyleEncode:
         Chain it with **Background Encode** (either order) for both enhancements; with a separate background image
         there, the style of both images is merged by its `merge_scale`.
     """)
-    CATEGORY = "ColorizeDiffusion/enhance"
-    FUNCTION = "encode"
-    RETURN_TYPES = (COLORIZE_ENHANCE,)
-    RETURN_NAMES = ("enhance",)
-    OUTPUT_TOOLTIPS = ("Separation request for the ColorizeDiffusion Sampler's 'enhance' input (or a Background Encode).",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": reference_inputs(), "optional": {"enhance": ENHANCE_INPUT}}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionStyleEncode", display_name="Style Encode (v2)",
+            category="ColorizeDiffusion/enhance", description=(
+                "v2 only: carries the reference's rendering style into the result through the style encoder. No mask "
+                "needed. Connect it to the sampler's 'enhance' input, alone or chained with Background Encode."
+            ),
+            inputs=[*reference_inputs(), enhance_input()],
+            outputs=[enhance_output("Separation request for the ColorizeDiffusion Sampler's 'enhance' input (or a "
+                                    "Background Encode).")],
+        )
 
-    def encode(self, encoder: Any, reference: Tensor, enhance: EnhanceRequest | None = None) -> tuple[EnhanceRequest]:
-        return (add_to(enhance, encoder, prepare_reference(image_to_bchw(reference)), {"style_enhance": True}),)
+    @classmethod
+    def execute(cls, encoder: Any, reference: Tensor, enhance: EnhanceRequest | None = None) -> io.NodeOutput:
+        return io.NodeOutput(add_to(enhance, encoder, prepare_reference(image_to_bchw(reference)),
+                                    {"style_enhance": True}))
 
 
 __all__ = ["BackgroundEncode", "EnhanceRequest", "StyleEncode", "add_to"]

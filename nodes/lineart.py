@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from inspect import cleandoc
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,8 +30,9 @@ from colorize.weights import manifest_entry
 
 from .host import ManagedModule, Progress, check_interrupted, intermediate_device, offload_device
 from .models import LINEART_FOLDER, list_files, resolve_file
-from .sketch import MAX_SIZE
+from .schema import io, output
 from .sockets import bchw_to_image, image_to_bchw
+from .widgets import MAX_SIZE
 
 LINE_METHODS: tuple[str, ...] = (*NO_WEIGHT_METHODS, *MODEL_SPECS)
 AUTO_FILE = "auto"
@@ -93,14 +93,9 @@ def method_options(method: str, sigma: float, threshold: float) -> dict[str, flo
     return opts
 
 
-class LineExtract:
+class LineExtract(io.ComfyNode):
     """IMAGE (colour, pencil or inverted line art) → IMAGE (black lines on white, same size)."""
 
-    DESCRIPTION = (
-        "Extracts clean black-on-white line art from a colour illustration, a pencil drawing or a white-on-black "
-        "sketch, for Sketch Preprocess. Network methods read their weights from models/lineart (downloaded on first "
-        "use)."
-    )
     HELP = cleandoc("""
         Methods:
 
@@ -113,47 +108,48 @@ class LineExtract:
         The networks' weights are read from models/lineart and downloaded on first use if missing. The output is
         black lines on white at the input's size.
     """)
-    CATEGORY = "ColorizeDiffusion/sketch"
-    FUNCTION = "extract"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("lines",)
-    OUTPUT_TOOLTIPS = ("Black lines on white, the input's size: feed it to Sketch Preprocess (polarity auto).",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "Colour illustration, pencil drawing or line art (dark on light or "
-                                           "white on black); a batch is processed image by image."}),
-            "method": (list(LINE_METHODS), {
-                "default": "high_pass",
-                "tooltip": "high_pass / lineart_standard: filters, no weights (sigma, threshold apply). "
-                           "sketch_keras (official default, 75 MB), anime2sketch (218 MB), manga_line (173 MB): "
-                           "networks whose weights come from models/lineart."}),
-            "model_file": ([AUTO_FILE, *list_files(LINEART_FOLDER)], {
-                "default": AUTO_FILE,
-                "tooltip": "Weights in models/lineart for a network method (ignored by the filters). auto = the "
-                           "method's published file (sketchkeras.pth, netG.pth, erika.pth), downloaded from "
-                           "Hugging Face when the node first runs if it is missing."}),
-            "input_polarity": (list(INPUT_POLARITIES), {
-                "default": "auto",
-                "tooltip": "auto = white-on-black grey line art is inverted first (a dark colour picture is not); "
-                           "dark_on_light = never invert; light_on_dark = always invert."}),
-            "resolution": ("INT", {
-                "default": 0, "min": 0, "max": MAX_SIZE, "step": 64,
-                "tooltip": "Shorter side (px) the extractor works at, lines resized back to the input size. "
-                           "0 = the input's own size (the official app works at 512)."}),
-            "sigma": ("FLOAT", {
-                "default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1,
-                "tooltip": "Gaussian blur of the filter methods: larger = thicker, fewer lines. 0 = the method's "
-                           f"default ({DEFAULT_SIGMA:g} for high_pass, {STANDARD_SIGMA:g} for lineart_standard)."}),
-            "threshold": ("FLOAT", {
-                "default": DEFAULT_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.01,
-                "tooltip": "high_pass only: line responses below this fraction of the strongest become paper "
-                           "(higher = cleaner, fewer faint lines)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionLineExtract", display_name="Line Extract", category="ColorizeDiffusion/sketch",
+            description=(
+                "Extracts clean black-on-white line art from a colour illustration, a pencil drawing or a "
+                "white-on-black sketch, for Sketch Preprocess. Network methods read their weights from models/lineart "
+                "(downloaded on first use)."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="Colour illustration, pencil drawing or line art (dark on light or "
+                                                "white on black); a batch is processed image by image."),
+                io.Combo.Input("method", options=list(LINE_METHODS), default="high_pass",
+                               tooltip="high_pass / lineart_standard: filters, no weights (sigma, threshold apply). "
+                                       "sketch_keras (official default, 75 MB), anime2sketch (218 MB), manga_line "
+                                       "(173 MB): networks whose weights come from models/lineart."),
+                io.Combo.Input("model_file", options=[AUTO_FILE, *list_files(LINEART_FOLDER)], default=AUTO_FILE,
+                               tooltip="Weights in models/lineart for a network method (ignored by the filters). "
+                                       "auto = the method's published file (sketchkeras.pth, netG.pth, erika.pth), "
+                                       "downloaded from Hugging Face when the node first runs if it is missing."),
+                io.Combo.Input("input_polarity", options=list(INPUT_POLARITIES), default="auto",
+                               tooltip="auto = white-on-black grey line art is inverted first (a dark colour picture "
+                                       "is not); dark_on_light = never invert; light_on_dark = always invert."),
+                io.Int.Input("resolution", default=0, min=0, max=MAX_SIZE, step=64,
+                             tooltip="Shorter side (px) the extractor works at, lines resized back to the input "
+                                     "size. 0 = the input's own size (the official app works at 512)."),
+                io.Float.Input("sigma", default=0.0, min=0.0, max=20.0, step=0.1,
+                               tooltip="Gaussian blur of the filter methods: larger = thicker, fewer lines. 0 = the "
+                                       f"method's default ({DEFAULT_SIGMA:g} for high_pass, {STANDARD_SIGMA:g} for "
+                                       "lineart_standard)."),
+                io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.01,
+                               tooltip="high_pass only: line responses below this fraction of the strongest become "
+                                       "paper (higher = cleaner, fewer faint lines)."),
+            ],
+            outputs=[output(io.Image, "lines",
+                            "Black lines on white, the input's size: feed it to Sketch Preprocess (polarity auto).")],
+        )
 
-    def extract(self, image: Tensor, method: str, model_file: str, input_polarity: str, resolution: int,
-                sigma: float, threshold: float) -> tuple[Tensor]:
+    @classmethod
+    def execute(cls, image: Tensor, method: str, model_file: str, input_polarity: str, resolution: int,
+                sigma: float, threshold: float) -> io.NodeOutput:
         x = image_to_bchw(image)
         res = resolution or None
         if method in MODEL_SPECS:
@@ -174,7 +170,7 @@ class LineExtract:
             check_interrupted()
             out.append(bchw_to_image(run(item)).to(intermediate_device()))
             progress.update(i + 1)
-        return (torch.cat(out),)
+        return io.NodeOutput(torch.cat(out))
 
 
 __all__ = ["AUTO_FILE", "LINE_METHODS", "LineExtract", "LoadedExtractor", "load_extractor", "method_file",

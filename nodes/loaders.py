@@ -19,7 +19,8 @@ from colorize.weights import DEFAULT_CHECKPOINT, DEFAULT_CLIP, manifest_entry
 from .host import ManagedModule, load_device, offload_device, unet_dtype
 from .models import CHECKPOINT_FOLDER, CLIP_FOLDER, list_files, resolve_file
 from .reference import ClipVisionReference, OpenClipReference
-from .sockets import COLORIZE_MODEL, COLORIZE_REFERENCE_ENCODER, ColorizeModel
+from .schema import io, output, ui
+from .sockets import ColorizeModel, ModelSocket, ReferenceEncoderSocket
 
 SUPPORTED_VERSIONS = tuple(FAMILIES)  # the checkpoint families the nodes load (v1, v1.5, v2)
 
@@ -28,14 +29,9 @@ def default_file(name: str) -> str:
     return str(manifest_entry(name)["filename"])
 
 
-class CheckpointLoader:
+class CheckpointLoader(io.ComfyNode):
     """models/colorizediffusion file → COLORIZE_MODEL (+ a line describing it)."""
 
-    DESCRIPTION = (
-        "Loads a ColorizeDiffusion checkpoint from models/colorizediffusion; the version (v1, v1.5 or v2) is read "
-        "from the file. A listed file that is missing is downloaded on first use. The weights are for non-commercial "
-        "use only."
-    )
     HELP = cleandoc("""
         A checkpoint holds the colorizer's U-Net, sketch encoder and VAE. The version is detected from the file's
         keys, not from its name, and shown in the `info` output:
@@ -50,30 +46,35 @@ class CheckpointLoader:
         A file listed in the picker that is not on disk yet is downloaded from Hugging Face when the node first
         runs. The weights are CC-BY-NC-SA-4.0: non-commercial use only.
     """)
-    CATEGORY = "ColorizeDiffusion/loaders"
-    FUNCTION = "load"
-    RETURN_TYPES = (COLORIZE_MODEL, "STRING")
-    RETURN_NAMES = ("model", "info")
-    OUTPUT_TOOLTIPS = (
-        "The colorizer: feed it to Sketch Hints, Sampler and Decode.",
-        "File, detected version (v1 'mult', v1.5 'switch', v2), prediction type and precision.",
-    )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "ckpt_name": (list_files(CHECKPOINT_FOLDER, SUPPORTED_VERSIONS), {
-                "default": default_file(DEFAULT_CHECKPOINT),
-                "tooltip": "Checkpoint in models/colorizediffusion (mult-eps-ft = ColorizeDiffusion v1, "
-                           "switch-eps = v1.5, v2-full = v2). "
-                           "A missing listed file is downloaded (3.9 GB) when the node first runs."}),
-            "precision": (list(PRECISIONS), {
-                "default": "auto",
-                "tooltip": "U-Net and sketch-encoder precision. auto = ComfyUI's choice for the device "
-                           "(fp16 on most GPUs, fp32 on CPU). The VAE always runs in fp32."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionCheckpointLoader", display_name="Colorize Loader",
+            category="ColorizeDiffusion/loaders", description=(
+                "Loads a ColorizeDiffusion checkpoint from models/colorizediffusion; the version (v1, v1.5 or v2) is "
+                "read from the file. A listed file that is missing is downloaded on first use. The weights are for "
+                "non-commercial use only."
+            ),
+            inputs=[
+                io.Combo.Input("ckpt_name", options=list_files(CHECKPOINT_FOLDER, SUPPORTED_VERSIONS),
+                               default=default_file(DEFAULT_CHECKPOINT),
+                               tooltip="Checkpoint in models/colorizediffusion (mult-eps-ft = ColorizeDiffusion v1, "
+                                       "switch-eps = v1.5, v2-full = v2). "
+                                       "A missing listed file is downloaded (3.9 GB) when the node first runs."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                               tooltip="U-Net and sketch-encoder precision. auto = ComfyUI's choice for the device "
+                                       "(fp16 on most GPUs, fp32 on CPU). The VAE always runs in fp32."),
+            ],
+            outputs=[
+                output(ModelSocket, "model", "The colorizer: feed it to Sketch Hints, Sampler and Decode."),
+                output(io.String, "info",
+                       "File, detected version (v1 'mult', v1.5 'switch', v2), prediction type and precision."),
+            ],
+        )
 
-    def load(self, ckpt_name: str, precision: str) -> dict[str, Any]:
+    @classmethod
+    def execute(cls, ckpt_name: str, precision: str) -> io.NodeOutput:
         path = resolve_file(CHECKPOINT_FOLDER, ckpt_name)
         mods = load_checkpoint_modules(path)  # detects the family (mult, switch, v2) from the keys
         params = sum(p.numel() for p in mods.unet.parameters())
@@ -91,25 +92,17 @@ class CheckpointLoader:
             extras={k: ManagedModule(m, "unet") for k, m in mods.extras.items()},
         )
         info = model.describe()
-        return {"ui": {"text": [info]}, "result": (model, info)}
+        return io.NodeOutput(model, info, ui=ui.PreviewText(info))
 
 
-class _ReferenceEncoderSource:
-    """Shared outputs of the nodes that make a COLORIZE_REFERENCE_ENCODER."""
-
-    CATEGORY = "ColorizeDiffusion/loaders"
-    RETURN_TYPES = (COLORIZE_REFERENCE_ENCODER,)
-    RETURN_NAMES = ("encoder",)
-    OUTPUT_TOOLTIPS = ("The reference encoder: feed it to Reference Embed.",)
+def encoder_outputs() -> list[Any]:
+    """The output of the nodes that make a COLORIZE_REFERENCE_ENCODER."""
+    return [output(ReferenceEncoderSocket, "encoder", "The reference encoder: feed it to Reference Embed.")]
 
 
-class ReferenceEncoderLoader(_ReferenceEncoderSource):
+class ReferenceEncoderLoader(io.ComfyNode):
     """models/clip_vision file → COLORIZE_REFERENCE_ENCODER."""
 
-    DESCRIPTION = (
-        "Loads the OpenCLIP ViT-H/14 reference encoder from models/clip_vision (a listed file that is missing is "
-        "downloaded on first use). Text edits need the open_clip file, not the vision-only CLIP-ViT-H-14 one."
-    )
     HELP = cleandoc("""
         The encoder is OpenCLIP ViT-H/14 (laion2b_s32b_b79k). Two files work:
 
@@ -120,25 +113,34 @@ class ReferenceEncoderLoader(_ReferenceEncoderSource):
         in memory. Text edits (**Text Edit**, **Control Heatmap**) need the open_clip file: its text tower (1.4 GB
         in fp32) is read from it when an edit or heatmap node first encodes a prompt.
     """)
-    FUNCTION = "load"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "clip_name": (list_files(CLIP_FOLDER), {
-                "default": default_file(DEFAULT_CLIP),
-                "tooltip": "OpenCLIP ViT-H-14 laion2b_s32b_b79k weights in models/clip_vision (open_clip or "
-                           "Hugging Face CLIPVisionModel format). Other CLIP models do not fit the colorizer."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionReferenceEncoderLoader", display_name="Reference Encoder Loader",
+            category="ColorizeDiffusion/loaders", description=(
+                "Loads the OpenCLIP ViT-H/14 reference encoder from models/clip_vision (a listed file that is missing "
+                "is downloaded on first use). Text edits need the open_clip file, not the vision-only CLIP-ViT-H-14 "
+                "one."
+            ),
+            inputs=[
+                io.Combo.Input("clip_name", options=list_files(CLIP_FOLDER), default=default_file(DEFAULT_CLIP),
+                               tooltip="OpenCLIP ViT-H-14 laion2b_s32b_b79k weights in models/clip_vision (open_clip "
+                                       "or Hugging Face CLIPVisionModel format). Other CLIP models do not fit the "
+                                       "colorizer."),
+            ],
+            outputs=encoder_outputs(),
+        )
 
-    def load(self, clip_name: str) -> tuple[OpenClipReference]:
+    @classmethod
+    def execute(cls, clip_name: str) -> io.NodeOutput:
         path = resolve_file(CLIP_FOLDER, clip_name)
         # colorization reads image tokens only: the text tower (1.4 GB for ViT-H) is loaded on the first text edit
         encoder = load_reference_encoder(path, with_text=False)
         has_text = any(k.endswith("token_embedding.weight") for k in read_header(path))
         load_text = partial(load_text_tower, path) if has_text else None
         encoder.to(offload_device("clip"), torch.float32)
-        return (OpenClipReference(encoder, load_text, clip_name),)
+        return io.NodeOutput(OpenClipReference(encoder, load_text, clip_name))
 
 
 def load_text_tower(path: Path) -> nn.Module:
@@ -149,14 +151,9 @@ def load_text_tower(path: Path) -> nn.Module:
     return encoder.to(offload_device("clip"), torch.float32)
 
 
-class ReferenceEncoderFromCLIPVision(_ReferenceEncoderSource):
+class ReferenceEncoderFromCLIPVision(io.ComfyNode):
     """CLIP_VISION (ComfyUI's own loader) → COLORIZE_REFERENCE_ENCODER."""
 
-    DESCRIPTION = (
-        "Uses a CLIP vision model from the core Load CLIP Vision node as the reference encoder, shared with "
-        "IPAdapter. It must be CLIP-ViT-H-14-laion2B-s32B-b79K, and it has no text tower: text edits do not work with "
-        "it."
-    )
     HELP = cleandoc("""
         Loading the ViT-H/14 file once with ComfyUI's **Load CLIP Vision** node lets IPAdapter and the colorizer
         share it. The model must be CLIP-ViT-H-14-laion2B-s32B-b79K (ViT-H/14, 1024-dim projection); the
@@ -164,18 +161,27 @@ class ReferenceEncoderFromCLIPVision(_ReferenceEncoderSource):
 
         It has no text tower: for text edits load the open_clip file with **Reference Encoder Loader** instead.
     """)
-    FUNCTION = "convert"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "clip_vision": ("CLIP_VISION", {
-                "tooltip": "Output of Load CLIP Vision with CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionReferenceEncoderFromCLIPVision", display_name="Encoder from CLIP Vision",
+            category="ColorizeDiffusion/loaders", description=(
+                "Uses a CLIP vision model from the core Load CLIP Vision node as the reference encoder, shared with "
+                "IPAdapter. It must be CLIP-ViT-H-14-laion2B-s32B-b79K, and it has no text tower: text edits do not "
+                "work with it."
+            ),
+            inputs=[
+                io.ClipVision.Input("clip_vision", tooltip="Output of Load CLIP Vision with "
+                                                           "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors."),
+            ],
+            outputs=encoder_outputs(),
+        )
 
-    def convert(self, clip_vision: Any) -> tuple[ClipVisionReference]:
-        return (ClipVisionReference(clip_vision),)
+    @classmethod
+    def execute(cls, clip_vision: Any) -> io.NodeOutput:
+        return io.NodeOutput(ClipVisionReference(clip_vision))
 
 
 __all__ = ["SUPPORTED_VERSIONS", "CheckpointLoader", "ReferenceEncoderFromCLIPVision", "ReferenceEncoderLoader",
-           "load_text_tower"]
+           "encoder_outputs", "load_text_tower"]

@@ -20,27 +20,28 @@ from colorize.weights import manifest_entry
 
 from .host import ManagedModule, check_interrupted, intermediate_device, offload_device
 from .models import SAM_FOLDER, list_files, resolve_file
+from .schema import io, output
 from .sockets import bchw_to_image, image_to_bchw
+from .widgets import unit_input
 
 SKETCH_POLARITIES = ("auto", "dark_lines", "light_lines")
 AUTO_PROMPTS = ("point+box", "point", "box")
 
 
-def threshold_input(default: float, tooltip: str) -> tuple[str, dict[str, Any]]:
-    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tooltip})
+def pixels_input(name: str, default: int, tooltip: str, high: int = 64) -> Any:
+    """A pixel count in [0, high]."""
+    return io.Int.Input(name, default=default, min=0, max=high, tooltip=tooltip)
 
 
-def pixels_input(default: int, tooltip: str, high: int = 64) -> tuple[str, dict[str, Any]]:
-    return ("INT", {"default": default, "min": 0, "max": high, "tooltip": tooltip})
+def text_input(name: str, tooltip: str) -> Any:
+    """An optional one-line text widget, empty by default (``multiline=None``: no multiline option is sent, as
+    before the V3 conversion; the frontend's default is one line)."""
+    return io.String.Input(name, optional=True, default="", multiline=None, tooltip=tooltip)
 
 
-class SketchMask:
+class SketchMask(io.ComfyNode):
     """IMAGE (line art) → MASK (figure silhouette), no weights."""
 
-    DESCRIPTION = (
-        "Foreground mask of line art without any model: whatever the paper around the drawing cannot reach from the "
-        "image borders is the figure. Small gaps in outlines are bridged."
-    )
     HELP = cleandoc("""
         Everything the paper around the drawing cannot reach from the image borders is the figure; outlines with
         gaps up to `gap` pixels count as closed.
@@ -49,29 +50,35 @@ class SketchMask:
         threshold (e.g. 0.1) so that every coloured pixel blocks the fill. An image without lines gives an empty
         mask and a warning.
     """)
-    CATEGORY = "ColorizeDiffusion/masks"
-    FUNCTION = "mask"
-    RETURN_TYPES = ("MASK",)
-    RETURN_NAMES = ("mask",)
-    OUTPUT_TOOLTIPS = ("Foreground mask (1 = figure) in the image's frame, for Background Encode or Mask Preview.",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "Line art (black on white or white on black), or a flat-background image."}),
-            "threshold": threshold_input(0.5, "Ink level from which a pixel counts as a line (blocks the "
-                                              "background fill). Lower = fainter strokes block too."),
-            "gap": pixels_input(4, "Breaks in an outline up to this many pixels are bridged."),
-            "dilation": pixels_input(0, "Grow the mask by this many pixels."),
-            "polarity": (list(SKETCH_POLARITIES), {
-                "default": "auto", "tooltip": "dark_lines = black lines on white paper; light_lines = white lines "
-                                              "on black (prepared sketches, line extractors); auto = per image."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionSketchMask", display_name="Sketch Mask", category="ColorizeDiffusion/masks",
+            description=(
+                "Foreground mask of line art without any model: whatever the paper around the drawing cannot reach "
+                "from the image borders is the figure. Small gaps in outlines are bridged."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="Line art (black on white or white on black), or a flat-background "
+                                                "image."),
+                unit_input("threshold", 0.5, "Ink level from which a pixel counts as a line (blocks the background "
+                                             "fill). Lower = fainter strokes block too."),
+                pixels_input("gap", 4, "Breaks in an outline up to this many pixels are bridged."),
+                pixels_input("dilation", 0, "Grow the mask by this many pixels."),
+                io.Combo.Input("polarity", options=list(SKETCH_POLARITIES), default="auto",
+                               tooltip="dark_lines = black lines on white paper; light_lines = white lines on black "
+                                       "(prepared sketches, line extractors); auto = per image."),
+            ],
+            outputs=[output(io.Mask, "mask", "Foreground mask (1 = figure) in the image's frame, for Background "
+                                             "Encode or Mask Preview.")],
+        )
 
-    def mask(self, image: Tensor, threshold: float, gap: int, dilation: int, polarity: str) -> tuple[Tensor]:
+    @classmethod
+    def execute(cls, image: Tensor, threshold: float, gap: int, dilation: int, polarity: str) -> io.NodeOutput:
         out = sketch_foreground_mask(image_to_bchw(image), line_threshold=threshold, gap=gap,
                                      polarity=polarity, dilation=dilation)  # type: ignore[arg-type]
-        return (out.float().to(intermediate_device()),)
+        return io.NodeOutput(out.float().to(intermediate_device()))
 
 
 @dataclass(frozen=True)
@@ -103,13 +110,9 @@ def parse_numbers(text: str, group: int, what: str) -> list[list[float]]:
     return [numbers[i:i + group] for i in range(0, len(numbers), group)]
 
 
-class SamMask:
+class SamMask(io.ComfyNode):
     """IMAGE (reference) → MASK with segment-anything."""
 
-    DESCRIPTION = (
-        "Foreground mask of the colour reference with Segment Anything (models/sams; sam_vit_b is downloaded on first "
-        "use). Without points or a box it prompts at the image centre. Feed it to Background Encode's reference_mask."
-    )
     HELP = cleandoc("""
         Prompt: foreground points, background points and/or a box, in pixels of the image. When points and box are
         all empty, an automatic prompt at the image centre is used (`auto_prompt`): the subject of a reference
@@ -117,36 +120,38 @@ class SamMask:
 
         Feed the mask to **Background Encode**'s `reference_mask`.
     """)
-    CATEGORY = "ColorizeDiffusion/masks"
-    FUNCTION = "mask"
-    RETURN_TYPES = ("MASK",)
-    RETURN_NAMES = ("mask",)
-    OUTPUT_TOOLTIPS = ("Foreground mask (1 = subject) in the image's frame.",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "sam_name": (list_files(SAM_FOLDER), {
-                    "default": str(manifest_entry(DEFAULT_SAM)["filename"]),
-                    "tooltip": "SAM checkpoint in models/sams (vit_b, vit_l or vit_h; the variant is read from the "
-                               "file). A missing listed file is downloaded when the node first runs."}),
-                "image": ("IMAGE", {"tooltip": "The image to segment (usually the colour reference)."}),
-                "auto_prompt": (list(AUTO_PROMPTS), {
-                    "default": "point+box", "tooltip": "Prompt used when no points and no box are given: a point at "
-                                                       "the centre, a centred box (5% margin), or both."}),
-                "threshold": threshold_input(0.5, "SAM probability above which a pixel is foreground (0.5 = SAM's own cut)."),
-                "dilation": pixels_input(0, "Grow the mask by this many pixels."),
-            },
-            "optional": {
-                "points": ("STRING", {"default": "", "tooltip": "Foreground points in pixels: 'x,y; x,y'. Empty = none."}),
-                "negative_points": ("STRING", {"default": "", "tooltip": "Background points in pixels: 'x,y; x,y'."}),
-                "box": ("STRING", {"default": "", "tooltip": "Box in pixels: 'x0,y0,x1,y1'. Empty = none."}),
-            },
-        }
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionSAMMask", display_name="SAM Mask", category="ColorizeDiffusion/masks",
+            description=(
+                "Foreground mask of the colour reference with Segment Anything (models/sams; sam_vit_b is downloaded "
+                "on first use). Without points or a box it prompts at the image centre. Feed it to Background "
+                "Encode's reference_mask."
+            ),
+            inputs=[
+                io.Combo.Input("sam_name", options=list_files(SAM_FOLDER),
+                               default=str(manifest_entry(DEFAULT_SAM)["filename"]),
+                               tooltip="SAM checkpoint in models/sams (vit_b, vit_l or vit_h; the variant is read "
+                                       "from the file). A missing listed file is downloaded when the node first runs."),
+                io.Image.Input("image", tooltip="The image to segment (usually the colour reference)."),
+                io.Combo.Input("auto_prompt", options=list(AUTO_PROMPTS), default="point+box",
+                               tooltip="Prompt used when no points and no box are given: a point at the centre, a "
+                                       "centred box (5% margin), or both."),
+                unit_input("threshold", 0.5, "SAM probability above which a pixel is foreground (0.5 = SAM's own "
+                                             "cut)."),
+                pixels_input("dilation", 0, "Grow the mask by this many pixels."),
+                text_input("points", "Foreground points in pixels: 'x,y; x,y'. Empty = none."),
+                text_input("negative_points", "Background points in pixels: 'x,y; x,y'."),
+                text_input("box", "Box in pixels: 'x0,y0,x1,y1'. Empty = none."),
+            ],
+            outputs=[output(io.Mask, "mask", "Foreground mask (1 = subject) in the image's frame.")],
+        )
 
-    def mask(self, sam_name: str, image: Tensor, auto_prompt: str, threshold: float, dilation: int,
-             points: str = "", negative_points: str = "", box: str = "") -> tuple[Tensor]:
+    @classmethod
+    def execute(cls, sam_name: str, image: Tensor, auto_prompt: str, threshold: float, dilation: int,
+                points: str = "", negative_points: str = "", box: str = "") -> io.NodeOutput:
         pos, neg = parse_numbers(points, 2, "points"), parse_numbers(negative_points, 2, "negative_points")
         boxes = parse_numbers(box, 4, "box")
         if len(boxes) > 1:
@@ -161,36 +166,37 @@ class SamMask:
             point_labels=[1.0] * len(pos) + [0.0] * len(neg) if pts else None,
             box=boxes[0] if boxes else None, auto_prompt=auto_prompt,  # type: ignore[arg-type]
             threshold=threshold, dilation=dilation)
-        return (out.float().to(intermediate_device()),)
+        return io.NodeOutput(out.float().to(intermediate_device()))
 
 
-class MaskPreview:
+class MaskPreview(io.ComfyNode):
     """IMAGE + MASK → IMAGE (tinted overlay)."""
 
-    DESCRIPTION = (
-        "Shows a mask over its image: the masked region tinted, its outline drawn and the rest dimmed, to check a "
-        "sketch or reference mask before colorizing. A mask of another size is resized to the image."
-    )
     HELP = cleandoc("""
         Any MASK works (1 = foreground). Connect the output to **Preview Image** or **Save Image**.
     """)
-    CATEGORY = "ColorizeDiffusion/masks"
-    FUNCTION = "preview"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The image with the mask overlaid: connect Preview Image or Save Image.",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "The image the mask belongs to."}),
-            "mask": ("MASK", {"tooltip": "The mask (1 = foreground), any MASK."}),
-            "alpha": threshold_input(0.5, "Tint strength inside the mask."),
-            "outline": pixels_input(2, "Outline width in pixels (0 = none).", 16),
-            "dim_background": threshold_input(0.3, "Darken the unmasked part by this fraction."),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionMaskPreview", display_name="Mask Preview Overlay",
+            category="ColorizeDiffusion/masks", description=(
+                "Shows a mask over its image: the masked region tinted, its outline drawn and the rest dimmed, to check "
+                "a sketch or reference mask before colorizing. A mask of another size is resized to the image."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The image the mask belongs to."),
+                io.Mask.Input("mask", tooltip="The mask (1 = foreground), any MASK."),
+                unit_input("alpha", 0.5, "Tint strength inside the mask."),
+                pixels_input("outline", 2, "Outline width in pixels (0 = none).", 16),
+                unit_input("dim_background", 0.3, "Darken the unmasked part by this fraction."),
+            ],
+            outputs=[io.Image.Output(display_name="image",
+                                     tooltip="The image with the mask overlaid: connect Preview Image or Save Image.")],
+        )
 
-    def preview(self, image: Tensor, mask: Tensor, alpha: float, outline: int, dim_background: float) -> tuple[Tensor]:
+    @classmethod
+    def execute(cls, image: Tensor, mask: Tensor, alpha: float, outline: int, dim_background: float) -> io.NodeOutput:
         images = image_to_bchw(image)
         if images.shape[1] != 3:
             images = images[:, :3] if images.shape[1] > 3 else images.expand(-1, 3, -1, -1)
@@ -199,7 +205,7 @@ class MaskPreview:
                                 dim_background=dim_background)
         except ValueError as e:
             raise InputError(str(e)) from None
-        return (bchw_to_image(out).to(intermediate_device()),)
+        return io.NodeOutput(bchw_to_image(out).to(intermediate_device()))
 
 
 __all__ = ["MaskPreview", "SamMask", "SketchMask", "load_sam_file", "parse_numbers"]

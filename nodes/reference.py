@@ -24,7 +24,8 @@ from colorize.preprocess import check_image, prepare_reference
 from colorize.weights import DEFAULT_CLIP, manifest_entry
 
 from .host import ManagedModule, intermediate_device, model_management
-from .sockets import COLORIZE_REFERENCE, COLORIZE_REFERENCE_ENCODER, ReferenceTokens, image_to_bchw
+from .schema import io, output
+from .sockets import ReferenceEncoderSocket, ReferenceSocket, ReferenceTokens, image_to_bchw
 
 
 def no_text_tower(what: str) -> str:
@@ -136,13 +137,9 @@ class ClipVisionReference:
         raise InputError(no_text_tower("ComfyUI's CLIP_VISION model (vision tower only)"))
 
 
-class ReferenceEmbed:
+class ReferenceEmbed(io.ComfyNode):
     """IMAGE → COLORIZE_REFERENCE."""
 
-    DESCRIPTION = (
-        "Encodes the colour reference image into the CLIP tokens the colorizer reads. The image is squashed to "
-        "224×224 without cropping: use a reference whose subject fills the frame."
-    )
     HELP = cleandoc("""
         The colorizer's cross-attention reads the 256 CLIP ViT-H/14 patch tokens of the reference (thesis §5.3).
         The CLS token is kept as well, for text edits (**Text Edit**, **Control Heatmap**).
@@ -150,23 +147,29 @@ class ReferenceEmbed:
         The image is squashed to 224×224 (no crop), so a reference whose subject fills the frame works best. A
         batch of references gives a batch of results.
     """)
-    CATEGORY = "ColorizeDiffusion/reference"
-    FUNCTION = "embed"
-    RETURN_TYPES = (COLORIZE_REFERENCE,)
-    RETURN_NAMES = ("reference",)
-    OUTPUT_TOOLTIPS = ("Reference tokens (B, 256, 1024) for the ColorizeDiffusion Sampler or a Text Edit.",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "encoder": (COLORIZE_REFERENCE_ENCODER, {
-                "tooltip": "The OpenCLIP ViT-H/14 reference encoder (from a ColorizeDiffusion reference encoder loader)."}),
-            "image": ("IMAGE", {"tooltip": "The colour reference image (any size; squashed to the encoder's 224×224)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionReferenceEmbed", display_name="Reference Embed",
+            category="ColorizeDiffusion/reference", description=(
+                "Encodes the colour reference image into the CLIP tokens the colorizer reads. The image is squashed to "
+                "224×224 without cropping: use a reference whose subject fills the frame."
+            ),
+            inputs=[
+                ReferenceEncoderSocket.Input("encoder", tooltip="The OpenCLIP ViT-H/14 reference encoder (from a "
+                                                                "ColorizeDiffusion reference encoder loader)."),
+                io.Image.Input("image", tooltip="The colour reference image (any size; squashed to the encoder's "
+                                                "224×224)."),
+            ],
+            outputs=[output(ReferenceSocket, "reference",
+                            "Reference tokens (B, 256, 1024) for the ColorizeDiffusion Sampler or a Text Edit.")],
+        )
 
-    def embed(self, encoder: Any, image: Tensor) -> tuple[EncodedReference]:
+    @classmethod
+    def execute(cls, encoder: Any, image: Tensor) -> io.NodeOutput:
         full = encoder.full_tokens(prepare_reference(image_to_bchw(image))).float().to(intermediate_device())
-        return (EncodedReference(full[:, 1:], full[:, :1], encoder.encode_text),)
+        return io.NodeOutput(EncodedReference(full[:, 1:], full[:, :1], encoder.encode_text))
 
 
 __all__ = ["ClipVisionReference", "EncodedReference", "OpenClipReference", "ReferenceEmbed", "no_text_tower"]

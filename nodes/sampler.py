@@ -10,29 +10,27 @@ from colorize.preprocess import fit_and_pad, target_size
 from colorize.sampling import SAMPLERS, SCHEDULER_CHOICES
 from colorize.settings import GenerationSettings
 
-from .advanced import COLORIZE_ADVANCED, AdvancedOptions
+from .advanced import AdvancedOptions
 from .enhance import EnhanceRequest
 from .host import LatentPreview, Progress, check_interrupted, intermediate_device, load_device
-from .sketch import encode_hints, size_inputs
+from .schema import io, output
+from .sketch import encode_hints
 from .sockets import (
-    COLORIZE_ENHANCE,
-    COLORIZE_HINTS,
-    COLORIZE_MODEL,
-    COLORIZE_REFERENCE,
+    AdvancedSocket,
     ColorizeModel,
+    EnhanceSocket,
+    HintsSocket,
+    ModelSocket,
+    ReferenceSocket,
     ReferenceTokens,
     SketchHints,
 )
-from .widgets import level_inputs, level_strengths, seed_input
+from .widgets import level_inputs, level_strengths, seed_input, size_inputs
 
 
-class Sampler:
+class Sampler(io.ComfyNode):
     """COLORIZE_MODEL + COLORIZE_REFERENCE + COLORIZE_HINTS → LATENT."""
 
-    DESCRIPTION = (
-        "Colorizes: denoises a latent guided by the reference tokens and the sketch hints, with separate reference "
-        "and sketch guidance scales. The defaults are the official app's. Decode the result with Colorize Decode."
-    )
     HELP = cleandoc("""
         - **Guidance**: dual classifier-free guidance, one scale for the reference (`reference_cfg`) and one for
           the sketch (`sketch_cfg`) (thesis §5.3).
@@ -46,54 +44,57 @@ class Sampler:
           Preprocess**).
         - **Advanced**: the optional `advanced` input takes **Guidance Window** and/or **Attention Injection**.
     """)
-    CATEGORY = "ColorizeDiffusion/sampling"
-    FUNCTION = "sample"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The colorized latent: decode it with ColorizeDiffusion Decode.",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "model": (COLORIZE_MODEL, {"tooltip": "The ColorizeDiffusion checkpoint."}),
-            "reference": (COLORIZE_REFERENCE, {"tooltip": "Reference tokens from Reference Embed."}),
-            "hints": (COLORIZE_HINTS, {"tooltip": "Sketch hints from Sketch Hints (made with the same checkpoint)."}),
-            "seed": seed_input("Seed of the starting noise (drawn on the CPU: same seed, same image on any device)."),
-            "steps": ("INT", {"default": 20, "min": 1, "max": 500,
-                              "tooltip": "Number of denoising steps (official default 20)."}),
-            "sampler": (list(SAMPLERS), {"default": "dpm_solver",
-                                         "tooltip": "dpm_solver = the official DPM-Solver++ 2M; the others are "
-                                                    "k-diffusion-style samplers."}),
-            "scheduler": (list(SCHEDULER_CHOICES), {"default": "auto",
-                                                    "tooltip": "Timestep schedule. auto = each sampler's own "
-                                                               "default (official 'Automatic'); leading = the "
-                                                               "sampler's diffusers DDPM steps; karras, uniform, "
-                                                               "exponential."}),
-            "reference_cfg": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 30.0, "step": 0.1,
-                                        "tooltip": "Reference guidance scale (official 1–15, default 4). "
-                                                   "1 switches reference guidance off."}),
-            "sketch_cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
-                                     "tooltip": "Sketch guidance scale (official 1–5, default 1 = off). Above 1 "
-                                                "the lines are followed more strictly (one more U-Net row per step)."}),
-            "reference_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
-                                             "tooltip": "Scales how much the cross-attention reads the reference "
-                                                        "(0 = ignore it in the scaled blocks)."}),
-            **level_inputs(),
-            **size_inputs("Override of the output"),
-        }, "optional": {
-            "enhance": (COLORIZE_ENHANCE, {
-                "tooltip": "v1.5/v2 only: BG/FG enhance from Background Encode and/or v2 style enhance from Style "
-                           "Encode. Leave unconnected for plain colorization (v1 behaviour)."}),
-            "advanced": (COLORIZE_ADVANCED, {
-                "tooltip": "Optional advanced controls: Guidance Window and/or Attention Injection (chained). "
-                           "Unconnected = the plain path."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionSampler", display_name="Colorize Sampler", category="ColorizeDiffusion/sampling",
+            description=(
+                "Colorizes: denoises a latent guided by the reference tokens and the sketch hints, with separate "
+                "reference and sketch guidance scales. The defaults are the official app's. Decode the result with "
+                "Colorize Decode."
+            ),
+            inputs=[
+                ModelSocket.Input("model", tooltip="The ColorizeDiffusion checkpoint."),
+                ReferenceSocket.Input("reference", tooltip="Reference tokens from Reference Embed."),
+                HintsSocket.Input("hints", tooltip="Sketch hints from Sketch Hints (made with the same checkpoint)."),
+                seed_input("Seed of the starting noise (drawn on the CPU: same seed, same image on any device)."),
+                io.Int.Input("steps", default=20, min=1, max=500,
+                             tooltip="Number of denoising steps (official default 20)."),
+                io.Combo.Input("sampler", options=list(SAMPLERS), default="dpm_solver",
+                               tooltip="dpm_solver = the official DPM-Solver++ 2M; the others are k-diffusion-style "
+                                       "samplers."),
+                io.Combo.Input("scheduler", options=list(SCHEDULER_CHOICES), default="auto",
+                               tooltip="Timestep schedule. auto = each sampler's own default (official 'Automatic'); "
+                                       "leading = the sampler's diffusers DDPM steps; karras, uniform, exponential."),
+                io.Float.Input("reference_cfg", default=4.0, min=1.0, max=30.0, step=0.1,
+                               tooltip="Reference guidance scale (official 1–15, default 4). 1 switches reference "
+                                       "guidance off."),
+                io.Float.Input("sketch_cfg", default=1.0, min=1.0, max=30.0, step=0.1,
+                               tooltip="Sketch guidance scale (official 1–5, default 1 = off). Above 1 the lines are "
+                                       "followed more strictly (one more U-Net row per step)."),
+                io.Float.Input("reference_strength", default=1.0, min=0.0, max=2.0, step=0.01,
+                               tooltip="Scales how much the cross-attention reads the reference (0 = ignore it in the "
+                                       "scaled blocks)."),
+                *level_inputs(),
+                *size_inputs("Override of the output"),
+                EnhanceSocket.Input("enhance", optional=True,
+                                    tooltip="v1.5/v2 only: BG/FG enhance from Background Encode and/or v2 style "
+                                            "enhance from Style Encode. Leave unconnected for plain colorization (v1 "
+                                            "behaviour)."),
+                AdvancedSocket.Input("advanced", optional=True,
+                                     tooltip="Optional advanced controls: Guidance Window and/or Attention Injection "
+                                             "(chained). Unconnected = the plain path."),
+            ],
+            outputs=[output(io.Latent, "latent", "The colorized latent: decode it with ColorizeDiffusion Decode.")],
+        )
 
-    def sample(self, model: ColorizeModel, reference: ReferenceTokens, hints: SketchHints, seed: int, steps: int,
+    @classmethod
+    def execute(cls, model: ColorizeModel, reference: ReferenceTokens, hints: SketchHints, seed: int, steps: int,
                sampler: str, scheduler: str, reference_cfg: float, sketch_cfg: float, reference_strength: float,
                encoder_strength: float, middle_strength: float, low_strength: float,
                width: int, height: int, enhance: EnhanceRequest | None = None,
-               advanced: AdvancedOptions | None = None) -> tuple[dict[str, Any]]:
+               advanced: AdvancedOptions | None = None) -> io.NodeOutput:
         check_interrupted()
         if reference.dim != model.config.unet.context_dim:
             raise InputError(
@@ -133,7 +134,7 @@ class Sampler:
 
         latent = sample_latent(unet, model.schedule, model.config, cond, size, settings, on_step)
         raw = latent.float() / model.config.vae.scale_factor  # diffusion space → ComfyUI's raw VAE latent
-        return ({"samples": raw.to(intermediate_device())},)
+        return io.NodeOutput({"samples": raw.to(intermediate_device())})
 
 
 __all__ = ["Sampler"]

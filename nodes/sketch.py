@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from inspect import cleandoc
-from typing import Any
 
 from torch import Tensor
 
@@ -10,21 +9,11 @@ from colorize.generate import sketch_hints
 from colorize.preprocess import check_image, fit_and_pad, prepare_sketch, target_size, to_signed
 
 from .host import intermediate_device
-from .sockets import COLORIZE_HINTS, COLORIZE_MODEL, ColorizeModel, SketchHints, bchw_to_image, image_to_bchw
+from .schema import io, output
+from .sockets import ColorizeModel, HintsSocket, ModelSocket, SketchHints, bchw_to_image, image_to_bchw
+from .widgets import size_inputs
 
 POLARITIES = ("auto", "invert", "keep")
-MAX_SIZE = 4096
-
-
-def size_inputs(what: str) -> dict[str, Any]:
-    """Width/height widgets: 0 = automatic, else rounded to the nearest multiple of 64."""
-    common = {"default": 0, "min": 0, "max": MAX_SIZE, "step": 64}
-    return {
-        "width": ("INT", {**common, "tooltip": f"{what} width in pixels (multiple of 64). 0 = follow the "
-                                               "sketch's aspect ratio (about 512×512 in area when both are 0)."}),
-        "height": ("INT", {**common, "tooltip": f"{what} height in pixels (multiple of 64). 0 = follow the "
-                                                "sketch's aspect ratio."}),
-    }
 
 
 def encode_hints(model: ColorizeModel, sketch: Tensor, strength: float) -> SketchHints:
@@ -35,13 +24,9 @@ def encode_hints(model: ColorizeModel, sketch: Tensor, strength: float) -> Sketc
                        sketch.float().to(dev), float(strength), model)
 
 
-class SketchPreprocess:
+class SketchPreprocess(io.ComfyNode):
     """IMAGE (line art) → IMAGE (white lines on black, fitted and padded to a multiple of 64)."""
 
-    DESCRIPTION = (
-        "Prepares line art for the sketch encoder: makes the lines white on black (black-on-white drawings are "
-        "inverted) and fits it into a multiple of 64, keeping its aspect ratio and padding the rest with black."
-    )
     HELP = cleandoc("""
         - **Polarity**: `invert` for black lines on white paper (the official default); `keep` for drawings that
           already have white lines on black, such as line extractor outputs; `auto` decides from the median
@@ -52,37 +37,37 @@ class SketchPreprocess:
 
         Preview the output to check it, then feed it to **Sketch Hints** (or **Native Sketch**).
     """)
-    CATEGORY = "ColorizeDiffusion/sketch"
-    FUNCTION = "prepare"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("sketch",)
-    OUTPUT_TOOLTIPS = ("The prepared sketch (white lines on black): feed it to Sketch Hints; preview it to check.",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "Line art (black lines on white, or white lines on black)."}),
-            "polarity": (list(POLARITIES), {
-                "default": "auto",
-                "tooltip": "invert = black lines on white paper (the official default); keep = already white "
-                           "lines on black; auto = invert when the image is mostly light."}),
-            **size_inputs("Output"),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionSketchPreprocess", display_name="Sketch Preprocess",
+            category="ColorizeDiffusion/sketch", description=(
+                "Prepares line art for the sketch encoder: makes the lines white on black (black-on-white drawings are "
+                "inverted) and fits it into a multiple of 64, keeping its aspect ratio and padding the rest with black."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="Line art (black lines on white, or white lines on black)."),
+                io.Combo.Input("polarity", options=list(POLARITIES), default="auto",
+                               tooltip="invert = black lines on white paper (the official default); keep = already "
+                                       "white lines on black; auto = invert when the image is mostly light."),
+                *size_inputs("Output"),
+            ],
+            outputs=[output(io.Image, "sketch", "The prepared sketch (white lines on black): feed it to Sketch Hints; "
+                                                "preview it to check.")],
+        )
 
-    def prepare(self, image: Tensor, polarity: str, width: int, height: int) -> tuple[Tensor]:
+    @classmethod
+    def execute(cls, image: Tensor, polarity: str, width: int, height: int) -> io.NodeOutput:
         sketch01 = image_to_bchw(image)
         size = target_size(tuple(sketch01.shape[-2:]), width or None, height or None)
         prepared = prepare_sketch(sketch01, size, polarity)  # type: ignore[arg-type]
-        return (bchw_to_image((prepared + 1) / 2).to(intermediate_device()),)
+        return io.NodeOutput(bchw_to_image((prepared + 1) / 2).to(intermediate_device()))
 
 
-class SketchHintsNode:
+class SketchHintsNode(io.ComfyNode):
     """Prepared sketch + strength → COLORIZE_HINTS."""
 
-    DESCRIPTION = (
-        "Runs the checkpoint's sketch encoder on a prepared sketch (from Sketch Preprocess) and scales its hints by "
-        "strength. Use the same checkpoint as the sampler."
-    )
     HELP = cleandoc("""
         The sketch encoder turns the sketch into five hints, which are added to the U-Net features (thesis
         Eq. 5.1); `strength` scales them. The hints of a blank sketch are computed as well, for the sketch guidance
@@ -91,30 +76,34 @@ class SketchHintsNode:
         A sketch whose size is not a multiple of 64 is fitted into the nearest one and padded with black. The hints
         also fix the output size.
     """)
-    CATEGORY = "ColorizeDiffusion/sketch"
-    FUNCTION = "encode"
-    RETURN_TYPES = (COLORIZE_HINTS,)
-    RETURN_NAMES = ("hints",)
-    OUTPUT_TOOLTIPS = ("Sketch hints for the ColorizeDiffusion Sampler (they also fix the output size).",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "model": (COLORIZE_MODEL, {"tooltip": "The ColorizeDiffusion checkpoint (its sketch encoder is used)."}),
-            "sketch": ("IMAGE", {"tooltip": "Prepared sketch: white lines on black, from Sketch Preprocess."}),
-            "strength": ("FLOAT", {
-                "default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
-                "tooltip": "Sketch strength: scales the hints. Lower lets the model deviate from the lines; "
-                           "higher follows them more strictly (official range 0–3)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionSketchHints", display_name="Sketch Hints",
+            category="ColorizeDiffusion/sketch", description=(
+                "Runs the checkpoint's sketch encoder on a prepared sketch (from Sketch Preprocess) and scales its hints by "
+                "strength. Use the same checkpoint as the sampler."
+            ),
+            inputs=[
+                ModelSocket.Input("model", tooltip="The ColorizeDiffusion checkpoint (its sketch encoder is used)."),
+                io.Image.Input("sketch", tooltip="Prepared sketch: white lines on black, from Sketch Preprocess."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=3.0, step=0.05,
+                               tooltip="Sketch strength: scales the hints. Lower lets the model deviate from the "
+                                       "lines; higher follows them more strictly (official range 0–3)."),
+            ],
+            outputs=[output(HintsSocket, "hints",
+                            "Sketch hints for the ColorizeDiffusion Sampler (they also fix the output size).")],
+        )
 
-    def encode(self, model: ColorizeModel, sketch: Tensor, strength: float) -> tuple[SketchHints]:
+    @classmethod
+    def execute(cls, model: ColorizeModel, sketch: Tensor, strength: float) -> io.NodeOutput:
         x = to_signed(check_image(image_to_bchw(sketch), "sketch"))
         h, w = x.shape[-2:]
         size = target_size((h, w), w, h)
         if size != (h, w):
             x = fit_and_pad(x, size, fill=-1.0)
-        return (encode_hints(model, x, strength),)
+        return io.NodeOutput(encode_hints(model, x, strength))
 
 
-__all__ = ["POLARITIES", "SketchHintsNode", "SketchPreprocess", "encode_hints", "size_inputs"]
+__all__ = ["POLARITIES", "SketchHintsNode", "SketchPreprocess", "encode_hints"]

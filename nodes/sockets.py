@@ -14,12 +14,22 @@ from colorize.families import get_family
 from colorize.sampling.noise_schedule import DiscreteSchedule
 
 from .host import ManagedModule
+from .schema import io
 
 COLORIZE_MODEL = "COLORIZE_MODEL"
 COLORIZE_REFERENCE_ENCODER = "COLORIZE_REFERENCE_ENCODER"
 COLORIZE_REFERENCE = "COLORIZE_REFERENCE"
 COLORIZE_HINTS = "COLORIZE_HINTS"
 COLORIZE_ENHANCE = "COLORIZE_ENHANCE"
+COLORIZE_ADVANCED = "COLORIZE_ADVANCED"
+
+# The pack's socket types in the V3 schema (``ModelSocket.Input(...)`` / ``ModelSocket.Output(...)``).
+ModelSocket = io.Custom(COLORIZE_MODEL)
+ReferenceEncoderSocket = io.Custom(COLORIZE_REFERENCE_ENCODER)
+ReferenceSocket = io.Custom(COLORIZE_REFERENCE)
+HintsSocket = io.Custom(COLORIZE_HINTS)
+EnhanceSocket = io.Custom(COLORIZE_ENHANCE)
+AdvancedSocket = io.Custom(COLORIZE_ADVANCED)
 
 
 @dataclass(frozen=True)
@@ -99,12 +109,19 @@ def bchw_to_image(x01: Tensor) -> Tensor:
 
 
 __all__ = [
+    "COLORIZE_ADVANCED",
     "COLORIZE_ENHANCE",
     "COLORIZE_HINTS",
     "COLORIZE_MODEL",
     "COLORIZE_REFERENCE",
     "COLORIZE_REFERENCE_ENCODER",
+    "AdvancedSocket",
     "ColorizeModel",
+    "EnhanceSocket",
+    "HintsSocket",
+    "ModelSocket",
+    "ReferenceEncoderSocket",
+    "ReferenceSocket",
     "ReferenceTokenSource",
     "ReferenceTokens",
     "SketchHints",

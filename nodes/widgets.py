@@ -5,27 +5,29 @@ from typing import Any
 
 from colorize.settings import MAX_SEED
 
-Widget = tuple[str, dict[str, Any]]
+from .schema import io
+
+MAX_SIZE = 4096
 
 
-def seed_input(tooltip: str) -> Widget:
+def seed_input(tooltip: str, name: str = "seed") -> Any:
     """A 64-bit seed with ComfyUI's control-after-generate menu."""
-    return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True, "tooltip": tooltip})
+    return io.Int.Input(name, default=0, min=0, max=MAX_SEED, control_after_generate=True, tooltip=tooltip)
 
 
-def level_input(level: str, blocks: str) -> Widget:
-    return ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
-                      "tooltip": f"Per-level reference strength for the {level} cross-attention blocks ({blocks}), "
-                                 "multiplied by reference_strength (the official app's level sliders)."})
+def level_input(name: str, level: str, blocks: str) -> Any:
+    return io.Float.Input(name, default=1.0, min=0.0, max=2.0, step=0.01,
+                          tooltip=f"Per-level reference strength for the {level} cross-attention blocks ({blocks}), "
+                                  "multiplied by reference_strength (the official app's level sliders).")
 
 
-def level_inputs() -> dict[str, Widget]:
+def level_inputs() -> list[Any]:
     """The official app's three per-level reference-strength sliders (``encoder_strength`` ... ``low_strength``)."""
-    return {
-        "encoder_strength": level_input("encoder", "the six down-sampling blocks"),
-        "middle_strength": level_input("middle", "the middle-resolution blocks"),
-        "low_strength": level_input("low", "the low-resolution blocks"),
-    }
+    return [
+        level_input("encoder_strength", "encoder", "the six down-sampling blocks"),
+        level_input("middle_strength", "middle", "the middle-resolution blocks"),
+        level_input("low_strength", "low", "the low-resolution blocks"),
+    ]
 
 
 def level_strengths(encoder_strength: float, middle_strength: float, low_strength: float) -> dict[str, float]:
@@ -33,4 +35,20 @@ def level_strengths(encoder_strength: float, middle_strength: float, low_strengt
     return {"encoder": encoder_strength, "middle": middle_strength, "low": low_strength}
 
 
-__all__ = ["Widget", "level_input", "level_inputs", "level_strengths", "seed_input"]
+def size_inputs(what: str) -> list[Any]:
+    """Width/height widgets: 0 = automatic, else rounded to the nearest multiple of 64."""
+    return [
+        io.Int.Input("width", default=0, min=0, max=MAX_SIZE, step=64,
+                     tooltip=f"{what} width in pixels (multiple of 64). 0 = follow the sketch's aspect ratio "
+                             "(about 512×512 in area when both are 0)."),
+        io.Int.Input("height", default=0, min=0, max=MAX_SIZE, step=64,
+                     tooltip=f"{what} height in pixels (multiple of 64). 0 = follow the sketch's aspect ratio."),
+    ]
+
+
+def unit_input(name: str, default: float, tooltip: str) -> Any:
+    """A fraction in [0, 1] with 0.01 steps."""
+    return io.Float.Input(name, default=default, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
+
+
+__all__ = ["MAX_SIZE", "level_input", "level_inputs", "level_strengths", "seed_input", "size_inputs", "unit_input"]

@@ -11,14 +11,33 @@ import torch
 
 #: The repository's root folder.
 REPO = Path(__file__).resolve().parents[1]
+#: The harness environment (built by the harness's ``setup_env.sh``, as ``.ci/run`` does): a ComfyUI 0.3.64
+#: tree and its venv. The node tests import ComfyUI's ``comfy_api`` from that tree (``COMFYUI_DIR``).
+COMFY_HOME = Path(os.environ.get("COMFY_HOME", Path.home() / ".cache" / "comfyui-harness"))
+COMFY_DIR, COMFY_PY = COMFY_HOME / "ComfyUI", COMFY_HOME / "venv" / "bin" / "python"
 
 
-def skip_or_fail(reason: str) -> NoReturn:
-    """Skip the test with the reason, or fail it under ``CI=true``: CI must never pass by skipping what it
-    is there to run (fixtures, layouts, the real ComfyUI host, the browser)."""
+def skip_or_fail(reason: str, module: bool = False) -> NoReturn:
+    """Skip the test (or with ``module``, the whole test module) with the reason, or fail it under ``CI=true``:
+    CI must never pass by skipping what it is there to run (fixtures, layouts, the real ComfyUI host, the
+    browser)."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: a missing prerequisite is a failure, not a skip)")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=module)
+
+
+def require_node_api() -> None:
+    """Skip the calling test module (fail under ``CI=true``) when the nodes cannot import ComfyUI's
+    ``comfy_api`` (no ComfyUI tree in ``COMFYUI_DIR``, nor the harness's)."""
+    try:
+        import nodes.schema  # noqa: F401
+    except ImportError as e:
+        skip_or_fail(str(e), module=True)
+
+
+def combo_choices(node_cls: type, name: str) -> list:
+    """The choices of a node's combo input, as its V3 schema lists them now (file pickers rescan the folders)."""
+    return next(i.options for i in node_cls.define_schema().inputs if i.id == name)
 
 
 def state_shapes(module: torch.nn.Module, prefix: str) -> dict[str, list[int]]:

@@ -5,9 +5,13 @@ import os
 from pathlib import Path
 
 import pytest
-from _helpers import skip_or_fail
+from _helpers import COMFY_DIR, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The nodes import ComfyUI's comfy_api (nodes/schema.py): from the harness's ComfyUI tree unless one is named.
+if (COMFY_DIR / "comfy_api").is_dir():
+    os.environ.setdefault("COMFYUI_DIR", str(COMFY_DIR))
 
 
 def fixtures_dir() -> Path | None:

@@ -4,10 +4,10 @@ frontend shows in the node library's documentation panel instead of the generic 
     python web/make_node_docs.py          # rewrite the pages (and delete pages of nodes that are gone)
     python web/make_node_docs.py --check  # exit 1 if a page is out of date, missing or stale
 
-Each page is made from the node class alone: the display name, ``DESCRIPTION`` (the short hover text),
-``HELP`` (the longer Markdown explanation), then the inputs (``INPUT_TYPES``, required then optional) and the
-outputs (``RETURN_NAMES`` / ``RETURN_TYPES`` / ``OUTPUT_TOOLTIPS``). Pickers of model files show their folder,
-not the files found on this machine, so the pages are the same everywhere.
+Each page is made from the node class alone: from its V3 schema the display name, the description (the short
+hover text), the inputs (required, then optional) and the outputs, and from the class its ``HELP`` (the longer
+Markdown explanation). Pickers of model files show their folder, not the files found on this machine, so the
+pages are the same everywhere.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 DOCS = HERE / "docs"
 sys.path.insert(0, str(HERE.parent))
 
-from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from nodes import NODE_CLASSES
 from nodes.lineart import AUTO_FILE
 from nodes.models import CHECKPOINT_FOLDER, CLIP_FOLDER, LINEART_FOLDER, SAM_FOLDER
 
@@ -56,20 +56,22 @@ def number_range(opts: dict[str, Any]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def input_row(node_id: str, name: str, typ: Any, opts: dict[str, Any], optional: bool) -> str:
+def input_row(node_id: str, inp: Any) -> str:
     """One row of the inputs table: name, type, default, tooltip."""
-    label = f"`{name}`" + (" (optional)" if optional else "")
-    if isinstance(typ, (list, tuple)):
+    name, typ, opts = inp.id, inp.io_type, inp.as_dict()
+    label = f"`{name}`" + (" (optional)" if inp.optional else "")
+    if typ == "COMBO":
+        choices = opts["options"]
         if name in FILE_INPUTS:
-            special = [f"`{c}`" for c in typ if c in SPECIAL_CHOICES]
+            special = [f"`{c}`" for c in choices if c in SPECIAL_CHOICES]
             kind = f"file in `models/{FILE_INPUTS[name]}`"
             kind = f"{' / '.join(special)} or a {kind}" if special else f"a {kind}"
         else:
-            files = [c for c in typ if str(c).lower().endswith(MODEL_EXTENSIONS)]
+            files = [c for c in choices if str(c).lower().endswith(MODEL_EXTENSIONS)]
             if files:
                 raise SystemExit(f"{node_id}.{name} lists model files ({files[0]}, ...): add its folder to "
                                  "FILE_INPUTS, or the pages would depend on this machine's model folders")
-            kind = "one of " + ", ".join(f"`{c}`" for c in typ)
+            kind = "one of " + ", ".join(f"`{c}`" for c in choices)
     else:
         kind = str(typ) + (number_range(opts) if typ in ("INT", "FLOAT") else "")
     default = code(opts["default"]) if "default" in opts else "—"
@@ -78,32 +80,28 @@ def input_row(node_id: str, name: str, typ: Any, opts: dict[str, Any], optional:
 
 def page(node_id: str) -> str:
     """The Markdown help page of one node."""
-    cls = NODE_CLASS_MAPPINGS[node_id]
-    lines = [f"# {NODE_DISPLAY_NAME_MAPPINGS[node_id]}", "", " ".join(cls.DESCRIPTION.split()), "",
+    cls = NODE_CLASSES[node_id]
+    schema = cls.define_schema()
+    lines = [f"# {schema.display_name}", "", " ".join(schema.description.split()), "",
              cls.HELP.strip(), "", "## Inputs", ""]
-    spec = cls.INPUT_TYPES()
-    rows = [input_row(node_id, name, typ, opts[0] if opts else {}, section == "optional")
-            for section in ("required", "optional")
-            for name, (typ, *opts) in spec.get(section, {}).items()]
+    rows = [input_row(node_id, inp) for inp in sorted(schema.inputs or [], key=lambda i: bool(i.optional))]
     if rows:
         lines += ["| Name | Type | Default | Description |", "| --- | --- | --- | --- |", *rows]
     else:
         lines.append("None.")
     lines += ["", "## Outputs", ""]
-    names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
-    tips = getattr(cls, "OUTPUT_TOOLTIPS", ("",) * len(cls.RETURN_TYPES))
-    if cls.RETURN_TYPES:
+    if schema.outputs:
         lines += ["| Name | Type | Description |", "| --- | --- | --- |"]
-        lines += [f"| `{name}` | {cell(typ)} | {cell(tip)} |" for name, typ, tip in zip(names, cls.RETURN_TYPES, tips)]
+        lines += [f"| `{o.display_name}` | {cell(o.io_type)} | {cell(o.tooltip or '')} |" for o in schema.outputs]
     else:
         lines.append("None.")
-    lines += ["", f"Node id `{node_id}`, category {cls.CATEGORY}.", ""]
+    lines += ["", f"Node id `{node_id}`, category {schema.category}.", ""]
     return "\n".join(lines)
 
 
 def build() -> dict[str, str]:
     """Path relative to ``web/docs`` → content of every help page."""
-    return {f"{node_id}.md": page(node_id) for node_id in NODE_CLASS_MAPPINGS}
+    return {f"{node_id}.md": page(node_id) for node_id in NODE_CLASSES}
 
 
 def main(argv: list[str] | None = None) -> int:

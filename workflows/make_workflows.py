@@ -5,7 +5,7 @@ browser), the API-format twin (``api/<name>.json``, what tests post to ``/prompt
     python workflows/make_workflows.py --check  # exit 1 if a file is out of date
 
 Each workflow is described once below as an API-style graph; the UI file is derived from it with the
-nodes' ``INPUT_TYPES`` (widget order), so the two formats cannot drift apart, and laid out by ``layout.py``.
+nodes' V3 schemas (widget order), so the two formats cannot drift apart, and laid out by ``layout.py``.
 The frontend's template browser titles a pack's workflow by its file name, so the names are titles
 ("v1 - Text edits"); files of renamed or removed workflows are deleted.
 """
@@ -22,8 +22,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from layout import Graph, layout, load_sizes
 
-from nodes import NODE_CLASS_MAPPINGS
+from nodes import NODE_CLASSES
 from nodes.models import CHECKPOINT_FOLDER, CLIP_FOLDER, model_links
+from nodes.schema import WIDGET_TYPES
 
 SKETCH, REFERENCE = "colorizediffusion_sketch.png", "colorizediffusion_reference.png"
 Link = tuple[str, int]
@@ -360,19 +361,16 @@ def node_spec(class_type: str) -> dict[str, Any]:
     """Widget names (frontend order, incl. seed's control widget), socket inputs and outputs of a node."""
     if class_type in CORE_NODES:
         return CORE_NODES[class_type]
-    cls = NODE_CLASS_MAPPINGS[class_type]
-    spec = cls.INPUT_TYPES()
+    schema = NODE_CLASSES[class_type].define_schema()
     widgets, inputs = [], {}
-    for section in ("required", "optional"):
-        for name, (typ, opts) in spec.get(section, {}).items():
-            if isinstance(typ, (list, tuple)) or typ in ("INT", "FLOAT", "STRING", "BOOLEAN"):
-                widgets.append(name)
-                if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
-                    widgets.append("control_after_generate")
-            else:
-                inputs[name] = typ
-    names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
-    return {"widgets": widgets, "inputs": inputs, "outputs": list(zip(names, cls.RETURN_TYPES))}
+    for inp in sorted(schema.inputs, key=lambda i: bool(i.optional)):  # /object_info: required, then optional
+        if inp.io_type in WIDGET_TYPES:
+            widgets.append(inp.id)
+            if inp.io_type == "INT" and (inp.control_after_generate or inp.id in ("seed", "noise_seed")):
+                widgets.append("control_after_generate")
+        else:
+            inputs[inp.id] = inp.io_type
+    return {"widgets": widgets, "inputs": inputs, "outputs": [(o.display_name, o.io_type) for o in schema.outputs]}
 
 
 def widget_value(api_inputs: dict[str, Any], widget: str) -> Any:

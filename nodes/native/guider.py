@@ -27,6 +27,8 @@ from colorize.sampling.noise_schedule import DiscreteSchedule
 from colorize.sampling.sigmas import ddim_timesteps, leading_timesteps, timestep_sigmas
 from colorize.settings import GenerationSettings, reference_off
 
+from ..schema import io, output
+from ..sockets import AdvancedSocket
 from .patches import SKETCH_UNCOND_KEY
 
 CONDS = {COND: "positive", UNCOND_REF: "negative", UNCOND_SKETCH: "sketch_uncond"}
@@ -78,13 +80,9 @@ def guider_class() -> type:
     return _GUIDER[0]
 
 
-class NativeGuider:
+class NativeGuider(io.ComfyNode):
     """MODEL + positive / negative → GUIDER with the official dual CFG (reference and sketch)."""
 
-    DESCRIPTION = (
-        "The official dual guidance (reference CFG and sketch CFG) as a GUIDER for SamplerCustomAdvanced. A scale of "
-        "1 switches that guidance off. With KSampler, only the reference scale (its cfg) is available."
-    )
     HELP = cleandoc("""
         Reference CFG compares the positive with the empty reference; sketch CFG compares the sketch with a blank
         sketch (through **Native Sketch**). The two are averaged:
@@ -95,32 +93,36 @@ class NativeGuider:
         reference to part of the trajectory, as on **Colorize Sampler**; **Attention Injection** needs Colorize
         Sampler.
     """)
-    CATEGORY = "ColorizeDiffusion/native"
-    FUNCTION = "get_guider"
-    RETURN_TYPES = ("GUIDER",)
-    RETURN_NAMES = ("guider",)
-    OUTPUT_TOOLTIPS = ("The guider for SamplerCustomAdvanced.",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "The patched native MODEL (Native Sketch, and optionally Enhance / "
-                                           "Reference Strength)."}),
-            "positive": ("CONDITIONING", {"tooltip": "Native Conditioning's (or Native Enhance's) positive."}),
-            "negative": ("CONDITIONING", {"tooltip": "Native Conditioning's (or Native Enhance's) negative: the "
-                                                     "empty reference."}),
-            "reference_cfg": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 30.0, "step": 0.1,
-                                        "tooltip": "Reference guidance scale (official 1–15, default 4; 1 = off)."}),
-            "sketch_cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
-                                     "tooltip": "Sketch guidance scale (official 1–5, default 1 = off)."}),
-        }, "optional": {
-            "advanced": ("COLORIZE_ADVANCED", {
-                "tooltip": "Optional: a Guidance Window (the reference only inside [start, end] of the "
-                           "trajectory). Attention injection needs the ColorizeDiffusion Sampler."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionNativeGuider", display_name="Native Guider", category="ColorizeDiffusion/native",
+            description=(
+                "The official dual guidance (reference CFG and sketch CFG) as a GUIDER for SamplerCustomAdvanced. A "
+                "scale of 1 switches that guidance off. With KSampler, only the reference scale (its cfg) is available."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The patched native MODEL (Native Sketch, and optionally Enhance / "
+                                                "Reference Strength)."),
+                io.Conditioning.Input("positive", tooltip="Native Conditioning's (or Native Enhance's) positive."),
+                io.Conditioning.Input("negative", tooltip="Native Conditioning's (or Native Enhance's) negative: the "
+                                                          "empty reference."),
+                io.Float.Input("reference_cfg", default=4.0, min=1.0, max=30.0, step=0.1,
+                               tooltip="Reference guidance scale (official 1–15, default 4; 1 = off)."),
+                io.Float.Input("sketch_cfg", default=1.0, min=1.0, max=30.0, step=0.1,
+                               tooltip="Sketch guidance scale (official 1–5, default 1 = off)."),
+                AdvancedSocket.Input("advanced", optional=True,
+                                     tooltip="Optional: a Guidance Window (the reference only inside [start, end] of "
+                                             "the trajectory). Attention injection needs the ColorizeDiffusion "
+                                             "Sampler."),
+            ],
+            outputs=[output(io.Guider, "guider", "The guider for SamplerCustomAdvanced.")],
+        )
 
-    def get_guider(self, model: Any, positive: Any, negative: Any, reference_cfg: float,
-                   sketch_cfg: float, advanced: Any = None) -> tuple[Any]:
+    @classmethod
+    def execute(cls, model: Any, positive: Any, negative: Any, reference_cfg: float,
+                sketch_cfg: float, advanced: Any = None) -> io.NodeOutput:
         want = model.model.model_config.unet_config.get("context_dim")
         for name, cond in (("positive", positive), ("negative", negative)):
             dims = {int(c[0].shape[-1]) for c in cond}
@@ -137,7 +139,7 @@ class NativeGuider:
                                  "Injection node to the ColorizeDiffusion Sampler's 'advanced' input instead")
             if settings.guidance_window_active:
                 guider.set_window(settings, host_schedule(model))
-        return (guider,)
+        return io.NodeOutput(guider)
 
 
 def host_schedule(model: Any) -> DiscreteSchedule:
@@ -158,36 +160,36 @@ def official_sigmas(schedule: DiscreteSchedule, name: str, steps: int) -> torch.
     return SCHEDULERS[name](steps, schedule)
 
 
-class NativeSigmas:
+class NativeSigmas(io.ComfyNode):
     """MODEL + schedule → SIGMAS (the ColorizeDiffusion Sampler's schedules for custom samplers)."""
 
-    DESCRIPTION = (
-        "Colorize Sampler's schedules as SIGMAS for SamplerCustomAdvanced. 'leading' is the official default; with "
-        "the same sampler, steps and seed the result matches Colorize Sampler."
-    )
     HELP = cleandoc("""
         - `leading`: the official app's DPM-Solver timesteps (diffusers 'leading' spacing). They start below the
           maximum noise, so the starting latent is noise × sigma, as in the app.
         - `ddim_leading`: DDIM's timesteps.
         - `karras`, `uniform`, `exponential`: between the model's own sigma_min and sigma_max.
     """)
-    CATEGORY = "ColorizeDiffusion/native"
-    FUNCTION = "get_sigmas"
-    RETURN_TYPES = ("SIGMAS",)
-    RETURN_NAMES = ("sigmas",)
-    OUTPUT_TOOLTIPS = ("Decreasing noise levels ending in 0.",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "The native MODEL (its noise schedule is used)."}),
-            "scheduler": (list(SIGMA_SCHEDULES), {"default": "leading",
-                                                  "tooltip": "leading = the official default's timesteps."}),
-            "steps": ("INT", {"default": 20, "min": 1, "max": 500, "tooltip": "Number of denoising steps."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionNativeSigmas", display_name="Native Sigmas", category="ColorizeDiffusion/native",
+            description=(
+                "Colorize Sampler's schedules as SIGMAS for SamplerCustomAdvanced. 'leading' is the official default; "
+                "with the same sampler, steps and seed the result matches Colorize Sampler."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The native MODEL (its noise schedule is used)."),
+                io.Combo.Input("scheduler", options=list(SIGMA_SCHEDULES), default="leading",
+                               tooltip="leading = the official default's timesteps."),
+                io.Int.Input("steps", default=20, min=1, max=500, tooltip="Number of denoising steps."),
+            ],
+            outputs=[output(io.Sigmas, "sigmas", "Decreasing noise levels ending in 0.")],
+        )
 
-    def get_sigmas(self, model: Any, scheduler: str, steps: int) -> tuple[torch.Tensor]:
-        return (official_sigmas(host_schedule(model), scheduler, steps),)
+    @classmethod
+    def execute(cls, model: Any, scheduler: str, steps: int) -> io.NodeOutput:
+        return io.NodeOutput(official_sigmas(host_schedule(model), scheduler, steps))
 
 
 __all__ = ["SIGMA_SCHEDULES", "NativeGuider", "NativeSigmas", "guider_class", "host_schedule", "official_sigmas"]

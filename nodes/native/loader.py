@@ -8,7 +8,6 @@ management; the colorizer's own modules travel beside it (:mod:`.model`).
 from __future__ import annotations
 
 from inspect import cleandoc
-from typing import Any
 
 from colorize.device import PRECISIONS
 from colorize.families import get_family
@@ -17,17 +16,16 @@ from colorize.native.build import read_native_checkpoint
 from ..host import offload_device
 from ..loaders import SUPPORTED_VERSIONS, default_file
 from ..models import CHECKPOINT_FOLDER, list_files, resolve_file
-from ..sockets import COLORIZE_REFERENCE, ReferenceTokens
+from ..schema import io, output, ui
+from ..sockets import ReferenceSocket, ReferenceTokens
 from .model import COLORIZE_NATIVE, NativeParts, host_dtype, native_model, native_vae, reference_conditioning
 
+NativeSocket = io.Custom(COLORIZE_NATIVE)  # the colorizer's own parts beside the native MODEL
 
-class NativeLoader:
+
+class NativeLoader(io.ComfyNode):
     """models/colorizediffusion file → MODEL, VAE, COLORIZE_NATIVE."""
 
-    DESCRIPTION = (
-        "Loads a ColorizeDiffusion checkpoint as a core SD2.x MODEL and VAE (for KSampler, LoRA and merge nodes), "
-        "plus the colorizer's own parts. The MODEL colorizes only once Native Sketch has patched it."
-    )
     HELP = cleandoc("""
         - **MODEL**: the U-Net as ComfyUI's own SD2.x model, eps-prediction for v1 / v1.5 and v-prediction for v2,
           detected from the file's keys. KSampler, SamplerCustomAdvanced, LoRA loaders and model-merge nodes work
@@ -38,32 +36,36 @@ class NativeLoader:
         - A listed file that is missing is downloaded when the node first runs. Non-commercial weights
           (CC-BY-NC-SA-4.0).
     """)
-    CATEGORY = "ColorizeDiffusion/native"
-    FUNCTION = "load"
-    RETURN_TYPES = ("MODEL", "VAE", COLORIZE_NATIVE, "STRING")
-    RETURN_NAMES = ("model", "vae", "colorizer", "info")
-    OUTPUT_TOOLTIPS = (
-        ("The U-Net as a native SD2.x MODEL: patch it with Native Sketch (and Native Enhance / Reference "
-         "Strength), then sample with KSampler or SamplerCustomAdvanced."),
-        "The checkpoint's VAE (core VAE Decode / Encode).",
-        "The colorizer's own modules, for the Native patch nodes.",
-        "File, detected version, prediction type and precision.",
-    )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "ckpt_name": (list_files(CHECKPOINT_FOLDER, SUPPORTED_VERSIONS), {
-                "default": default_file("mult-eps-ft"),
-                "tooltip": "Checkpoint in models/colorizediffusion (mult-eps-ft = v1, switch-eps = v1.5, "
-                           "v2-full = v2); a missing listed file is downloaded when the node first runs."}),
-            "precision": (list(PRECISIONS), {
-                "default": "auto",
-                "tooltip": "U-Net precision. auto = ComfyUI's choice for the device (fp16 on most GPUs, fp32 on "
-                           "CPU); the colorizer's modules follow it."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionNativeLoader", display_name="Native Loader", category="ColorizeDiffusion/native",
+            description=(
+                "Loads a ColorizeDiffusion checkpoint as a core SD2.x MODEL and VAE (for KSampler, LoRA and merge "
+                "nodes), plus the colorizer's own parts. The MODEL colorizes only once Native Sketch has patched it."
+            ),
+            inputs=[
+                io.Combo.Input("ckpt_name", options=list_files(CHECKPOINT_FOLDER, SUPPORTED_VERSIONS),
+                               default=default_file("mult-eps-ft"),
+                               tooltip="Checkpoint in models/colorizediffusion (mult-eps-ft = v1, switch-eps = v1.5, "
+                                       "v2-full = v2); a missing listed file is downloaded when the node first runs."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                               tooltip="U-Net precision. auto = ComfyUI's choice for the device (fp16 on most GPUs, "
+                                       "fp32 on CPU); the colorizer's modules follow it."),
+            ],
+            outputs=[
+                output(io.Model, "model",
+                       "The U-Net as a native SD2.x MODEL: patch it with Native Sketch (and Native Enhance / Reference "
+                       "Strength), then sample with KSampler or SamplerCustomAdvanced."),
+                output(io.Vae, "vae", "The checkpoint's VAE (core VAE Decode / Encode)."),
+                output(NativeSocket, "colorizer", "The colorizer's own modules, for the Native patch nodes."),
+                output(io.String, "info", "File, detected version, prediction type and precision."),
+            ],
+        )
 
-    def load(self, ckpt_name: str, precision: str) -> dict[str, Any]:
+    @classmethod
+    def execute(cls, ckpt_name: str, precision: str) -> io.NodeOutput:
         path = resolve_file(CHECKPOINT_FOLDER, ckpt_name)
         ck = read_native_checkpoint(path)
         model = native_model(ck, precision)
@@ -73,36 +75,37 @@ class NativeLoader:
         get_family(ck.config.version).cast_extras(ck.encoders, offload_device("unet"), dtype)
         parts = NativeParts(ckpt_name, path, ck.config, ck.extras, ck.encoders, dtype)
         info = parts.describe()
-        return {"ui": {"text": [info]}, "result": (model, vae, parts, info)}
+        return io.NodeOutput(model, vae, parts, info, ui=ui.PreviewText(info))
 
 
-
-class NativeConditioning:
+class NativeConditioning(io.ComfyNode):
     """COLORIZE_REFERENCE → positive / negative CONDITIONING."""
 
-    DESCRIPTION = (
-        "Turns reference tokens into positive/negative conditioning for KSampler (its cfg is the reference guidance "
-        "scale) or Native Guider. For v1.5/v2 background or style enhance use Native Enhance instead."
-    )
     HELP = cleandoc("""
         Positive = the reference's 256 CLIP ViT-H/14 tokens (from **Reference Embed** or a **Text Edit**);
         negative = an empty (all-zero) reference, the official unconditional input of reference CFG. **Native
         Guider** adds sketch CFG on top of reference CFG.
     """)
-    CATEGORY = "ColorizeDiffusion/native"
-    FUNCTION = "encode"
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("positive", "negative")
-    OUTPUT_TOOLTIPS = ("The reference tokens as conditioning.", "The empty reference (zero context).")
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "reference": (COLORIZE_REFERENCE, {"tooltip": "Reference tokens from Reference Embed (or a Text Edit)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionNativeConditioning", display_name="Native Conditioning",
+            category="ColorizeDiffusion/native", description=(
+                "Turns reference tokens into positive/negative conditioning for KSampler (its cfg is the reference "
+                "guidance scale) or Native Guider. For v1.5/v2 background or style enhance use Native Enhance instead."
+            ),
+            inputs=[ReferenceSocket.Input("reference",
+                                          tooltip="Reference tokens from Reference Embed (or a Text Edit).")],
+            outputs=[
+                output(io.Conditioning, "positive", "The reference tokens as conditioning."),
+                output(io.Conditioning, "negative", "The empty reference (zero context)."),
+            ],
+        )
 
-    def encode(self, reference: ReferenceTokens) -> tuple[list[list[Any]], list[list[Any]]]:
-        return reference_conditioning(reference.tokens)
+    @classmethod
+    def execute(cls, reference: ReferenceTokens) -> io.NodeOutput:
+        return io.NodeOutput(*reference_conditioning(reference.tokens))
 
 
-__all__ = ["NativeConditioning", "NativeLoader"]
+__all__ = ["NativeConditioning", "NativeLoader", "NativeSocket"]

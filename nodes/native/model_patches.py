@@ -23,15 +23,28 @@ from colorize.settings import MAX_SEED, level_reference_scales
 
 from ..enhance import EnhanceRequest
 from ..host import intermediate_device, load_device, ready_all
-from ..sockets import COLORIZE_ENHANCE, COLORIZE_REFERENCE, ReferenceTokens, image_to_bchw
+from ..schema import io, output
+from ..sockets import EnhanceSocket, ReferenceSocket, ReferenceTokens, image_to_bchw
 from ..widgets import level_inputs, level_strengths, seed_input
 from .decoder import WarpPatch, set_v2
-from .model import COLORIZE_NATIVE, NativeParts, reference_conditioning
+from .loader import NativeSocket
+from .model import NativeParts, reference_conditioning
 from .patches import HintPatch, SplitState, attach, attention_patch, set_attention, set_patch
 
-MODEL_INPUT = ("MODEL", {"tooltip": "The native MODEL from the ColorizeDiffusion Native Loader (or a patched one)."})
-PARTS_INPUT = (COLORIZE_NATIVE, {"tooltip": "The 'colorizer' output of the same ColorizeDiffusion Native Loader."})
-SKETCH_INPUT = ("IMAGE", {"tooltip": "Prepared sketch (white lines on black) from ColorizeDiffusion Sketch Preprocess."})
+
+def model_input() -> Any:
+    return io.Model.Input("model",
+                          tooltip="The native MODEL from the ColorizeDiffusion Native Loader (or a patched one).")
+
+
+def parts_input() -> Any:
+    return NativeSocket.Input("colorizer",
+                              tooltip="The 'colorizer' output of the same ColorizeDiffusion Native Loader.")
+
+
+def sketch_input() -> Any:
+    return io.Image.Input("sketch", tooltip="Prepared sketch (white lines on black) from ColorizeDiffusion Sketch "
+                                            "Preprocess.")
 
 
 def prepared_sketch(image: Tensor) -> Tensor:
@@ -64,13 +77,9 @@ def check_parts(model: Any, parts: NativeParts) -> None:
                          "outputs of the same ColorizeDiffusion Native Loader")
 
 
-class NativeSketch:
+class NativeSketch(io.ComfyNode):
     """MODEL + prepared sketch → MODEL with sketch hints, and an empty LATENT of the sketch's size."""
 
-    DESCRIPTION = (
-        "Patches a native MODEL with the sketch hints and outputs an empty latent of the sketch's size: connect that "
-        "latent to the sampler. Needed for colorization on the native path."
-    )
     HELP = cleandoc("""
         The checkpoint's sketch encoder turns the prepared line art (from **Sketch Preprocess**) into five hints
         added after U-Net input blocks 0, 3, 6, 9, 11 (thesis Eq. 5.1), on ComfyUI's device when sampling starts.
@@ -78,22 +87,29 @@ class NativeSketch:
 
         A latent of another size re-fits the sketch. The MODEL is cloned: the input MODEL is unchanged.
     """)
-    CATEGORY = "ColorizeDiffusion/native"
-    FUNCTION = "patch"
-    RETURN_TYPES = ("MODEL", "LATENT")
-    RETURN_NAMES = ("model", "latent")
-    OUTPUT_TOOLTIPS = ("The patched MODEL (a clone; the input MODEL is unchanged).",
-                       "An empty latent of the sketch's size and batch.")
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "model": MODEL_INPUT, "colorizer": PARTS_INPUT, "sketch": SKETCH_INPUT,
-            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
-                                   "tooltip": "Sketch strength: scales the hints (official range 0–3)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionNativeSketch", display_name="Native Sketch", category="ColorizeDiffusion/native",
+            description=(
+                "Patches a native MODEL with the sketch hints and outputs an empty latent of the sketch's size: "
+                "connect that latent to the sampler. Needed for colorization on the native path."
+            ),
+            inputs=[
+                model_input(), parts_input(), sketch_input(),
+                io.Float.Input("strength", default=1.0, min=0.0, max=3.0, step=0.05,
+                               tooltip="Sketch strength: scales the hints (official range 0–3)."),
+            ],
+            outputs=[
+                output(io.Model, "model", "The patched MODEL (a clone; the input MODEL is unchanged).",
+                       id="patched_model"),
+                output(io.Latent, "latent", "An empty latent of the sketch's size and batch."),
+            ],
+        )
 
-    def patch(self, model: Any, colorizer: NativeParts, sketch: Tensor, strength: float) -> tuple[Any, dict[str, Any]]:
+    @classmethod
+    def execute(cls, model: Any, colorizer: NativeParts, sketch: Tensor, strength: float) -> io.NodeOutput:
         check_parts(model, colorizer)
         x = prepared_sketch(sketch)
         m = model.clone()
@@ -101,37 +117,37 @@ class NativeSketch:
         set_patch(m, "input_block_patch", HintPatch(colorizer, x, strength), HintPatch)
         f = colorizer.config.vae.downsample_factor
         latent = torch.zeros(x.shape[0], colorizer.config.vae.z_channels, x.shape[-2] // f, x.shape[-1] // f)
-        return m, {"samples": latent.to(intermediate_device())}
+        return io.NodeOutput(m, {"samples": latent.to(intermediate_device())})
 
 
-class NativeReferenceStrength:
+class NativeReferenceStrength(io.ComfyNode):
     """MODEL → MODEL with the reference strength per level (scales the cross-attention result)."""
 
-    DESCRIPTION = (
-        "Sets how strongly a native MODEL reads the reference, per block level (encoder, middle, low; each × "
-        "reference_strength), as on Colorize Sampler. Combines with Native Enhance in either order."
-    )
     HELP = cleandoc("""
         The cross-attention result softmax(QKᵀ/√d)·V is scaled per block (thesis §5.2), with the official app's
         level sliders. The MODEL is cloned: the input MODEL is unchanged.
     """)
-    CATEGORY = "ColorizeDiffusion/native"
-    FUNCTION = "patch"
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The patched MODEL (a clone).",)
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "model": MODEL_INPUT, "colorizer": PARTS_INPUT,
-            "reference_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
-                                             "tooltip": "Scales how much the cross-attention reads the reference."}),
-            **level_inputs(),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionNativeReferenceStrength", display_name="Native Reference Strength",
+            category="ColorizeDiffusion/native", description=(
+                "Sets how strongly a native MODEL reads the reference, per block level (encoder, middle, low; each × "
+                "reference_strength), as on Colorize Sampler. Combines with Native Enhance in either order."
+            ),
+            inputs=[
+                model_input(), parts_input(),
+                io.Float.Input("reference_strength", default=1.0, min=0.0, max=2.0, step=0.01,
+                               tooltip="Scales how much the cross-attention reads the reference."),
+                *level_inputs(),
+            ],
+            outputs=[output(io.Model, "model", "The patched MODEL (a clone).", id="patched_model")],
+        )
 
-    def patch(self, model: Any, colorizer: NativeParts, reference_strength: float, encoder_strength: float,
-              middle_strength: float, low_strength: float) -> tuple[Any]:
+    @classmethod
+    def execute(cls, model: Any, colorizer: NativeParts, reference_strength: float, encoder_strength: float,
+                middle_strength: float, low_strength: float) -> io.NodeOutput:
         check_parts(model, colorizer)
         if len(colorizer.blocks) != 16:
             raise InputError(f"per-level strengths need the SD2.1 layout of 16 attention blocks; {colorizer.name} "
@@ -140,16 +156,12 @@ class NativeReferenceStrength:
                                         level_strengths(encoder_strength, middle_strength, low_strength))
         m = model.clone()
         set_attention(m, attention_patch(m, colorizer).with_(scales=tuple(scales)))
-        return (m,)
+        return io.NodeOutput(m)
 
 
-class NativeEnhance:
+class NativeEnhance(io.ComfyNode):
     """MODEL + reference + COLORIZE_ENHANCE → MODEL with v1.5/v2 separation, and its CONDITIONING."""
 
-    DESCRIPTION = (
-        "v1.5/v2 figure/background separation for a native MODEL: patches it from Background Encode / Style Encode "
-        "and gives its own positive/negative. Set seed to the sampler's seed to match Colorize Sampler."
-    )
     HELP = cleandoc("""
         Foreground/background separation (thesis §5.5–5.6): from **Background Encode** / **Style Encode (v2)** it
         builds the [foreground | background] reference context (positive; negative = its empty version) and
@@ -159,26 +171,34 @@ class NativeEnhance:
         The v2 latents of the reference/background are posterior samples seeded by `seed`: give it the sampler's
         seed to reproduce **Colorize Sampler** exactly. A later Native Enhance replaces an earlier one.
     """)
-    CATEGORY = "ColorizeDiffusion/native"
-    FUNCTION = "patch"
-    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("model", "positive", "negative")
-    OUTPUT_TOOLTIPS = ("The patched MODEL (a clone).", "The separation context.", "Its empty (zero) version.")
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            "model": MODEL_INPUT, "colorizer": PARTS_INPUT,
-            "reference": (COLORIZE_REFERENCE, {"tooltip": "Reference tokens from Reference Embed."}),
-            "sketch": SKETCH_INPUT,
-            "enhance": (COLORIZE_ENHANCE, {"tooltip": "Background Encode and/or Style Encode (v2) output."}),
-            "seed": seed_input("Seed of the v2 VAE posterior samples (use the sampler's seed)."),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionNativeEnhance", display_name="Native Enhance",
+            category="ColorizeDiffusion/native", description=(
+                "v1.5/v2 figure/background separation for a native MODEL: patches it from Background Encode / Style "
+                "Encode and gives its own positive/negative. Set seed to the sampler's seed to match Colorize Sampler."
+            ),
+            inputs=[
+                model_input(), parts_input(),
+                ReferenceSocket.Input("reference", tooltip="Reference tokens from Reference Embed."),
+                sketch_input(),
+                EnhanceSocket.Input("enhance", tooltip="Background Encode and/or Style Encode (v2) output."),
+                seed_input("Seed of the v2 VAE posterior samples (use the sampler's seed)."),
+            ],
+            outputs=[
+                output(io.Model, "model", "The patched MODEL (a clone).", id="patched_model"),
+                output(io.Conditioning, "positive", "The separation context."),
+                output(io.Conditioning, "negative", "Its empty (zero) version."),
+            ],
+        )
 
-    def patch(self, model: Any, colorizer: NativeParts, reference: ReferenceTokens, sketch: Tensor,
-              enhance: EnhanceRequest, seed: int) -> tuple[Any, Any, Any]:
+    @classmethod
+    def execute(cls, model: Any, colorizer: NativeParts, reference: ReferenceTokens, sketch: Tensor,
+                enhance: EnhanceRequest, seed: int) -> io.NodeOutput:
         check_parts(model, colorizer)
-        inputs = self.inputs(colorizer, reference.tokens, prepared_sketch(sketch), enhance, seed)
+        inputs = cls.inputs(colorizer, reference.tokens, prepared_sketch(sketch), enhance, seed)
         m = model.clone()
         attach(m, colorizer)
         processor, kw = inputs.cross_attention, inputs.kwargs  # (an earlier Native Enhance is replaced)
@@ -187,7 +207,7 @@ class NativeEnhance:
         warp = WarpPatch(colorizer, kw["hs_bg"], kw["warp_mask"], kw["warp_threshold"]) if kw.get("hs_bg") else None
         set_v2(m, colorizer, warp, kw.get("style"))
         positive, negative = reference_conditioning(inputs.context.to(intermediate_device()))
-        return m, positive, negative
+        return io.NodeOutput(m, positive, negative)
 
     @staticmethod
     def inputs(parts: NativeParts, tokens: Tensor, sketch: Tensor, request: EnhanceRequest, seed: int) -> UNetInputs:
@@ -205,4 +225,5 @@ class NativeEnhance:
             background_mask=request.background_mask)
 
 
-__all__ = ["NativeEnhance", "NativeReferenceStrength", "NativeSketch", "prepared_sketch"]
+__all__ = ["NativeEnhance", "NativeReferenceStrength", "NativeSketch", "model_input", "parts_input", "prepared_sketch",
+           "sketch_input"]

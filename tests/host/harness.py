@@ -18,9 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-COMFY_HOME = Path(os.environ.get("COMFY_HOME", Path.home() / ".cache" / "comfyui-harness"))
-COMFY_DIR, COMFY_PY = COMFY_HOME / "ComfyUI", COMFY_HOME / "venv" / "bin" / "python"
+from _helpers import COMFY_DIR, COMFY_HOME, COMFY_PY, REPO
+
 HARNESS = Path(os.environ.get("COMFYUI_HARNESS", REPO.parent / "shared" / "tools" / "comfyui-harness"))
 PACK_DEPS = "import open_clip, safetensors, einops, huggingface_hub, numpy, PIL"
 

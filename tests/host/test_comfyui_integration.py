@@ -2,7 +2,7 @@
 
 Needs the harness environment (``harness.py``): skipped without it, failed under ``CI=true``.
 
-Checks: the pack imports with no error and ``/object_info`` lists all its nodes with the INPUT_TYPES the
+Checks: the pack imports with no error and ``/object_info`` lists all its nodes with the V3 schemas the
 unit tests check; every API workflow in ``workflows/api`` finishes with status success and writes its
 images (run with 2 steps at 256×256 to stay fast: only ``steps`` and the sketch size are changed; a control
 heatmap comes at its reference image's size); a long
@@ -23,7 +23,7 @@ import pytest
 from harness import COMFY_DIR, COMFY_PY, REPO, comfy_server, harness_module, run_harness
 
 from colorize.tiny import write_tiny_weights
-from nodes import NODE_CLASS_MAPPINGS
+from nodes import NODE_CLASSES
 
 API_FILES = sorted((REPO / "workflows" / "api").glob("*.json"))
 
@@ -42,13 +42,14 @@ def test_pack_imports_and_object_info_lists_every_node(models_dir: Path, tmp_pat
                                    "--dump-object-info", str(info_path), "--cleanup", timeout=240)
     assert rc == 0 and summary["import_failures"] == {}, out[-3000:]
     info = json.loads(info_path.read_text())
-    assert set(info) == set(NODE_CLASS_MAPPINGS)
-    for node_id, cls in NODE_CLASS_MAPPINGS.items():
-        entry, spec = info[node_id], cls.INPUT_TYPES()
-        assert entry["input_order"]["required"] == list(spec["required"])
-        assert entry["output"] == list(cls.RETURN_TYPES) and entry["category"] == cls.CATEGORY
-        assert entry["description"] == cls.DESCRIPTION
-    ckpts = info["ColorizeDiffusionCheckpointLoader"]["input"]["required"]["ckpt_name"][0]
+    assert set(info) == set(NODE_CLASSES)  # loaded through comfy_entrypoint: the root module has no mappings
+    for node_id, cls in NODE_CLASSES.items():
+        entry, schema = info[node_id], cls.define_schema()
+        assert entry["input_order"].get("required", []) == [i.id for i in schema.inputs if not i.optional]
+        assert entry["input_order"].get("optional", []) == [i.id for i in schema.inputs if i.optional]
+        assert entry["output"] == [o.io_type for o in schema.outputs] and entry["category"] == schema.category
+        assert entry["description"] == schema.description and entry["display_name"] == schema.display_name
+    ckpts = info["ColorizeDiffusionCheckpointLoader"]["input"]["required"]["ckpt_name"][1]["options"]
     assert ckpts[0] == "mult-eps-ft.safetensors"  # found through the models folder registered by the harness
 
 
@@ -200,11 +201,11 @@ cv = comfy.clip_vision.ClipVisionModel(path)
 sd = {k: v for k, v in comfy.utils.load_torch_file(clip_file).items() if k.startswith("visual.")}
 missing, unexpected = cv.load_sd(comfy.clip_vision.convert_to_transformers(sd, "visual."))
 assert not missing, missing
-M = pack.NODE_CLASS_MAPPINGS
-enc = M["ColorizeDiffusionReferenceEncoderFromCLIPVision"]().convert(cv)[0]
+M = pack.NODE_CLASSES
+enc = M["ColorizeDiffusionReferenceEncoderFromCLIPVision"].execute(cv)[0]
 image = torch.rand(2, 300, 200, 3, generator=torch.Generator().manual_seed(0))
 with torch.inference_mode():
-    got = M["ColorizeDiffusionReferenceEmbed"]().embed(enc, image)[0].tokens
+    got = M["ColorizeDiffusionReferenceEmbed"].execute(enc, image)[0].tokens
     want = own.encode_image(image.movedim(-1, 1) * 2 - 1, "full")[:, 1:]
 print(json.dumps({"shape": list(got.shape), "max_abs": float((got - want).abs().max()),
                   "scale": float(want.abs().max()), "dtype": str(cv.dtype)}))

@@ -6,6 +6,10 @@ the long explanation lives in ``HELP``, rendered with the inputs and outputs int
 """
 from __future__ import annotations
 
+from _helpers import COMFY_DIR, require_node_api
+
+require_node_api()  # the nodes import ComfyUI's comfy_api
+
 import ast
 import inspect
 import os
@@ -17,13 +21,12 @@ from pathlib import Path
 import pytest
 
 from colorize.weights import MODELS_DIR_ENV
-from nodes import NODE_CLASS_MAPPINGS as M
-from nodes import NODE_DISPLAY_NAME_MAPPINGS as NAMES
+from nodes import DISPLAY_NAMES as NAMES
+from nodes import NODE_CLASSES as M
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATOR = REPO / "web" / "make_node_docs.py"
 DOCS = REPO / "web" / "docs"
-COMFY_DIR = Path(os.environ.get("COMFY_HOME", Path.home() / ".cache" / "comfyui-harness")) / "ComfyUI"
 MAX_DESCRIPTION = 300
 
 
@@ -118,8 +121,8 @@ def test_every_page_names_its_node_and_inputs() -> None:
         assert text.startswith(f"# {NAMES[node_id]}\n"), node_id
         assert " ".join(cls.DESCRIPTION.split()) in text and cls.HELP in text, node_id
         assert "## Inputs" in text and "## Outputs" in text, node_id
-        spec = cls.INPUT_TYPES()
-        for name in [*spec.get("required", {}), *spec.get("optional", {})]:
-            assert f"| `{name}`" in text, f"{node_id}.md lacks input {name}"
-        for name in getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES):
-            assert f"| `{name}` |" in text, f"{node_id}.md lacks output {name}"
+        schema = cls.define_schema()
+        for inp in schema.inputs:
+            assert f"| `{inp.id}`" in text, f"{node_id}.md lacks input {inp.id}"
+        for out in schema.outputs:
+            assert f"| `{out.display_name}` |" in text, f"{node_id}.md lacks output {out.display_name}"

@@ -1,6 +1,11 @@
 """The ComfyUI nodes run without ComfyUI, on tiny random weights: schema, chain, sizes, Cancel, downloads."""
 from __future__ import annotations
 
+from _helpers import ProgressRecorder, combo_choices, require_node_api
+
+require_node_api()  # the nodes import ComfyUI's comfy_api
+
+import asyncio
 import importlib.util
 import inspect
 import shutil
@@ -13,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _helpers import ProgressRecorder
 from PIL import Image
 
 import colorize.weights as w
@@ -24,11 +28,12 @@ from colorize.models.clip import ReferenceEncoder
 from colorize.pipeline import Colorizer
 from colorize.settings import GenerationSettings
 from colorize.tiny import write_tiny_weights
-from nodes import NODE_CLASS_MAPPINGS as M
-from nodes import NODE_DISPLAY_NAME_MAPPINGS as NAMES
+from nodes import DISPLAY_NAMES as NAMES
+from nodes import NODE_CLASSES as M
 from nodes import models as node_models
 from nodes import sampler as node_sampler
 from nodes.reference import ClipVisionReference
+from nodes.schema import ComfyExtension, io
 
 REPO = Path(__file__).resolve().parents[2]
 CKPT, CLIP = "mult-eps-ft.safetensors", "open_clip_model.safetensors"
@@ -55,57 +60,62 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def model(tiny_dir: Path) -> Any:
-    return M["ColorizeDiffusionCheckpointLoader"]().load(CKPT, "fp32")["result"][0]
+    return M["ColorizeDiffusionCheckpointLoader"].execute(CKPT, "fp32").result[0]
 
 
 @pytest.fixture(scope="module")
 def encoder(tiny_dir: Path) -> Any:
-    return M["ColorizeDiffusionReferenceEncoderLoader"]().load(CLIP)[0]
+    return M["ColorizeDiffusionReferenceEncoderLoader"].execute(CLIP)[0]
 
 
 def sample(model: Any, reference: Any, hints: Any, **kw: Any) -> dict[str, Any]:
     args = {"seed": 3, "steps": 2, "sampler": "dpm_solver", "scheduler": "leading", "reference_cfg": 4.0,
             "sketch_cfg": 1.0, "reference_strength": 1.0, "encoder_strength": 1.0, "middle_strength": 1.0,
             "low_strength": 1.0, "width": 0, "height": 0, **kw}
-    return M["ColorizeDiffusionSampler"]().sample(model, reference, hints, **args)[0]
+    return M["ColorizeDiffusionSampler"].execute(model, reference, hints, **args)[0]
 
 
 def prepared(size: int = 128, image: torch.Tensor = SKETCH, polarity: str = "auto") -> torch.Tensor:
-    return M["ColorizeDiffusionSketchPreprocess"]().prepare(image, polarity, size, size)[0]
+    return M["ColorizeDiffusionSketchPreprocess"].execute(image, polarity, size, size)[0]
 
 
 # ------------------------------------------------------------------------------------- schema
 
 
 def test_runs_without_comfyui() -> None:
-    assert "comfy.model_management" not in sys.modules and "folder_paths" not in sys.modules
+    """Only ComfyUI's API module is imported (nodes/schema.py), not ComfyUI itself: no model management."""
+    assert "comfy_api" in sys.modules and "comfy.model_management" not in sys.modules
 
 
-def test_every_node_is_prefixed_described_and_tooltipped() -> None:
+def test_every_node_is_a_described_and_tooltipped_v3_node() -> None:
     # v1 pack (8) + Text Edit, Control Heatmap, Line Extract + 5 v1.5/v2 + 5 advanced (+ the native bridge)
-    assert len(M) >= 21 and set(M) == set(NAMES)
+    assert len(M) >= 21 and set(M) == set(NAMES) and len(M) == len(nodes.NODES)
     for node_id, cls in M.items():
+        assert issubclass(cls, io.ComfyNode), f"{node_id} is not a V3 node"
+        schema = cls.GET_SCHEMA()  # ComfyUI's own checks: unique input and output ids
         assert node_id.startswith("ColorizeDiffusion") and NAMES[node_id]  # short names: tests/nodes/test_node_docs.py
-        assert cls.CATEGORY.startswith("ColorizeDiffusion/") and len(cls.DESCRIPTION) > 40
-        spec = cls.INPUT_TYPES()
-        assert set(spec) <= {"required", "optional", "hidden"}
-        inputs = {**spec["required"], **spec.get("optional", {})}
-        for name, (typ, opts) in inputs.items():
-            assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
-            if isinstance(typ, list):
-                assert opts["default"] in typ, f"{node_id}.{name} default not in its choices"
-            elif typ in ("INT", "FLOAT"):
-                assert opts["min"] <= opts["default"] <= opts["max"]
-        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
-        params = list(inspect.signature(getattr(cls, cls.FUNCTION)).parameters)[1:]
-        assert params == list(inputs), f"{node_id}.{cls.FUNCTION} arguments differ from INPUT_TYPES"
-    custom = {t for cls in M.values() for t in cls.RETURN_TYPES if t.startswith("COLORIZE")}
+        assert schema.category.startswith("ColorizeDiffusion/") and len(schema.description) > 40
+        for inp in schema.inputs:
+            assert inp.tooltip, f"{node_id}.{inp.id} has no tooltip"
+            if inp.io_type == "COMBO":
+                assert inp.default in inp.options, f"{node_id}.{inp.id} default not in its choices"
+            elif inp.io_type in ("INT", "FLOAT"):
+                assert inp.min <= inp.default <= inp.max, f"{node_id}.{inp.id} default outside its range"
+        assert schema.outputs and all(o.tooltip and o.display_name for o in schema.outputs), node_id
+        # ComfyUI calls execute(**inputs): its parameters are the inputs, optional ones with a default
+        params = inspect.signature(cls.execute).parameters
+        assert list(params) == [i.id for i in schema.inputs], f"{node_id}.execute arguments differ from its inputs"
+        for inp in schema.inputs:
+            has_default = params[inp.id].default is not inspect.Parameter.empty
+            assert has_default == bool(inp.optional), f"{node_id}.{inp.id}: optional iff it has a default"
+    custom = {o.io_type for cls in M.values() for o in cls.define_schema().outputs if o.io_type.startswith("COLORIZE")}
     assert custom >= {"COLORIZE_MODEL", "COLORIZE_REFERENCE_ENCODER", "COLORIZE_REFERENCE", "COLORIZE_HINTS",
                       "COLORIZE_ENHANCE", "COLORIZE_ADVANCED"}
 
 
-def test_root_init_imports_like_comfyui_does() -> None:
-    """ComfyUI imports the pack folder by path under a made-up module name."""
+def test_root_init_loads_like_comfyui_does() -> None:
+    """ComfyUI imports the pack folder by path under a made-up module name and, finding no
+    ``NODE_CLASS_MAPPINGS``, awaits ``comfy_entrypoint()`` and asks the extension for its nodes."""
     name = "custom_nodes_x_colorizediffusion_test"
     spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
     assert spec is not None and spec.loader is not None
@@ -113,8 +123,11 @@ def test_root_init_imports_like_comfyui_does() -> None:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-        assert set(module.NODE_CLASS_MAPPINGS) == set(M)
-        assert module.NODE_DISPLAY_NAME_MAPPINGS == NAMES
+        assert not hasattr(module, "NODE_CLASS_MAPPINGS")  # else ComfyUI would take the classic-API path
+        extension = asyncio.run(module.comfy_entrypoint())
+        assert isinstance(extension, ComfyExtension)
+        listed = asyncio.run(extension.get_node_list())
+        assert {cls.define_schema().node_id for cls in listed} == set(M) and len(listed) == len(M)
         # ComfyUI serves the root module's WEB_DIRECTORY; the nodes' help pages are its docs/
         assert module.WEB_DIRECTORY == "./web" and "WEB_DIRECTORY" in module.__all__
         assert (REPO / module.WEB_DIRECTORY / "docs").is_dir()
@@ -124,10 +137,10 @@ def test_root_init_imports_like_comfyui_does() -> None:
 
 
 def test_file_pickers_list_present_and_downloadable_files(tiny_dir: Path) -> None:
-    ckpts = M["ColorizeDiffusionCheckpointLoader"].INPUT_TYPES()["required"]["ckpt_name"][0]
+    ckpts = combo_choices(M["ColorizeDiffusionCheckpointLoader"], "ckpt_name")
     assert ckpts[0] == CKPT and "mult-eps-newft.safetensors" in ckpts  # present first, then downloadable files
     assert {"switch-eps.safetensors", "v2-full.safetensors"} <= set(ckpts)  # v1.5 and v2 load too
-    clips = M["ColorizeDiffusionReferenceEncoderLoader"].INPUT_TYPES()["required"]["clip_name"][0]
+    clips = combo_choices(M["ColorizeDiffusionReferenceEncoderLoader"], "clip_name")
     assert clips[0] == CLIP and "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors" in clips
 
 
@@ -135,16 +148,16 @@ def test_file_pickers_list_present_and_downloadable_files(tiny_dir: Path) -> Non
 
 
 def test_node_chain_equals_the_library_pipeline(tiny_dir: Path, model: Any, encoder: Any) -> None:
-    loaded = M["ColorizeDiffusionCheckpointLoader"]().load(CKPT, "auto")
-    assert loaded["ui"]["text"][0] == loaded["result"][1]
-    assert "v1 (mult)" in loaded["result"][1] and "eps-prediction" in loaded["result"][1]
+    loaded = M["ColorizeDiffusionCheckpointLoader"].execute(CKPT, "auto")
+    assert loaded.ui.as_dict()["text"][0] == loaded.result[1]
+    assert "v1 (mult)" in loaded.result[1] and "eps-prediction" in loaded.result[1]
 
-    reference = M["ColorizeDiffusionReferenceEmbed"]().embed(encoder, REFERENCE)[0]
+    reference = M["ColorizeDiffusionReferenceEmbed"].execute(encoder, REFERENCE)[0]
     assert reference.tokens.shape == (1, 256, TINY_MULT.clip.embed_dim)
     sketch = prepared(128)
-    hints = M["ColorizeDiffusionSketchHints"]().encode(model, sketch, 0.8)[0]
+    hints = M["ColorizeDiffusionSketchHints"].execute(model, sketch, 0.8)[0]
     latent = sample(model, reference, hints, sketch_cfg=2.0)
-    image = M["ColorizeDiffusionDecode"]().decode(model, latent)[0]
+    image = M["ColorizeDiffusionDecode"].execute(model, latent)[0]
     assert latent["samples"].shape == (1, 4, 16, 16) and image.shape == (1, 128, 128, 3)
 
     lib = Colorizer.from_files(tiny_dir / "colorizediffusion" / CKPT, tiny_dir / "clip_vision" / CLIP, "cpu", "fp32")
@@ -168,43 +181,43 @@ def test_sketch_preprocess_polarity_fit_and_pad() -> None:
     dark_on_light = torch.ones(1, 60, 120, 3)
     dark_on_light[:, 28:32] = 0.0  # one black horizontal line on white paper
     for polarity in ("auto", "invert"):
-        out = M["ColorizeDiffusionSketchPreprocess"]().prepare(dark_on_light, polarity, 128, 128)[0]
+        out = M["ColorizeDiffusionSketchPreprocess"].execute(dark_on_light, polarity, 128, 128)[0]
         assert out.shape == (1, 128, 128, 3)
         assert out[0, 64, 10].min() > 0.9  # the line is white, centred
         assert out[0, 40, 10].max() < 0.1 and out[0, 5, 64].max() < 0.1  # paper and padding are black
-    kept = M["ColorizeDiffusionSketchPreprocess"]().prepare(dark_on_light, "keep", 128, 128)[0]
+    kept = M["ColorizeDiffusionSketchPreprocess"].execute(dark_on_light, "keep", 128, 128)[0]
     assert kept[0, 64, 10].max() < 0.1 and kept[0, 40, 10].min() > 0.9  # not inverted; padding still black
     assert kept[0, 5, 64].max() < 0.1
-    auto = M["ColorizeDiffusionSketchPreprocess"]().prepare(dark_on_light, "auto", 0, 0)[0]
+    auto = M["ColorizeDiffusionSketchPreprocess"].execute(dark_on_light, "auto", 0, 0)[0]
     assert auto.shape[1] % 64 == 0 and auto.shape[2] % 64 == 0 and auto.shape[2] > auto.shape[1]
 
 
 def test_sketch_hints_fit_sizes_that_are_not_multiples_of_64(model: Any) -> None:
     sketch = torch.zeros(1, 100, 190, 3)
-    hints = M["ColorizeDiffusionSketchHints"]().encode(model, sketch, 1.0)[0]
+    hints = M["ColorizeDiffusionSketchHints"].execute(model, sketch, 1.0)[0]
     assert hints.size == (128, 192) and hints.hints[0].shape[-2:] == (16, 24)
 
 
 def test_sampler_size_override_reencodes_the_sketch(model: Any, encoder: Any) -> None:
-    reference = M["ColorizeDiffusionReferenceEmbed"]().embed(encoder, REFERENCE)[0]
-    hints = M["ColorizeDiffusionSketchHints"]().encode(model, prepared(64), 1.0)[0]
+    reference = M["ColorizeDiffusionReferenceEmbed"].execute(encoder, REFERENCE)[0]
+    hints = M["ColorizeDiffusionSketchHints"].execute(model, prepared(64), 1.0)[0]
     latent = sample(model, reference, hints, steps=1, width=192, height=128)
     assert latent["samples"].shape == (1, 4, 16, 24)
 
 
 def test_reference_and_sketch_batches_pair_up(model: Any, encoder: Any) -> None:
     refs = torch.cat([REFERENCE[:, :256, :256], 1 - REFERENCE[:, :256, :256]])
-    reference = M["ColorizeDiffusionReferenceEmbed"]().embed(encoder, refs)[0]
-    hints = M["ColorizeDiffusionSketchHints"]().encode(model, prepared(64), 1.0)[0]
+    reference = M["ColorizeDiffusionReferenceEmbed"].execute(encoder, refs)[0]
+    hints = M["ColorizeDiffusionSketchHints"].execute(model, prepared(64), 1.0)[0]
     latent = sample(model, reference, hints, steps=1)
-    image = M["ColorizeDiffusionDecode"]().decode(model, latent)[0]
+    image = M["ColorizeDiffusionDecode"].execute(model, latent)[0]
     assert latent["samples"].shape[0] == 2 and image.shape == (2, 64, 64, 3)
     assert not torch.equal(image[0], image[1])
 
 
 def test_sampler_reports_progress_and_stops_on_cancel(model: Any, encoder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    reference = M["ColorizeDiffusionReferenceEmbed"]().embed(encoder, REFERENCE)[0]
-    hints = M["ColorizeDiffusionSketchHints"]().encode(model, prepared(64), 1.0)[0]
+    reference = M["ColorizeDiffusionReferenceEmbed"].execute(encoder, REFERENCE)[0]
+    hints = M["ColorizeDiffusionSketchHints"].execute(model, prepared(64), 1.0)[0]
     recorder = ProgressRecorder.fresh()
     updates = recorder.updates
     monkeypatch.setattr(node_sampler, "Progress", recorder)
@@ -231,20 +244,20 @@ def test_sampler_reports_progress_and_stops_on_cancel(model: Any, encoder: Any, 
 def test_sampler_rejects_tokens_of_another_width(model: Any, encoder: Any) -> None:
     from nodes.sockets import ReferenceTokens
 
-    hints = M["ColorizeDiffusionSketchHints"]().encode(model, prepared(64), 1.0)[0]
+    hints = M["ColorizeDiffusionSketchHints"].execute(model, prepared(64), 1.0)[0]
     with pytest.raises(InputError, match="1024-dimensional"):
         sample(model, ReferenceTokens(torch.zeros(1, 256, 1024)), hints)
 
 
 def test_precision_choice_is_applied(tiny_dir: Path, encoder: Any) -> None:
-    m = M["ColorizeDiffusionCheckpointLoader"]().load(CKPT, "bf16")["result"][0]
+    m = M["ColorizeDiffusionCheckpointLoader"].execute(CKPT, "bf16").result[0]
     unet = m.unet.module
     assert m.dtype == unet.input_blocks[0][0].weight.dtype == next(m.sketch_encoder.module.parameters()).dtype == torch.bfloat16
     assert unet.out[2].weight.dtype == torch.float32  # output head stays fp32, as in the official app
     assert all(p.dtype == torch.float32 for p in m.vae.module.parameters())  # the VAE too
-    reference = M["ColorizeDiffusionReferenceEmbed"]().embed(encoder, REFERENCE)[0]
-    hints = M["ColorizeDiffusionSketchHints"]().encode(m, prepared(64), 1.0)[0]
-    image = M["ColorizeDiffusionDecode"]().decode(m, sample(m, reference, hints, steps=1))[0]
+    reference = M["ColorizeDiffusionReferenceEmbed"].execute(encoder, REFERENCE)[0]
+    hints = M["ColorizeDiffusionSketchHints"].execute(m, prepared(64), 1.0)[0]
+    image = M["ColorizeDiffusionDecode"].execute(m, sample(m, reference, hints, steps=1))[0]
     assert torch.isfinite(image).all()
 
 
@@ -253,7 +266,7 @@ def test_checkpoint_loader_names_a_clip_file(tiny_dir: Path) -> None:
     shutil.copy(tiny_dir / "clip_vision" / CLIP, wrong)
     try:
         with pytest.raises(CheckpointError, match="CLIP"):
-            M["ColorizeDiffusionCheckpointLoader"]().load(wrong.name, "auto")
+            M["ColorizeDiffusionCheckpointLoader"].execute(wrong.name, "auto")
     finally:
         wrong.unlink()
 
@@ -305,9 +318,9 @@ def test_reference_from_clip_vision_matches_own_encoder(tiny_dir: Path) -> None:
 
     own = load_reference_encoder(tiny_dir / "clip_vision" / CLIP)
     cv = FakeComfyClipVision(own)
-    adapter = M["ColorizeDiffusionReferenceEncoderFromCLIPVision"]().convert(cv)[0]
+    adapter = M["ColorizeDiffusionReferenceEncoderFromCLIPVision"].execute(cv)[0]
     assert isinstance(adapter, ClipVisionReference) and adapter.embed_dim == TINY_MULT.clip.embed_dim
-    got = M["ColorizeDiffusionReferenceEmbed"]().embed(adapter, REFERENCE)[0].tokens
+    got = M["ColorizeDiffusionReferenceEmbed"].execute(adapter, REFERENCE)[0].tokens
     ref = REFERENCE.permute(0, 3, 1, 2) * 2 - 1
     with torch.no_grad():
         want = own.encode_image(ref, "full")[:, 1:]
@@ -317,7 +330,7 @@ def test_reference_from_clip_vision_matches_own_encoder(tiny_dir: Path) -> None:
 def test_clip_vision_without_projection_is_rejected() -> None:
     cv = types.SimpleNamespace(model=torch.nn.Identity(), image_size=224)
     with pytest.raises(InputError, match="ViT-H/14"):
-        M["ColorizeDiffusionReferenceEncoderFromCLIPVision"]().convert(cv)
+        M["ColorizeDiffusionReferenceEncoderFromCLIPVision"].execute(cv)
 
 
 # ------------------------------------------------------------------------------------- weights
@@ -336,7 +349,7 @@ def test_missing_weights_offline_one_screen_message(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(w, "hf_hub_download", offline)
     with pytest.raises(WeightsMissingError) as e:
-        M["ColorizeDiffusionCheckpointLoader"]().load(CKPT, "auto")
+        M["ColorizeDiffusionCheckpointLoader"].execute(CKPT, "auto")
     msg = str(e.value)
     assert CKPT in msg and str(tmp_path / "colorizediffusion") in msg and "'colorizediffusion'" in msg
     assert "https://huggingface.co/tellurion/ColorizeDiffusion/resolve/main/mult-eps-ft.safetensors" in msg
@@ -344,7 +357,7 @@ def test_missing_weights_offline_one_screen_message(tmp_path: Path, monkeypatch:
     assert _files(tmp_path) == []  # no half file under the final name, no temporary leftovers
 
     with pytest.raises(WeightsMissingError) as e:
-        M["ColorizeDiffusionReferenceEncoderLoader"]().load(CLIP)
+        M["ColorizeDiffusionReferenceEncoderLoader"].execute(CLIP)
     assert CLIP in str(e.value) and str(tmp_path / "clip_vision") in str(e.value)
     assert "laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in str(e.value)
 
@@ -354,13 +367,13 @@ def test_no_download_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(node_models.NO_DOWNLOAD_ENV, "1")
     monkeypatch.setattr(w, "hf_hub_download", lambda **kw: pytest.fail("must not download"))
     with pytest.raises(WeightsMissingError, match="COLORIZE_NO_DOWNLOAD"):
-        M["ColorizeDiffusionCheckpointLoader"]().load(CKPT, "auto")
+        M["ColorizeDiffusionCheckpointLoader"].execute(CKPT, "auto")
 
 
 def test_unknown_file_names_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(w.MODELS_DIR_ENV, str(tmp_path))
     with pytest.raises(WeightsMissingError, match="my-model.safetensors not found.*colorizediffusion"):
-        M["ColorizeDiffusionCheckpointLoader"]().load("my-model.safetensors", "auto")
+        M["ColorizeDiffusionCheckpointLoader"].execute("my-model.safetensors", "auto")
 
 
 def test_first_use_downloads_into_the_folder_with_progress(
@@ -391,7 +404,7 @@ def test_first_use_downloads_into_the_folder_with_progress(
 
     monkeypatch.setattr(w, "hf_hub_download", hub)
     monkeypatch.setattr(node_models, "Progress", Recorder)
-    model = M["ColorizeDiffusionCheckpointLoader"]().load(CKPT, "auto")["result"][0]
+    model = M["ColorizeDiffusionCheckpointLoader"].execute(CKPT, "auto").result[0]
     assert _files(tmp_path) == [tmp_path / "colorizediffusion" / CKPT]
     assert calls[0]["repo_id"] == "tellurion/ColorizeDiffusion" and Path(calls[0]["local_dir"]).parent == tmp_path / "colorizediffusion"
     assert seen and seen[-1][0] == len(content) >> 20 and seen[0][0] <= seen[-1][0]

@@ -1,6 +1,10 @@
 """The Line Extract node without ComfyUI: drawn images, polarity, sizes, options, model files in models/lineart."""
 from __future__ import annotations
 
+from _helpers import combo_choices, require_node_api
+
+require_node_api()  # the nodes import ComfyUI's comfy_api
+
 import json
 import os
 import sys
@@ -18,7 +22,7 @@ import colorize.weights as w
 from colorize.errors import InputError, LineExtractorWeightsError, WeightsMissingError
 from colorize.extractors import MODEL_SPECS, NO_WEIGHT_METHODS, extract_lines, load_line_extractor
 from colorize.weights import hub_url, manifest_entry
-from nodes import NODE_CLASS_MAPPINGS as M
+from nodes import NODE_CLASSES as M
 from nodes import lineart as node_lineart
 from nodes import models as node_models
 from nodes.host import ManagedModule
@@ -48,24 +52,25 @@ def far_from(mask: torch.Tensor, distance: int) -> torch.Tensor:
 
 def run(image: torch.Tensor, method: str = "high_pass", model_file: str = "auto", input_polarity: str = "auto",
         resolution: int = 0, sigma: float = 0.0, threshold: float = 0.1) -> torch.Tensor:
-    return NODE().extract(image, method, model_file, input_polarity, resolution, sigma, threshold)[0]
+    return NODE.execute(image, method, model_file, input_polarity, resolution, sigma, threshold)[0]
 
 
 # ------------------------------------------------------------------------------------- schema
 
 
 def test_node_lists_every_method_and_the_lineart_files() -> None:
-    spec = NODE.INPUT_TYPES()["required"]
+    schema = NODE.define_schema()
+    spec = {i.id: i for i in schema.inputs}
     assert list(spec) == ["image", "method", "model_file", "input_polarity", "resolution", "sigma", "threshold"]
-    assert set(spec["method"][0]) == set(NO_WEIGHT_METHODS) | set(MODEL_SPECS)
-    assert spec["method"][1]["default"] in NO_WEIGHT_METHODS  # a fresh node runs without a download
-    files = spec["model_file"][0]
+    assert set(spec["method"].options) == set(NO_WEIGHT_METHODS) | set(MODEL_SPECS)
+    assert spec["method"].default in NO_WEIGHT_METHODS  # a fresh node runs without a download
+    files = spec["model_file"].options
     assert files[0] == "auto"
     for s in MODEL_SPECS.values():  # the published files are offered (downloaded on first use)
         assert manifest_entry(s.manifest_name)["filename"] in files
-    assert spec["input_polarity"][0] == ["auto", "dark_on_light", "light_on_dark"]
-    assert spec["resolution"][1]["default"] == 0
-    assert NODE.CATEGORY == "ColorizeDiffusion/sketch" and NODE.RETURN_TYPES == ("IMAGE",)
+    assert spec["input_polarity"].options == ["auto", "dark_on_light", "light_on_dark"]
+    assert spec["resolution"].default == 0
+    assert schema.category == "ColorizeDiffusion/sketch" and [o.io_type for o in schema.outputs] == ["IMAGE"]
 
 
 # ------------------------------------------------------------------------------------- no-weight methods
@@ -122,7 +127,7 @@ def test_working_resolution_keeps_the_input_size() -> None:
 def test_output_feeds_sketch_preprocess() -> None:
     image, lines = drawing(128, 128)
     lines_img = run(image, "lineart_standard")
-    prepared = M["ColorizeDiffusionSketchPreprocess"]().prepare(lines_img, "auto", 128, 128)[0][0, :, :, 0]
+    prepared = M["ColorizeDiffusionSketchPreprocess"].execute(lines_img, "auto", 128, 128)[0][0, :, :, 0]
     assert float(prepared[lines].min()) > 0.4, "lines become bright for the sketch encoder (lineart_standard: ~0.5)"
     assert float(prepared[far_from(lines, 1)].max()) < 0.01, "paper becomes black"
 
@@ -217,7 +222,7 @@ def test_model_extractor_runs_from_the_lineart_folder_and_loads_once(
 def test_picked_file_must_match_the_method(lineart_dir: Path, sketch_keras_file: Path) -> None:
     custom = lineart_dir / "my-sketchkeras.pth"
     custom.write_bytes(sketch_keras_file.read_bytes())
-    assert "my-sketchkeras.pth" in NODE.INPUT_TYPES()["required"]["model_file"][0]
+    assert "my-sketchkeras.pth" in combo_choices(NODE, "model_file")
     image, _ = drawing(40, 40)
     assert run(image, "sketch_keras", model_file=custom.name).shape == (1, 40, 40, 3)
     with pytest.raises(LineExtractorWeightsError, match="SketchKeras.*'anime2sketch'.*'sketch_keras'"):

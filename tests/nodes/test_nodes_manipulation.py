@@ -1,6 +1,10 @@
 """Text Edit and Control Heatmap nodes without ComfyUI, on tiny random weights (the tiny CLIP has a text tower)."""
 from __future__ import annotations
 
+from _helpers import require_node_api
+
+require_node_api()  # the nodes import ComfyUI's comfy_api
+
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +23,7 @@ from colorize.loader import load_reference_encoder
 from colorize.manipulation import Edit, control_heatmap, local_manipulate
 from colorize.models.clip_convert import open_clip_to_hf
 from colorize.tiny import write_tiny_weights
-from nodes import NODE_CLASS_MAPPINGS as M
+from nodes import NODE_CLASSES as M
 from nodes.manipulation import ControlHeatmap, TextEdit
 from nodes.reference import EncodedReference, OpenClipReference
 from nodes.sockets import ReferenceTokens
@@ -52,7 +56,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture()
 def encoder(tiny_dir: Path) -> OpenClipReference:
     """A fresh loader output per test (the text tower is loaded lazily, per encoder)."""
-    return M["ColorizeDiffusionReferenceEncoderLoader"]().load(CLIP)[0]
+    return M["ColorizeDiffusionReferenceEncoderLoader"].execute(CLIP)[0]
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +66,19 @@ def text_encoder(tiny_dir: Path) -> Any:
 
 
 def embed(encoder: Any, image: torch.Tensor = REFERENCE) -> EncodedReference:
-    return M["ColorizeDiffusionReferenceEmbed"]().embed(encoder, image)[0]
+    return M["ColorizeDiffusionReferenceEmbed"].execute(encoder, image)[0]
 
 
 def edit(reference: Any, target: str = "the girl's blonde hair", anchor: str = "", control: str = "hair",
          target_scale: float = 10.0, enhance: bool = False, thresholds: tuple[float, ...] = THRESHOLDS,
          strength_ratio: float = 2.0, enabled: bool = True) -> Any:
-    return TextEdit().edit(reference, enabled, target, anchor, control, target_scale, enhance, *thresholds,
+    return TextEdit.execute(reference, enabled, target, anchor, control, target_scale, enhance, *thresholds,
                            strength_ratio)[0]
 
 
 def heatmap(reference: Any, control: str = "hair", image: torch.Tensor = REFERENCE,
             thresholds: tuple[float, ...] = THRESHOLDS) -> tuple[torch.Tensor, torch.Tensor]:
-    return ControlHeatmap().visualize(reference, image, control, *thresholds)
+    return ControlHeatmap.execute(reference, image, control, *thresholds)
 
 
 # ------------------------------------------------------------------------------------- reference type
@@ -144,15 +148,15 @@ def test_edit_input_errors(encoder: OpenClipReference) -> None:
 
 
 def test_edited_tokens_reach_the_sampler(tiny_dir: Path, encoder: OpenClipReference) -> None:
-    model = M["ColorizeDiffusionCheckpointLoader"]().load(CKPT, "fp32")["result"][0]
-    sketch = M["ColorizeDiffusionSketchPreprocess"]().prepare(torch.zeros(1, 64, 64, 3), "keep", 64, 64)[0]
-    hints = M["ColorizeDiffusionSketchHints"]().encode(model, sketch, 1.0)[0]
+    model = M["ColorizeDiffusionCheckpointLoader"].execute(CKPT, "fp32").result[0]
+    sketch = M["ColorizeDiffusionSketchPreprocess"].execute(torch.zeros(1, 64, 64, 3), "keep", 64, 64)[0]
+    hints = M["ColorizeDiffusionSketchHints"].execute(model, sketch, 1.0)[0]
     args = {"seed": 1, "steps": 1, "sampler": "ddim", "scheduler": "auto", "reference_cfg": 4.0, "sketch_cfg": 1.0,
             "reference_strength": 1.0, "encoder_strength": 1.0, "middle_strength": 1.0, "low_strength": 1.0,
             "width": 0, "height": 0}
     ref = embed(encoder)
-    plain = M["ColorizeDiffusionSampler"]().sample(model, ref, hints, **args)[0]["samples"]
-    edited = M["ColorizeDiffusionSampler"]().sample(model, edit(ref, control="everything"), hints, **args)[0]["samples"]
+    plain = M["ColorizeDiffusionSampler"].execute(model, ref, hints, **args)[0]["samples"]
+    edited = M["ColorizeDiffusionSampler"].execute(model, edit(ref, control="everything"), hints, **args)[0]["samples"]
     assert plain.shape == edited.shape == (1, 4, 8, 8) and not torch.allclose(plain, edited)
 
 
@@ -190,7 +194,7 @@ def test_heatmap_follows_thresholds_and_image_size(encoder: OpenClipReference) -
 
 
 def test_vision_only_file_names_the_fix(tiny_dir: Path) -> None:
-    vision_only = M["ColorizeDiffusionReferenceEncoderLoader"]().load(VISION_ONLY)[0]
+    vision_only = M["ColorizeDiffusionReferenceEncoderLoader"].execute(VISION_ONLY)[0]
     ref = embed(vision_only)
     assert ref.tokens.shape == (1, 256, 64)  # colorization still works
     for run in (lambda: edit(ref), lambda: heatmap(ref)):
@@ -203,7 +207,7 @@ def test_vision_only_file_names_the_fix(tiny_dir: Path) -> None:
 def test_clip_vision_bridge_names_the_fix() -> None:
     model = types.SimpleNamespace(visual_projection=torch.nn.Linear(8, 8),
                                   vision_model=types.SimpleNamespace(post_layernorm=torch.nn.LayerNorm(8)))
-    bridge = M["ColorizeDiffusionReferenceEncoderFromCLIPVision"]().convert(types.SimpleNamespace(model=model))[0]
+    bridge = M["ColorizeDiffusionReferenceEncoderFromCLIPVision"].execute(types.SimpleNamespace(model=model))[0]
     ref = EncodedReference(torch.randn(1, 256, 8), torch.randn(1, 1, 8), bridge.encode_text)
     with pytest.raises(InputError, match=f"CLIP_VISION.*no CLIP text tower.*{CLIP}"):
         edit(ref)

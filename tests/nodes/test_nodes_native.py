@@ -3,6 +3,10 @@
 The bridge inside the real host: ``tests/host/test_comfyui_native.py``."""
 from __future__ import annotations
 
+from _helpers import require_node_api
+
+require_node_api()  # the nodes import ComfyUI's comfy_api
+
 import copy
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from colorize.models.split_attention import SplitAttention, SplitOptions
 from colorize.native import read_native_checkpoint
 from colorize.sampling import sampler_sigmas
 from colorize.tiny import CHECKPOINT_NAMES, write_tiny_weights
-from nodes import NODE_CLASS_MAPPINGS
+from nodes import NODE_CLASSES
 from nodes.native.guider import SIGMA_SCHEDULES, host_schedule, official_sigmas
 from nodes.native.model import NativeParts, reference_conditioning
 from nodes.native.model_patches import NativeReferenceStrength, NativeSketch
@@ -28,7 +32,7 @@ from nodes.native.patches import (
     SplitState,
 )
 
-NATIVE = {k: v for k, v in NODE_CLASS_MAPPINGS.items() if "Native" in k}
+NATIVE = {k: v for k, v in NODE_CLASSES.items() if "Native" in k}
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +75,10 @@ class StandInModel:
         self.additional[key] = models
 
 
-def test_native_nodes_document_every_input_and_output() -> None:
+def test_native_nodes_are_in_their_category() -> None:
+    # tooltips, descriptions and outputs of every node: test_nodes.py's schema test
     assert len(NATIVE) == 7
-    for node_id, cls in NATIVE.items():
-        spec = cls.INPUT_TYPES()
-        for name, (_, opts) in {**spec["required"], **spec.get("optional", {})}.items():
-            assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
-        assert cls.DESCRIPTION and cls.CATEGORY == "ColorizeDiffusion/native"
-        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
+    assert {cls.define_schema().category for cls in NATIVE.values()} == {"ColorizeDiffusion/native"}
 
 
 def test_conditioning_negative_is_the_empty_reference() -> None:
@@ -90,7 +90,7 @@ def test_conditioning_negative_is_the_empty_reference() -> None:
 def test_sketch_patch_adds_hints_per_chunk(parts: dict[str, NativeParts]) -> None:
     p = parts["mult"]
     image = (torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0)) > 0.9).float()
-    model, latent = NativeSketch().patch(StandInModel(), p, image, 0.7)
+    model, latent = NativeSketch.execute(StandInModel(), p, image, 0.7)
     assert latent["samples"].shape == (1, 4, 8, 8) and not latent["samples"].any()
     (patch,) = model.model_options["transformer_options"]["patches"]["input_block_patch"]
     assert isinstance(patch, HintPatch) and copy.deepcopy(patch) is patch
@@ -106,15 +106,15 @@ def test_sketch_patch_adds_hints_per_chunk(parts: dict[str, NativeParts]) -> Non
     plain = patch(h[:2], {"block": ("input", 3), "original_shape": [2, 4, 8, 8], "cond_or_uncond": [1]})
     torch.testing.assert_close(plain, hints[1].expand(2, -1, -1, -1))  # KSampler: no sketch-uncond rows
     assert patch(h, {**opts, "block": ("input", 4)}) is h
-    again, _ = NativeSketch().patch(model, p, image, 1.0)  # a second Native Sketch replaces the first
+    again, _ = NativeSketch.execute(model, p, image, 1.0)  # a second Native Sketch replaces the first
     assert len(again.model_options["transformer_options"]["patches"]["input_block_patch"]) == 1
 
 
 def test_reference_strength_and_split_combine_in_one_attention_patch(parts: dict[str, NativeParts]) -> None:
     p = parts["switch"]
-    (neutral,) = NativeReferenceStrength().patch(StandInModel(), p, 1.0, 1.0, 1.0, 1.0)
+    (neutral,) = NativeReferenceStrength.execute(StandInModel(), p, 1.0, 1.0, 1.0, 1.0)
     assert "patches_replace" not in neutral.model_options["transformer_options"]  # host attention untouched
-    (model,) = NativeReferenceStrength().patch(StandInModel(), p, 0.5, 1.0, 2.0, 1.0)
+    (model,) = NativeReferenceStrength.execute(StandInModel(), p, 0.5, 1.0, 2.0, 1.0)
     replaces = model.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert set(replaces) == {b.key for b in p.blocks} and len({id(v) for v in replaces.values()}) == 1
     patch = replaces[("input", 4)]

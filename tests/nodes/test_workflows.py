@@ -1,6 +1,10 @@
 """The shipped workflows: only existing node types, inputs that match INPUT_TYPES, UI and API twins equal."""
 from __future__ import annotations
 
+from _helpers import require_node_api
+
+require_node_api()  # the nodes import ComfyUI's comfy_api
+
 import hashlib
 import json
 import sys
@@ -10,7 +14,7 @@ from typing import Any
 import pytest
 
 from colorize.weights import hub_url, load_manifest
-from nodes import NODE_CLASS_MAPPINGS
+from nodes import NODE_CLASSES
 
 REPO = Path(__file__).resolve().parents[2]
 WF = REPO / "workflows"
@@ -47,12 +51,18 @@ def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def pack_inputs(class_type: str, section: str | None = None) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """{input name: (type, options)} of a pack node as ``/object_info`` lists it (required, then optional), a
+    combo's type being its list of choices; only one section when named."""
+    s = NODE_CLASSES[class_type].INPUT_TYPES()
+    inputs = {**s["required"], **s.get("optional", {})} if section is None else s.get(section, {})
+    return {name: ((opts["options"], opts) if typ == "COMBO" else (typ, opts)) for name, (typ, opts) in inputs.items()}
+
+
 def spec_of(class_type: str) -> tuple[dict[str, Any], list[str]]:
     """{input name: (type, options)} and output types of a pack or core node."""
-    if class_type in NODE_CLASS_MAPPINGS:
-        cls = NODE_CLASS_MAPPINGS[class_type]
-        s = cls.INPUT_TYPES()
-        return {**s["required"], **s.get("optional", {})}, list(cls.RETURN_TYPES)
+    if class_type in NODE_CLASSES:
+        return pack_inputs(class_type), list(NODE_CLASSES[class_type].RETURN_TYPES)
     inputs, outputs = CORE[class_type]
     ranges = {k: {"min": lo, "max": hi} for (ct, k), (lo, hi) in CORE_RANGES.items() if ct == class_type}
     return {k: (t, ranges.get(k, {})) for k, t in inputs.items() if t != "IMAGEUPLOAD"}, outputs
@@ -77,9 +87,9 @@ def test_api_workflow_matches_input_types(path: Path) -> None:
     graph = load(path)
     for nid, node in graph.items():
         ct = node["class_type"]
-        assert ct in NODE_CLASS_MAPPINGS or ct in CORE, f"node {nid}: unknown type {ct}"
+        assert ct in NODE_CLASSES or ct in CORE, f"node {nid}: unknown type {ct}"
         spec, _ = spec_of(ct)
-        required = NODE_CLASS_MAPPINGS[ct].INPUT_TYPES()["required"] if ct in NODE_CLASS_MAPPINGS else spec
+        required = pack_inputs(ct, "required") if ct in NODE_CLASSES else spec
         assert set(required) <= set(node["inputs"]), f"node {nid} ({ct}) lacks {set(required) - set(node['inputs'])}"
         assert set(node["inputs"]) <= set(spec), f"node {nid} ({ct}) has unknown inputs"
         for name, value in node["inputs"].items():
@@ -106,15 +116,14 @@ def test_api_workflow_matches_input_types(path: Path) -> None:
 def widget_names(class_type: str) -> list[str]:
     """The frontend's widget order: every non-socket input in INPUT_TYPES order, an INT seed followed by its
     'control after generate' widget; LoadImage's upload button follows its file picker."""
-    if class_type not in NODE_CLASS_MAPPINGS:
+    if class_type not in NODE_CLASSES:
         names = []
         for n, t in CORE[class_type][0].items():
             if t in ("COMBO", "IMAGEUPLOAD", "STRING", "INT", "FLOAT"):
                 names += [n, "control_after_generate"] if n in ("seed", "noise_seed") else [n]
         return names
     names = []
-    spec = NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
-    for name, (typ, opts) in {**spec["required"], **spec.get("optional", {})}.items():
+    for name, (typ, opts) in pack_inputs(class_type).items():
         if isinstance(typ, list) or typ in ("INT", "FLOAT", "STRING", "BOOLEAN"):
             names.append(name)
             if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):

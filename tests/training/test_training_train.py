@@ -210,12 +210,15 @@ def test_loss_decreases_export_loads_and_colorizes(
     # ... and in the ComfyUI checkpoint loader node (outside ComfyUI it reads $COLORIZE_MODELS_DIR/colorizediffusion)
     import shutil
 
-    from nodes import NODE_CLASS_MAPPINGS
+    from _helpers import require_node_api
+
+    require_node_api()
+    from nodes import NODE_CLASSES
 
     (tmp_path / "models" / "colorizediffusion").mkdir(parents=True)
     shutil.copy(result.export, tmp_path / "models" / "colorizediffusion" / "trained.safetensors")
     monkeypatch.setenv("COLORIZE_MODELS_DIR", str(tmp_path / "models"))
-    node_model = NODE_CLASS_MAPPINGS["ColorizeDiffusionCheckpointLoader"]().load("trained.safetensors", "fp32")["result"][0]
+    node_model = NODE_CLASSES["ColorizeDiffusionCheckpointLoader"].execute("trained.safetensors", "fp32").result[0]
     assert node_model.config.version == "mult" and node_model.config.unet == SMALL.unet
 
 
