@@ -17,7 +17,9 @@ def atomic_path(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success rename it into place.
 
     On any error the temporary file is removed and ``final`` is left untouched. With
-    ``overwrite=False`` an existing ``final`` is never replaced.
+    ``overwrite=False`` an existing ``final`` is never replaced, even one another process creates while this
+    one writes: the file is published with a hard link, which fails if the name exists (check-then-rename
+    would let two writers both "succeed", the second silently replacing the first).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -28,10 +30,26 @@ def atomic_path(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # temp files are private (0600); give the result the usual mode
-        os.replace(tmp, final)
+        if overwrite:
+            os.replace(tmp, final)
+        else:
+            _publish_new(Path(tmp), final)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _publish_new(tmp: Path, final: Path) -> None:
+    """Give ``tmp`` the name ``final`` only if no file has that name (atomically)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise FileExistsError(f"{final} appeared while it was being written (another process?); not overwriting "
+                              "it (delete or rename it first)") from None
+    except OSError:  # no hard links on this file system: reserve the name exclusively, then move into it
+        fd = os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # FileExistsError if taken
+        os.close(fd)
+        os.replace(tmp, final)
 
 
 def _umask() -> int:
