@@ -31,8 +31,13 @@ class SamWeightsError(CheckpointError):
     """A SAM weights file cannot be used; the message says why and what to use instead."""
 
 
+class NonFiniteResultError(ArithmeticError):
+    """A result holds NaN or infinite values (numerical overflow); the message names the usual fixes."""
+
+
 #: Exceptions whose message is written for the user (no traceback needed).
-USER_ERRORS: tuple[type[BaseException], ...] = (InputError, CheckpointError, WeightsMissingError, FileExistsError)
+USER_ERRORS: tuple[type[BaseException], ...] = (InputError, CheckpointError, WeightsMissingError, FileExistsError,
+                                                NonFiniteResultError)
 
 
 @dataclass
@@ -59,6 +64,7 @@ __all__ = [
     "CheckpointError",
     "InputError",
     "LineExtractorWeightsError",
+    "NonFiniteResultError",
     "SamWeightsError",
     "WeightsMissingError",
     "user_errors",

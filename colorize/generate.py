@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from colorize.config import ColorizerConfig
-from colorize.errors import InputError
+from colorize.errors import InputError, NonFiniteResultError
 from colorize.families import SeparationInputs, UNetInputs, get_family
 from colorize.injection import AttentionInjector, InjectionInputs
 from colorize.masks.inputs import (
@@ -311,11 +311,21 @@ def _window_context(context: Tensor, t: Tensor, settings: GenerationSettings, la
 
 
 @torch.no_grad()
-def vae_decode(vae: nn.Module, z: Tensor, tiling: TilingMode = "off") -> Tensor:
+def vae_decode(vae: nn.Module, z: Tensor, tiling: TilingMode = "off", check_finite: bool = True) -> Tensor:
     """Raw VAE latent (ComfyUI's LATENT convention, *not* × 0.18215) → image in [-1, 1], on the VAE's device.
 
-    ``tiling`` (``off``/``auto``/``on``): tiled decode of large images, :mod:`colorize.models.vae_tiling`."""
-    return decode_maybe_tiled(vae, z.to(module_device(vae), torch.float32), tiling).clamp(-1, 1)
+    ``tiling`` (``off``/``auto``/``on``): tiled decode of large images, :mod:`colorize.models.vae_tiling`.
+    With ``check_finite`` raises :class:`NonFiniteResultError` when the decoded image holds NaN or infinite
+    values (an overflow in sampling, e.g. a huge guidance scale or fp16): such an image would be saved as
+    silently black.
+    """
+    image = decode_maybe_tiled(vae, z.to(module_device(vae), torch.float32), tiling)
+    if check_finite and not torch.isfinite(image).all():
+        raise NonFiniteResultError(
+            "the decoded image has NaN or infinite values (numbers overflowed while sampling): lower the guidance "
+            "scales, or run the U-Net in fp32 or bf16 instead of fp16"
+        )
+    return image.clamp(-1, 1)
 
 
 def _repeat_to(x: Tensor, batch: int, what: str) -> Tensor:

@@ -168,9 +168,10 @@ class Colorizer:
         return sample_latent(self.unet, self.schedule, self.config, cond, size, settings, callback)
 
     @offloaded("vae")
-    def decode(self, latent: Tensor) -> Tensor:
-        """Latent (VAE space × 0.18215, as :meth:`sample` returns) → image in [-1, 1]."""
-        return vae_decode(self.vae, latent.float() / self.config.vae.scale_factor, self.vae_tiling)
+    def decode(self, latent: Tensor, check_finite: bool = True) -> Tensor:
+        """Latent (VAE space × 0.18215, as :meth:`sample` returns) → image in [-1, 1]; a NaN or infinite result
+        is a :class:`~colorize.errors.NonFiniteResultError` unless ``check_finite`` is off."""
+        return vae_decode(self.vae, latent.float() / self.config.vae.scale_factor, self.vae_tiling, check_finite)
 
     # ------------------------------------------------------------------ all at once
     def colorize(
