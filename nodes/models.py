@@ -78,13 +78,17 @@ def list_files(folder: str, versions: tuple[str | None, ...] | None = None) -> l
 
 
 def find_file(folder: str, name: str) -> Path | None:
+    """``name`` in one of the folder's directories, or None. Outside ComfyUI a name that leads out of the
+    directories (``..``, an absolute path) is never followed; files symlinked into them are found."""
     fp = folder_paths()
     if fp is not None:
         path = fp.get_full_path(folder, name)
         return Path(path) if path else None
     for d in folder_dirs(folder):
-        if (d / name).is_file():
-            return d / name
+        base = os.path.normpath(d)
+        candidate = os.path.normpath(os.path.join(base, name))
+        if os.path.commonpath([base, candidate]) == base and candidate != base and os.path.isfile(candidate):
+            return Path(candidate)
     return None
 
 
