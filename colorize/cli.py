@@ -17,7 +17,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="colorize a sketch with a reference image")
     p.add_argument("--sketch", required=True, type=Path, help="line art (black lines on white, or see --polarity)")
     p.add_argument("--reference", required=True, type=Path, help="colour reference image")
-    p.add_argument("--out", required=True, type=Path, help="output PNG path (not overwritten unless --overwrite)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output image; .png, .jpg/.jpeg or .webp decides the format (not overwritten unless --overwrite)")
     p.add_argument("--checkpoint", default=None, help="checkpoint path or manifest name (default: the v1 checkpoint)")
     p.add_argument("--clip", default=None, help="OpenCLIP ViT-H-14 file (open_clip or clip_vision format) or manifest name")
     p.add_argument("--models-dir", type=Path, default=None, help="models folder (default: $COLORIZE_MODELS_DIR or a user cache)")
@@ -95,14 +96,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from colorize.settings import GenerationSettings
     from colorize.weights import default_checkpoint_name, default_clip_name, resolve
 
-    if args.out.exists() and not args.overwrite:
+    if args.out.exists() and not args.overwrite and not args.out.is_dir():
         print(f"error: {args.out} exists; pass --overwrite or choose another --out", file=sys.stderr)
         return 2
+    image_format = check_output_path(args.out)  # before anything is loaded or computed
     from colorize.device import resolve_device
 
     resolve_device(args.device)  # a missing GPU is reported before anything is loaded
     sketch, reference = load_image(args.sketch), load_image(args.reference)
     separation = _separation(args, reference)
+    settings = GenerationSettings(
+        steps=args.steps, sampler=args.sampler, scheduler=args.scheduler, reference_cfg=args.ref_cfg,
+        sketch_cfg=args.sketch_cfg, reference_strength=args.strength, sketch_strength=args.sketch_strength,
+        seed=args.seed, width=args.width, height=args.height, polarity=args.polarity,
+        guidance_start=args.guidance_start, guidance_end=args.guidance_end, no_guidance=tuple(args.no_guidance),
+        reference_pad_scale=args.ref_pad_scale, crop_result=args.crop_result, injection=args.injection,
+        injection_fidelity=args.injection_fidelity, injection_control=args.injection_control,
+        injection_start=args.injection_start,
+    )
+    settings.validate()  # bad settings are reported before the models are loaded
     paths, missing = [], []
     for name in (args.checkpoint or default_checkpoint_name(), args.clip or default_clip_name()):
         try:  # resolve both before failing, so one run names every missing file
@@ -115,15 +127,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     model = Colorizer.from_files(ckpt, clip, device=args.device, precision=args.precision, low_vram=args.low_vram)
     if args.vae_tiling is not None:
         model.vae_tiling = args.vae_tiling
-    settings = GenerationSettings(
-        steps=args.steps, sampler=args.sampler, scheduler=args.scheduler, reference_cfg=args.ref_cfg,
-        sketch_cfg=args.sketch_cfg, reference_strength=args.strength, sketch_strength=args.sketch_strength,
-        seed=args.seed, width=args.width, height=args.height, polarity=args.polarity,
-        guidance_start=args.guidance_start, guidance_end=args.guidance_end, no_guidance=tuple(args.no_guidance),
-        reference_pad_scale=args.ref_pad_scale, crop_result=args.crop_result, injection=args.injection,
-        injection_fidelity=args.injection_fidelity, injection_control=args.injection_control,
-        injection_start=args.injection_start,
-    )
     result_mask = _result_mask(args)
     bar = ProgressBar(settings.steps, "sampling")
     image = model.colorize(sketch, reference, settings, callback=lambda info: bar.update(), **separation)
@@ -138,9 +141,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from colorize.atomic import atomic_path
 
     with atomic_path(args.out, overwrite=args.overwrite) as tmp:
-        tensor_to_pil(image)[0].save(tmp, format="PNG")
+        tensor_to_pil(image)[0].save(tmp, format=image_format)
     print(f"wrote {args.out}")
     return 0
+
+
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def check_output_path(out: Path) -> str:
+    """The image format ``out``'s extension asks for, once it is known that a file can be written there;
+    otherwise an :class:`InputError` naming the fix (checked before any model is loaded)."""
+    import tempfile
+
+    from colorize.errors import InputError
+
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name such as {out / 'colorized.png'}")
+    image_format = OUTPUT_FORMATS.get(out.suffix.lower())
+    if image_format is None:
+        raise InputError(f"--out {out}: unknown image type {out.suffix or '(no extension)'!r}; end the name in "
+                         f"{', '.join(OUTPUT_FORMATS)}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot write in {out.parent} ({e.strerror or e}); choose another folder")
+    return image_format
 
 
 def _result_mask(args: argparse.Namespace) -> torch.Tensor | None:

@@ -30,6 +30,8 @@ def load_image(path: str | Path) -> torch.Tensor:
     over white (a transparent line-art background is paper, not black).
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an image file: name an image in it")
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
     try:

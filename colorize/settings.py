@@ -107,6 +107,13 @@ class GenerationSettings:
         for name, value in numbers.items():
             if not math.isfinite(float(value)):
                 raise InputError(f"{name} must be a finite number, got {value!r}")
+        for name in ("reference_cfg", "sketch_cfg"):
+            if float(getattr(self, name)) < 1.0:
+                raise InputError(f"{name} must be at least 1 (1 switches that guidance off), got {getattr(self, name)!r}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InputError(f"{name} must be a whole number of pixels (0 or None = automatic), got {value!r}")
         if self.block_strengths is not None and len(self.block_strengths) != NUM_ATTENTION_BLOCKS:
             raise InputError(f"block_strengths needs {NUM_ATTENTION_BLOCKS} values, got {len(self.block_strengths)}")
         self._validate_advanced()

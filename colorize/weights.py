@@ -330,6 +330,10 @@ def resolve(
     p = Path(s).expanduser()
     if p.is_file():
         return p
+    folder = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+    if folder.exists() and not folder.is_dir():
+        raise WeightsMissingError(f"the models folder {folder} is a file, not a folder: point --models-dir (or "
+                                  f"${MODELS_DIR_ENV}) at a folder")
     is_path = isinstance(name_or_path, os.PathLike) or os.sep in s or "/" in s
     try:
         entry = manifest_entry(p.name if is_path else s)
@@ -342,7 +346,8 @@ def resolve(
             if entry
             else ""
         )
-        raise WeightsMissingError(f"weights file not found: {p} (no such file).{hint}")
+        what = "a folder, not a weights file" if p.is_dir() else "no such file"
+        raise WeightsMissingError(f"weights file not found: {p} ({what}).{hint}")
     if entry is None:
         d = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
         subdirs = sorted({e["models_subdir"] for e in load_manifest()})

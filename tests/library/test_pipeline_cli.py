@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from colorize.cli import main
-from colorize.errors import InputError
+from colorize.errors import InputError, NonFiniteResultError
 from colorize.pipeline import Colorizer
 from colorize.sampling import SAMPLERS
 from colorize.settings import GenerationSettings
@@ -54,6 +54,45 @@ def test_cli_end_to_end_writes_png(tiny_dir: Path, tmp_path: Path) -> None:
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (256, 256) and im.mode == "RGB"
         assert np.asarray(im).std() > 0  # not a blank image
+
+
+@pytest.mark.parametrize("out, needle", [
+    ("{tmp}", "is a folder"),
+    ("{tmp}/o.bmp", "unknown image type '.bmp'"),
+    ("{tmp}/o", "(no extension)"),
+    ("/proc/colorized.png", "cannot write in /proc"),
+], ids=["folder", "unknown-extension", "no-extension", "unwritable"])
+def test_cli_checks_the_output_path_before_loading_anything(out: str, needle: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # an empty models folder: a late check would fail on the missing weights instead
+    code = _run("--out", out.format(tmp=tmp_path), "--models-dir", str(tmp_path / "empty"), "--no-download")
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err and "mult-eps-ft" not in err, err
+
+
+def test_cli_names_folders_given_for_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    not_a_folder = tmp_path / "models.txt"
+    not_a_folder.write_text("x")
+    assert _run("--out", str(tmp_path / "o.png"), "--models-dir", str(not_a_folder), "--no-download") == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["run", "--sketch", str(tmp_path), "--reference", str(REFERENCE), "--out", str(tmp_path / "o.png")]) == 2
+    assert "is a folder, not an image file" in capsys.readouterr().err
+    assert _run("--out", str(tmp_path / "o.png"), "--checkpoint", str(tmp_path), "--models-dir", str(tmp_path)) == 2
+    assert "a folder, not a weights file" in capsys.readouterr().err
+
+
+def test_cli_bad_settings_are_reported_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _run("--out", str(tmp_path / "o.png"), "--models-dir", str(tmp_path / "empty"), "--no-download",
+                "--sampler", "no_such_sampler")
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown sampler" in err and "mult-eps-ft" not in err, err
+
+
+def test_cli_writes_the_format_its_extension_names(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.jpg"
+    assert _run("--out", str(out), "--models-dir", str(tiny_dir), "--steps", "1", "--width", "64", "--height", "64") == 0
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.size == (64, 64)
 
 
 def test_cli_missing_weights_names_every_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -189,6 +228,29 @@ def test_decode_divides_by_the_latent_scale(model: Colorizer) -> None:
     assert torch.allclose(model.decode(z), expected)
 
 
+def test_non_finite_decode_is_an_error(model: Colorizer) -> None:
+    z = torch.randn(1, 4, 8, 8)
+    z[0, 0, 3, 3] = float("nan")
+    with pytest.raises(NonFiniteResultError, match="lower the guidance scales"):
+        model.decode(z)
+    assert torch.isnan(model.decode(z, check_finite=False)).any()  # the benchmark reports it instead
+
+
+def test_cli_refuses_to_save_a_non_finite_result(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An overflow in sampling (a huge guidance scale, fp16) used to be saved as an all-black PNG with exit 0."""
+    real_sample = Colorizer.sample
+
+    def overflowing(self: Colorizer, *args: object, **kwargs: object) -> torch.Tensor:
+        return real_sample(self, *args, **kwargs) * float("inf")
+
+    monkeypatch.setattr(Colorizer, "sample", overflowing)
+    out = tmp_path / "o.png"
+    assert _run("--out", str(out), "--models-dir", str(tiny_dir), "--steps", "1", "--width", "64", "--height", "64") == 2
+    err = capsys.readouterr().err
+    assert "NaN or infinite" in err and "Traceback" not in err and not out.exists()
+
+
 def test_reference_tokens_drop_the_class_token(model: Colorizer) -> None:
     ref = torch.rand(1, 3, 64, 48) * 2 - 1
     full = model.reference_encoder.encode_image(ref, "full")
@@ -199,7 +261,9 @@ def test_reference_tokens_drop_the_class_token(model: Colorizer) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [("steps", 1000, "steps"), ("steps", 2.5, "steps"), ("reference_cfg", float("nan"), "finite"),
-     ("seed", -1, "seed"), ("seed", 2**64, "seed"), ("sampler", "plms", "sampler"), ("scheduler", "x", "scheduler")],
+     ("seed", -1, "seed"), ("seed", 2**64, "seed"), ("sampler", "plms", "sampler"), ("scheduler", "x", "scheduler"),
+     ("reference_cfg", -3.0, "at least 1"), ("sketch_cfg", 0.5, "at least 1"), ("width", -64, "width"),
+     ("height", 64.5, "height")],
 )
 def test_settings_are_validated(field: str, value: object, match: str) -> None:
     with pytest.raises(InputError, match=match):

@@ -23,7 +23,7 @@ from PIL import Image
 import colorize.weights as w
 import nodes
 from colorize.config import TINY_MULT
-from colorize.errors import CheckpointError, InputError, WeightsMissingError
+from colorize.errors import CheckpointError, InputError, NonFiniteResultError, WeightsMissingError
 from colorize.models.clip import ReferenceEncoder
 from colorize.pipeline import Colorizer
 from colorize.settings import GenerationSettings
@@ -205,6 +205,13 @@ def test_sampler_size_override_reencodes_the_sketch(model: Any, encoder: Any) ->
     assert latent["samples"].shape == (1, 4, 16, 24)
 
 
+def test_decode_node_refuses_a_non_finite_latent(model: Any) -> None:
+    samples = torch.zeros(1, 4, 8, 8)
+    samples[0, 1, 2, 2] = float("inf")
+    with pytest.raises(NonFiniteResultError, match="fp32 or bf16"):
+        M["ColorizeDiffusionDecode"].execute(model, {"samples": samples})
+
+
 def test_reference_and_sketch_batches_pair_up(model: Any, encoder: Any) -> None:
     refs = torch.cat([REFERENCE[:, :256, :256], 1 - REFERENCE[:, :256, :256]])
     reference = M["ColorizeDiffusionReferenceEmbed"].execute(encoder, refs)[0]
@@ -374,6 +381,22 @@ def test_unknown_file_names_the_folder(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv(w.MODELS_DIR_ENV, str(tmp_path))
     with pytest.raises(WeightsMissingError, match="my-model.safetensors not found.*colorizediffusion"):
         M["ColorizeDiffusionCheckpointLoader"].execute("my-model.safetensors", "auto")
+
+
+def test_file_names_never_lead_out_of_the_model_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    models = tmp_path / "models"
+    (models / "colorizediffusion" / "sub").mkdir(parents=True)
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"not yours")
+    inside = models / "colorizediffusion" / "sub" / "mine.safetensors"
+    inside.write_bytes(b"x")
+    linked = models / "colorizediffusion" / "linked.safetensors"
+    linked.symlink_to(outside)  # a file symlinked into the folder is the user's choice: found
+    monkeypatch.setenv(w.MODELS_DIR_ENV, str(models))
+    assert node_models.find_file("colorizediffusion", "sub/mine.safetensors") == inside
+    assert node_models.find_file("colorizediffusion", "linked.safetensors") == linked
+    for name in ("../../outside.safetensors", str(outside), "sub/../../../outside.safetensors", "."):
+        assert node_models.find_file("colorizediffusion", name) is None, name
 
 
 def test_first_use_downloads_into_the_folder_with_progress(
