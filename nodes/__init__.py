@@ -47,8 +47,9 @@ register_folders()  # before any define_schema: the file pickers list these fold
 
 #: Node id → class and node id → display name, as ComfyUI registers them (ids never change: saved
 #: workflows refer to them).
-NODE_CLASSES: dict[str, type[io.ComfyNode]] = {cls.define_schema().node_id: cls for cls in NODES}
-DISPLAY_NAMES: dict[str, str] = {node_id: cls.define_schema().display_name for node_id, cls in NODE_CLASSES.items()}
+_SCHEMAS = [cls.define_schema() for cls in NODES]  # once: the loaders' schemas list the model folders
+NODE_CLASSES: dict[str, type[io.ComfyNode]] = {schema.node_id: cls for schema, cls in zip(_SCHEMAS, NODES)}
+DISPLAY_NAMES: dict[str, str] = {schema.node_id: schema.display_name for schema in _SCHEMAS}
 
 
 class ColorizeDiffusionExtension(ComfyExtension):

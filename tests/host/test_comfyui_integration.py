@@ -168,9 +168,21 @@ def test_cancel_interrupts_a_running_sampler(server: tuple[str, Path, Any]) -> N
     assert "execution_interrupted" in events and "execution_error" not in events
     assert events["execution_interrupted"]["node_type"] == "ColorizeDiffusionSampler"
     assert stopped_after < 15  # one tiny step takes well under a second
-    after_prompt = log.read_text(errors="replace").split("got prompt", 1)[1]
+    after_prompt = without_sqlite_pool_noise(log.read_text(errors="replace").split("got prompt", 1)[1])
     assert "Processing interrupted" in after_prompt
     assert not re.search(r"Traceback|!!! Exception", after_prompt), after_prompt[-3000:]
+
+
+# ComfyUI 0.3.64's in-memory database: SQLAlchemy's pool may finalize a connection from another thread and log
+# the sqlite3 thread check's traceback ("Exception during reset or similar" / "Exception terminating
+# connection"). It is the host's own housekeeping, unrelated to the prompt, and appears at random under load.
+SQLITE_POOL_NOISE = re.compile(
+    r"Exception (?:during reset or similar|terminating connection[^\n]*)\nTraceback \(most recent call last\):\n"
+    r"(?:[ \t].*\n)*sqlite3\.ProgrammingError: SQLite objects created in a thread[^\n]*\n?")
+
+
+def without_sqlite_pool_noise(log_text: str) -> str:
+    return SQLITE_POOL_NOISE.sub("", log_text)
 
 
 # ------------------------------------------------------------------------------------- library mode
