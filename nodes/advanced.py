@@ -26,7 +26,7 @@ from colorize.preprocess import (
 from colorize.settings import GenerationSettings
 
 from .host import intermediate_device
-from .schema import io
+from .schema import io, output
 from .sockets import AdvancedSocket, ColorizeModel, bchw_to_image, image_to_bchw
 from .widgets import unit_input
 
@@ -65,11 +65,10 @@ def chain_input() -> Any:
 
 
 def advanced_output() -> Any:
-    """The shared output of the nodes that add to COLORIZE_ADVANCED (shown as "advanced"; no id, as the input
-    already has that one)."""
-    return AdvancedSocket.Output(display_name="advanced",
-                                 tooltip="Advanced options for the sampler's 'advanced' input (or another advanced "
-                                         "node).")
+    """The shared output of the nodes that add to COLORIZE_ADVANCED (shown as "advanced"; another id, as the
+    chain input has that one)."""
+    return output(AdvancedSocket, "advanced", "Advanced options for the sampler's 'advanced' input (or another "
+                                              "advanced node).", id="advanced_options")
 
 
 class GuidanceWindow(io.ComfyNode):
@@ -182,8 +181,8 @@ class ReferencePad(io.ComfyNode):
                               tooltip="Optional reference mask (1 = foreground) to pad alike."),
             ],
             outputs=[
-                io.Image.Output(display_name="reference", tooltip="The padded reference."),
-                io.Mask.Output(display_name="mask", tooltip="The padded mask (all zero when no mask was given)."),
+                output(io.Image, "reference", "The padded reference.", id="padded_reference"),
+                output(io.Mask, "mask", "The padded mask (all zero when no mask was given).", id="padded_mask"),
             ],
         )
 
@@ -215,7 +214,7 @@ class CropToSketch(io.ComfyNode):
                 io.Image.Input("image", tooltip="The decoded result."),
                 io.Image.Input("sketch", tooltip="The original line art (before Sketch Preprocess)."),
             ],
-            outputs=[io.Image.Output(display_name="image", tooltip="The result without the padding.")],
+            outputs=[output(io.Image, "image", "The result without the padding.", id="cropped")],
         )
 
     @classmethod
@@ -247,7 +246,7 @@ class RemoveBackground(io.ComfyNode):
                 io.Mask.Input("mask", tooltip="Foreground mask (1 = keep)."),
                 unit_input("threshold", 0.5, "Pixels with mask >= threshold are kept."),
             ],
-            outputs=[io.Image.Output(display_name="image", tooltip="The result on a white background.")],
+            outputs=[output(io.Image, "image", "The result on a white background.", id="without_background")],
         )
 
     @classmethod

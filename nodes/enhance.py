@@ -23,7 +23,7 @@ from colorize.preprocess import check_image, prepare_reference, to_signed
 from colorize.settings import DEFAULT_REFERENCE_THRESHOLD, DEFAULT_SKETCH_THRESHOLD, MAX_SEED, EnhanceSettings
 
 from .host import ready_all
-from .schema import io
+from .schema import io, output
 from .sockets import ColorizeModel, EnhanceSocket, ReferenceEncoderSocket, image_to_bchw
 from .widgets import unit_input
 
@@ -85,7 +85,7 @@ def enhance_input() -> Any:
 
 def enhance_output(tooltip: str) -> Any:
     """The ``enhance`` output (shown as "enhance"; no id, as the chaining input already has that one)."""
-    return EnhanceSocket.Output(display_name="enhance", tooltip=tooltip)
+    return output(EnhanceSocket, "enhance", tooltip, id="enhance_request")
 
 
 def strength(name: str, default: float, tooltip: str) -> Any:

@@ -191,8 +191,8 @@ class MaskPreview(io.ComfyNode):
                 pixels_input("outline", 2, "Outline width in pixels (0 = none).", 16),
                 unit_input("dim_background", 0.3, "Darken the unmasked part by this fraction."),
             ],
-            outputs=[io.Image.Output(display_name="image",
-                                     tooltip="The image with the mask overlaid: connect Preview Image or Save Image.")],
+            outputs=[output(io.Image, "image", "The image with the mask overlaid: connect Preview Image or Save Image.",
+                            id="overlay")],
         )
 
     @classmethod
