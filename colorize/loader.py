@@ -19,12 +19,14 @@ from torch import nn
 from colorize.checkpoint import (
     CONFIG_METADATA_KEY,
     TensorInfo,
+    check_head_channels,
+    check_weight_dtypes,
     config_from_metadata,
     load_state_dict_file,
     materialize,
     read_header,
     read_metadata,
-    shape_of,
+    reconcile_config,
     validate_keys,
 )
 from colorize.config import ClipConfig, ColorizerConfig
@@ -51,26 +53,23 @@ class CheckpointInfo:
 
 
 def checkpoint_config(family: Family, shapes: Mapping[str, Any], metadata: Mapping[str, str] | None = None,
-                      num_head_channels: int | None = None) -> tuple[ColorizerConfig, str]:
-    """``(config, "metadata" | "shapes")`` of a checkpoint of ``family``.
+                      num_head_channels: int | None = None, what: str = "checkpoint") -> tuple[ColorizerConfig, str]:
+    """``(config, "metadata" | "shapes")`` of a checkpoint of ``family``, checked before anything is built.
 
-    The config our own files store (:data:`~colorize.checkpoint.CONFIG_METADATA_KEY`) is preferred when present
-    and checked against the U-Net shapes (its parameterisation wins: a v-trained v1 export is v); otherwise every
-    size is derived from the shapes, ``num_head_channels`` (not visible in shapes) from the argument or
+    Every size the tensors show is derived from the shapes. The config our own files store
+    (:data:`~colorize.checkpoint.CONFIG_METADATA_KEY`) is a claim: it must agree with the shapes, and only what
+    shapes cannot show (head widths, parameterisation, schedule, VAE scale) is taken from it, range-checked
+    (:mod:`colorize.checkpoint.claims`). Without it, ``num_head_channels`` comes from the argument or
     :func:`~colorize.checkpoint.default_num_head_channels`.
     """
     parts = split_checkpoint(shapes)
+    inferred = family.infer_config(parts, num_head_channels)
     if metadata and CONFIG_METADATA_KEY in metadata:
-        cfg = config_from_metadata(metadata[CONFIG_METADATA_KEY])
-        w0 = parts["unet"].get("input_blocks.0.0.weight")
-        if w0 is not None and shape_of(w0)[0] != cfg.unet.model_channels:
-            raise CheckpointError(
-                f"the {CONFIG_METADATA_KEY!r} metadata says model_channels={cfg.unet.model_channels} but the "
-                f"U-Net weights have {shape_of(w0)[0]}; the file was modified after it was written."
-            )
-        return replace(cfg, version=family.name, parameterization=cfg.parameterization or family.parameterization), \
-            "metadata"
-    return family.infer_config(parts, num_head_channels), "shapes"
+        claimed = config_from_metadata(metadata[CONFIG_METADATA_KEY], what)
+        cfg = reconcile_config(inferred, claimed, what)
+        return replace(cfg, version=family.name), "metadata"
+    check_head_channels(inferred.unet.num_head_channels, inferred, what)
+    return inferred, "shapes"
 
 
 def read_checkpoint_info(path: PathLike, num_head_channels: int | None = None) -> CheckpointInfo:
@@ -78,7 +77,7 @@ def read_checkpoint_info(path: PathLike, num_head_channels: int | None = None) -
     header = read_header(path)
     metadata = read_metadata(path)
     family = detect_family(header, source=Path(path).name)
-    config, source = checkpoint_config(family, header, metadata, num_head_channels)
+    config, source = checkpoint_config(family, header, metadata, num_head_channels, what=Path(path).name)
     return CheckpointInfo(Path(path), family, config, header, metadata, source)
 
 
@@ -112,6 +111,8 @@ def read_checkpoint_parts(
         validate_keys(info.family.layout(), info.header, what=name)
     prefixes = component_prefixes()
     wanted = [*SHARED_COMPONENTS, *info.family.components, *extra_components]
+    starts = tuple(prefixes[c] for c in wanted)
+    check_weight_dtypes(info.header, name, [k for k in info.header if k.startswith(starts)])
     tensors = load_state_dict_file(path, prefixes=[prefixes[c] for c in wanted] + ["alphas_cumprod"])
     return name, info.config, split_checkpoint(tensors)
 
@@ -137,10 +138,10 @@ def load_checkpoint_modules(path: PathLike, include_clip: bool = False) -> Color
     return ColorizerModules(config, unet, sketch, vae, ref, acp, extras)
 
 
-def clip_config_for(metadata: Mapping[str, str]) -> ClipConfig:
+def clip_config_for(metadata: Mapping[str, str], what: str = "CLIP file") -> ClipConfig:
     """The CLIP config stored by the tiny-weights writer, else OpenCLIP ViT-H-14."""
     if CONFIG_METADATA_KEY in metadata:
-        return config_from_metadata(metadata[CONFIG_METADATA_KEY]).clip
+        return config_from_metadata(metadata[CONFIG_METADATA_KEY], what).clip
     return ClipConfig()
 
 
@@ -174,8 +175,9 @@ def load_reference_encoder_from_state_dict(
         enc = ReferenceEncoder(cfg, with_text=with_text)
     if with_text and "logit_scale" not in oc:
         oc["logit_scale"] = torch.zeros(())
-    expected = {k: tuple(v.shape) for k, v in enc.state_dict().items()}
-    validate_keys(expected, oc, optional=(), what=what)
+    own = enc.state_dict()
+    validate_keys({k: tuple(v.shape) for k, v in own.items()}, oc, optional=(), what=what)
+    check_weight_dtypes(oc, what, [k for k, v in own.items() if v.is_floating_point()])
     enc.load_state_dict(oc, strict=True, assign=True)
     enc.requires_grad_(False)
     return enc
@@ -186,4 +188,4 @@ def load_reference_encoder(path: PathLike, with_text: bool = True) -> nn.Module:
     sd = load_state_dict_file(path)
     metadata = read_metadata(path) if os.fspath(path).endswith(".safetensors") else {}
     name = os.path.basename(os.fspath(path))
-    return load_reference_encoder_from_state_dict(sd, clip_config_for(metadata), name, with_text)
+    return load_reference_encoder_from_state_dict(sd, clip_config_for(metadata, name), name, with_text)

@@ -7,11 +7,11 @@ filename`` rule silently picks the wrong parameterisation for a renamed file).
 from __future__ import annotations
 
 from colorize.checkpoint.assign import materialize, require_components
+from colorize.checkpoint.claims import check_head_channels, check_weight_dtypes, config_from_metadata, reconcile_config
 from colorize.checkpoint.common import TensorInfo, dtype_of, shape_of
 from colorize.checkpoint.files import SUPPORTED_SUFFIXES, load_state_dict_file, read_header, read_metadata
 from colorize.checkpoint.infer import (
     CONFIG_METADATA_KEY,
-    config_from_metadata,
     default_num_head_channels,
     infer_sketch_config,
     infer_unet_config,
@@ -37,6 +37,8 @@ __all__ = [
     "SCHEDULE_BUFFERS",
     "SUPPORTED_SUFFIXES",
     "TensorInfo",
+    "check_head_channels",
+    "check_weight_dtypes",
     "compare_keys",
     "component_of",
     "config_from_metadata",
@@ -50,6 +52,7 @@ __all__ = [
     "materialize",
     "read_header",
     "read_metadata",
+    "reconcile_config",
     "require_components",
     "shape_of",
     "split_by_prefix",

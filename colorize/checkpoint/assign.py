@@ -12,6 +12,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from colorize.checkpoint.claims import check_weight_dtypes
 from colorize.checkpoint.layout import validate_keys
 from colorize.errors import CheckpointError
 
@@ -22,9 +23,14 @@ def materialize(factory: Callable[[], M], state_dict: Mapping[str, torch.Tensor]
     """``factory()`` on the meta device, then the given weights assigned strictly (clear error on mismatch)."""
     with torch.device("meta"):
         module = factory()
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    validate_keys(expected, state_dict, optional=(), what=what)
-    module.load_state_dict(dict(state_dict), strict=True, assign=True)
+    own = module.state_dict()
+    validate_keys({k: tuple(v.shape) for k, v in own.items()}, state_dict, optional=(), what=what)
+    check_weight_dtypes(state_dict, what, [k for k, v in own.items() if v.is_floating_point()])
+    try:
+        module.load_state_dict(dict(state_dict), strict=True, assign=True)
+    except RuntimeError as e:  # keys, shapes and dtypes were checked: what is left is a damaged tensor
+        raise CheckpointError(f"{what}: the weights cannot be assigned ({str(e).strip()[:200]}); the file is "
+                              "damaged, re-download it.") from None
     leftover = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
     if leftover:  # a non-persistent buffer the file cannot provide: a bug in the module, not the file
         raise RuntimeError(f"{what}: tensors not provided by the state dict: {leftover[:5]}")

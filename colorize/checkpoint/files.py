@@ -80,15 +80,23 @@ def _read_safetensors_header(p: Path) -> tuple[dict[str, TensorInfo], dict[str, 
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _truncated(p, f"header is not valid JSON: {e.msg if hasattr(e, 'msg') else e}") from None
+    except RecursionError:  # a safetensors header is two levels deep; a crafted one may nest thousands
+        raise _truncated(p, "header is nested too deeply") from None
     if not isinstance(header, dict):
         raise _truncated(p, "header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _truncated(p, "__metadata__ must map names to strings")
     infos: dict[str, TensorInfo] = {}
     end = 0
     try:
         for k, v in header.items():
-            infos[k] = TensorInfo(tuple(int(s) for s in v["shape"]), _SAFETENSORS_DTYPES.get(v["dtype"], str(v["dtype"]).lower()))
-            end = max(end, int(v["data_offsets"][1]))
+            shape = tuple(int(s) for s in v["shape"])
+            begin, stop = (int(o) for o in v["data_offsets"])
+            if min(shape, default=0) < 0 or not 0 <= begin <= stop:
+                raise ValueError("negative size or offset")
+            infos[k] = TensorInfo(shape, _SAFETENSORS_DTYPES.get(v["dtype"], str(v["dtype"]).lower()))
+            end = max(end, stop)
     except (KeyError, TypeError, ValueError, IndexError):
         raise _truncated(p, f"malformed header entry for {k!r}") from None
     if 8 + n + end > size:

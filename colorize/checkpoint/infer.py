@@ -1,13 +1,11 @@
 """Sub-module configs inferred from checkpoint shapes, and the config our own files store in their metadata."""
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Iterable, Mapping
 
 from colorize.checkpoint.common import shape_of
 from colorize.config import (
-    ColorizerConfig,
     SketchEncoderConfig,
     UNetConfig,
     VAEConfig,
@@ -112,17 +110,8 @@ def infer_vae_config(vae: Mapping[str, Any]) -> VAEConfig:
     )
 
 
-def config_from_metadata(text: str) -> ColorizerConfig:
-    """The :class:`ColorizerConfig` JSON our own files store under :data:`CONFIG_METADATA_KEY`."""
-    try:
-        return ColorizerConfig.from_dict(json.loads(text))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"the {CONFIG_METADATA_KEY!r} metadata entry is not a valid config ({e}).") from None
-
-
 __all__ = [
     "CONFIG_METADATA_KEY",
-    "config_from_metadata",
     "default_num_head_channels",
     "infer_sketch_config",
     "infer_unet_config",

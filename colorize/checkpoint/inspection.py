@@ -10,11 +10,13 @@ import argparse
 import gzip
 import json
 import sys
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from colorize.checkpoint.claims import check_weight_dtypes
 from colorize.checkpoint.common import TensorInfo
 from colorize.checkpoint.files import read_header, read_metadata
 from colorize.checkpoint.keys import OPTIONAL_COMPONENTS
@@ -89,14 +91,36 @@ def _size_label(cfg: ColorizerConfig) -> str:
     return "tiny" if cfg.tiny else "custom"
 
 
+#: Most bytes a layout JSON may hold once decompressed (the released layouts are under 0.5 MB).
+MAX_LAYOUT_BYTES = 64 * 1024 * 1024
+
+
+def _read_layout_bytes(p: Path) -> bytes:
+    """The file's bytes, gunzipped for ``.gz``, reading at most :data:`MAX_LAYOUT_BYTES` (a small gzip bomb
+    that inflates to gigabytes is refused after that much)."""
+    try:
+        with (gzip.open(p, "rb") if p.name.endswith(".gz") else open(p, "rb")) as f:
+            raw = f.read(MAX_LAYOUT_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise CheckpointError(f"{p.name}: cannot read this layout file ({type(e).__name__}: {e}).") from None
+    if len(raw) > MAX_LAYOUT_BYTES:
+        raise CheckpointError(f"{p.name}: holds more than {MAX_LAYOUT_BYTES // 2**20} MiB of JSON; a key layout is "
+                              "well under 1 MiB, so this is not a layout file.")
+    return raw
+
+
 def load_layout_json(path: str | Path) -> dict[str, TensorInfo]:
     """A key -> shape-list JSON (``keys_*.json`` or ``.json.gz``) as header-like infos (dtype unknown)."""
     p = Path(path)
-    raw = p.read_bytes()
-    data = json.loads(gzip.decompress(raw) if p.name.endswith(".gz") else raw)
-    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-        raise CheckpointError(f"{p.name}: not a layout JSON (expected an object mapping key names to shape lists).")
-    return {k: TensorInfo(tuple(int(s) for s in v), None) for k, v in data.items()}
+    not_layout = CheckpointError(f"{p.name}: not a layout JSON (expected an object mapping key names to shape lists).")
+    raw = _read_layout_bytes(p)
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+            raise not_layout
+        return {k: TensorInfo(tuple(int(s) for s in v), None) for k, v in data.items()}
+    except (ValueError, TypeError, RecursionError):
+        raise not_layout from None
 
 
 def _component_reports(header: Mapping[str, TensorInfo], version: str, full_size: bool) -> list[ComponentReport]:
@@ -134,10 +158,12 @@ def inspect_header(
         return rep
     rep.version, rep.parameterization = family.name, family.parameterization
     try:
-        rep.config, rep.config_source = checkpoint_config(family, header, metadata)
+        check_weight_dtypes(header, Path(path).name or "checkpoint")
+        rep.config, rep.config_source = checkpoint_config(family, header, metadata, what=Path(path).name or "file")
         rep.size = _size_label(rep.config)
     except CheckpointError as e:
-        rep.notes.append(f"config could not be derived: {e}")
+        rep.error = str(e)
+        return rep
     rep.shapes_compared = rep.size == "full"
     if rep.config is not None and rep.config_source == "shapes" and rep.config.unet.model_channels % 64:
         rep.notes.append(

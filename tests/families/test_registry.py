@@ -3,6 +3,7 @@ with its folder and one registry entry."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,15 @@ def test_tiny_weights_round_trip_through_detection_and_config(name: str) -> None
 
 
 def test_the_keys_decide_the_family_not_a_stored_config() -> None:
-    """A v1 file whose metadata claims to be v2 is still v1 (the stored config then only supplies the sizes)."""
+    """A v1 file whose metadata claims to be v2 is still v1; a stored config whose sizes contradict the weights is
+    refused (the shapes decide every size they show)."""
     ckpt, _ = build_tiny_state_dicts(TINY_MULT)
-    fake = {CONFIG_METADATA_KEY: json.dumps(tiny_config("v2", TINY_MULT).to_dict())}
+    fake = {CONFIG_METADATA_KEY: json.dumps(replace(TINY_MULT, version="v2").to_dict())}
     family = detect_family(ckpt)
     assert family.name == "mult" and checkpoint_config(family, ckpt, fake)[0].version == "mult"
+    other_sizes = {CONFIG_METADATA_KEY: json.dumps(tiny_config("v2", TINY_MULT).to_dict())}
+    with pytest.raises(CheckpointError, match=r"unet\.channel_mult=\(1, 2, 2, 2\) but the weights have \(1, 1, 1, 2\)"):
+        checkpoint_config(family, ckpt, other_sizes)
 
 
 def test_foreign_files_are_named_in_the_error() -> None:
