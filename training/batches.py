@@ -22,8 +22,9 @@ from torch.utils.data import Dataset
 
 from colorize.preprocess import pil_to_tensor
 from training.augment import augment_triplet, choose_bucket
+from training.bad_samples import FAILED_KEY, REPORT_KEY, BadSample, read_failure
 from training.config import AugmentConfig, ObjectiveConfig
-from training.data import TripletSource
+from training.data import READ_ERRORS, TripletSource, check_masks, describe_ref
 from training.objective import (
     STREAM_AUGMENT,
     STREAM_BUCKET,
@@ -111,25 +112,29 @@ class TripletDataset(Dataset):
 
     ``masks=True`` (v1.5/v2 stages) also loads each record's foreground mask (``mask/`` folder or zip shards;
     every record must have one) and adds ``mask``, ``reference_mask`` and the per-sample thresholds ``th_s``,
-    ``th_r`` to the sample."""
+    ``th_r`` to the sample.
+
+    A record that cannot be read is replaced by the next readable one in dataset order (:mod:`training.bad_samples`);
+    the sample then reports the records passed over under ``REPORT_KEY``. ``known_bad`` (index → report) are
+    passed over without reading; once more than ``max_bad`` are known an item holds no sample, only
+    ``FAILED_KEY`` and all known reports (the trainer then stops with the list)."""
 
     def __init__(
         self, source: TripletSource, augment: AugmentConfig, objective: ObjectiveConfig, noise: NoiseSpec, seed: int,
-        masks: bool = False,
+        masks: bool = False, max_bad: int | None = None,
     ) -> None:
         self.source, self.augment, self.objective, self.noise, self.seed = source, augment, objective, noise, seed
         self.masks = masks
         if masks:
-            missing = [r.name for r in source.records if r.mask is None]
-            if missing:
-                raise ValueError(f"{len(missing)} record(s) have no mask (e.g. {missing[0]!r}); this stage needs "
-                                 "foreground masks in mask/ (write them with `python -m training.prepare --masks`)")
+            check_masks(source.records)
+        self.max_bad = len(source.records) - 1 if max_bad is None else max_bad
+        self.known_bad: dict[int, BadSample] = {}
 
     def __len__(self) -> int:
         return len(self.source.records)
 
     def load(self, index: int) -> tuple[Tensor, Tensor]:
-        """Colour (3, H, W) and sketch (3, H, W), both in [0, 1]."""
+        """Colour (3, H, W) and sketch (3, H, W), both in [0, 1] (read errors propagate)."""
         rec = self.source.records[index]
         return pil_to_tensor(self.source.open(rec.color))[0], pil_to_tensor(self.source.open(rec.sketch))[0]
 
@@ -137,9 +142,48 @@ class TripletDataset(Dataset):
         """The record's foreground mask (1, H, W) in [0, 1] (first channel of the stored image)."""
         return pil_to_tensor(self.source.open(self.source.records[index].mask))[0][:1]
 
+    def mark_bad(self, reports: list[BadSample]) -> None:
+        """Pass over these records from now on without reading them (reports of records not here are ignored)."""
+        wanted = {b.key: b for b in reports}
+        for i, rec in enumerate(self.source.records):
+            if rec.key in wanted:
+                self.known_bad[i] = wanted[rec.key]
+
+    def read_record(self, index: int) -> tuple[list[Tensor], BadSample | None]:
+        """The record's parts (colour, sketch[, mask]) in [0, 1], or no parts and the report of the part that
+        could not be read."""
+        rec = self.source.records[index]
+        parts = []
+        for ref in (rec.color, rec.sketch, rec.mask) if self.masks else (rec.color, rec.sketch):
+            try:
+                parts.append(pil_to_tensor(self.source.open(ref))[0])
+            except READ_ERRORS as e:
+                return [], BadSample(rec.key, describe_ref(ref), read_failure(e))
+        return parts, None
+
+    def first_readable(self, index: int) -> tuple[int | None, list[Tensor], list[BadSample]]:
+        """``(index loaded, its parts, the unreadable records passed over)``: the record at ``index`` or the next
+        readable one in dataset order; ``(None, [], all known bad)`` once more than ``max_bad`` are known."""
+        passed: list[BadSample] = []
+        n = len(self)
+        for j in ((index + k) % n for k in range(n)):
+            bad = self.known_bad.get(j)
+            if bad is None:
+                parts, bad = self.read_record(j)
+                if bad is None:
+                    return j, parts, passed
+                self.known_bad[j] = bad
+            passed.append(bad)
+            if len(self.known_bad) > self.max_bad:
+                break
+        return None, [], list(self.known_bad.values())
+
     def __getitem__(self, spec: ItemSpec) -> dict[str, Any]:
-        color, sketch = self.load(spec.index)
-        mask = self.load_mask(spec.index) if self.masks else None
+        index, parts, passed = self.first_readable(spec.index)
+        if index is None:
+            return {REPORT_KEY: tuple(passed), FAILED_KEY: True}
+        color, sketch = parts[0], parts[1]
+        mask = parts[2][:1] if self.masks else None
         sample = augment_triplet(color, sketch, spec.bucket, self.augment,
                                  keyed_generator(self.seed, STREAM_AUGMENT, spec.step, spec.slot), mask)
         g = keyed_generator(self.seed, STREAM_NOISE, spec.step, spec.slot)
@@ -148,9 +192,19 @@ class TripletDataset(Dataset):
             sample.update(draw_thresholds(keyed_generator(self.seed, STREAM_THRESHOLD, spec.step, spec.slot),
                                           self.objective))
         sample["slot"] = torch.tensor(spec.slot)
-        sample["index"] = torch.tensor(spec.index)
+        sample["index"] = torch.tensor(index)
+        if passed:
+            sample[REPORT_KEY] = tuple(passed)
         return sample
 
 
-def collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stacked samples; the items' unreadable-record reports, if any, as one list under ``REPORT_KEY``; only the
+    reports and ``FAILED_KEY`` when an item gave up."""
+    reports = [bad for it in items for bad in it.get(REPORT_KEY, ())]
+    if any(it.get(FAILED_KEY) for it in items):
+        return {REPORT_KEY: reports, FAILED_KEY: True}
+    batch: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != REPORT_KEY}
+    if reports:
+        batch[REPORT_KEY] = reports
+    return batch

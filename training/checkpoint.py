@@ -2,6 +2,12 @@
 one ``.pt`` file per save, written atomically (``colorize.atomic.atomic_path``) and read back with
 ``torch.load(weights_only=True)`` (only tensors and plain Python values are stored).
 
+Resuming (``run.resume=auto``) takes the newest checkpoint that reads back: a truncated or garbage newer file
+(a crash or a full disk during a save outside the atomic write, a copy cut short) is passed over with a one-line
+warning naming it and the file used instead; when none reads back the run stops with a one-line
+:class:`training.errors.TrainingCheckpointError` naming the files and the fix. Partial ``.part`` files of a save
+that was killed are removed at resume.
+
 The data position is the global step (``training.batches``: every sample is a function of the step), stored
 together with the epoch/offset it corresponds to. RNG states are saved too, although the loop draws all its
 randomness from keyed generators; they keep anything else that uses the global generators reproducible.
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +24,13 @@ import numpy as np
 import torch
 
 from colorize.atomic import atomic_path
+from training.errors import TrainingCheckpointError, one_line
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
+_PARTIAL = re.compile(r"^\.step_\d{8}\.pt\..*\.part$")
+#: What every training state holds (a file that loads without them is not a usable checkpoint).
+REQUIRED_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "rng", "colorize_config")
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,16 +86,77 @@ def save_training_state(state: dict[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
-def load_training_state(path: str | Path) -> dict[str, Any]:
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file that does not read back as a training state (internal; the reason is one line)."""
+
+
+def read_training_state(path: str | Path) -> dict[str, Any]:
+    """The training state in ``path`` (``torch.load(weights_only=True)``: tensors and plain values only); raises
+    :class:`UnreadableCheckpoint` with a one-line reason when the file is truncated, garbage or incomplete."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes the unpickler raise
+        raise UnreadableCheckpoint(one_line(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                            160)) from None
+    if not isinstance(state, dict):
+        raise UnreadableCheckpoint(f"it holds a {type(state).__name__}, not a training state")
     if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown training-state format {state.get('format')!r} (expected {FORMAT_VERSION})")
+        raise UnreadableCheckpoint(f"unknown training-state format {state.get('format')!r} "
+                                   f"(expected {FORMAT_VERSION})")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise UnreadableCheckpoint(f"it lacks {', '.join(missing)}")
     return state
 
 
-def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (``keep <= 0`` keeps everything)."""
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """:func:`read_training_state`, failing with a one-line :class:`TrainingCheckpointError` naming the file."""
+    try:
+        return read_training_state(path)
+    except UnreadableCheckpoint as e:
+        raise TrainingCheckpointError(f"checkpoint {path} cannot be read ({e}); use another checkpoint "
+                                      "(e.g. run.resume=auto picks the newest readable one)") from None
+
+
+def newest_readable_state(out_dir: str | Path, report: bool = True) -> tuple[Path, dict[str, Any]] | None:
+    """``(path, state)`` of the newest checkpoint of ``out_dir`` that reads back (None when there are none);
+    newer unreadable ones get a one-line warning (when ``report``) naming them and the file used instead. Raises
+    :class:`TrainingCheckpointError` when checkpoints exist and none reads back."""
+    unreadable: list[tuple[Path, str]] = []
+    for _, path in reversed(list_checkpoints(out_dir)):
+        try:
+            state = read_training_state(path)
+        except UnreadableCheckpoint as e:
+            unreadable.append((path, str(e)))
+            continue
+        for bad, reason in unreadable if report else ():
+            print(f"warning: checkpoint {bad} cannot be read ({reason}); resuming from the previous one, {path}",
+                  file=sys.stderr, flush=True)
+        return path, state
+    if not unreadable:
+        return None
+    names = ", ".join(p.name for p, _ in unreadable)
+    raise TrainingCheckpointError(
+        f"no checkpoint in {checkpoint_dir(out_dir)} can be read ({names}; newest: {unreadable[0][1]}); delete "
+        "them to start over in this folder, or start a new run folder (run.out_dir)")
+
+
+def remove_partial_saves(out_dir: str | Path) -> list[Path]:
+    """Delete the ``.part`` files of saves that were killed before they completed; returns them."""
+    folder = checkpoint_dir(out_dir)
+    found = [p for p in folder.iterdir() if _PARTIAL.match(p.name)] if folder.is_dir() else []
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def prune_checkpoints(out_dir: str | Path, keep: int, upto: int | None = None) -> None:
+    """Delete all but the newest ``keep`` checkpoints of steps ``<= upto`` (``keep <= 0`` keeps everything).
+
+    Newer files (left by a run that was resumed from an earlier step, e.g. past an unreadable newest one) are
+    neither counted nor deleted; the resumed run overwrites them when it gets there."""
     if keep <= 0:
         return
-    for _, p in list_checkpoints(out_dir)[:-keep]:
+    found = [(s, p) for s, p in list_checkpoints(out_dir) if upto is None or s <= upto]
+    for _, p in found[:-keep]:
         p.unlink(missing_ok=True)

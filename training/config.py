@@ -7,12 +7,18 @@ command line. Unknown keys are an error, so a typo never silently falls back to 
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import json
 import runpy
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from training.errors import TrainingConfigError
 
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
@@ -50,6 +56,10 @@ class DataConfig:
     min_resolution: int | None = None
     always_include: tuple[str, ...] = ()
     num_workers: int = 0
+    # unreadable samples (corrupt or truncated files) are skipped; the run stops once more than
+    # max(min_bad_allowance, max_bad_fraction × dataset size) of them are known (see training.bad_samples)
+    max_bad_fraction: float = 0.01
+    min_bad_allowance: int = 3
 
 
 @dataclass
@@ -152,28 +162,176 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+# ------------------------------------------------------------------------------------------ types
+class _Mismatch(Exception):
+    """A value does not fit a field's type (internal: turned into a :class:`TrainingConfigError`)."""
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a config dataclass."""
+    return typing.get_type_hints(cls)
+
+
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and is_dataclass(hint)
+
+
+def _union_members(hint: Any) -> tuple[Any, ...] | None:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return None
+
+
+def coerce(value: Any, hint: Any) -> Any:
+    """``value`` checked against the type ``hint`` (and converted: lists to tuples, whole floats to ints, ints to
+    floats); raises :class:`_Mismatch` when it does not fit."""
+    members = _union_members(hint)
+    if members is not None:
+        for member in members:
+            try:
+                return coerce(value, member)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if hint is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        raise _Mismatch
+    if origin is tuple:
+        return _coerce_tuple(value, args)
+    if origin is dict or hint is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise _Mismatch
+    return _coerce_scalar(value, hint)
+
+
+def _coerce_tuple(value: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Mismatch
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(coerce(v, args[0]) for v in value)
+    if len(value) != len(args):
+        raise _Mismatch
+    return tuple(coerce(v, a) for v, a in zip(value, args))
+
+
+def _coerce_scalar(value: Any, hint: Any) -> Any:
+    if hint is bool and isinstance(value, bool):
+        return value
+    if isinstance(value, bool):  # a bool is an int to Python, never to a config
+        raise _Mismatch
+    if hint is int:
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        raise _Mismatch
+    if hint is float and isinstance(value, (int, float)):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    raise _Mismatch
+
+
+_NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"),
+          str: ("a string", "strings")}
+
+
+def describe_type(hint: Any, plural: bool = False) -> str:
+    """``hint`` in words: "an integer", "a list of 2 numbers", "one of "fp32", "bf16"", "a string or null"."""
+    members = _union_members(hint)
+    if members is not None:
+        return " or ".join(describe_type(m, plural) for m in members)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(a) for a in args)
+    if origin is tuple:
+        lists = "lists" if plural else "a list"
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"{lists} of {describe_type(args[0], plural=True)}"
+        if len(set(args)) == 1:
+            return f"{lists} of {len(args)} {describe_type(args[0], plural=True)}"
+        return f"{lists} of {len(args)} values"
+    if origin is dict or hint is dict:
+        return "objects" if plural else "an object"
+    if hint in _NOUNS:
+        return _NOUNS[hint][plural]
+    return "values" if plural else "any value"
+
+
+def example_value(hint: Any, default: Any = None) -> Any:
+    """A value that fits ``hint``: the field's default when it has a useful one, else a made-up one."""
+    if isinstance(default, tuple) and len(json.dumps(default)) > 40:
+        default = default[:1]  # a long list: its first item shows the form
+    if default not in (None, "", ()) and len(json.dumps(default)) <= 40:
+        return json.loads(json.dumps(default))  # tuples as lists
+    members = _union_members(hint)
+    if members is not None:
+        return example_value(next(m for m in members if m is not type(None)))
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return args[0]
+    if origin is tuple:
+        items = args[:1] if len(args) == 2 and args[1] is Ellipsis else args
+        return [example_value(a) for a in items]
+    if origin is dict or hint is dict:
+        return {}
+    return {int: 1, float: 0.5, bool: True, str: "text"}.get(hint, "value")
+
+
+def _as_cli_text(value: Any) -> str:
+    """How ``value`` is written after ``--set key=`` (a string as is, anything else as JSON)."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return f"'{text}'" if any(c in text for c in " []{}\"*") else text
+
+
 # ------------------------------------------------------------------------------------------ building
-def _tupleify(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tupleify(v) for v in value)
-    return value
+def _field_default(cls: type, name: str) -> Any:
+    return getattr(cls(), name)
+
+
+def _field_error(key: str, hint: Any, value: Any, default: Any) -> TrainingConfigError:
+    example = json.dumps(example_value(hint, default))
+    return TrainingConfigError(f"config key {key} must be {describe_type(hint)}, got {json.dumps(value)}; "
+                               f"e.g. \"{key.rsplit('.', 1)[-1]}\": {example}")
 
 
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
+    hints = _hints(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise ValueError(f"unknown config key(s) in {where or 'top level'}: {unknown}; known: {sorted(known)}")
+        raise TrainingConfigError(f"unknown config key(s) in {where or 'top level'}: {unknown}; known: {sorted(hints)}")
     kw = {}
     for name, value in data.items():
-        default = getattr(cls(), name) if name in known else None
-        if is_dataclass(default) and isinstance(value, Mapping):
-            kw[name] = _build(type(default), value, f"{where}.{name}".strip("."))
-        elif name == "colorize_config":
-            kw[name] = value
-        else:
-            kw[name] = _tupleify(value)
+        key = f"{where}.{name}".strip(".")
+        hint = hints[name]
+        if _is_section(hint):
+            if not isinstance(value, Mapping):
+                raise TrainingConfigError(f"config key {key} is a section: give an object of its fields, e.g. "
+                                          f"\"{name}\": {{}} or --set {_example_key(hint, key)}")
+            kw[name] = _build(hint, value, key)
+            continue
+        try:
+            kw[name] = coerce(value, hint)
+        except _Mismatch:
+            raise _field_error(key, hint, value, _field_default(cls, name)) from None
     return cls(**kw)
+
+
+def _example_key(section: type, key: str) -> str:
+    """``key.<first field>=<example>`` of a section (for "this is a section" messages)."""
+    first = fields(section)[0]
+    hint = _hints(section)[first.name]
+    return f"{key}.{first.name}={_as_cli_text(example_value(hint, _field_default(section, first.name)))}"
 
 
 def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,21 +345,89 @@ def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_override(text: str) -> dict[str, Any]:
-    """``"run.max_steps=10"`` → ``{"run": {"max_steps": 10}}`` (the value is JSON if it parses, else a string)."""
-    if "=" not in text:
-        raise ValueError(f"override {text!r} must look like section.field=value")
-    path, raw = text.split("=", 1)
+# ------------------------------------------------------------------------------------------ --set
+def _all_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted field name of the config (``run.max_steps``, ``stage``, ...)."""
+    out = []
+    for name, hint in _hints(cls or TrainConfig).items():
+        key = f"{prefix}{name}"
+        out.extend(_all_keys(hint, key + ".") if _is_section(hint) else [key])
+    return out
+
+
+def _unknown_key(text: str, dotted: str) -> TrainingConfigError:
+    keys = _all_keys()
+    last = dotted.rsplit(".", 1)[-1]
+    guesses = [k for k in keys if k.rsplit(".", 1)[-1] == last] or difflib.get_close_matches(dotted, keys, n=3)
+    hint = f"; did you mean {' or '.join(guesses)}?" if guesses else f"; keys look like {keys[1]} or {keys[-1]}"
+    return TrainingConfigError(f"--set {text}: unknown config key {dotted!r}{hint}")
+
+
+def _override_target(text: str, keys: list[str]) -> tuple[type, str] | None:
+    """The (dataclass, field) a dotted ``--set`` key names; None inside ``model.colorize_config`` (free-form)."""
+    cls: type = TrainConfig
+    for i, name in enumerate(keys):
+        dotted = ".".join(keys[: i + 1])
+        hints = _hints(cls)
+        if name not in hints:
+            raise _unknown_key(text, ".".join(keys))
+        hint, last = hints[name], i == len(keys) - 1
+        if _is_section(hint):
+            if last:
+                raise TrainingConfigError(f"--set {text}: {dotted} is a section, not a value; set one of its "
+                                          f"fields, e.g. --set {_example_key(hint, dotted)}")
+            cls = hint
+        elif not last:
+            if name == "colorize_config":
+                return None
+            raise TrainingConfigError(f"--set {text}: {dotted} is a value, not a section; "
+                                      f"write --set {dotted}=VALUE")
+        else:
+            return cls, name
+    raise AssertionError("unreachable")
+
+
+def _override_value(text: str, key: str, raw: str, cls: type, name: str) -> Any:
+    """The ``--set`` value for field ``name`` of ``cls``: JSON when it parses and fits, else the text itself."""
+    hint = _hints(cls)[name]
     try:
-        value: Any = json.loads(raw)
+        parsed: Any = json.loads(raw)
     except json.JSONDecodeError:
-        value = raw
+        parsed = raw
+    for candidate in (parsed, raw):
+        try:
+            return coerce(candidate, hint)
+        except _Mismatch:
+            continue
+    example = _as_cli_text(example_value(hint, _field_default(cls, name)))
+    raise TrainingConfigError(f"--set {text}: {key} must be {describe_type(hint)}, got {raw!r}; "
+                              f"e.g. --set {key}={example}")
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"run.max_steps=10"`` → ``{"run": {"max_steps": 10}}``: the key must exist and the value (JSON when it
+    parses, else the text) must fit its type, or a one-line :class:`TrainingConfigError` says what would."""
+    if "=" not in text:
+        raise TrainingConfigError(f"--set {text}: an override looks like section.field=value, "
+                                  "e.g. --set run.max_steps=100")
+    path, raw = text.split("=", 1)
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise TrainingConfigError(f"--set {text}: {path.strip()!r} is not a config key; "
+                                  "e.g. --set run.max_steps=100")
+    target = _override_target(text, keys)
+    if target is None:  # inside model.colorize_config: plain JSON
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+    else:
+        value = _override_value(text, ".".join(keys), raw, *target)
     out: dict[str, Any] = {}
     node = out
-    keys = path.strip().split(".")
     for k in keys[:-1]:
         node = node.setdefault(k, {})
-    node[keys[-1]] = value
+    node[keys[-1]] = list(value) if isinstance(value, tuple) else value
     return out
 
 
@@ -223,11 +449,22 @@ def config_from_dict(data: Mapping[str, Any], overrides: tuple[str, ...] | list[
 def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> TrainConfig:
     """Read a ``.json`` config, or a ``.py`` file defining ``CONFIG`` (a dict or a :class:`TrainConfig`)."""
     path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise TrainingConfigError(f"config file {path} {what}; pass --config a .json file "
+                                  "(e.g. training/configs/tiny_smoke.json)")
     if path.suffix == ".py":
-        obj = runpy.run_path(str(path))["CONFIG"]
+        obj = runpy.run_path(str(path)).get("CONFIG")
+        if obj is None:
+            raise TrainingConfigError(f"config file {path} defines no CONFIG; set CONFIG = {{...}} in it")
         data = obj.to_dict() if isinstance(obj, TrainConfig) else obj
     else:
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise TrainingConfigError(f"config file {path} is not valid JSON ({e}); fix that line") from None
+    if not isinstance(data, Mapping):
+        raise TrainingConfigError(f"config file {path} must hold an object ({{\"stage\": ..., \"run\": {{...}}}})")
     return config_from_dict(data, overrides)
 
 
@@ -236,22 +473,28 @@ def validate(cfg: TrainConfig) -> None:
     o, r, a = cfg.objective, cfg.run, cfg.augment
     for name in ("reference_drop", "sketch_drop", "background_p"):
         if not 0.0 <= getattr(o, name) <= 1.0:
-            raise ValueError(f"objective.{name} must be in [0, 1]")
+            raise TrainingConfigError(f"objective.{name} must be in [0, 1]")
     lo, hi = o.threshold_range
     if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError("objective.threshold_range must be [lo, hi] with 0 <= lo <= hi <= 1")
+        raise TrainingConfigError("objective.threshold_range must be [lo, hi] with 0 <= lo <= hi <= 1")
     if o.prediction not in ("eps", "v"):
-        raise ValueError("objective.prediction must be 'eps' or 'v'")
+        raise TrainingConfigError("objective.prediction must be 'eps' or 'v'")
     if r.precision not in ("fp32", "bf16", "fp16", "auto"):
-        raise ValueError("run.precision must be fp32, bf16, fp16 or auto")
+        raise TrainingConfigError("run.precision must be fp32, bf16, fp16 or auto")
     if r.batch_size < 1 or r.grad_accum < 1 or r.max_steps < 0:
-        raise ValueError("run.batch_size and run.grad_accum must be >= 1, run.max_steps >= 0")
+        raise TrainingConfigError("run.batch_size and run.grad_accum must be >= 1, run.max_steps >= 0")
+    if not a.buckets:
+        raise TrainingConfigError("augment.buckets is empty; give at least one [height, width], e.g. [[768, 768]]")
     for h, w in a.buckets:
         if h % 64 or w % 64:
-            raise ValueError(f"bucket {h}x{w} is not a multiple of 64 (the sketch encoder's stride)")
+            raise TrainingConfigError(f"bucket {h}x{w} is not a multiple of 64 (the sketch encoder's stride)")
     biggest = max(max(b) for b in a.buckets)
     if a.load_size is not None and a.load_size <= biggest:
-        raise ValueError(f"augment.load_size ({a.load_size}) must exceed the largest bucket side ({biggest}); "
-                         "or set it to null to resize by augment.scale_range (thesis §3.2)")
+        raise TrainingConfigError(f"augment.load_size ({a.load_size}) must exceed the largest bucket side ({biggest}); "
+                                  "or set it to null to resize by augment.scale_range (thesis §3.2)")
+    d = cfg.data
+    if not 0.0 <= d.max_bad_fraction <= 1.0 or d.min_bad_allowance < 0:
+        raise TrainingConfigError("data.max_bad_fraction must be in [0, 1] and data.min_bad_allowance >= 0, "
+                                  "e.g. --set data.max_bad_fraction=0.01")
     if not 0.0 <= a.border_max_frac < 0.5:
-        raise ValueError("augment.border_max_frac must be in [0, 0.5)")
+        raise TrainingConfigError("augment.border_max_frac must be in [0, 0.5)")

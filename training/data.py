@@ -7,6 +7,10 @@ reference, thesis §3.1). Layouts:
   files are matched by relative path without extension; a record's name is the colour file's relative path.
 * zip: ``root/{color,sketch,mask}/NNNN.zip`` with identical member names in matching shards.
 
+Folder mistakes (no such folder, a file, no ``color/`` or ``sketch/``, no images, no colour image with a
+sketch of the same name) are one-line :class:`training.errors.TrainingDataError` messages, raised before any
+model is built; colour images without a sketch are left out with a one-line warning.
+
 Filters (optional) read ``image_list*.json`` files (official format: name → ``{aesthetic_score, resolution,
 exist_sketch}``): keep ``score >= score_threshold`` and ``resolution >= min_resolution``; shards matching an
 ``always_include`` glob skip the filters (the official loader keeps every member of ``sketch/ai*.zip``). Without
@@ -18,7 +22,10 @@ import fnmatch
 import io
 import json
 import os
+import struct
+import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,8 +33,16 @@ from typing import Any, Protocol
 from PIL import Image
 
 from training.config import DataConfig
+from training.errors import TrainingDataError, one_line
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+#: What reading or decoding one image can raise when its file is corrupt, truncated or not an image (PIL raises
+#: OSError / SyntaxError / ValueError, zlib and zip reading their own errors, a missing zip member KeyError).
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, zipfile.BadZipFile, KeyError,
+    Image.DecompressionBombError,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,24 @@ class Record:
     color: Any
     sketch: Any
     mask: Any = None
+
+    @property
+    def key(self) -> str:
+        """A name unique in the dataset and stable across runs: the colour file's relative path, or
+        ``<shard>.zip:<member>`` for zip shards (kept in checkpoints, e.g. the known unreadable samples)."""
+        return f"{self.shard}.zip:{self.name}" if isinstance(self.color, tuple) else self.name
+
+
+def describe_ref(ref: Any) -> str:
+    """Where a part of a record is, for messages: the file path, or ``<zip path> member <name>``."""
+    if isinstance(ref, tuple):
+        return f"{ref[0]} member {ref[1]}"
+    return str(ref)
+
+
+def warn(message: str) -> None:
+    """A one-line ``warning: ...`` on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class TripletSource(Protocol):
@@ -58,22 +91,45 @@ class FolderTriplets:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        sketches = _index_images(self.root / "sketch")
+        color = _require_folder(self.root, "color")
+        colors = _index_images(color)
+        if not colors:
+            raise TrainingDataError(f"{color} holds no images ({', '.join(IMAGE_EXTS)}); put the colour images "
+                                    "there and their sketches in sketch/ under the same names")
+        sketch = _require_folder(self.root, "sketch")
+        sketches = _index_images(sketch)
         masks = _index_images(self.root / "mask") if (self.root / "mask").is_dir() else {}
-        color = self.root / "color"
+        matched = [rel for rel in sorted(colors) if rel in sketches]
+        unmatched = [colors[rel].relative_to(self.root).as_posix() for rel in sorted(colors) if rel not in sketches]
+        if not matched:
+            raise TrainingDataError(f"none of the {len(colors)} colour images in {color} has a sketch of the same "
+                                    f"name in {sketch} (e.g. {unmatched[0]} has no sketch/{Path(unmatched[0]).stem}.*)"
+                                    "; name each sketch like its colour image, or write them with "
+                                    "`python -m training.prepare`")
+        if unmatched:
+            warn(f"{len(unmatched)} of {len(colors)} colour images in {color} have no sketch of the same name in "
+                 f"{sketch} and are left out (e.g. {unmatched[0]})")
         self.records = [
-            Record(path.relative_to(color).as_posix(), str(Path(rel).parent), path, sketches[rel], masks.get(rel))
-            for rel, path in sorted(_index_images(color).items())
-            if rel in sketches
+            Record(colors[rel].relative_to(color).as_posix(), str(Path(rel).parent), colors[rel], sketches[rel],
+                   masks.get(rel))
+            for rel in matched
         ]
 
     def open(self, ref: Any) -> Image.Image:
         return _read_pil(Path(ref))
 
 
-def _index_images(folder: Path) -> dict[str, Path]:
+def _require_folder(root: Path, name: str) -> Path:
+    """``root/name``, which must be a folder (a one-line error naming the layout otherwise)."""
+    folder = root / name
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder; a folders dataset needs color/ and sketch/")
+        raise TrainingDataError(f"{root} has no {name}/ folder; a dataset folder holds color/ and sketch/ (images "
+                                "with matching names, or zip shards with matching member names); write one with "
+                                f"`python -m training.prepare --images IMAGES --out {root}`")
+    return folder
+
+
+def _index_images(folder: Path) -> dict[str, Path]:
     return {
         p.relative_to(folder).with_suffix("").as_posix(): p
         for p in folder.rglob("*")
@@ -92,23 +148,22 @@ class ZipShardTriplets:
         self.records = []
         self._handles: dict[Path, zipfile.ZipFile] = {}
         self._pid = os.getpid()
-        for color_zip in sorted((self.root / "color").glob("*.zip")):
-            sketch_zip = self.root / "sketch" / color_zip.name
-            if not sketch_zip.is_file():
-                continue
-            mask_zip = self.root / "mask" / color_zip.name
-            with zipfile.ZipFile(sketch_zip) as zs:
-                in_sketch = set(zs.namelist())
-            in_mask: set[str] = set()
-            if mask_zip.is_file():
-                with zipfile.ZipFile(mask_zip) as zm:
-                    in_mask = set(zm.namelist())
-            with zipfile.ZipFile(color_zip) as zc:
-                members = [m for m in zc.namelist() if m.lower().endswith(IMAGE_EXTS)]
-            for m in sorted(members):
-                if m in in_sketch:
-                    mask = (mask_zip, m) if m in in_mask else None
-                    self.records.append(Record(m, color_zip.stem, (color_zip, m), (sketch_zip, m), mask))
+        color_zips = sorted(_require_folder(self.root, "color").glob("*.zip"))
+        if not color_zips:
+            raise TrainingDataError(f"{self.root / 'color'} holds no .zip shards; use data.layout=folders for "
+                                    "plain image folders, or write shards with `python -m training.prepare --layout zip`")
+        sketch_dir = _require_folder(self.root, "sketch")
+        paired = [z for z in color_zips if (sketch_dir / z.name).is_file()]
+        if not paired:
+            raise TrainingDataError(f"none of the {len(color_zips)} shards in {self.root / 'color'} has a shard of the "
+                                    f"same name in {sketch_dir} (e.g. {color_zips[0].name}); name each sketch shard "
+                                    "like its colour shard")
+        for color_zip in paired:
+            self.records.extend(_shard_records(color_zip, sketch_dir / color_zip.name,
+                                               self.root / "mask" / color_zip.name))
+        if not self.records:
+            raise TrainingDataError(f"no member of the colour shards in {self.root / 'color'} has a member of the same "
+                                    f"name in the sketch shards of {sketch_dir}; name each sketch like its colour image")
 
     def open(self, ref: Any) -> Image.Image:
         path, member = ref
@@ -121,6 +176,25 @@ class ZipShardTriplets:
 
     def __getstate__(self) -> dict[str, Any]:  # zip handles never cross process boundaries
         return {**self.__dict__, "_handles": {}}
+
+
+def _zip_names(path: Path) -> list[str]:
+    """The member names of a zip shard (a one-line error naming the shard when it is not a readable zip)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise TrainingDataError(f"{path} is not a readable zip file ({one_line(e)}); replace it or move it "
+                                "out of the data folder") from None
+
+
+def _shard_records(color_zip: Path, sketch_zip: Path, mask_zip: Path) -> list[Record]:
+    """The records of one shard: colour members with a sketch member of the same name (masks when present)."""
+    in_sketch = set(_zip_names(sketch_zip))
+    in_mask = set(_zip_names(mask_zip)) if mask_zip.is_file() else set()
+    members = sorted(m for m in _zip_names(color_zip) if m.lower().endswith(IMAGE_EXTS) and m in in_sketch)
+    return [Record(m, color_zip.stem, (color_zip, m), (sketch_zip, m), (mask_zip, m) if m in in_mask else None)
+            for m in members]
 
 
 def detect_layout(root: str | Path) -> str:
@@ -168,8 +242,13 @@ def filter_records(source: TripletSource, cfg: DataConfig, info: dict[str, dict[
                 continue
         if cfg.min_resolution is not None:
             res = meta.get("resolution")
-            res = _short_edge(source, rec) if res is None else _resolution_value(res)
-            if res < cfg.min_resolution:
+            if res is None:
+                try:
+                    res = _short_edge(source, rec)
+                except READ_ERRORS as e:
+                    warn(f"leaving out unreadable sample {describe_ref(rec.color)} ({one_line(e)})")
+                    continue
+            if _resolution_value(res) < cfg.min_resolution:
                 continue
         kept.append(rec)
     return kept
@@ -182,14 +261,37 @@ def _resolution_value(res: Any) -> int:
     return int(res)
 
 
+def check_data_root(root: str) -> Path:
+    """``root`` as a path, if it is an existing folder (a one-line error naming the fix otherwise)."""
+    if not root:
+        raise TrainingDataError("data.root is empty: point it at a dataset folder, e.g. --set data.root=data/train "
+                                "(write one with `python -m training.prepare`)")
+    path = Path(root)
+    if path.is_file():
+        raise TrainingDataError(f"data.root {path} is a file, not a folder; point data.root at the folder that holds "
+                                "color/ and sketch/")
+    if not path.is_dir():
+        raise TrainingDataError(f"data.root {path} does not exist; point data.root at a dataset folder (color/ and "
+                                "sketch/), or write one with `python -m training.prepare`")
+    return path
+
+
 def open_source(cfg: DataConfig) -> TripletSource:
     """The configured source with its filters applied (``source.records`` is the training set)."""
-    if not cfg.root:
-        raise ValueError("data.root is empty: point it at a dataset folder (see `python -m training.prepare`)")
-    layout = detect_layout(cfg.root) if cfg.layout == "auto" else cfg.layout
-    source: TripletSource = ZipShardTriplets(cfg.root) if layout == "zip" else FolderTriplets(cfg.root)
+    root = check_data_root(cfg.root)
+    layout = detect_layout(root) if cfg.layout == "auto" else cfg.layout
+    source: TripletSource = ZipShardTriplets(root) if layout == "zip" else FolderTriplets(root)
     if cfg.score_threshold is not None or cfg.min_resolution is not None:
-        source.records = filter_records(source, cfg, load_image_list(cfg.root, cfg.image_list))
+        source.records = filter_records(source, cfg, load_image_list(root, cfg.image_list))
     if not source.records:
-        raise ValueError(f"no (color, sketch) pairs found under {cfg.root} ({layout} layout, after filters)")
+        raise TrainingDataError(f"no (color, sketch) pairs found under {root} ({layout} layout, after filters); "
+                                "lower data.score_threshold / data.min_resolution or add data")
     return source
+
+
+def check_masks(records: list[Record]) -> None:
+    """Every record has a foreground mask (the v1.5/v2 stages need them)."""
+    missing = [r.name for r in records if r.mask is None]
+    if missing:
+        raise TrainingDataError(f"{len(missing)} record(s) have no mask (e.g. {missing[0]!r}); this stage needs "
+                                "foreground masks in mask/ (write them with `python -m training.prepare --masks`)")

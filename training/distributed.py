@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -50,6 +51,20 @@ def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     y = x.detach().clone()
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y / info.world_size
+
+
+def gather_objects(obj: Any, needed: bool, info: DistInfo) -> list[Any]:
+    """Every process's ``obj`` in rank order when at least one process ``needed`` to share it, else ``[]``
+    (one small all-reduce decides, so the picklable ``obj`` is only sent when there is something to send)."""
+    if not info.enabled:
+        return [obj] if needed else []
+    flag = torch.tensor([1.0 if needed else 0.0], device=info.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+    if float(flag) == 0:
+        return []
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def barrier(info: DistInfo) -> None:

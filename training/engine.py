@@ -4,6 +4,12 @@ EMA, resumable atomic checkpoints, loss/sample logs and a released-layout export
 Determinism: every sample's augmentation and noise come from generators keyed by (seed, step, slot)
 (``training.batches``), so a resumed run continues exactly (bitwise on CPU) and a ``W``-process run sees the
 same samples as one process with the same global batch (gradients then differ only by summation order).
+
+Robustness: the data folder is checked and the checkpoint to resume from is read before any model is built
+(one-line :mod:`training.errors` messages); unreadable samples are skipped and replaced deterministically
+(:mod:`training.bad_samples`; the known ones are checkpointed); an unreadable newest checkpoint falls back to
+the previous one (:func:`training.checkpoint.newest_readable_state`); ``log.jsonl`` is rewound to the resumed
+step so that no step appears twice (:meth:`training.logs.MetricLog.rewind`).
 """
 from __future__ import annotations
 
@@ -24,11 +30,13 @@ from torch.utils.data import DataLoader
 
 from colorize.sampling.noise_schedule import ddpm_buffers
 from training import checkpoint as ckpt
+from training.bad_samples import BadSample, BadSampleLedger, allowance, split_reports
 from training.batches import BatchPlan, ItemSpec, PlanSampler, TripletDataset, collate
 from training.config import ObjectiveConfig, TrainConfig
-from training.data import open_source
-from training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from training.data import check_masks, open_source, warn
+from training.distributed import DistInfo, all_reduce_mean, barrier, gather_objects, init_distributed
 from training.ema import EMA
+from training.errors import TrainingCheckpointError
 from training.export import export_safetensors
 from training.logs import MetricLog, render_samples, save_samples
 from training.model import TrainModules, build_modules
@@ -99,6 +107,12 @@ class Trainer:
         self.dist = dist or init_distributed(cfg.run.device)
         self.device = self.dist.device
         self.stage = get_stage(cfg.stage)
+        # everything that can be wrong with the data folder or the run folder, before any model is built
+        self.source = open_source(cfg.data)
+        if self.stage.needs_masks:
+            check_masks(self.source.records)
+        self.out_dir = Path(cfg.run.out_dir)
+        self._resume_from = self._find_resume_state()
         seed_everything(cfg.run.seed)
         self.mods = build_modules(cfg.model, cfg.objective.prediction, version=self.stage.version)
         self.params = apply_trainable(self.stage, self.mods.groups())
@@ -121,14 +135,15 @@ class Trainer:
         self.dtype = resolve_precision(cfg.run.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.ema = EMA(self.mods.denoiser, cfg.run.ema_decay) if cfg.run.ema_decay else None
-        self.source = open_source(cfg.data)
+        d, num_items = cfg.data, len(self.source.records)
+        self.ledger = BadSampleLedger(num_items, allowance(num_items, d.max_bad_fraction, d.min_bad_allowance),
+                                      d.max_bad_fraction)
         self.dataset = TripletDataset(self.source, cfg.augment, cfg.objective, self.mods.noise_spec(), cfg.run.seed,
-                                      masks=self.stage.needs_masks)
+                                      masks=self.stage.needs_masks, max_bad=self.ledger.limit)
         r = cfg.run
         self.plan = BatchPlan(len(self.dataset), r.batch_size, r.grad_accum, self.dist.world_size, r.seed,
                               cfg.augment.buckets)
         self.step = 0
-        self.out_dir = Path(r.out_dir)
         self.log = MetricLog(self.out_dir, enabled=self.dist.is_main)
         self._maybe_resume()
 
@@ -185,7 +200,11 @@ class Trainer:
         """The first ``count`` items with a fixed key and the first bucket (previews, evaluation)."""
         bucket = tuple(self.cfg.augment.buckets[0])
         items = [ItemSpec(i % len(self.dataset), key, i, bucket) for i in range(count)]  # type: ignore[arg-type]
-        return collate([self.dataset[s] for s in items])
+        batch, _, gave_up = split_reports(collate([self.dataset[s] for s in items]))
+        if gave_up:
+            self.ledger.add(self.dataset.known_bad.values())
+            self.ledger.check(force=True)
+        return batch
 
     # ------------------------------------------------------------------ data
     def micro_batches(self) -> Iterator[list[dict[str, Tensor]]]:
@@ -194,11 +213,31 @@ class Trainer:
         loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,  # type: ignore[arg-type]
                             num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
         group: list[dict[str, Tensor]] = []
+        reports: list[BadSample] = []
+        gave_up = False
         for batch in loader:
+            batch, found, failed = split_reports(batch)
+            reports.extend(found)
+            gave_up |= failed
             group.append(batch)
             if len(group) == self.plan.grad_accum:
+                self.note_unreadable(reports, gave_up)
                 yield group
-                group = []
+                group, reports, gave_up = [], [], False
+
+    def note_unreadable(self, reports: list[BadSample], gave_up: bool) -> None:
+        """Share the unreadable records that this step's batches passed over with every process; warn and log
+        the new ones (main process); stop once more are known than ``data.max_bad_fraction`` allows."""
+        new = self.ledger.unknown(reports)
+        shared = gather_objects((new, gave_up), bool(new) or gave_up, self.dist)
+        added = self.ledger.add(bad for found, _ in shared for bad in found)
+        self.dataset.mark_bad(added)
+        if self.dist.is_main:
+            for bad in added:
+                warn(bad.warning())
+                self.log.event("skipped_sample", self.step + 1, key=bad.key, file=bad.file, reason=bad.reason,
+                               echo=False)
+        self.ledger.check(force=any(failed for _, failed in shared))
 
     # ------------------------------------------------------------------ run
     def train(self) -> TrainResult:
@@ -214,6 +253,7 @@ class Trainer:
                 rate = (self.step - s0) * self.plan.global_batch / max(time.time() - t0, 1e-9)
                 self.log.write({"step": self.step, "loss": sum(window) / len(window),
                                 "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
+                                "skipped_samples": len(self.ledger),
                                 **{k: v for k, v in metrics.items() if k != "loss"}})
                 window = []
             if r.sample_every and self.step % r.sample_every == 0:
@@ -246,6 +286,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema else None,
             "rng": ckpt.rng_state(),
             "data": self.plan.position(self.step),
+            "bad_samples": self.ledger.state_dict(),
             "train_config": self.cfg.to_json(),
             "colorize_config": json.dumps(self.mods.config.to_dict()),
         }
@@ -255,13 +296,14 @@ class Trainer:
         path = ckpt.checkpoint_path(self.out_dir, self.step)
         if self.dist.is_main:
             ckpt.save_training_state(self.state_dict(), path)
-            ckpt.prune_checkpoints(self.out_dir, self.cfg.run.keep_checkpoints)
+            ckpt.prune_checkpoints(self.out_dir, self.cfg.run.keep_checkpoints, upto=self.step)
         barrier(self.dist)
         return path
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], path: str | Path = "the checkpoint") -> None:
         if state["colorize_config"] != json.dumps(self.mods.config.to_dict()):
-            raise ValueError("the checkpoint was written for a different model configuration")
+            raise TrainingCheckpointError(f"{path} was written for a different model configuration; resume it with "
+                                          "the config it was trained with, or start a new run folder (run.out_dir)")
         self.mods.denoiser.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -270,18 +312,35 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.ledger.load_state_dict(state.get("bad_samples", []), {rec.key for rec in self.source.records})
+        self.dataset.mark_bad(list(self.ledger.known.values()))
+
+    def _find_resume_state(self) -> tuple[Path, dict[str, Any]] | None:
+        """``(path, state)`` to resume from (``run.resume``: "auto" the newest readable checkpoint of the run
+        folder, "none" nothing, else that file), read before the models are built."""
+        how = self.cfg.run.resume
+        if how in ("none", ""):
+            return None
+        if how == "auto":
+            if self.dist.is_main:
+                ckpt.remove_partial_saves(self.out_dir)
+            return ckpt.newest_readable_state(self.out_dir, report=self.dist.is_main)
+        path = Path(how)
+        if not path.is_file():
+            raise TrainingCheckpointError(f"run.resume file {path} does not exist; point run.resume at a checkpoint "
+                                          "(RUN/checkpoints/step_N.pt), or use run.resume=auto or none")
+        return path, ckpt.load_training_state(path)
 
     def _maybe_resume(self) -> None:
-        how = self.cfg.run.resume
-        path = None
-        if how == "auto":
-            path = ckpt.latest_checkpoint(self.out_dir)
-        elif how not in ("none", ""):
-            path = Path(how)
-        if path is not None:
-            self.load_state_dict(ckpt.load_training_state(path))
-            if self.dist.is_main:
-                print(f"resumed from {path} at step {self.step}", flush=True)
+        """Load the state found by :meth:`_find_resume_state`; rewind ``log.jsonl`` to the starting step."""
+        found, self._resume_from = self._resume_from, None
+        if found is not None:
+            path, state = found
+            self.load_state_dict(state, path)
+        self.log.rewind(self.step)
+        if found is not None and self.dist.is_main:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+            self.log.event("resumed", self.step, checkpoint=str(path), skipped_samples=len(self.ledger), echo=False)
 
     def export(self) -> Path | None:
         """Released-layout safetensors of the (EMA) weights: ``out_dir/export/<stage>-step<N>.safetensors``."""

@@ -91,12 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     state = Path(args.state)
     if state.is_dir():
-        from training.checkpoint import latest_checkpoint
+        from training.checkpoint import newest_readable_state
+        from training.errors import TrainingError
 
-        found = latest_checkpoint(state)
+        try:
+            found = newest_readable_state(state)
+        except TrainingError as e:
+            raise SystemExit(f"error: {e}") from None
         if found is None:
-            raise SystemExit(f"no checkpoints under {state}/checkpoints")
-        state = found
+            raise SystemExit(f"error: no checkpoints under {state}/checkpoints; pass a run folder that has some")
+        state = found[0]
     print(export_training_state(state, args.out, use_ema=not args.no_ema))
 
 

@@ -3,6 +3,9 @@
 One process per device; several GPUs or nodes through ``torchrun``, e.g.
 ``torchrun --nproc_per_node 8 -m training.train --config training/configs/stage1_noisy.json``.
 ``--print-config`` shows the resolved config (stage defaults + file + overrides) and exits.
+
+A mistake the user can fix (a config key or type, the data folder, no readable checkpoint, too many unreadable
+samples) prints one ``error: ...`` line and exits with code 2, no traceback.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import argparse
 import sys
 
 from training.config import load_config
+from training.errors import TrainingError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +26,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except (NotImplementedError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e)
     if args.print_config:
         print(cfg.to_json())
         return 0
+    try:
+        return _train(cfg)
+    except TrainingError as e:
+        return _fail(e)
+
+
+def _fail(e: BaseException) -> int:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _train(cfg) -> int:  # type: ignore[no-untyped-def]
+    """Run ``cfg`` to the end (or until a :class:`TrainingError`); 0 when done."""
     from training.distributed import shutdown
     from training.engine import Trainer
 
