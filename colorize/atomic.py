@@ -33,14 +33,15 @@ def atomic_path(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         if overwrite:
             os.replace(tmp, final)
         else:
-            _publish_new(Path(tmp), final)
+            publish_no_replace(Path(tmp), final)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
-def _publish_new(tmp: Path, final: Path) -> None:
-    """Give ``tmp`` the name ``final`` only if no file has that name (atomically)."""
+def publish_no_replace(tmp: Path, final: Path) -> None:
+    """Give ``tmp`` the name ``final`` only if no file has that name (atomically); ``tmp`` keeps its own name too
+    when hard links are available (the caller removes it)."""
     try:
         os.link(tmp, final)
     except FileExistsError:

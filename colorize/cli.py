@@ -1,4 +1,4 @@
-"""Command line: ``python -m colorize {run,inspect,download,make-tiny-weights,evaluate,bench}``."""
+"""Command line: ``python -m colorize {run,inspect,download,verify,make-tiny-weights,evaluate,bench}``."""
 from __future__ import annotations
 
 import argparse
@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_run(sub)
     sub.add_parser("inspect", help="describe a checkpoint or layout JSON", add_help=False)
     sub.add_parser("download", help="fetch weights listed in weights_manifest.json", add_help=False)
+    sub.add_parser("verify", help="check downloaded weights' sha256", add_help=False)
     sub.add_parser("evaluate", help="FID / PSNR / MS-SSIM / CLIP score on a folder of colour images", add_help=False)
     sub.add_parser("bench", help="time and measure the pipeline at chosen resolutions", add_help=False)
     tiny = sub.add_parser("make-tiny-weights", help="write tiny random weights (ComfyUI models layout)")
@@ -249,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         from colorize.weights import main_download
 
         return main_download(argv[1:])
+    if argv and argv[0] == "verify":
+        from colorize.weights import main_verify
+
+        return main_verify(argv[1:])
     if argv and argv[0] == "evaluate":
         from colorize.evaluate.cli import main as evaluate_main
 

@@ -1,30 +1,27 @@
 """Where weights live and how missing ones are fetched (``weights_manifest.json``).
 
 A file is looked up as ``<models_dir>/<models_subdir>/<filename>`` (ComfyUI layout) or
-``<models_dir>/<filename>``. Downloads go through ``huggingface_hub.hf_hub_download`` into a
-temporary folder next to the target, are checked (size, sha256 when known) and only then
-renamed into place with ``os.replace``: a partial file never carries the final name, and an
-existing file is never overwritten. Failures raise :class:`WeightsMissingError`, whose message
-says which file, where it was expected, where it comes from and how to fetch it.
+``<models_dir>/<filename>``. Downloads resume after an interruption and are verified against the manifest or
+the Hub's metadata before the file gets its final name (:mod:`colorize.download`); the verified size and sha256
+go into the folder's lock file (:mod:`colorize.weights_lock`), and every later use re-checks the size. An existing
+file is never overwritten. Failures raise :class:`WeightsMissingError`, whose message says which file, where it
+was expected, where it comes from and how to fetch it.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import os
 import shlex
-import shutil
 import socket
 import sys
-import tempfile
 import urllib.parse
-import urllib.request
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from colorize import download, weights_lock
 from colorize.errors import WeightsMissingError
 
 Progress = Callable[[int, int], None]  # (downloaded_bytes, total_bytes); total 0 when unknown
@@ -193,8 +190,7 @@ def check_downloads_allowed() -> None:
 
 def check_download_possible(url: str) -> None:
     """Raise :class:`DownloadUnavailable` at once when the host of ``url`` takes no connection within
-    ``NETWORK_PROBE_TIMEOUT_S``. Without this, huggingface_hub retries an unreachable host for about a minute
-    and prints a line per retry before the same error."""
+    ``NETWORK_PROBE_TIMEOUT_S`` (instead of a minute of retries before the same error)."""
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
     try:
@@ -203,104 +199,60 @@ def check_download_possible(url: str) -> None:
         raise DownloadUnavailable(f"no network: cannot reach {host} ({_first_line(e)})") from None
 
 
-def hf_hub_download(**kwargs: Any) -> str:
-    """Indirection to ``huggingface_hub.hf_hub_download`` (imported lazily; replaceable in tests), after
-    :func:`check_download_possible` on the Hub's endpoint."""
-    check_download_possible(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    from huggingface_hub import hf_hub_download as real
-
-    if "tqdm_class" in kwargs and "tqdm_class" not in inspect.signature(real).parameters:
-        kwargs.pop("tqdm_class")  # older huggingface_hub: its own bar, no callback
-    return real(**kwargs)
-
-
-def _callback_tqdm(progress: Progress) -> type:
-    from tqdm.auto import tqdm
-
-    class CallbackTqdm(tqdm):  # type: ignore[misc,valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            out = super().update(n)
-            progress(int(self.n), int(self.total or 0))
-            return out
-
-    return CallbackTqdm
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def _download_url(url: str, dest: Path, progress: Progress | None, timeout: float = 60.0) -> Path:
-    """Plain HTTPS download for entries that are not on the Hub (the caller handles atomic placement)."""
-    check_download_possible(url)
-    with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as f:
-        total, done = int(getattr(resp, "headers", {}).get("Content-Length") or 0), 0
-        while block := resp.read(1 << 20):
-            f.write(block)
-            done += len(block)
-            if progress is not None:
-                progress(done, total)
-    return dest
-
-
 def fetch(
     entry: dict[str, Any], models_dir: str | os.PathLike[str] | None = None, progress: Progress | None = None
 ) -> Path:
-    """Fetch ``entry`` into ``<models_dir>/<models_subdir>/<filename>``; an existing file is kept as is."""
+    """Fetch ``entry`` into ``<models_dir>/<models_subdir>/<filename>``, verified (:mod:`colorize.download`) and
+    recorded in the folder's lock file (:mod:`colorize.weights_lock`); an existing file is kept as is."""
     final = _target(entry, models_dir)
     if final.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{entry['filename']}.", suffix=".download", dir=final.parent))
     try:
-        kwargs: dict[str, Any] = {
-            "repo_id": entry["repo_id"],
-            "filename": entry["hub_filename"],
-            "subfolder": entry.get("subfolder") or None,
-            "revision": entry.get("revision") or "main",
-            "local_dir": str(tmpdir),
-        }
-        if progress is not None:
-            kwargs["tqdm_class"] = _callback_tqdm(progress)
-        try:
-            check_downloads_allowed()
-            got = (Path(hf_hub_download(**kwargs)) if entry.get("repo_id")
-                   else _download_url(hub_url(entry), tmpdir / entry["filename"], progress))
-        except DownloadUnavailable as e:
-            raise WeightsMissingError(missing_message(entry, models_dir, str(e))) from None
-        except ImportError:
-            raise WeightsMissingError(
-                missing_message(entry, models_dir, "huggingface_hub is not installed (pip install huggingface_hub)")
-            ) from None
-        except Exception as e:  # offline, HTTP errors, disk full, ...: all mean "not available"
-            raise WeightsMissingError(missing_message(entry, models_dir, f"download failed ({_first_line(e)})")) from e
-        size, want_size = got.stat().st_size, entry.get("size_bytes")
-        if want_size is not None and size != want_size:
-            raise WeightsMissingError(
-                missing_message(entry, models_dir, f"downloaded {size:,} bytes, expected {want_size:,}; discarded")
-            )
-        if entry.get("sha256_prefix") and not sha256_file(got).startswith(entry["sha256_prefix"].lower()):
-            raise WeightsMissingError(
-                missing_message(entry, models_dir, f"sha256 does not start with {entry['sha256_prefix']}; discarded")
-            )
-        if entry.get("sha256"):
-            digest = sha256_file(got)
-            if digest != entry["sha256"].lower():
-                raise WeightsMissingError(
-                    missing_message(entry, models_dir, f"sha256 mismatch (got {digest}, expected {entry['sha256']}); discarded")
-                )
-        if progress is not None:
-            progress(size, size)
-        if not final.exists():  # never overwrite (another process may have finished first)
-            os.replace(got, final)
-        return final
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        check_downloads_allowed()
+        check_download_possible(download.resolve_url(entry))
+        path, sha256, expected = download.download_verified(entry, final, progress)
+    except (DownloadUnavailable, download.DownloadError) as e:
+        raise WeightsMissingError(missing_message(entry, models_dir, str(e))) from None
+    except ImportError:
+        raise WeightsMissingError(
+            missing_message(entry, models_dir, "huggingface_hub is not installed (pip install huggingface_hub)")
+        ) from None
+    except OSError as e:  # disk full, permissions, ...
+        raise WeightsMissingError(missing_message(entry, models_dir, f"download failed ({_first_line(e)})")) from None
+    if sha256 is not None:
+        source = expected.source if (expected.sha256 or expected.git_sha1) else "first download (no published digest)"
+        weights_lock.record(path, path.stat().st_size, sha256, source, expected.url.split("?")[0])
+    return path
+
+
+def usable_existing(entry: dict[str, Any], path: Path) -> Path | None:
+    """``path`` if it may be used as ``entry``'s file, after a size check (one ``stat``).
+
+    A file this pack downloaded and verified (it has a lock entry) whose size has changed since is damaged: it is
+    moved aside (``<name>.rejected``) with a notice and counts as missing. A file placed by hand is the user's
+    (a converted or fine-tuned model may carry the released name): it is used, with a one-line notice that says
+    how it differs from the manifest, or that ``verify`` can check it.
+    """
+    locked = weights_lock.recorded(path)
+    size = path.stat().st_size
+    if locked is not None and size != locked.size:
+        aside = weights_lock.move_aside(path)
+        weights_lock.notice(f"{path} changed after it was verified on {locked.verified_at} ({size:,} bytes, "
+                            f"verified {locked.size:,}); moved aside to {aside.name}")
+        return None
+    if locked is None and entry.get("size_bytes") is not None and size != entry["size_bytes"]:
+        weights_lock.notice(f"{path} has {size:,} bytes, the released {entry['name']} has {entry['size_bytes']:,}: "
+                            "used as it is (your own file?); delete it to download the released one")
+    elif locked is None:
+        weights_lock.notice(f"{path} was not downloaded by this pack and has not been verified; "
+                            f"`python -m colorize verify {entry['name']}` checks it")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,8 +260,12 @@ def fetch(
 # ---------------------------------------------------------------------------------------------
 
 
-def _find_existing(entry: dict[str, Any], models_dir: str | os.PathLike[str] | None) -> Path | None:
-    return next((p for p in candidate_paths(entry, models_dir) if p.is_file()), None)
+def _find_existing(entry: dict[str, Any], models_dir: str | os.PathLike[str] | None, check: bool = True) -> Path | None:
+    """The entry's file in ``models_dir``; with ``check``, only one that passes :func:`usable_existing`."""
+    for p in candidate_paths(entry, models_dir):
+        if p.is_file() and (not check or usable_existing(entry, p) is not None):
+            return p
+    return None
 
 
 def resolve(
@@ -380,27 +336,51 @@ def resolve(
 def _listing(models_dir: str | os.PathLike[str] | None) -> str:
     rows = []
     for e in load_manifest():
-        have = _find_existing(e, models_dir)
+        have = _find_existing(e, models_dir, check=False)
         rows.append(
             f"  {e['name']:<22} {e['size_human']:>8}  {e['licence']:<16} {'present' if have else 'missing':<8} {e['purpose'].split(':')[0]}"
         )
     return "\n".join(rows)
 
 
+def _download_folders(models_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """Every folder a download into ``models_dir`` can write: the folder itself and each manifest subfolder."""
+    d = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+    return [d, *sorted({d / e["models_subdir"] for e in load_manifest() if e["models_subdir"]})]
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n:,} bytes"
+
+
+def clean_partial_downloads(models_dir: str | os.PathLike[str] | None) -> str:
+    """Remove the leftovers of interrupted downloads (:func:`colorize.download.remove_partials`); a summary."""
+    count, freed, busy = download.remove_partials(_download_folders(models_dir))
+    text = f"removed {count} partial download file(s), freed {_human(freed)}"
+    return text + (f"; {len(busy)} kept because a download is writing them: {', '.join(map(str, busy))}"
+                   if busy else "")
+
+
 def main_download(argv: Sequence[str] | None = None) -> int:
-    """``python -m colorize download NAME... [--models-dir DIR] [--list]``; 0 when all files are present."""
+    """``python -m colorize download NAME... [--models-dir DIR] [--list] [--clean]``; 0 when all files are
+    present and pass their size check."""
     parser = argparse.ArgumentParser(
         prog="python -m colorize download",
-        description="Fetch weights listed in weights_manifest.json (an existing file is never overwritten).",
+        description="Fetch weights listed in weights_manifest.json, verified against the manifest or the Hub's "
+                    "metadata (an interrupted download resumes; an existing file is never overwritten).",
     )
     parser.add_argument("names", nargs="*", help="manifest names or file names (see --list)")
     parser.add_argument("--models-dir", type=Path, default=None, help=f"target folder (default: ${MODELS_DIR_ENV} or {default_models_dir()})")
     parser.add_argument("--list", action="store_true", help="list the known files and whether they are present")
+    parser.add_argument("--clean", action="store_true", help="remove partial files of interrupted downloads")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.clean:
+        print(clean_partial_downloads(args.models_dir))
     if args.list or not args.names:
-        print(f"models folder: {args.models_dir or default_models_dir()}\n{_listing(args.models_dir)}")
+        if args.list or not args.clean:
+            print(f"models folder: {args.models_dir or default_models_dir()}\n{_listing(args.models_dir)}")
         if not args.names:
-            return 0 if args.list else 2
+            return 0 if args.list or args.clean else 2
     status = 0
     for name in args.names:
         try:
@@ -411,7 +391,9 @@ def main_download(argv: Sequence[str] | None = None) -> int:
             continue
         existing = _find_existing(entry, args.models_dir)
         if existing is not None:
-            print(f"{entry['name']}: already present at {existing}")
+            locked = weights_lock.recorded(existing)
+            state = f"verified {locked.verified_at}" if locked else f"not verified: `python -m colorize verify {entry['name']}`"
+            print(f"{entry['name']}: already present at {existing} ({state})")
             continue
         print(f"{entry['name']}: downloading {entry['size_human']} from {hub_url(entry)}")
         print(f"  licence: {entry['licence']}" + (f" ({entry['licence_note']})" if entry.get("licence_note") else ""))
@@ -421,7 +403,75 @@ def main_download(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             status = 1
             continue
-        print(f"{entry['name']}: saved to {path}")
+        print(f"{entry['name']}: saved to {path} (size and sha256 verified)")
+    return status
+
+
+def verify_file(entry: dict[str, Any], path: Path) -> str:
+    """Recompute ``path``'s sha256 and compare it with the manifest, the lock file or (online) the Hub's metadata;
+    a one-line result. A mismatch moves the file aside and raises :class:`WeightsMissingError`."""
+    locked = weights_lock.recorded(path)
+    expected = download.Expected(url=hub_url(entry), size=entry.get("size_bytes"),
+                                 sha256=(entry.get("sha256") or "").lower() or None,
+                                 sha256_prefix=(entry.get("sha256_prefix") or "").lower() or None)
+    if not expected.sha256 and locked is not None:
+        expected = download.Expected(url=locked.origin or expected.url, size=locked.size, sha256=locked.sha256,
+                                     sha256_prefix=expected.sha256_prefix, source=f"the lock file ({locked.source})")
+    elif not expected.sha256 and entry.get("repo_id"):
+        try:
+            check_downloads_allowed()
+            check_download_possible(download.resolve_url(entry))
+            expected = download.expected_for(entry)
+        except (DownloadUnavailable, download.DownloadError, ImportError) as e:
+            raise WeightsMissingError(f"{path}: cannot verify it: no digest in the manifest or the lock file, and "
+                                      f"the Hub's metadata is out of reach ({e})") from None
+    try:
+        sha256 = download.check_bytes(path, expected)
+    except download.DownloadError as e:
+        aside = weights_lock.move_aside(path)
+        reason = str(e).replace("; the bytes were discarded", "")
+        raise WeightsMissingError(f"{path} is damaged or not {entry['name']}'s file: {reason}; moved aside to "
+                                  f"{aside.name}. Fetch it again: python -m colorize download {entry['name']}") from None
+    if not (expected.sha256 or expected.git_sha1):
+        weights_lock.record(path, path.stat().st_size, sha256, "first verification (no published digest)")
+        return f"{entry['name']}: recorded {path} (sha256 {sha256}; no published digest to compare with)"
+    if locked is None or locked.sha256 != sha256:
+        weights_lock.record(path, path.stat().st_size, sha256, expected.source, expected.url.split("?")[0])
+    return f"{entry['name']}: OK {path} (sha256 {sha256[:16]}…, {_human(path.stat().st_size)}, as {expected.source})"
+
+
+def main_verify(argv: Sequence[str] | None = None) -> int:
+    """``python -m colorize verify [NAME...] [--models-dir DIR]``: recompute the sha256 of the present manifest
+    files (all, or the named ones); 0 when all match, 1 when one was damaged (moved aside), 2 on bad names."""
+    parser = argparse.ArgumentParser(
+        prog="python -m colorize verify",
+        description="Check the sha256 of downloaded weights against the manifest, the lock file or the Hub's "
+                    "metadata; a file that fails is moved aside as <name>.rejected.",
+    )
+    parser.add_argument("names", nargs="*", help="manifest names or file names (default: every present file)")
+    parser.add_argument("--models-dir", type=Path, default=None, help=f"models folder (default: ${MODELS_DIR_ENV} or {default_models_dir()})")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        entries = [manifest_entry(n) for n in args.names] or load_manifest()
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    status, checked = 0, 0
+    for entry in entries:
+        path = _find_existing(entry, args.models_dir, check=False)
+        if path is None:
+            if args.names:
+                print(f"{entry['name']}: not present (python -m colorize download {entry['name']})")
+                status = max(status, 1)
+            continue
+        checked += 1
+        try:
+            print(verify_file(entry, path))
+        except WeightsMissingError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 1
+    if not checked and not args.names:
+        print(f"no manifest files present in {args.models_dir or default_models_dir()}")
     return status
 
 
@@ -434,13 +484,17 @@ __all__ = [
     "default_checkpoint_name",
     "default_clip_name",
     "default_models_dir",
+    "clean_partial_downloads",
     "fetch",
     "hub_url",
     "load_manifest",
     "main_download",
+    "main_verify",
     "manifest_entry",
     "manifest_path",
     "missing_message",
     "resolve",
     "sha256_file",
+    "usable_existing",
+    "verify_file",
 ]

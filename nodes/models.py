@@ -5,8 +5,9 @@ Checkpoints live in ComfyUI's ``models/colorizediffusion`` and line-extractor we
 ``extra_model_paths.yaml``); the OpenCLIP ViT-H/14 reference encoder lives in
 the core ``models/clip_vision`` folder, so the file IPAdapter users already have is found too. A manifest
 file (``weights_manifest.json``) that is missing is downloaded on first use of its loader, never at import,
-into the folder's first path, through :func:`colorize.weights.fetch` (temporary name, renamed when
-complete). Outside ComfyUI the folders are ``$COLORIZE_MODELS_DIR/<folder>`` (the core's default models dir).
+into the folder's first path, through :func:`colorize.weights.fetch` (resumable, verified against the manifest
+or the Hub's metadata before it gets its name; recorded in the folder's lock file, whose size is re-checked on every
+use). Outside ComfyUI the folders are ``$COLORIZE_MODELS_DIR/<folder>`` (the core's default models dir).
 """
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from colorize.errors import WeightsMissingError
-from colorize.weights import NO_DOWNLOAD_ENV, default_models_dir, fetch, file_names, hub_url, load_manifest
+from colorize.weights import (
+    NO_DOWNLOAD_ENV,
+    default_models_dir,
+    fetch,
+    file_names,
+    hub_url,
+    load_manifest,
+    usable_existing,
+)
 
 from .host import Progress, comfy_module
 
@@ -107,17 +116,14 @@ def _download_progress(label: str) -> Any:
 def resolve_file(folder: str, name: str) -> Path:
     """The local path of ``name`` in ``folder``; a missing manifest file is downloaded into the folder's
     first path (progress in ComfyUI's bar). Errors name the file, the folders searched and the source."""
-    found = find_file(folder, name)
-    if found is not None:
-        return found
-    dirs = folder_dirs(folder)
-    where = f"ComfyUI model folder '{folder}': " + ", ".join(str(d) for d in dirs)
     entry = next((e for e in load_manifest() if name in file_names(e) and e["models_subdir"] == folder), None)
     # A workflow saved with a former file name finds the file under its current (download) name, and back.
-    for other in file_names(entry) if entry else []:
-        found = find_file(folder, other)
-        if found is not None:
+    for candidate in [name, *(file_names(entry) if entry else [])]:
+        found = find_file(folder, candidate)
+        if found is not None and (entry is None or usable_existing(entry, found) is not None):
             return found
+    dirs = folder_dirs(folder)
+    where = f"ComfyUI model folder '{folder}': " + ", ".join(str(d) for d in dirs)
     if entry is None:
         raise WeightsMissingError(
             f"{name} not found in the {where}. Put the file there (or add a '{folder}:' path in "

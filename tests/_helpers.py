@@ -99,3 +99,12 @@ class ProgressRecorder:
     def fresh(cls) -> type["ProgressRecorder"]:
         """A subclass with its own empty ``updates`` list."""
         return type("Recorder", (cls,), {"updates": []})
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: a connection to it is refused at once (an unreachable endpoint)."""
+    import socket
+
+    with socket.socket() as s:  # bound, never listening
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

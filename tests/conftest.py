@@ -84,3 +84,19 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     (clip,) = (d / "clip_vision").glob("*.safetensors")
     return {v: Colorizer.from_files(d / "colorizediffusion" / f"{CHECKPOINT_NAMES[v]}.safetensors", clip,
                                     device="cpu") for v in VERSIONS}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A :class:`fake_hub.FakeHub` on 127.0.0.1 as the Hub endpoint (``HF_ENDPOINT``), downloads allowed, a 2 s
+    stall timeout."""
+    from fake_hub import FakeHub
+
+    from colorize import weights
+
+    for name in weights.OFFLINE_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLORIZE_DOWNLOAD_TIMEOUT", "2")
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        yield hub

@@ -3,7 +3,6 @@ the FID Inception loader, and the whole protocol end to end on tiny weights (not
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -246,13 +245,13 @@ def test_missing_inception_names_file_and_source(tmp_path: Path) -> None:
     assert str(tmp_path) in msg
 
 
-def test_inception_download_checks_the_hash_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import urllib.request
+def test_inception_download_checks_the_hash_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   fake_hub: object) -> None:
+    from colorize import download
 
-    from colorize import weights
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=0: io.BytesIO(b"not the weights"))
-    monkeypatch.setattr(weights, "check_download_possible", lambda url: None)  # the network is the stand-in above
+    fake_hub.add("github", "pt_inception.pth", b"not the weights")  # type: ignore[attr-defined]
+    url = f"{fake_hub.url}/github/resolve/main/pt_inception.pth"  # type: ignore[attr-defined]
+    monkeypatch.setattr(download, "resolve_url", lambda entry: url)
     with pytest.raises(WeightsMissingError, match="sha256"):
         inc.resolve_inception("fid-inception", tmp_path, download=True)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing partial left behind

@@ -1,4 +1,4 @@
-"""Weights manifest, local lookup and the atomic, never-overwriting downloader (network mocked)."""
+"""Weights manifest, local lookup and the atomic, never-overwriting downloader (fake Hub on 127.0.0.1)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import closed_port
 
 from colorize import weights as w
 from colorize.errors import WeightsMissingError
@@ -14,26 +15,6 @@ from colorize.families import get_family
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASED = {"mult-eps-ft.safetensors", "mult-eps-newft.safetensors", "switch-eps.safetensors", "v2-full.safetensors"}
-
-
-def _fake_hub(content: bytes, calls: list[dict[str, Any]] | None = None):
-    """A stand-in for hf_hub_download that writes ``content`` where the real one would."""
-
-    def fake(**kw: Any) -> str:
-        if calls is not None:
-            calls.append(kw)
-        sub = kw.get("subfolder") or ""
-        out = Path(kw["local_dir"]) / sub / kw["filename"]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if kw.get("tqdm_class"):
-            bar = kw["tqdm_class"](total=len(content))
-            bar.update(len(content) // 2)
-            bar.update(len(content) - len(content) // 2)
-            bar.close()
-        out.write_bytes(content)
-        return str(out)
-
-    return fake
 
 
 def _all_files(d: Path) -> list[Path]:
@@ -90,10 +71,10 @@ def test_default_models_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 
 def test_resolve_finds_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_network(**kw: Any) -> str:
+    def no_network(*args: Any) -> Any:
         raise AssertionError("must not download")
 
-    monkeypatch.setattr(w, "hf_hub_download", no_network)
+    monkeypatch.setattr(w.download, "download_verified", no_network)
     sub = tmp_path / "colorizediffusion" / "mult-eps-ft.safetensors"
     sub.parent.mkdir()
     sub.write_bytes(b"x")
@@ -122,12 +103,9 @@ def test_vision_only_clip_is_an_accepted_alternative(tmp_path: Path) -> None:
 
 
 def test_offline_message_and_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(**kw: Any) -> str:
-        part = Path(kw["local_dir"]) / kw["filename"]
-        part.write_bytes(b"half a file")  # a failed download may leave bytes behind
-        raise ConnectionError("Failed to resolve 'huggingface.co'")
-
-    monkeypatch.setattr(w, "hf_hub_download", offline)
+    for name in w.OFFLINE_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     with pytest.raises(WeightsMissingError) as e:
         w.resolve("switch-eps", tmp_path, download=True)
     msg = str(e.value)
@@ -136,120 +114,96 @@ def test_offline_message_and_no_partial_file(tmp_path: Path, monkeypatch: pytest
     assert "tellurion/ColorizeDiffusion" in msg
     assert "https://huggingface.co/tellurion/ColorizeDiffusion/resolve/main/switch-eps.safetensors" in msg
     assert f"python -m colorize download switch-eps --models-dir {tmp_path}" in msg
-    assert "ConnectionError" in msg and "CC-BY-NC-SA-4.0" in msg
+    assert "ConnectionRefusedError" in msg and "CC-BY-NC-SA-4.0" in msg
     assert len(msg.splitlines()) <= 15
     assert _all_files(tmp_path) == []  # nothing under the final name, no temp leftovers
     with pytest.raises(WeightsMissingError, match="downloading is disabled"):
         w.resolve("switch-eps", tmp_path, download=False)
 
 
-# --- downloads (mocked hub) -----------------------------------------------------------------
+# --- downloads (fake Hub on 127.0.0.1; failures in tests/library/test_downloads.py) ---------------------------
 
 
-def test_download_is_atomic_and_reports_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _serve(hub: Any, name: str, content: bytes) -> None:
+    e = w.manifest_entry(name)
+    hub.add(e["repo_id"], "/".join(p for p in (e.get("subfolder"), e["hub_filename"]) if p), content)
+
+
+def test_download_is_atomic_and_reports_progress(tmp_path: Path, fake_hub: Any) -> None:
     content = b"weights" * 1000
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(w, "hf_hub_download", _fake_hub(content, calls))
+    _serve(fake_hub, "mult-eps-newft", content)
     seen: list[tuple[int, int]] = []
     path = w.resolve("mult-eps-newft", tmp_path, download=True, progress=lambda n, t: seen.append((n, t)))
     assert path == tmp_path / "colorizediffusion" / "mult-eps-newft.safetensors"
     assert path.read_bytes() == content
-    assert _all_files(tmp_path) == [path]
-    assert calls[0]["repo_id"] == "tellurion/ColorizeDiffusion" and calls[0]["filename"] == "mult-eps-newft.safetensors"
-    assert Path(calls[0]["local_dir"]).parent == path.parent  # temp folder on the same filesystem
-    assert seen[-1] == (len(content), len(content)) and seen[0][0] < len(content)
+    assert _all_files(tmp_path) == sorted([path, path.with_name("colorize-weights.lock.json")])
+    assert fake_hub.gets("mult-eps-newft.safetensors") == [None]
+    assert seen[-1] == (len(content), len(content))
 
 
-def test_download_checksum_mismatch_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_checksum_mismatch_leaves_nothing(tmp_path: Path, fake_hub: Any) -> None:
     content = b"some bytes"
-    monkeypatch.setattr(w, "hf_hub_download", _fake_hub(content))
+    _serve(fake_hub, "mult-eps-ft", content)
     entry = dict(w.manifest_entry("mult-eps-ft"), sha256=hashlib.sha256(b"other").hexdigest())
-    with pytest.raises(WeightsMissingError, match="sha256 mismatch"):
+    with pytest.raises(WeightsMissingError, match="from the manifest; the bytes were discarded"):
         w.fetch(entry, tmp_path)
     assert _all_files(tmp_path) == []
     entry["sha256"] = hashlib.sha256(content).hexdigest()
     assert w.fetch(entry, tmp_path).read_bytes() == content
     # the real entry with a known size/sha256 rejects a wrong file too
-    with pytest.raises(WeightsMissingError, match="expected 2,528,373,448"):
+    _serve(fake_hub, "clip-vit-h-14-vision", b"4 KB of garbage")
+    with pytest.raises(WeightsMissingError, match="the manifest gives the file 2,528,373,448 bytes"):
         w.resolve("clip-vit-h-14-vision", tmp_path / "other", download=True)
     assert _all_files(tmp_path / "other") == []
 
 
-def test_existing_file_is_never_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_existing_file_is_never_overwritten(tmp_path: Path, fake_hub: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     final = tmp_path / "colorizediffusion" / "mult-eps-ft.safetensors"
     final.parent.mkdir()
     final.write_bytes(b"old")
-    monkeypatch.setattr(w, "hf_hub_download", _fake_hub(b"new"))
+    _serve(fake_hub, "mult-eps-ft", b"new")
     entry = w.manifest_entry("mult-eps-ft")
     assert w.fetch(entry, tmp_path) == final and final.read_bytes() == b"old"
 
     # a file that appears while the download runs (another process) is kept as well
     other = tmp_path / "b"
     target = other / "colorizediffusion" / "mult-eps-ft.safetensors"
-    inner = _fake_hub(b"new")
+    real_check = w.download.check_bytes
 
-    def racing(**kw: Any) -> str:
+    def racing(path: Path, expected: Any) -> str:
         target.write_bytes(b"theirs")
-        return inner(**kw)
+        return real_check(path, expected)
 
-    monkeypatch.setattr(w, "hf_hub_download", racing)
+    monkeypatch.setattr(w.download, "check_bytes", racing)
     assert w.fetch(entry, other) == target and target.read_bytes() == b"theirs"
-    assert _all_files(other) == [target]
+    assert _all_files(other) == [target]  # and no lock entry: these bytes are not the ones verified
 
 
-def test_main_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_main_download(tmp_path: Path, fake_hub: Any, monkeypatch: pytest.MonkeyPatch,
+                       capsys: pytest.CaptureFixture) -> None:
     assert w.main_download(["--list", "--models-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert all(e["name"] in out for e in w.load_manifest())
-    monkeypatch.setattr(w, "hf_hub_download", _fake_hub(b"ok"))
+    _serve(fake_hub, "v2-full", b"ok")
     assert w.main_download(["v2-full", "--models-dir", str(tmp_path)]) == 0
     assert (tmp_path / "colorizediffusion" / "v2-full.safetensors").read_bytes() == b"ok"
-    capsys.readouterr()
+    assert "(size and sha256 verified)" in capsys.readouterr().out
     assert w.main_download(["v2-full", "--models-dir", str(tmp_path)]) == 0
     assert "already present" in capsys.readouterr().out
     assert w.main_download(["nonsense", "--models-dir", str(tmp_path)]) == 1
-
-    def offline(**kw: Any) -> str:
-        raise OSError("offline")
-
-    monkeypatch.setattr(w, "hf_hub_download", offline)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     assert w.main_download(["switch-eps", "--models-dir", str(tmp_path)]) == 1
     assert "python -m colorize download switch-eps" in capsys.readouterr().err
 
 
-def test_direct_url_entries_download_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Entries that are not on the Hub are fetched from their ``url``, with the sha256 prefix checked."""
-    import hashlib
-    import io
-    import urllib.request
-
-    payload = b"inception weights"
-    entry = {**w.manifest_entry("fid-inception"), "sha256_prefix": hashlib.sha256(payload).hexdigest()[:8]}
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=0: io.BytesIO(payload))
-    monkeypatch.setattr(w, "check_download_possible", lambda url: None)  # the network is the stand-in above
-    got = w.fetch(entry, tmp_path)
-    assert got.read_bytes() == payload and got.name == entry["filename"]
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [got]
-
-
 # ------------------------------------------------------------------------------------- offline
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:  # bound, never listening: a connection is refused at once
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("variable", ["COLORIZE_NO_DOWNLOAD", "HF_HUB_OFFLINE"])
 def test_offline_variables_stop_a_download_before_the_hub_is_asked(
         variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(variable, "1")
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: pytest.fail("the hub must not be asked"))
+    monkeypatch.setattr(w.download, "download_verified", lambda *a: pytest.fail("the hub must not be asked"))
     with pytest.raises(WeightsMissingError, match=f"reason: +not on disk and {variable} is set"):
         w.resolve("switch-eps", tmp_path, download=True)
     assert not list(tmp_path.rglob("*.safetensors"))
@@ -258,10 +212,8 @@ def test_offline_variables_stop_a_download_before_the_hub_is_asked(
 def test_an_unreachable_hub_fails_at_once_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in w.OFFLINE_ENVS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: pytest.fail("the hub must not be asked"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setattr(w.download, "download_verified", lambda *a: pytest.fail("the hub must not be asked"))
     with pytest.raises(WeightsMissingError, match=r"reason: +no network: cannot reach 127\.0\.0\.1 \(Connection"):
         w.resolve("switch-eps", tmp_path, download=True)
 
@@ -275,7 +227,7 @@ def test_cli_offline_with_empty_model_folders_exits_quickly_with_the_named_error
     import time
 
     env = {k: v for k, v in os.environ.items() if k not in w.OFFLINE_ENVS}
-    env["HF_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"  # no network, whatever this machine has
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"  # no network, whatever this machine has
     sketch, ref = REPO / "workflows" / "colorizediffusion_sketch.png", REPO / "workflows" / "colorizediffusion_reference.png"
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "colorize", "run", "--sketch", str(sketch), "--reference", str(ref),

@@ -347,21 +347,19 @@ def _files(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("*") if p.is_file())
 
 
-def test_missing_weights_offline_one_screen_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_weights_offline_one_screen_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    fake_hub: Any) -> None:
     monkeypatch.setenv(w.MODELS_DIR_ENV, str(tmp_path))
-
-    def offline(**kw: Any) -> str:
-        (Path(kw["local_dir"]) / kw["filename"]).write_bytes(b"half a file")  # a failed download leaves bytes
-        raise ConnectionError("Failed to resolve 'huggingface.co'")
-
-    monkeypatch.setattr(w, "hf_hub_download", offline)
+    fake_hub.add("tellurion/ColorizeDiffusion", CKPT, b"half a file", mode="stall", stall_after=5)
+    fake_hub.add("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "open_clip_model.safetensors", b"x", mode="missing")
     with pytest.raises(WeightsMissingError) as e:
         M["ColorizeDiffusionCheckpointLoader"].execute(CKPT, "auto")
     msg = str(e.value)
     assert CKPT in msg and str(tmp_path / "colorizediffusion") in msg and "'colorizediffusion'" in msg
     assert "https://huggingface.co/tellurion/ColorizeDiffusion/resolve/main/mult-eps-ft.safetensors" in msg
-    assert "ConnectionError" in msg and len(msg.splitlines()) <= 8
-    assert _files(tmp_path) == []  # no half file under the final name, no temporary leftovers
+    assert "no data for 2 s (the server stalled" in msg and len(msg.splitlines()) <= 8
+    assert not (tmp_path / "colorizediffusion" / CKPT).exists()  # no half file under the final name
+    assert [p.parent.name for p in _files(tmp_path)] == [".colorize-partial"]  # kept in one place, for resuming
 
     with pytest.raises(WeightsMissingError) as e:
         M["ColorizeDiffusionReferenceEncoderLoader"].execute(CLIP)
@@ -372,7 +370,7 @@ def test_missing_weights_offline_one_screen_message(tmp_path: Path, monkeypatch:
 def test_no_download_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(w.MODELS_DIR_ENV, str(tmp_path))
     monkeypatch.setenv(node_models.NO_DOWNLOAD_ENV, "1")
-    monkeypatch.setattr(w, "hf_hub_download", lambda **kw: pytest.fail("must not download"))
+    monkeypatch.setattr(w.download, "download_verified", lambda *a: pytest.fail("must not download"))
     with pytest.raises(WeightsMissingError, match="COLORIZE_NO_DOWNLOAD"):
         M["ColorizeDiffusionCheckpointLoader"].execute(CKPT, "auto")
 
@@ -400,22 +398,11 @@ def test_file_names_never_lead_out_of_the_model_folders(tmp_path: Path, monkeypa
 
 
 def test_first_use_downloads_into_the_folder_with_progress(
-    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_hub: Any
 ) -> None:
     monkeypatch.setenv(w.MODELS_DIR_ENV, str(tmp_path))
     content = (tiny_dir / "colorizediffusion" / CKPT).read_bytes()
-    calls: list[dict[str, Any]] = []
-
-    def hub(**kw: Any) -> str:
-        calls.append(kw)
-        bar = kw["tqdm_class"](total=len(content))
-        out = Path(kw["local_dir"]) / kw["filename"]
-        with open(out, "wb") as f:
-            for i in range(0, len(content), 1 << 20):
-                f.write(content[i:i + (1 << 20)])
-                bar.update(len(content[i:i + (1 << 20)]))
-        return str(out)
-
+    fake_hub.add("tellurion/ColorizeDiffusion", CKPT, content)
     seen: list[tuple[int, int | None]] = []
 
     class Recorder:
@@ -425,11 +412,11 @@ def test_first_use_downloads_into_the_folder_with_progress(
         def update(self, value: int, total: int | None = None, preview: Any = None) -> None:
             seen.append((value, total))
 
-    monkeypatch.setattr(w, "hf_hub_download", hub)
     monkeypatch.setattr(node_models, "Progress", Recorder)
     model = M["ColorizeDiffusionCheckpointLoader"].execute(CKPT, "auto").result[0]
-    assert _files(tmp_path) == [tmp_path / "colorizediffusion" / CKPT]
-    assert calls[0]["repo_id"] == "tellurion/ColorizeDiffusion" and Path(calls[0]["local_dir"]).parent == tmp_path / "colorizediffusion"
+    final = tmp_path / "colorizediffusion" / CKPT
+    assert _files(tmp_path) == sorted([final, final.with_name("colorize-weights.lock.json")])
+    assert fake_hub.gets(CKPT) == [None]
     assert seen and seen[-1][0] == len(content) >> 20 and seen[0][0] <= seen[-1][0]
     assert model.config.tiny
 

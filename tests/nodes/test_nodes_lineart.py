@@ -1,7 +1,7 @@
 """The Line Extract node without ComfyUI: drawn images, polarity, sizes, options, model files in models/lineart."""
 from __future__ import annotations
 
-from _helpers import combo_choices, require_node_api
+from _helpers import closed_port, combo_choices, require_node_api
 
 require_node_api()  # the nodes import ComfyUI's comfy_api
 
@@ -232,11 +232,9 @@ def test_picked_file_must_match_the_method(lineart_dir: Path, sketch_keras_file:
 def test_missing_model_file_offline_names_file_folder_and_source(
     lineart_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def offline(**kw: Any) -> str:
-        (Path(kw["local_dir"]) / kw["filename"]).write_bytes(b"half a file")
-        raise ConnectionError("Failed to resolve 'huggingface.co'")
-
-    monkeypatch.setattr(w, "hf_hub_download", offline)
+    for name in w.OFFLINE_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     image, _ = drawing(40, 40)
     for kind, spec in MODEL_SPECS.items():
         entry = manifest_entry(spec.manifest_name)
@@ -244,11 +242,11 @@ def test_missing_model_file_offline_names_file_folder_and_source(
             run(image, kind)
         msg = str(e.value)
         assert entry["filename"] in msg and "'lineart'" in msg and str(lineart_dir) in msg
-        assert hub_url(entry) in msg and "ConnectionError" in msg and len(msg.splitlines()) <= 8
+        assert hub_url(entry) in msg and "no network: cannot reach 127.0.0.1" in msg and len(msg.splitlines()) <= 8
     assert not [p for p in lineart_dir.parent.rglob("*") if p.is_file()], "no half file remains"
 
     monkeypatch.setenv(node_models.NO_DOWNLOAD_ENV, "1")
-    monkeypatch.setattr(w, "hf_hub_download", lambda **kw: pytest.fail("must not download"))
+    monkeypatch.setattr(w.download, "download_verified", lambda *a: pytest.fail("must not download"))
     with pytest.raises(WeightsMissingError, match="(?s)sketchkeras.pth.*COLORIZE_NO_DOWNLOAD"):
         run(image, "sketch_keras")
     with pytest.raises(WeightsMissingError, match="(?s)mine.pth not found.*'lineart'"):
