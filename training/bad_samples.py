@@ -55,8 +55,9 @@ def allowance(num_items: int, max_fraction: float, min_allowance: int) -> int:
 class BadSampleLedger:
     """The unreadable records known to the run, in the order they were found (checkpointed)."""
 
-    def __init__(self, num_items: int, limit: int, max_fraction: float) -> None:
-        self.num_items, self.limit, self.max_fraction = num_items, limit, max_fraction
+    def __init__(self, num_items: int, max_fraction: float, min_allowance: int) -> None:
+        self.num_items, self.max_fraction, self.min_allowance = num_items, max_fraction, min_allowance
+        self.limit = allowance(num_items, max_fraction, min_allowance)
         self.known: dict[str, BadSample] = {}
 
     def __len__(self) -> int:
@@ -86,8 +87,8 @@ class BadSampleLedger:
         first = "; ".join(f"{b.file} ({b.reason})" for b in list(self.known.values())[:3])
         raise TrainingDataError(
             f"{len(self.known)} of {self.num_items} samples cannot be read, more than the {self.limit} allowed "
-            f"(data.max_bad_fraction={self.max_fraction}, data.min_bad_allowance); first: {first}; replace or "
-            "remove these files, or raise data.max_bad_fraction")
+            f"(data.max_bad_fraction={self.max_fraction}, data.min_bad_allowance={self.min_allowance}); first: "
+            f"{first}; replace or remove these files, or raise data.max_bad_fraction")
 
     def state_dict(self) -> list[dict[str, str]]:
         return [asdict(b) for b in self.known.values()]

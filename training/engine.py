@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from colorize.sampling.noise_schedule import ddpm_buffers
 from training import checkpoint as ckpt
-from training.bad_samples import BadSample, BadSampleLedger, allowance, split_reports
+from training.bad_samples import BadSample, BadSampleLedger, split_reports
 from training.batches import BatchPlan, ItemSpec, PlanSampler, TripletDataset, collate
 from training.config import ObjectiveConfig, TrainConfig
 from training.data import check_masks, open_source, warn
@@ -136,8 +136,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.ema = EMA(self.mods.denoiser, cfg.run.ema_decay) if cfg.run.ema_decay else None
         d, num_items = cfg.data, len(self.source.records)
-        self.ledger = BadSampleLedger(num_items, allowance(num_items, d.max_bad_fraction, d.min_bad_allowance),
-                                      d.max_bad_fraction)
+        self.ledger = BadSampleLedger(num_items, d.max_bad_fraction, d.min_bad_allowance)
         self.dataset = TripletDataset(self.source, cfg.augment, cfg.objective, self.mods.noise_spec(), cfg.run.seed,
                                       masks=self.stage.needs_masks, max_bad=self.ledger.limit)
         r = cfg.run

@@ -11,6 +11,10 @@ the losses of both steps (relative 1e-5), the (clipped) gradients of both steps 
 (relative L2 1e-5 / 1e-4), and the parameters after step 1: equal within a few float32 ulps wherever
 ``|g| > 1e-6``, and within ``2·lr`` where the gradient is rounding noise. Images are 128² so that the tiny U-Net's 2×2 bottleneck
 gives its GroupNorms 8 values each (at 64² it is 1×1 and a 2-value GroupNorm magnifies rounding errors).
+
+One colour image of the data is corrupt, and it falls to the second process in step 1: every run replaces it by
+the next readable record; the DDP run must share what its second process found, so that the first one logs it
+(once) and checkpoints it as the single-process run does.
 """
 from __future__ import annotations
 
@@ -25,8 +29,9 @@ import pytest
 import torch
 
 from colorize.config import TINY_MULT
+from training.batches import BatchPlan
 from training.config import config_from_dict
-from training.logs import read_log
+from training.logs import read_log, step_lines
 from training.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,8 +44,14 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     base = tmp_path_factory.mktemp("ddp")
     files = write_tiny_weights(base / "models", TINY_MULT, seed=0)
-    return {"ckpt": files["mult-eps-ft"], "clip": files["clip-vit-h-14"],
-            "data": make_synthetic_dataset(base / "data", 10, (112, 144), "folders", seed=3), "base": base}
+    data = make_synthetic_dataset(base / "data", 10, (112, 144), "folders", seed=3)
+    bad = data / "color" / CORRUPT
+    bad.write_bytes(bad.read_bytes()[:300])
+    return {"ckpt": files["mult-eps-ft"], "clip": files["clip-vit-h-14"], "data": data, "base": base}
+
+
+# the first sample of the second process (slots 2-3 of the global batch 4) in step 1
+CORRUPT = f"{BatchPlan(10, 2, 1, 2, 0, ((128, 128),)).micro_batch(0, 0, 1)[0].index:05d}.png"
 
 
 def run_config(assets: dict[str, Path], out: Path, batch: int, accum: int, checkpointing: bool = False) -> dict[str, Any]:
@@ -90,11 +101,17 @@ def rel_l2(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return (num / den) ** 0.5
 
 
+def skip_events(out: Path) -> list[tuple[int, str]]:
+    return [(r["step"], r["key"]) for r in read_log(out) if r.get("event") == "skipped_sample"]
+
+
 def assert_same_training(ref: Path, other: Path, names: list[str]) -> None:
-    la, lb = [r["loss"] for r in read_log(ref)], [r["loss"] for r in read_log(other)]
+    la, lb = [r["loss"] for r in step_lines(read_log(ref))], [r["loss"] for r in step_lines(read_log(other))]
     assert len(la) == len(lb) == 2
     assert la == pytest.approx(lb, rel=1e-5)
+    assert skip_events(ref) == skip_events(other) == [(1, CORRUPT)]
     (a1, a2), (b1, b2) = states(ref), states(other)
+    assert [b["key"] for b in a2["bad_samples"]] == [b["key"] for b in b2["bad_samples"]] == [CORRUPT]
     ga1, ga2 = gradients(a1, a2, names)
     gb1, gb2 = gradients(b1, b2, names)
     assert rel_l2(ga1, gb1) < 1e-5
