@@ -129,25 +129,21 @@ class TripletDataset(Dataset):
             check_masks(source.records)
         self.max_bad = len(source.records) - 1 if max_bad is None else max_bad
         self.known_bad: dict[int, BadSample] = {}
+        self._index_of_key: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.source.records)
 
-    def load(self, index: int) -> tuple[Tensor, Tensor]:
-        """Colour (3, H, W) and sketch (3, H, W), both in [0, 1] (read errors propagate)."""
-        rec = self.source.records[index]
-        return pil_to_tensor(self.source.open(rec.color))[0], pil_to_tensor(self.source.open(rec.sketch))[0]
-
-    def load_mask(self, index: int) -> Tensor:
-        """The record's foreground mask (1, H, W) in [0, 1] (first channel of the stored image)."""
-        return pil_to_tensor(self.source.open(self.source.records[index].mask))[0][:1]
-
     def mark_bad(self, reports: list[BadSample]) -> None:
         """Pass over these records from now on without reading them (reports of records not here are ignored)."""
-        wanted = {b.key: b for b in reports}
-        for i, rec in enumerate(self.source.records):
-            if rec.key in wanted:
-                self.known_bad[i] = wanted[rec.key]
+        if not reports:
+            return
+        if self._index_of_key is None:
+            self._index_of_key = {rec.key: i for i, rec in enumerate(self.source.records)}
+        for bad in reports:
+            index = self._index_of_key.get(bad.key)
+            if index is not None:
+                self.known_bad[index] = bad
 
     def read_record(self, index: int) -> tuple[list[Tensor], BadSample | None]:
         """The record's parts (colour, sketch[, mask]) in [0, 1], or no parts and the report of the part that
