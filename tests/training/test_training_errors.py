@@ -304,11 +304,12 @@ def test_too_many_unreadable_samples_stop_the_run_naming_them(tmp_path: Path, ti
 
 
 def test_bad_samples_are_logged_once_and_checkpointed(tmp_path: Path, tiny_models: dict[str, str]) -> None:
+    """Found in a data-loader worker process, reported to the trainer with the batch."""
     from _helpers import make_trainer
 
     root = make_synthetic_dataset(tmp_path / "data", 4, (72, 88), "folders", seed=2)
     corrupt(root / "sketch" / "00002.png")
-    cfg = json.loads(Path(write_config(tmp_path, model=tiny_models, data={"root": str(root)},
+    cfg = json.loads(Path(write_config(tmp_path, model=tiny_models, data={"root": str(root), "num_workers": 2},
                                        run={"max_steps": 4, "log_every": 1})).read_text())
     result = make_trainer(cfg).train()
     log = read_log(tmp_path / "run")
