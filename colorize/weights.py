@@ -212,7 +212,6 @@ def fetch(
     final = _target(entry, models_dir)
     if final.exists():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
     try:
         check_downloads_allowed()
         check_download_possible(download.resolve_url(entry))
@@ -363,7 +362,7 @@ def clean_partial_downloads(models_dir: str | os.PathLike[str] | None) -> str:
 
 def main_download(argv: Sequence[str] | None = None) -> int:
     """``python -m colorize download NAME... [--models-dir DIR] [--list] [--clean]``; 0 when all files are
-    present and pass their size check."""
+    present and pass their size check, 2 after an ``error:`` (unknown name, failed download)."""
     parser = argparse.ArgumentParser(
         prog="python -m colorize download",
         description="Fetch weights listed in weights_manifest.json, verified against the manifest or the Hub's "
@@ -387,7 +386,7 @@ def main_download(argv: Sequence[str] | None = None) -> int:
             entry = manifest_entry(name)
         except KeyError as e:
             print(f"error: {e.args[0]}", file=sys.stderr)
-            status = 1
+            status = 2
             continue
         existing = _find_existing(entry, args.models_dir)
         if existing is not None:
@@ -401,7 +400,7 @@ def main_download(argv: Sequence[str] | None = None) -> int:
             path = resolve(entry["name"], args.models_dir, download=True, accept_alternatives=False)
         except WeightsMissingError as e:
             print(f"error: {e}", file=sys.stderr)
-            status = 1
+            status = 2
             continue
         print(f"{entry['name']}: saved to {path} (size and sha256 verified)")
     return status

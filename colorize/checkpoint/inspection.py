@@ -260,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(format_report(rep))
     if rep.error:
+        print(f"error: {rep.error}", file=sys.stderr)
         return 2
     return 0 if rep.ok else 1
 

@@ -190,9 +190,9 @@ def test_main_download(tmp_path: Path, fake_hub: Any, monkeypatch: pytest.Monkey
     assert "(size and sha256 verified)" in capsys.readouterr().out
     assert w.main_download(["v2-full", "--models-dir", str(tmp_path)]) == 0
     assert "already present" in capsys.readouterr().out
-    assert w.main_download(["nonsense", "--models-dir", str(tmp_path)]) == 1
+    assert w.main_download(["nonsense", "--models-dir", str(tmp_path)]) == 2
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
-    assert w.main_download(["switch-eps", "--models-dir", str(tmp_path)]) == 1
+    assert w.main_download(["switch-eps", "--models-dir", str(tmp_path)]) == 2
     assert "python -m colorize download switch-eps" in capsys.readouterr().err
 
 
