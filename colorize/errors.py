@@ -69,3 +69,8 @@ __all__ = [
     "WeightsMissingError",
     "user_errors",
 ]
+
+
+class SizeLimitError(InputError):
+    """An output size or input image above a configured limit; the message names the size, the limit and how to
+    raise it (``colorize.preprocess.output_limits``, ``colorize.preprocess.input_pixel_limit``)."""

@@ -1,4 +1,4 @@
-"""Input preprocessing: image loading, sketch polarity and fitting, reference tensors, sizes.
+"""Input preprocessing: image loading, sketch polarity and fitting, reference tensors, sizes and their limits.
 
 Conventions (thesis §5.3; official ``backend/functool.py``): images are tensors in [-1, 1];
 a sketch fed to the sketch encoder has **lines = +1 and background = -1**; the target size is
@@ -7,20 +7,144 @@ a multiple of 64 (the sketch encoder's deepest hint is at stride 64).
 from __future__ import annotations
 
 import math
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from colorize.errors import InputError
+from colorize.errors import InputError, SizeLimitError
 
 SketchPolarity = Literal["invert", "keep", "auto"]
 SIZE_MULTIPLE = 64
 
+#: Default largest output side in pixels, for every family (``Family.max_output_side``; see :func:`output_limits`).
+DEFAULT_MAX_OUTPUT_SIDE = 4096
+#: Default largest output area in pixels (2048², e.g. 2048×2048 or 4096×1024), for every family
+#: (``Family.max_output_pixels``).
+DEFAULT_MAX_OUTPUT_PIXELS = 2048 * 2048
+#: Environment variables that replace the families' output limits (whole numbers of pixels; ``0`` = no limit;
+#: ``COLORIZE_MAX_PIXELS`` also takes ``WxH``). The settings fields ``max_output_side`` / ``max_output_pixels``
+#: win over them.
+MAX_SIDE_ENV = "COLORIZE_MAX_SIDE"
+MAX_PIXELS_ENV = "COLORIZE_MAX_PIXELS"
 
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """The output size limits in effect: ``side`` (largest width or height) and ``pixels`` (largest width × height),
+    ``0`` = no limit; ``*_source`` says where each came from (for the error message)."""
+
+    side: int
+    pixels: int
+    side_source: str = "default"
+    pixels_source: str = "default"
+
+
+def output_limits(family: Any = None, max_side: int | None = None, max_pixels: int | None = None) -> OutputLimits:
+    """The output size limits of a generation: ``max_side`` / ``max_pixels`` when given (the settings fields), else
+    the environment variables :data:`MAX_SIDE_ENV` / :data:`MAX_PIXELS_ENV`, else the family's
+    ``max_output_side`` / ``max_output_pixels``; without a family (nothing loaded yet, e.g. the CLI's check before
+    loading) the defaults, which no registered family exceeds (a family may lower them, not raise them).
+
+    Why the defaults (:data:`DEFAULT_MAX_OUTPUT_SIDE` = 4096, :data:`DEFAULT_MAX_OUTPUT_PIXELS` = 2048²): every
+    family has the SD2.1 backbone with an 8× latent, so an H×W output gives the top U-Net level
+    ``N = H·W / 64`` tokens (65,536 at 2048²; v2's 768² base is 9,216) and its self-attention costs ``N²``: with up
+    to three CFG rows (reference and sketch guidance) and five heads, an attention matrix materialised in fp16 would
+    take ``3 · 5 · N² · 2`` bytes: 0.5 GB at 512², 8 GB at 1024², 129 GB at 2048². PyTorch's memory-efficient and
+    flash kernels (CUDA, used by :func:`colorize.models.attention.attend_heads`) never materialise it, so memory
+    grows only with ``N``: at 2048² the largest U-Net activations are about 1 GB (3 rows × 65,536 tokens × 2,560
+    GEGLU channels in fp16). The largest single cost is the untiled fp32 VAE decode, linear in the pixel count:
+    1.0 GB of activations measured for a 512² decode (CPU, peak RSS), so about 16 GB at 2048², which with the
+    ~6 GB of weights (fp16 U-Net, fp32 CLIP ViT-H and VAE) still fits a 24 GB card (VAE tiling,
+    ``vae_tiling="auto"``, leaves more room). The attention compute still grows with ``N²``: 2048² is 256× the
+    attention work of 512² (tens of seconds per image at 20 steps on a 24 GB card); 4096² would be 16× more again
+    and need ~64 GB for the untiled decode. Sides up to 4096 (the nodes' widget maximum) allow long outputs within
+    the same area (4096×1024). On a bigger card, or with ``--low-vram`` / VAE tiling, raise the limits with the
+    variables or fields; ``0`` removes a limit.
+    """
+    side, side_source = _limit(max_side, "max_output_side", MAX_SIDE_ENV)
+    pixels, pixels_source = _limit(max_pixels, "max_output_pixels", MAX_PIXELS_ENV)
+    if side is None:
+        side, side_source = int(getattr(family, "max_output_side", DEFAULT_MAX_OUTPUT_SIDE)), "default"
+    if pixels is None:
+        pixels, pixels_source = int(getattr(family, "max_output_pixels", DEFAULT_MAX_OUTPUT_PIXELS)), "default"
+    return OutputLimits(side, pixels, side_source, pixels_source)
+
+
+def _limit(value: int | None, field: str, env: str) -> tuple[int | None, str]:
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InputError(f"{field} must be a whole number of pixels (0 = no limit, None = default), got {value!r}")
+        return value, field
+    text = os.environ.get(env, "").strip()
+    if not text:
+        return None, ""
+    m = re.fullmatch(r"(\d+)\s*[x×*]\s*(\d+)", text) if env == MAX_PIXELS_ENV else None
+    if m:
+        return int(m[1]) * int(m[2]), env
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        extra = " or WxH" if env == MAX_PIXELS_ENV else ""
+        raise InputError(f"environment variable {env} must be a whole number of pixels{extra} (0 = no limit), "
+                         f"got {text!r}")
+    return number, env
+
+
+def check_output_size(height: int | None, width: int | None, limits: OutputLimits, label: str | None = None) -> None:
+    """A :class:`~colorize.errors.SizeLimitError` when an output of ``height`` × ``width`` pixels (``None`` = not
+    known yet) is above ``limits``; ``label`` names the size in the message (default ``output size WxH px``)."""
+    shown = label or f"output {_dims(height, width)} px"
+    if limits.side:
+        for name, value in (("width", width), ("height", height)):
+            if value is not None and value > limits.side:
+                raise SizeLimitError(f"{shown}: the {name} is above the limit of {limits.side} px per side"
+                                     f"{_raise_hint(MAX_SIDE_ENV, 'max_output_side', limits.side_source)}")
+    if limits.pixels and width is not None and height is not None and width * height > limits.pixels:
+        root = math.isqrt(limits.pixels)
+        square = f" = {root}x{root}" if root * root == limits.pixels else ""
+        raise SizeLimitError(f"{shown}: {width * height:,} pixels, above the limit of {limits.pixels:,} pixels{square}"
+                             f"{_raise_hint(MAX_PIXELS_ENV, 'max_output_pixels', limits.pixels_source)}")
+
+
+def check_requested_size(width: int | None, height: int | None, limits: OutputLimits,
+                         sketch_hw: tuple[int, int] | None = None, base: int = 512) -> None:
+    """:func:`check_output_size` of a requested width/height (``None`` or 0 = automatic): with ``sketch_hw`` (the
+    sketch's height, width) the size that will run (:func:`target_size` with ``base``, a missing side following the
+    sketch's aspect), else the sides given, rounded to multiples of 64, and their product when both are."""
+    width, height = width or None, height or None
+    if sketch_hw is not None and not (width and height):
+        h, w = target_size(sketch_hw, width, height, base)
+        how = f"{_dims(height, width)} given, the other side" if (width or height) else f"about {base}² in area"
+        label = f"output size {w}x{h} px ({how} from the {sketch_hw[1]}x{sketch_hw[0]} sketch's aspect)"
+    else:
+        h, w = height and round_size(height), width and round_size(width)
+        label = f"output {_dims(height, width)} px"
+        if (h, w) != (height, width):
+            label += f" ({_dims(h, w).split(' ', 1)[1]} after rounding to multiples of 64)"
+    check_output_size(h, w, limits, label)
+
+
+def _dims(height: int | None, width: int | None) -> str:
+    if height is None:
+        return f"width {width}"
+    if width is None:
+        return f"height {height}"
+    return f"size {width}x{height}"
+
+
+def _raise_hint(env: str, field: str, source: str) -> str:
+    where = f" (set by {source})" if source != "default" else ""
+    return (f"{where}; choose a smaller width/height, or raise the limit with the environment variable {env} or "
+            f"the setting {field} (0 = no limit)")
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -123,10 +247,11 @@ def target_size(
 ) -> tuple[int, int]:
     """Output ``(height, width)``, multiples of 64.
 
-    Given sizes are rounded to the nearest multiple of 64. A missing side follows the
+    Given sizes are rounded to the nearest multiple of 64. A missing side (``None`` or 0) follows the
     sketch's aspect ratio; with neither, the area is about ``base``² (512 for v1).
     """
     h, w = sketch_hw
+    width, height = width or None, height or None
     if width is not None and height is not None:
         return round_size(height), round_size(width)
     if width is not None:

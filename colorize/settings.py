@@ -3,9 +3,11 @@ and the foreground/background controls of v1.5 / v2.
 
 Defaults are the official app's (``backend/appfunc.py`` and the Gradio UI of the official repository at commit
 ``c9bd9fb``); :meth:`GenerationSettings.validate` and :meth:`EnhanceSettings.validate` turn every bad value into
-an :class:`~colorize.errors.InputError` naming the field. The reference strength reaches the cross-attention
-as :meth:`GenerationSettings.reference_scales`: one value per attention block in the official order
-(:data:`colorize.models.unet.ATTENTION_BLOCK_ORDER`), built by the app's slider rules below.
+an :class:`~colorize.errors.InputError` naming the field; output sizes above the limits of
+:func:`colorize.preprocess.output_limits` (see there for the defaults and how to raise them; re-exported here) are a
+:class:`~colorize.errors.SizeLimitError`. The reference
+strength reaches the cross-attention as :meth:`GenerationSettings.reference_scales`: one value per attention block
+in the official order (:data:`colorize.models.unet.ATTENTION_BLOCK_ORDER`), built by the app's slider rules below.
 """
 from __future__ import annotations
 
@@ -17,6 +19,16 @@ from torch import Tensor
 
 from colorize.errors import InputError
 from colorize.models.unet import NUM_ATTENTION_BLOCKS
+from colorize.preprocess import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    DEFAULT_MAX_OUTPUT_SIDE,
+    MAX_PIXELS_ENV,
+    MAX_SIDE_ENV,
+    OutputLimits,
+    check_output_size,
+    check_requested_size,
+    output_limits,
+)
 from colorize.sampling import SAMPLERS, SCHEDULER_CHOICES, resolve_scheduler
 
 #: Largest seed (64-bit, as ComfyUI's seed widgets).
@@ -40,7 +52,6 @@ DEFAULT_REFERENCE_THRESHOLD = 0.5
 DEFAULT_SKETCH_THRESHOLD = 0.05
 BackgroundContext = Literal["background", "official", "reference"]
 BACKGROUND_CONTEXTS: tuple[str, ...] = ("background", "official", "reference")
-
 
 @dataclass
 class GenerationSettings:
@@ -66,6 +77,10 @@ class GenerationSettings:
     official "Injection fidelity (reference)" 0.5) blends the plain self-attention into the
     reference-unconditional rows; ``injection_control`` (official "Injection fidelity (sketch)", 0) scales
     the hints of the negated reference in the write pass; ``injection_start`` is the first ``tr`` injected.
+
+    Output size limits: ``max_output_side`` / ``max_output_pixels`` (``None`` = ``$COLORIZE_MAX_SIDE`` /
+    ``$COLORIZE_MAX_PIXELS``, else the family's defaults, 4096 px and 2048²; ``0`` = no limit; see
+    :func:`colorize.preprocess.output_limits`).
     """
 
     steps: int = 20
@@ -90,8 +105,15 @@ class GenerationSettings:
     injection_fidelity: float = 0.5
     injection_control: float = 0.0
     injection_start: float = 0.0
+    max_output_side: int | None = None
+    max_output_pixels: int | None = None
 
-    def validate(self) -> None:
+    def validate(self, family: Any = None, sketch_hw: tuple[int, int] | None = None) -> None:
+        """An :class:`~colorize.errors.InputError` naming the first bad field; sizes above the output limits
+        (:func:`output_limits` of ``family``, the loaded model's; ``None`` = not known yet) are a
+        :class:`~colorize.errors.SizeLimitError`. With ``sketch_hw`` (the sketch's height, width) the size that
+        will actually run is checked (:func:`colorize.preprocess.target_size`, a missing side following the
+        sketch's aspect); without it, the sides given and, when both are, their product."""
         if self.sampler not in SAMPLERS:
             raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.scheduler not in SCHEDULER_CHOICES:
@@ -117,6 +139,12 @@ class GenerationSettings:
         if self.block_strengths is not None and len(self.block_strengths) != NUM_ATTENTION_BLOCKS:
             raise InputError(f"block_strengths needs {NUM_ATTENTION_BLOCKS} values, got {len(self.block_strengths)}")
         self._validate_advanced()
+        self.check_size(family, sketch_hw)
+
+    def check_size(self, family: Any = None, sketch_hw: tuple[int, int] | None = None) -> None:
+        """The output-size part of :meth:`validate` (same arguments; width/height already checked)."""
+        limits = output_limits(family, self.max_output_side, self.max_output_pixels)
+        check_requested_size(self.width, self.height, limits, sketch_hw, int(getattr(family, "base_resolution", 512)))
 
     def _validate_advanced(self) -> None:
         start, end = self.guidance_start, self.guidance_end
@@ -269,10 +297,17 @@ __all__ = [
     "EXTRA_LEVELS",
     "LEVEL_GROUPS",
     "MAX_SEED",
+    "DEFAULT_MAX_OUTPUT_PIXELS",
+    "DEFAULT_MAX_OUTPUT_SIDE",
+    "MAX_PIXELS_ENV",
+    "MAX_SIDE_ENV",
     "BackgroundContext",
     "EnhanceSettings",
     "GenerationSettings",
+    "OutputLimits",
     "block_reference_scales",
+    "check_output_size",
     "level_reference_scales",
+    "output_limits",
     "reference_off",
 ]

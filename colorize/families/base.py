@@ -32,6 +32,7 @@ from colorize.config import ClipConfig, ColorizerConfig, SketchEncoderConfig, VA
 from colorize.errors import InputError
 from colorize.models.attention import Processor
 from colorize.models.unet import DualCondUNet
+from colorize.preprocess import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_OUTPUT_SIDE
 
 #: image in [-1, 1] (b, 3, H, W) → CLIP local tokens (b, N, c), or → diffusion latent (b, 4, H/8, W/8).
 Encoder = Callable[[Tensor], Tensor]
@@ -101,6 +102,11 @@ class Family:
     parameterization: ClassVar[str] = "eps"
     #: side of the square whose area the output gets when no size is given
     base_resolution: ClassVar[int] = 512
+    #: largest output side and area (pixels) a 24 GB card serves with this family's backbone, unless the user
+    #: raises them (``colorize.preprocess.output_limits``: the SD2.1 reasoning behind the defaults). A family may
+    #: lower them, never raise them: checks made before a model is loaded use the defaults
+    max_output_side: ClassVar[int] = DEFAULT_MAX_OUTPUT_SIDE
+    max_output_pixels: ClassVar[int] = DEFAULT_MAX_OUTPUT_PIXELS
     #: checkpoint components only this family has: component name → key prefix (the U-Net, sketch encoder, VAE
     #: and CLIP prefixes are shared: ``colorize.checkpoint.keys.COMPONENT_PREFIXES``)
     components: ClassVar[dict[str, str]] = {}
