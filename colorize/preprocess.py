@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +24,12 @@ from colorize.errors import InputError, SizeLimitError
 
 SketchPolarity = Literal["invert", "keep", "auto"]
 SIZE_MULTIPLE = 64
+#: Environment variable: the most pixels (width × height) an image file may declare before :func:`load_image`
+#: refuses it (a whole number; 0 = no limit). Unset: Pillow's own refusal threshold, ``2 × Image.MAX_IMAGE_PIXELS``.
+INPUT_PIXELS_ENV = "COLORIZE_MAX_INPUT_PIXELS"
+#: Modes that :func:`load_image` reduces as they are (the others become RGB / RGBA first, as ``pil_to_tensor`` would).
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")
+_PIL_LIMIT_LOCK = threading.Lock()
 
 #: Default largest output side in pixels, for every family (``Family.max_output_side``; see :func:`output_limits`).
 DEFAULT_MAX_OUTPUT_SIDE = 4096
@@ -147,23 +155,103 @@ def _raise_hint(env: str, field: str, source: str) -> str:
             f"the setting {field} (0 = no limit)")
 
 
-def load_image(path: str | Path) -> torch.Tensor:
+def input_pixel_limit() -> int:
+    """The most pixels an image file may declare for :func:`load_image` (0 = no limit): ``$COLORIZE_MAX_INPUT_PIXELS``
+    when set, else Pillow's refusal threshold as the process has it (``2 × Image.MAX_IMAGE_PIXELS``: 178,956,970 px,
+    about 13,377², with Pillow's default; no limit when a host set it to ``None``).
+
+    Pillow warns (``DecompressionBombWarning``) between ``MAX_IMAGE_PIXELS`` and twice that and refuses above.
+    The warning band is accepted here without a warning: such a file is an ordinary large photo or scan, and
+    :func:`load_image` decodes it scaled down, so it costs little memory. Above the limit the file is refused with
+    a :class:`~colorize.errors.SizeLimitError` before anything is decoded. Pillow's own setting is never changed for
+    the rest of the process (ComfyUI shares it): only to read the size of a file above Pillow's threshold is the
+    check switched off, for the one ``Image.open`` (header only), under a lock."""
+    text = os.environ.get(INPUT_PIXELS_ENV, "").strip()
+    if text:
+        try:
+            number = int(text)
+        except ValueError:
+            number = -1
+        if number < 0:
+            raise InputError(f"environment variable {INPUT_PIXELS_ENV} must be a whole number of pixels "
+                             f"(0 = no limit), got {text!r}")
+        return number
+    pil = Image.MAX_IMAGE_PIXELS
+    return 0 if pil is None else 2 * int(pil)
+
+
+def load_image(path: str | Path, max_side: int | None = None) -> torch.Tensor:
     """Read an image file as a ``(1, 3, H, W)`` float tensor in [0, 1].
 
     Grayscale, palette, 16-bit and CMYK images become RGB; transparency is composited
     over white (a transparent line-art background is paper, not black).
+
+    Large files are decoded scaled down, never at full size in float: an image whose longer side is at least twice
+    ``max_side`` (default: the output side limit, ``output_limits().side``, 4096; 0 = never) is
+    reduced by the largest whole factor that keeps its longer side at least ``max_side``: JPEGs by the decoder
+    itself (``Image.draft``: 1/2, 1/4, 1/8), then any remaining factor by averaging ``Image.reduce`` boxes (alpha
+    premultiplied). No output needs more: the sketch and masks are fitted into the output keeping their aspect, the
+    reference is squashed to 224² or to the output size. Smaller images load exactly as they are. A file declaring
+    more pixels than :func:`input_pixel_limit` is a :class:`~colorize.errors.SizeLimitError`.
     """
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder, not an image file: name an image in it")
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
+    side = output_limits().side if max_side is None else int(max_side)
     try:
-        with Image.open(path) as im:
+        with _open_within_limit(path) as im:
+            im = _reduced(im, side)
             im = ImageOps.exif_transpose(im)
             return pil_to_tensor(im)
+    except Image.DecompressionBombError as e:  # a check Pillow makes while decoding (e.g. a GIF frame)
+        raise SizeLimitError(f"{path}: {e} Use a smaller image, or raise the limit with the environment variable "
+                             f"{INPUT_PIXELS_ENV} (pixels; 0 = no limit)") from e
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"cannot read {path} as an image ({e}); use a PNG, JPEG or WebP file") from e
+
+
+def _open_within_limit(path: Path) -> Image.Image:
+    """``Image.open`` (header only) with :func:`input_pixel_limit` instead of Pillow's own bomb check."""
+    limit = input_pixel_limit()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the warning band is accepted
+            im = Image.open(path)
+    except Image.DecompressionBombError:  # above Pillow's threshold: read the size with its check off
+        with _PIL_LIMIT_LOCK:
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    w, h = im.size
+    if limit and w * h > limit:
+        im.close()
+        root = math.isqrt(limit)
+        raise SizeLimitError(f"{path} is {w}x{h} = {w * h:,} pixels, above the input limit of {limit:,} pixels (about "
+                             f"{root}x{root}, a guard against decompression bombs): use a smaller image, or raise the "
+                             f"limit with the environment variable {INPUT_PIXELS_ENV} (pixels; 0 = no limit)")
+    return im
+
+
+def _reduced(im: Image.Image, side: int) -> Image.Image:
+    """``im`` decoded at 1/f of its size, f the largest whole factor keeping its longer side ≥ ``side``
+    (``im`` itself when f < 2): JPEG DCT scaling first, then box averaging (see :func:`load_image`)."""
+    if side <= 0 or max(im.size) // side < 2:
+        return im
+    factor = max(im.size) // side
+    im.draft(None, (max(1, im.width // factor), max(1, im.height // factor)))  # JPEG only: no-op elsewhere
+    factor = max(im.size) // side
+    if factor < 2:
+        return im
+    if im.mode.startswith("I;16"):  # reduce has no 16-bit modes: through 32-bit integers, back to the same mode
+        return im.convert("I").reduce(factor).convert(im.mode)
+    if im.mode not in _REDUCIBLE_MODES:  # palette, bilevel, CMYK, ...: the colours pil_to_tensor would make
+        alpha = im.mode in ("PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
+        im = im.convert("RGBA" if alpha else "RGB")
+    return im.reduce(factor)
 
 
 def pil_to_tensor(im: Image.Image) -> torch.Tensor:
@@ -181,8 +269,8 @@ def pil_to_tensor(im: Image.Image) -> torch.Tensor:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, rgba)
-    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+    rgb = np.array(im.convert("RGB"))  # uint8 (H, W, 3), writable: reordered to (3, H, W) before it becomes float
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().float().div_(255.0)[None]
 
 
 def tensor_to_pil(image: torch.Tensor) -> list[Image.Image]:
