@@ -5,8 +5,9 @@ from inspect import cleandoc
 from typing import Any
 
 from colorize.errors import InputError
+from colorize.families import get_family
 from colorize.generate import make_conditioning, module_device, sample_latent
-from colorize.preprocess import fit_and_pad, target_size
+from colorize.preprocess import check_output_size, fit_and_pad, output_limits, target_size
 from colorize.sampling import SAMPLERS, SCHEDULER_CHOICES
 from colorize.settings import GenerationSettings
 
@@ -107,6 +108,7 @@ class Sampler(io.ComfyNode):
         size = hints.size
         if width or height:
             size = target_size(hints.size, width or None, height or None)
+        check_output_size(*size, output_limits(get_family(model.config.version)))  # before any encoding
         if size != hints.size:  # re-fit the prepared sketch and encode it again at the requested size
             hints = encode_hints(model, fit_and_pad(hints.sketch, size, fill=-1.0), hints.strength)
         settings = GenerationSettings(

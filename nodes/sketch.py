@@ -5,8 +5,17 @@ from inspect import cleandoc
 
 from torch import Tensor
 
+from colorize.families import get_family
 from colorize.generate import sketch_hints
-from colorize.preprocess import check_image, fit_and_pad, prepare_sketch, target_size, to_signed
+from colorize.preprocess import (
+    check_image,
+    check_output_size,
+    fit_and_pad,
+    output_limits,
+    prepare_sketch,
+    target_size,
+    to_signed,
+)
 
 from .host import intermediate_device
 from .schema import io, output
@@ -61,6 +70,7 @@ class SketchPreprocess(io.ComfyNode):
     def execute(cls, image: Tensor, polarity: str, width: int, height: int) -> io.NodeOutput:
         sketch01 = image_to_bchw(image)
         size = target_size(tuple(sketch01.shape[-2:]), width or None, height or None)
+        check_output_size(*size, output_limits())  # no model here: the loosest family's limits
         prepared = prepare_sketch(sketch01, size, polarity)  # type: ignore[arg-type]
         return io.NodeOutput(bchw_to_image((prepared + 1) / 2).to(intermediate_device()))
 
@@ -101,6 +111,7 @@ class SketchHintsNode(io.ComfyNode):
         x = to_signed(check_image(image_to_bchw(sketch), "sketch"))
         h, w = x.shape[-2:]
         size = target_size((h, w), w, h)
+        check_output_size(*size, output_limits(get_family(model.config.version)))  # the hints fix the output size
         if size != (h, w):
             x = fit_and_pad(x, size, fill=-1.0)
         return io.NodeOutput(encode_hints(model, x, strength))

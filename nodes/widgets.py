@@ -1,13 +1,24 @@
 """Widget definitions shared by several nodes (one definition each: same range, default and tooltip everywhere)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from colorize.errors import InputError
+from colorize.preprocess import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_OUTPUT_SIDE, output_limits
 from colorize.settings import MAX_SEED
 
 from .schema import io
 
-MAX_SIZE = 4096
+#: Widget maximum of the width/height inputs: the library's output side limit (``colorize.preprocess.output_limits``
+#: 4096, or ``$COLORIZE_MAX_SIDE`` as set when ComfyUI starts; ComfyUI's own 16384 when that is 0 = no limit). The
+#: pixel limit (2048² by default, ``$COLORIZE_MAX_PIXELS``) is checked when the node runs, before any work. A bad
+#: variable never stops the pack from loading: the widgets keep the default and the nodes name the variable.
+try:
+    MAX_SIZE = output_limits().side or 16384
+except InputError:
+    MAX_SIZE = DEFAULT_MAX_OUTPUT_SIDE
+_DEFAULT_PIXELS = f"{math.isqrt(DEFAULT_MAX_OUTPUT_PIXELS)}×{math.isqrt(DEFAULT_MAX_OUTPUT_PIXELS)} px"
 
 
 def seed_input(tooltip: str, name: str = "seed") -> Any:
@@ -40,7 +51,8 @@ def size_inputs(what: str) -> list[Any]:
     return [
         io.Int.Input("width", default=0, min=0, max=MAX_SIZE, step=64,
                      tooltip=f"{what} width in pixels (multiple of 64). 0 = follow the sketch's aspect ratio "
-                             "(about 512×512 in area when both are 0)."),
+                             "(about 512×512 in area when both are 0). Width × height may be at most "
+                             f"{_DEFAULT_PIXELS} by default (environment variable COLORIZE_MAX_PIXELS)."),
         io.Int.Input("height", default=0, min=0, max=MAX_SIZE, step=64,
                      tooltip=f"{what} height in pixels (multiple of 64). 0 = follow the sketch's aspect ratio."),
     ]
