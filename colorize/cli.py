@@ -114,7 +114,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         injection_fidelity=args.injection_fidelity, injection_control=args.injection_control,
         injection_start=args.injection_start,
     )
-    settings.validate()  # bad settings are reported before the models are loaded
+    settings.validate(sketch_hw=tuple(sketch.shape[-2:]))  # bad settings and sizes, before the models load
     paths, missing = [], []
     for name in (args.checkpoint or default_checkpoint_name(), args.clip or default_clip_name()):
         try:  # resolve both before failing, so one run names every missing file

@@ -199,9 +199,9 @@ class Colorizer:
         ``settings.reference_pad_scale`` pads the reference/background (and their masks, with 0) in width;
         ``settings.crop_result`` returns only the un-padded sketch area (:func:`colorize.preprocess.content_box`)."""
         settings = settings or GenerationSettings()
-        settings.validate()
         sketch01 = check_image(sketch01, "sketch")
         sketch_hw = (int(sketch01.shape[-2]), int(sketch01.shape[-1]))
+        settings.validate(self.family, sketch_hw)  # the size that will run, against this family's limits
         size = target_size(sketch_hw, settings.width, settings.height, self.family.base_resolution)
         sketch = prepare_sketch(sketch01, size, settings.polarity)  # type: ignore[arg-type]
         pad = settings.reference_pad_scale

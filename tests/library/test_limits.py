@@ -160,7 +160,9 @@ def test_a_family_can_lower_its_limits_and_unloaded_checks_take_the_defaults() -
 
 
 def test_the_pipeline_refuses_before_touching_any_model() -> None:
-    no_model = types.SimpleNamespace()  # any attribute access (family, encoders, U-Net) would fail
+    from colorize.families import get_family
+
+    no_model = types.SimpleNamespace(family=get_family("mult"))  # any other attribute (encoders, U-Net) would fail
     sketch = reference = torch.ones(1, 3, 64, 64)
     settings = GenerationSettings(width=100000, height=64)
     with pytest.raises(SizeLimitError, match="100000x64"):
