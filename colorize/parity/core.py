@@ -24,6 +24,7 @@ _KIND_MODULES = (
     "v2_encoders",
     "v2_unet",
     "manipulation",
+    "isnet",
 )
 
 
@@ -153,9 +154,13 @@ def run_fixture(fixture: Fixture) -> FixtureResult:
 
 
 def run_directory(directory: Path, only: list[str] | None = None) -> list[FixtureResult]:
-    """Run every fixture in ``directory`` (optionally only the given kinds or names)."""
+    """Run every fixture in ``directory`` (optionally only the given kinds or names).
+
+    A JSON file without a sibling ``.safetensors`` (a key layout, say) is a side file, not a fixture."""
     results = []
     for path in sorted(Path(directory).glob("*.json")):
+        if not path.with_suffix(".safetensors").is_file():
+            continue
         meta_kind = json.loads(path.read_text()).get("fixture", path.stem)
         if only and meta_kind not in only and path.stem not in only:
             continue
