@@ -6,6 +6,7 @@
     DIR/colorizediffusion/switch-eps.safetensors       (v1.5 layout: split LoRA, thresh_embedder, transformer)
     DIR/colorizediffusion/v2-full.safetensors          (v2 layout: bg/style encoders, warp/style modules; v)
     DIR/clip_vision/<reference encoder file name>      (open_clip format, vision + text)
+    DIR/isnet/isnetis.safetensors, sketch-segment.safetensors   (tiny ISNetDIS mask networks)
 
 under exactly the file names the CLI defaults, the weights manifest and the shipped workflows use, so every
 command and workflow runs unchanged with ``--models-dir DIR``. The config is stored in the safetensors
@@ -31,6 +32,8 @@ from colorize.models.vae import AutoencoderKL
 from colorize.weights import default_clip_name, load_manifest, manifest_entry
 
 TINY_METADATA_KEY = "colorize_tiny"
+#: the ISNet mask networks written beside the checkpoints (manifest names)
+ISNET_NAMES: tuple[str, ...] = ("isnet-anime", "isnet-sketch")
 #: family names, in the order the tiny checkpoints are written
 VERSIONS: tuple[str, ...] = tuple(FAMILIES)
 
@@ -106,7 +109,8 @@ def write_tiny_weights(
 ) -> dict[str, Path]:
     """Write tiny checkpoints of ``versions`` and the CLIP file into ``directory`` (ComfyUI models layout).
 
-    Returns ``{manifest name: path}``: the checkpoints in ``versions`` order, then the CLIP file. ``config``
+    Returns ``{manifest name: path}``: the checkpoints in ``versions`` order, then the CLIP file and the two ISNet
+    mask networks. ``config``
     is the v1 base the other versions derive from (:func:`tiny_config`). Existing files that are not tiny
     test files are never overwritten (:class:`FileExistsError`, checked before anything is written).
     """
@@ -115,7 +119,7 @@ def write_tiny_weights(
     if unknown:
         raise ValueError(f"unknown version(s) {unknown}; expected some of {', '.join(VERSIONS)}")
     checkpoints = {v: checkpoint_name(v) for v in dict.fromkeys(versions)}
-    names = [*checkpoints.values(), default_clip_name()]
+    names = [*checkpoints.values(), default_clip_name(), *ISNET_NAMES]
     paths = {n: directory / manifest_entry(n)["models_subdir"] / manifest_entry(n)["filename"] for n in names}
     for path in paths.values():
         if path.exists() and TINY_METADATA_KEY not in _metadata_or_empty(path):
@@ -131,4 +135,20 @@ def write_tiny_weights(
     if not clip_sd:  # the CLIP weights never depend on which versions are written
         clip_sd = build_tiny_state_dicts(config, seed)[1]
     _save(paths[default_clip_name()], clip_sd, config)
+    for offset, name in enumerate(ISNET_NAMES):  # the anime and the sketch segmenter: same layout, other weights
+        _save_plain(paths[name], build_tiny_isnet_state_dict(seed + offset))
     return paths
+
+
+def build_tiny_isnet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights of a tiny ISNetDIS (:data:`colorize.masks.isnet.TINY_ISNET`, the released key names; the
+    widths are read back from the shapes)."""
+    from colorize.masks.isnet import TINY_ISNET, ISNetDIS
+
+    torch.manual_seed(seed)
+    return {k: v.detach().contiguous() for k, v in ISNetDIS(TINY_ISNET).state_dict().items()}
+
+
+def _save_plain(path: Path, sd: dict[str, torch.Tensor]) -> None:
+    save_safetensors_atomic(sd, path, metadata={TINY_METADATA_KEY: "random weights, not for real use"},
+                            overwrite=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from .advanced import AttentionInjection, CropToSketch, GuidanceWindow, ReferencePad, RemoveBackground
 from .decode import Decode
 from .enhance import BackgroundEncode, StyleEncode
+from .isnet_masks import AnimeMask, SketchMaskIsnet
 from .lineart import LineExtract
 from .loaders import CheckpointLoader, ReferenceEncoderFromCLIPVision, ReferenceEncoderLoader
 from .manipulation import ControlHeatmap, TextEdit
@@ -37,7 +38,7 @@ NODES: tuple[type[io.ComfyNode], ...] = (
     CheckpointLoader, ReferenceEncoderLoader, ReferenceEncoderFromCLIPVision, ReferenceEmbed,
     SketchPreprocess, SketchHintsNode, Sampler, Decode,
     TextEdit, ControlHeatmap, LineExtract,
-    SketchMask, SamMask, MaskPreview, BackgroundEncode, StyleEncode,
+    AnimeMask, SketchMaskIsnet, SketchMask, SamMask, MaskPreview, BackgroundEncode, StyleEncode,
     GuidanceWindow, AttentionInjection, ReferencePad, CropToSketch, RemoveBackground,
     NativeLoader, NativeConditioning, NativeSketch, NativeReferenceStrength, NativeEnhance, NativeGuider,
     NativeSigmas,

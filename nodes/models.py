@@ -1,8 +1,8 @@
 """Model folders and weights inside ComfyUI: folder registration, file pickers, first-use downloads.
 
-Checkpoints live in ComfyUI's ``models/colorizediffusion`` and line-extractor weights in ``models/lineart``
-(both registered here, keeping any paths users set for ``colorizediffusion:`` / ``lineart:`` in
-``extra_model_paths.yaml``); the OpenCLIP ViT-H/14 reference encoder lives in
+Checkpoints live in ComfyUI's ``models/colorizediffusion``, line-extractor weights in ``models/lineart`` and the
+ISNet mask networks in ``models/isnet`` (all registered here, keeping any paths users set for ``colorizediffusion:``
+/ ``lineart:`` / ``isnet:`` in ``extra_model_paths.yaml``); the OpenCLIP ViT-H/14 reference encoder lives in
 the core ``models/clip_vision`` folder, so the file IPAdapter users already have is found too. A manifest
 file (``weights_manifest.json``) that is missing is downloaded on first use of its loader, never at import,
 into the folder's first path, through :func:`colorize.weights.fetch` (resumable, verified against the manifest
@@ -32,7 +32,11 @@ CHECKPOINT_FOLDER = "colorizediffusion"
 CLIP_FOLDER = "clip_vision"
 LINEART_FOLDER = "lineart"
 SAM_FOLDER = "sams"  # segment-anything checkpoints (the folder other packs use for SAM too)
-PACK_FOLDERS = (CHECKPOINT_FOLDER, LINEART_FOLDER, SAM_FOLDER)  # the folders this pack adds to ComfyUI
+#: ISNet segmenters (anime and sketch). A folder of their own, not ``colorizediffusion/masks``: the checkpoint
+#: picker lists ``models/colorizediffusion`` recursively and would offer them as colorizers; no other pack keeps
+#: ISNet safetensors in a shared folder (ComfyUI-RMBG uses ``models/RMBG/<model>``), and the name says what is in it.
+ISNET_FOLDER = "isnet"
+PACK_FOLDERS = (CHECKPOINT_FOLDER, LINEART_FOLDER, SAM_FOLDER, ISNET_FOLDER)  # the folders this pack adds to ComfyUI
 _EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -160,6 +164,7 @@ def model_links(folder: str, name: str) -> list[dict[str, str]]:
 __all__ = [
     "CHECKPOINT_FOLDER",
     "CLIP_FOLDER",
+    "ISNET_FOLDER",
     "LINEART_FOLDER",
     "NO_DOWNLOAD_ENV",
     "PACK_FOLDERS",

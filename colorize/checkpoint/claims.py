@@ -32,8 +32,8 @@ MAX_VOCABULARY = 1 << 20
 MAX_TIMESTEPS = 10_000
 #: Dtypes a weight may be stored in; integer or boolean "weights" are not a checkpoint.
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2"})
-#: Integer buffers some files carry legitimately (Hugging Face CLIP's position indices).
-INDEX_BUFFER_SUFFIXES = ("position_ids",)
+#: Integer buffers some files carry legitimately (Hugging Face CLIP's position indices, BatchNorm's counters).
+INTEGER_BUFFER_SUFFIXES = ("position_ids", "num_batches_tracked")
 #: The fields of each sub-config that the tensors do not show (everything else must match the shapes).
 UNSHAPED_FIELDS = {"unet": ("num_head_channels",), "sketch": (), "vae": ("scale_factor",)}
 #: ``ColorizerConfig.extras`` entries that are head widths (recovery transformer, v2 warp modules).
@@ -148,10 +148,10 @@ def check_head_channels(value: int, cfg: ColorizerConfig, what: str) -> None:
 
 
 def check_weight_dtypes(tensors: Mapping[str, Any], what: str, keys: Iterable[str] | None = None) -> None:
-    """Every weight (of ``keys``, default all; index buffers excepted) is stored as a floating-point type; else one
+    """Every weight (of ``keys``, default all; integer buffers excepted) is stored as a floating-point type; else one
     named error."""
     bad = [(k, dtype_of(tensors[k])) for k in (tensors if keys is None else keys)
-           if dtype_of(tensors[k]) not in (None, *FLOAT_DTYPES) and not k.endswith(INDEX_BUFFER_SUFFIXES)]
+           if dtype_of(tensors[k]) not in (None, *FLOAT_DTYPES) and not k.endswith(INTEGER_BUFFER_SUFFIXES)]
     if bad:
         shown = ", ".join(f"{k} ({d})" for k, d in bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
         raise CheckpointError(f"{what}: {len(bad)} weights are not floating point: {shown}. A checkpoint stores "

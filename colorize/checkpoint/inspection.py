@@ -190,6 +190,47 @@ def inspect_path(path: str | Path) -> InspectReport:
     return inspect_header(header, metadata, str(p), "safetensors" if p.suffix.lower() == ".safetensors" else "torch")
 
 
+def isnet_report(header: Mapping[str, TensorInfo], path: str) -> tuple[dict[str, Any], bool]:
+    """What ``inspect`` says of an ISNet mask network (``(report, ok)``): the layout is the same for the anime
+    segmenter and ISNet-sketch (only their weights differ), so the role is the manifest's for this file name."""
+    from colorize.masks.isnet import ROLES, ISNetConfig, infer_isnet_config, isnet_layout, strip_isnet_prefix
+    from colorize.weights import load_manifest
+
+    shapes = {k: v.shape for k, v in strip_isnet_prefix(header).items()}  # type: ignore[arg-type]
+    config = infer_isnet_config(shapes, Path(path).name)
+    counters = "num_batches_tracked"  # BatchNorm counters a file may leave out
+    expected = {k: v for k, v in isnet_layout(config).items() if not k.endswith(counters)}
+    match = compare_keys(expected, {k: v for k, v in shapes.items() if not k.endswith(counters)})
+    check_weight_dtypes(header, Path(path).name)
+    roles = {e["filename"]: e for e in load_manifest() if e["kind"] == "mask_segmenter"}
+    entry = roles.get(Path(path).name)
+    report = {
+        "path": path, "kind": "isnet", "size": "full" if config == ISNetConfig() else "custom",
+        "n_tensors": len(header), "n_params": sum(i.numel for i in header.values()),
+        "role": ROLES.get(entry["name"], entry["purpose"]) if entry else "an ISNet segmenter (anime or sketch: the "
+                                                                         "weights decide; the file name is not a known one)",
+        "manifest_name": entry["name"] if entry else None, "missing": match.missing, "unexpected": match.unexpected,
+        "wrong_shape": [k for k, _, _ in match.mismatched], "ok": match.ok,
+    }
+    return report, match.ok
+
+
+def format_isnet_report(rep: Mapping[str, Any]) -> str:
+    lines = [
+        f"file:             {rep['path']} ({rep['n_tensors']} tensors, {_fmt_params(rep['n_params'])} values)",
+        "kind:             ISNet mask network (ISNetDIS, SkyTNT's anime segmentation architecture)",
+        f"role:             {rep['role']}" + (f" (manifest {rep['manifest_name']})" if rep["manifest_name"] else ""),
+        f"size:             {rep['size']}",
+    ]
+    if rep["ok"]:
+        lines.append("result:           OK - matches the ISNetDIS layout of its widths")
+    else:
+        bad = rep["missing"][:5] + rep["unexpected"][:5] + rep["wrong_shape"][:5]
+        lines.append(f"result:           MISMATCH ({len(rep['missing'])} missing, {len(rep['unexpected'])} unexpected, "
+                     f"{len(rep['wrong_shape'])} with the wrong shape), e.g. {', '.join(bad)}")
+    return "\n".join(lines)
+
+
 def _fmt_params(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
 
@@ -251,6 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
+        from colorize.masks.isnet import is_isnet_state_dict
+
+        header = None if args.path.name.endswith((".json", ".json.gz")) else read_header(args.path)
+        if header is not None and is_isnet_state_dict(header):
+            isnet, ok = isnet_report(header, str(args.path))
+            print(json.dumps(isnet, indent=1) if args.json else format_isnet_report(isnet))
+            return 0 if ok else 1
         rep = inspect_path(args.path)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -271,6 +319,7 @@ __all__ = [
     "format_report",
     "inspect_header",
     "inspect_path",
+    "isnet_report",
     "load_layout_json",
     "main",
 ]

@@ -394,3 +394,11 @@ __all__ = [
     "strip_isnet_prefix",
     "upsample_like",
 ]
+
+
+#: What each released ISNet file is for, by manifest name (the two share one layout; their weights differ).
+ROLES = {
+    "isnet-anime": "the anime segmenter: foreground masks of colour images (the reference, a background)",
+    "isnet-sketch": "the sketch segmenter (ISNet-sketch): foreground masks of line art",
+}
+
