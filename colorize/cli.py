@@ -70,16 +70,24 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--style-enhance", action="store_true", help="style enhance (v2): style vectors of the reference")
     g.add_argument("--sketch-mask", type=Path, default=None,
                    help="sketch foreground mask image (white = foreground, the sketch's frame; default: computed "
-                        "from the line art)")
+                        "with --sketch-mask-model)")
     g.add_argument("--reference-mask", type=Path, default=None,
-                   help="reference foreground mask image (white = foreground); default: --sam, else the whole "
-                        "reference counts as foreground (with a warning)")
+                   help="reference foreground mask image (white = foreground; default: computed with "
+                        "--reference-mask-model)")
     g.add_argument("--background", type=Path, default=None, help="separate background image")
     g.add_argument("--background-mask", type=Path, default=None, help="foreground mask of --background")
     g.add_argument("--remove-bg-foreground", action="store_true",
                    help="whiten the foreground of --background (needs --background-mask or --sam)")
-    g.add_argument("--sam", default=None, help="SAM weights (manifest name such as sam-vit-b, or a path) to compute "
-                   "missing reference/background masks (centre prompt)")
+    g.add_argument("--sketch-mask-model", choices=SKETCH_MASK_MODELS, default="isnet-sketch",
+                   help="how a missing sketch mask is computed: isnet-sketch (as the official apps), isnet, flood "
+                        "(weight-free fill from the borders; leaks through open outlines) or sam")
+    g.add_argument("--reference-mask-model", choices=REFERENCE_MASK_MODELS, default=None,
+                   help="how missing reference/background masks are computed: isnet (the anime segmenter, as the "
+                        "official apps; the default, sam when --sam is given), isnet-sketch, flood (plain light "
+                        "backgrounds), sam, or none (the whole reference counts as foreground, with a warning)")
+    g.add_argument("--mask-canvas", type=int, default=1024, help="canvas side of the ISNet masks (1024 as the apps)")
+    g.add_argument("--sam", default=None, help="SAM weights for the 'sam' mask model (manifest name such as "
+                   "sam-vit-b, or a path; default sam-vit-b), centre prompt")
     g.add_argument("--fg-strength", type=float, default=1.0, help="foreground strength")
     g.add_argument("--bg-strength", type=float, default=1.0, help="background strength")
     g.add_argument("--merge-scale", type=float, default=0.0, help="merging scale (background blended into foreground)")
@@ -104,7 +112,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # a missing GPU is reported before anything is loaded
     sketch, reference = load_image(args.sketch), load_image(args.reference)
-    separation = _separation(args, reference)
     settings = GenerationSettings(
         steps=args.steps, sampler=args.sampler, scheduler=args.scheduler, reference_cfg=args.ref_cfg,
         sketch_cfg=args.sketch_cfg, reference_strength=args.strength, sketch_strength=args.sketch_strength,
@@ -124,6 +131,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if missing:
         raise WeightsMissingError("\n\n".join(missing))
     ckpt, clip = paths
+    separation = _separation(args, sketch, reference)  # mask networks run (and are fetched) before the colorizer loads
     model = Colorizer.from_files(ckpt, clip, device=args.device, precision=args.precision, low_vram=args.low_vram)
     if args.vae_tiling is not None:
         model.vae_tiling = args.vae_tiling
@@ -189,8 +197,17 @@ def _mask(path: Path | None) -> torch.Tensor | None:
     return None if path is None else load_image(path).mean(1)
 
 
-def _separation(args: argparse.Namespace, reference: torch.Tensor) -> dict[str, Any]:
-    """The v1.5/v2 keyword arguments of ``Colorizer.colorize`` from the command line (empty when unused)."""
+SKETCH_MASK_MODELS = ("isnet-sketch", "isnet", "flood", "sam")
+REFERENCE_MASK_MODELS = ("isnet", "isnet-sketch", "flood", "sam", "none")
+#: The ISNet mask models by CLI name → manifest name.
+ISNET_FILES = {"isnet": "isnet-anime", "isnet-sketch": "isnet-sketch"}
+#: --polarity of the sketch → the line polarity the mask models are told
+LINE_POLARITY = {"auto": "auto", "invert": "dark_lines", "keep": "light_lines"}
+
+
+def _separation(args: argparse.Namespace, sketch: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    """The v1.5/v2 keyword arguments of ``Colorizer.colorize`` from the command line (empty when unused): masks
+    given as images, the missing ones computed with ``--sketch-mask-model`` / ``--reference-mask-model``."""
     from colorize.preprocess import load_image
     from colorize.settings import EnhanceSettings
 
@@ -202,19 +219,43 @@ def _separation(args: argparse.Namespace, reference: torch.Tensor) -> dict[str, 
     kw = {"sketch_mask": _mask(args.sketch_mask), "reference_mask": _mask(args.reference_mask),
           "background": load_image(args.background) if args.background is not None else None,
           "background_mask": _mask(args.background_mask)}
-    todo = {"reference_mask": reference if enhance.background_enhance and kw["background"] is None else None,
+    todo = {"sketch_mask": sketch if enhance.active else None,
+            "reference_mask": reference if enhance.background_enhance and kw["background"] is None else None,
             "background_mask": kw["background"] if enhance.remove_background_foreground else None}
-    todo = {k: image for k, image in todo.items() if image is not None and kw[k] is None}
-    if args.sam is not None and todo:  # missing masks from SAM (automatic centre prompt)
-        from colorize.masks import load_sam, sam_foreground_mask
-
-        sam = load_sam(args.sam, models_dir=args.models_dir, download=not args.no_download)
-        kw.update({k: sam_foreground_mask(sam, image) for k, image in todo.items()})
+    for key, image in todo.items():
+        if image is not None and kw[key] is None:
+            model = (args.sketch_mask_model if key == "sketch_mask"
+                     else args.reference_mask_model or ("sam" if args.sam else "isnet"))
+            kw[key] = _computed_mask(args, model, image, line_art=key == "sketch_mask")
     if args.remove_result_bg and not enhance.active:  # the sketch mask is then only for the result
         kw["sketch_mask"] = None
     if enhance == EnhanceSettings() and all(v is None for v in kw.values()):
         return {}
     return {"enhance": enhance, **kw}
+
+
+def _computed_mask(args: argparse.Namespace, model: str, image: torch.Tensor, line_art: bool) -> torch.Tensor | None:
+    """A (1, H, W) mask of ``image`` (its own frame) from a mask model; None for ``none`` (the library then treats
+    the whole reference as foreground, with a warning) and for ``flood`` on line art (the library's own default)."""
+    if model == "none" or (model == "flood" and line_art):
+        return None
+    if model == "flood":
+        from colorize.masks import sketch_foreground_mask
+
+        return sketch_foreground_mask(image, line_threshold=0.1)
+    if model == "sam":
+        from colorize.masks import load_sam, sam_foreground_mask
+
+        sam = load_sam(args.sam or "sam-vit-b", models_dir=args.models_dir, download=not args.no_download)
+        return sam_foreground_mask(sam, image)
+    from colorize.masks import anime_mask, line_art_mask, load_isnet
+    from colorize.masks.anime_segment import DILATE_SD
+    from colorize.weights import resolve
+
+    net = load_isnet(resolve(ISNET_FILES[model], args.models_dir, download=not args.no_download))
+    if line_art:
+        return line_art_mask(net, image, canvas=args.mask_canvas, polarity=LINE_POLARITY[args.polarity])
+    return anime_mask(net, image, canvas=args.mask_canvas, dilate=DILATE_SD)
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:

@@ -290,6 +290,27 @@ def test_cli_background_image_and_sam_reference_mask(images: dict[str, Path], ti
         assert _png(path).std() > 0
 
 
+def test_cli_computes_missing_masks_with_isnet_by_default(images: dict[str, Path], tiny_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the official apps: ISNet-sketch for the sketch mask, the anime segmenter for the reference mask; ``none``
+    falls back to the whole reference (with the library's warning), ``flood`` to the weight-free fill."""
+    import colorize.masks as masks
+
+    calls: list[str] = []
+    for name in ("anime_mask", "line_art_mask", "sketch_foreground_mask"):
+        real = getattr(masks, name)
+        monkeypatch.setattr(masks, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name), _real(*a, **k))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # both masks computed: no all-foreground fallback
+        assert _run(images, tiny_dir, tmp_path / "isnet.png", "--checkpoint", "switch-eps", "--bg-enhance") == 0
+    assert calls == ["line_art_mask", "anime_mask"]
+    calls.clear()
+    with pytest.warns(UserWarning, match="whole reference"):
+        assert _run(images, tiny_dir, tmp_path / "none.png", "--checkpoint", "switch-eps", "--bg-enhance",
+                    "--sketch-mask-model", "flood", "--reference-mask-model", "none") == 0
+    assert "anime_mask" not in calls and "line_art_mask" not in calls
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (("--checkpoint", "switch-eps", "--style-enhance"), "v2"),
     (("--checkpoint", "mult-eps-ft", "--bg-enhance"), "switch-eps"),
