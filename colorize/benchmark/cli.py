@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the official figures (default: $COLORIZE_BENCHMARKS or shared/benchmarks/official-v1-h200.json)")
     p.add_argument("--report", type=Path, default=None, metavar="BENCH_JSON",
                    help="run nothing: print the table of an earlier --json, beside the official figures when the GPU matches")
+    p.add_argument("--isnet", type=int, default=None, metavar="CANVAS",
+                   help="run only one forward of the full-size ISNet mask network on a CANVAS² image (1024 in the "
+                        "official apps; random weights): the time and memory a mask adds")
     options.add_arguments(p)
     return p
 
@@ -126,8 +129,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     from colorize.errors import user_errors
 
     with user_errors() as status:
-        status.code = _report(args) if args.report is not None else _bench(args)
+        status.code = (_report(args) if args.report is not None else _bench_isnet(args) if args.isnet is not None
+                       else _bench(args))
     return status.code
+
+
+def _bench_isnet(args: argparse.Namespace) -> int:
+    from colorize.atomic import atomic_path
+    from colorize.benchmark.isnet import bench_isnet, format_isnet
+    from colorize.benchmark.report import environment
+    from colorize.device import resolve_device
+    from colorize.errors import InputError
+
+    if not 64 <= args.isnet <= 4096:
+        raise InputError(f"--isnet must be a canvas side from 64 to 4096, got {args.isnet}")
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.json} exists; pass --overwrite or choose another --json")
+    device = resolve_device(args.device)
+    result = bench_isnet(device, args.isnet, max(1, args.runs), max(0, args.warmup), args.seed)
+    env = environment(device)
+    print(format_isnet(result, str(env.get("device_name") or device)))
+    if args.json is not None:
+        with atomic_path(args.json, overwrite=args.overwrite) as tmp:
+            tmp.write_text(json.dumps({"env": env, "isnet": result}, indent=1) + "\n", encoding="utf-8")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

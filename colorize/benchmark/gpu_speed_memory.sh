@@ -33,14 +33,14 @@ if [ -z "${BENCH_SMOKE:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:$PWD
   PY=python3
-  RES="512 768 1024"; BIG=1024; SMALL=512
+  RES="512 768 1024"; BIG=1024; SMALL=512; CANVAS=1024
   COMMON=(--steps 20 --sampler dpmpp_2m --scheduler karras --ref-cfg 4 --sketch-cfg 1 --precision fp16
           --official "$OFFICIAL" --overwrite)
   SCALE=1; COMPILE=(--compile)
 else  # CPU smoke test: tiny model, 2 steps
   PY=${PYTHON:-.venv/bin/python}
   export PYTHONPATH=$PWD
-  RES="64 128"; BIG=128; SMALL=64
+  RES="64 128"; BIG=128; SMALL=64; CANVAS=128
   COMMON=(--steps 2 --sampler dpmpp_2m --scheduler karras --ref-cfg 4 --sketch-cfg 1 --device cpu --config tiny
           --official "$OFFICIAL" --overwrite)
   SCALE=0; COMPILE=(--compile --compile-backend eager)  # the plumbing only: inductor on 2 CPU cores takes minutes
@@ -72,6 +72,7 @@ bench lowvram8t 40 --res $BIG --runs 2 --warmup 1 --unet-iters 5 --no-flops --lo
 bench best      60 --res $RES --runs 3 --warmup 1 --unet-iters 10 --no-flops --cuda-graphs --channels-last
 bench compile   90 --res $BIG --runs 3 --warmup 1 --unet-iters 10 --no-flops "${COMPILE[@]}"
 bench injection 60 --res $SMALL $BIG --runs 2 --warmup 1 --unet-iters 2 --no-flops --injection  # attention injection's cost on CUDA
+bench isnet     20 --isnet $CANVAS --runs 5 --warmup 2  # one ISNet mask forward (the apps' 1024 canvas)
 
 if [ "$SCALE" = 0 ]; then  # the smoke test cannot honour CUDA-only options: check they are refused cleanly
   for f in "$RUNS"/graphs.log "$RUNS"/lowvram8*.log "$RUNS"/best.log; do

@@ -40,6 +40,11 @@ def main(run_dir: Path, out_dir: Path, official_path: Path) -> None:
         if "error" in doc:
             lines.append(f"| {name} | - | error | | | | | | | | {doc['error'][:200]!r} |")
             continue
+        if "isnet" in doc:  # one mask-network forward, not a generation
+            r = doc["isnet"]
+            lines.append(f"| {name} | {r['canvas']}x{r['canvas']} | {r['forward_s'] * 1000:.1f} | | | | | | | "
+                         f"{r.get('peak_memory_gib') or 0:.2f} | ISNet mask network forward, float32 |")
+            continue
         opts = doc.get("options") or {}
         notes = [f"{s['kind']}: {'on' if s['active'] else 'fell back: ' + str(s['fallback'])[:80]}"
                  for s in opts.get("unet_speedups", [])]

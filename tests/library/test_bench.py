@@ -137,3 +137,13 @@ def test_bench_times_attention_injection() -> None:
     s = GenerationSettings(steps=2, sampler="euler", scheduler="karras", injection=True)
     r = bench_size(model, (128, 128), s, runs=1, warmup=0, unet_iters=1, flops=False)
     assert r["unet_calls_per_generation"] == 4 and r["cfg_batch"] == 2
+
+
+def test_bench_times_one_isnet_forward(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "isnet.json"
+    assert main(["bench", "--isnet", "64", "--runs", "2", "--warmup", "0", "--device", "cpu", "--json", str(out)]) == 0
+    assert "ISNet forward, 64x64 canvas, float32" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["isnet"]["canvas"] == 64 and doc["isnet"]["runs"] == 2 and doc["isnet"]["forward_s"] > 0
+    assert main(["bench", "--isnet", "16", "--device", "cpu"]) == 2  # a canvas the network cannot use
+    assert "--isnet must be a canvas side" in capsys.readouterr().err
