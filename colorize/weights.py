@@ -360,16 +360,21 @@ def clean_partial_downloads(models_dir: str | os.PathLike[str] | None) -> str:
                    if busy else "")
 
 
+def _names_parser(command: str, description: str, names_help: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m colorize COMMAND NAME... [--models-dir DIR]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m colorize {command}", description=description)
+    parser.add_argument("names", nargs="*", help=names_help)
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help=f"models folder (default: ${MODELS_DIR_ENV} or {default_models_dir()})")
+    return parser
+
+
 def main_download(argv: Sequence[str] | None = None) -> int:
     """``python -m colorize download NAME... [--models-dir DIR] [--list] [--clean]``; 0 when all files are
     present and pass their size check, 2 after an ``error:`` (unknown name, failed download)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m colorize download",
-        description="Fetch weights listed in weights_manifest.json, verified against the manifest or the Hub's "
-                    "metadata (an interrupted download resumes; an existing file is never overwritten).",
-    )
-    parser.add_argument("names", nargs="*", help="manifest names or file names (see --list)")
-    parser.add_argument("--models-dir", type=Path, default=None, help=f"target folder (default: ${MODELS_DIR_ENV} or {default_models_dir()})")
+    parser = _names_parser("download", "Fetch weights listed in weights_manifest.json, verified against the manifest "
+                           "or the Hub's metadata (an interrupted download resumes; an existing file is never "
+                           "overwritten).", "manifest names or file names (see --list)")
     parser.add_argument("--list", action="store_true", help="list the known files and whether they are present")
     parser.add_argument("--clean", action="store_true", help="remove partial files of interrupted downloads")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -442,13 +447,9 @@ def verify_file(entry: dict[str, Any], path: Path) -> str:
 def main_verify(argv: Sequence[str] | None = None) -> int:
     """``python -m colorize verify [NAME...] [--models-dir DIR]``: recompute the sha256 of the present manifest
     files (all, or the named ones); 0 when all match, 1 when one was damaged (moved aside), 2 on bad names."""
-    parser = argparse.ArgumentParser(
-        prog="python -m colorize verify",
-        description="Check the sha256 of downloaded weights against the manifest, the lock file or the Hub's "
-                    "metadata; a file that fails is moved aside as <name>.rejected.",
-    )
-    parser.add_argument("names", nargs="*", help="manifest names or file names (default: every present file)")
-    parser.add_argument("--models-dir", type=Path, default=None, help=f"models folder (default: ${MODELS_DIR_ENV} or {default_models_dir()})")
+    parser = _names_parser("verify", "Check the sha256 of downloaded weights against the manifest, the lock file "
+                           "or the Hub's metadata; a file that fails is moved aside as <name>.rejected.",
+                           "manifest names or file names (default: every present file)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         entries = [manifest_entry(n) for n in args.names] or load_manifest()

@@ -5,9 +5,7 @@ and are downloaded (verified) on first use.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from inspect import cleandoc
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +16,7 @@ from colorize.masks.anime_segment import DEFAULT_CANVAS, DILATE_SD
 from colorize.weights import manifest_entry
 
 from .host import ManagedModule, check_interrupted, intermediate_device, offload_device
-from .models import ISNET_FOLDER, list_files, resolve_file
+from .models import ISNET_FOLDER, list_files, load_model_file
 from .schema import io, output
 from .sockets import image_to_bchw
 from .widgets import unit_input
@@ -27,25 +25,9 @@ ANIME_MODEL, SKETCH_MODEL = "isnet-anime", "isnet-sketch"
 LINE_POLARITIES = ("dark_lines", "light_lines", "auto")
 
 
-@dataclass(frozen=True)
-class LoadedIsnet:
-    module: ManagedModule
-    stamp: tuple[int, int]
-
-
-_LOADED: dict[str, LoadedIsnet] = {}  # resolved path → network, kept between runs (re-read when the file changes)
-
-
 def load_isnet_file(name: str) -> ManagedModule:
     """An ISNet from ``models/isnet`` (downloaded first if it is a missing manifest file), read once per file."""
-    path = resolve_file(ISNET_FOLDER, name)
-    st = path.stat()
-    key, stamp = str(Path(path).resolve()), (st.st_mtime_ns, st.st_size)
-    loaded = _LOADED.get(key)
-    if loaded is None or loaded.stamp != stamp:
-        net = load_isnet(path, device=offload_device("unet"))
-        loaded = _LOADED[key] = LoadedIsnet(ManagedModule(net, "unet"), stamp)
-    return loaded.module
+    return load_model_file(ISNET_FOLDER, name, lambda path: load_isnet(path, device=offload_device("unet")))
 
 
 def model_input(default_name: str, what: str) -> Any:

@@ -6,9 +6,7 @@ too. The computations are :mod:`colorize.masks`; SAM files live in ``models/sams
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from inspect import cleandoc
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +17,7 @@ from colorize.masks import DEFAULT_SAM, load_sam, overlay_masks, sam_foreground_
 from colorize.weights import manifest_entry
 
 from .host import ManagedModule, check_interrupted, intermediate_device, offload_device
-from .models import SAM_FOLDER, list_files, resolve_file
+from .models import SAM_FOLDER, list_files, load_model_file
 from .schema import io, output
 from .sockets import bchw_to_image, image_to_bchw
 from .widgets import unit_input
@@ -81,25 +79,10 @@ class SketchMask(io.ComfyNode):
         return io.NodeOutput(out.float().to(intermediate_device()))
 
 
-@dataclass(frozen=True)
-class LoadedSam:
-    module: ManagedModule
-    stamp: tuple[int, int]
-
-
-_LOADED: dict[str, LoadedSam] = {}  # resolved path → SAM, kept between runs (re-read when the file changes)
-
-
 def load_sam_file(name: str) -> ManagedModule:
     """SAM from ``models/sams`` (downloaded first if it is a missing manifest file), read once per file."""
-    path = resolve_file(SAM_FOLDER, name)
-    st = path.stat()
-    key, stamp = str(Path(path).resolve()), (st.st_mtime_ns, st.st_size)
-    loaded = _LOADED.get(key)
-    if loaded is None or loaded.stamp != stamp:
-        sam = load_sam(path, device=offload_device("unet"), dtype=torch.float32)
-        loaded = _LOADED[key] = LoadedSam(ManagedModule(sam, "unet"), stamp)
-    return loaded.module
+    return load_model_file(SAM_FOLDER, name, lambda path: load_sam(path, device=offload_device("unet"),
+                                                                   dtype=torch.float32))
 
 
 def parse_numbers(text: str, group: int, what: str) -> list[list[float]]:

@@ -12,8 +12,11 @@ use). Outside ComfyUI the folders are ``$COLORIZE_MODELS_DIR/<folder>`` (the cor
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from torch import nn
 
 from colorize.errors import WeightsMissingError
 from colorize.weights import (
@@ -26,7 +29,7 @@ from colorize.weights import (
     usable_existing,
 )
 
-from .host import Progress, comfy_module
+from .host import ManagedModule, Progress, comfy_module
 
 CHECKPOINT_FOLDER = "colorizediffusion"
 CLIP_FOLDER = "clip_vision"
@@ -105,6 +108,27 @@ def find_file(folder: str, name: str) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class _LoadedFile:
+    module: ManagedModule
+    stamp: tuple[int, int]
+
+
+_LOADED_FILES: dict[tuple[str, str], _LoadedFile] = {}  # (loader, resolved path) → module, re-read when it changes
+
+
+def load_model_file(folder: str, name: str, build: Callable[[Path], nn.Module], role: str = "unet") -> ManagedModule:
+    """``build(path)`` of ``name`` in ``folder`` (downloaded first if it is a missing manifest file), kept between
+    runs and read again when the file changes (modification time or size); ComfyUI places it as ``role``."""
+    path = resolve_file(folder, name)
+    st = path.stat()
+    key, stamp = (getattr(build, "__qualname__", repr(build)), str(Path(path).resolve())), (st.st_mtime_ns, st.st_size)
+    loaded = _LOADED_FILES.get(key)
+    if loaded is None or loaded.stamp != stamp:
+        loaded = _LOADED_FILES[key] = _LoadedFile(ManagedModule(build(path), role), stamp)
+    return loaded.module
+
+
 def _download_progress(label: str) -> Any:
     bar: dict[str, Progress] = {}
     mib = 1 << 20
@@ -173,6 +197,7 @@ __all__ = [
     "folder_dirs",
     "folder_paths",
     "list_files",
+    "load_model_file",
     "manifest_files",
     "missing_message",
     "model_links",
