@@ -30,6 +30,7 @@ STAGE_OF_TYPE = {
     "ColorizeDiffusionTextEdit": "reference", "ColorizeDiffusionControlHeatmap": "reference",
     "ColorizeDiffusionBackgroundEncode": "reference", "ColorizeDiffusionStyleEncode": "reference",
     "ColorizeDiffusionSAMMask": "reference", "ColorizeDiffusionNativeConditioning": "reference",
+    "ColorizeDiffusionAnimeMask": "reference", "ColorizeDiffusionSketchMaskISNet": "sketch",
     "ColorizeDiffusionSampler": "sampling", "ColorizeDiffusionGuidanceWindow": "sampling",
     "ColorizeDiffusionAttentionInjection": "sampling", "ColorizeDiffusionNativeReferenceStrength": "sampling",
     "ColorizeDiffusionNativeEnhance": "sampling", "ColorizeDiffusionNativeGuider": "sampling",

@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 from layout import Graph, layout, load_sizes
 
 from nodes import NODE_CLASSES
-from nodes.models import CHECKPOINT_FOLDER, CLIP_FOLDER, model_links
+from nodes.models import CHECKPOINT_FOLDER, CLIP_FOLDER, ISNET_FOLDER, model_links
 from nodes.schema import WIDGET_TYPES
 
 SKETCH, REFERENCE = "colorizediffusion_sketch.png", "colorizediffusion_reference.png"
@@ -73,12 +73,15 @@ def input_nodes() -> dict[str, dict[str, Any]]:
 
 
 def mask_nodes() -> dict[str, dict[str, Any]]:
-    """Nodes 13–15 of the separation graphs: sketch and reference masks (no weights) and Background Encode."""
+    """Nodes 13–15 of the separation graphs: the sketch and reference masks of the official apps (ISNet-sketch on the
+    line art, the ISNet anime segmenter on the reference) and Background Encode."""
     return {
-        "13": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Sketch Mask"},
-               "inputs": {"image": ["3", 0], "threshold": 0.5, "gap": 4, "dilation": 0, "polarity": "auto"}},
-        "14": {"class_type": "ColorizeDiffusionSketchMask", "_meta": {"title": "Reference Mask (light background)"},
-               "inputs": {"image": ["4", 0], "threshold": 0.1, "gap": 4, "dilation": 2, "polarity": "dark_lines"}},
+        "13": {"class_type": "ColorizeDiffusionSketchMaskISNet", "_meta": {"title": "Sketch Mask (ISNet-sketch)"},
+               "inputs": {"model_name": "sketch-segment.safetensors", "image": ["3", 0], "threshold": 0.0,
+                          "polarity": "dark_lines", "canvas_size": 1024}},
+        "14": {"class_type": "ColorizeDiffusionAnimeMask", "_meta": {"title": "Reference Mask (ISNet)"},
+               "inputs": {"model_name": "isnetis.safetensors", "image": ["4", 0], "threshold": 0.0, "dilation": 5,
+                          "canvas_size": 1024}},
         "15": {"class_type": "ColorizeDiffusionBackgroundEncode", "_meta": {"title": "Background Encode"},
                "inputs": {"encoder": ["2", 0], "reference": ["4", 0], "background_enhance": True,
                           "foreground_enhance": False, "fg_strength": 1.0, "bg_strength": 1.0, "merge_scale": 0.0,
@@ -182,11 +185,12 @@ def lineart_graph() -> Graph:
 
 NOTE_V15 = """## ColorizeDiffusion v1.5: foreground/background separation (BG enhance) with masks
 
-`switch-eps.safetensors` (3.9 GB, downloaded on first run if missing) with the v1 CLIP file. **Sketch Mask** finds the
-figure in the line art (no weights) and, with a low threshold, the subject of a reference on a light background; check
-both in the **Mask Preview**s. **Background Encode** splits the cross-attention with them so that the reference colours
-the figure and the background comes from the background-only reference. For photos or busy references use
-**SAM Mask** (models/sams, sam_vit_b downloaded on first use) or any MASK for reference_mask.
+`switch-eps.safetensors` (3.9 GB, downloaded on first run if missing) with the v1 CLIP file. As in the official apps,
+**Sketch Mask (ISNet-sketch)** finds the figure in the line art and **Reference Mask (ISNet)**, the anime segmenter, the
+character in the reference (models/isnet, 0.18 GB each, downloaded on first run); check both in the **Mask Preview**s.
+**Background Encode** splits the cross-attention with them so that the reference colours the figure and the background
+comes from the background-only reference. Without weights, **Sketch Mask** (closed outlines, plain backgrounds) can
+replace either; **SAM Mask** or any MASK works for reference_mask.
 """
 
 NOTE_V2 = """## ColorizeDiffusion v2: background encoder and style encoder
@@ -404,7 +408,7 @@ def to_ui(graph: Graph, note: str) -> dict[str, Any]:
             out_links.setdefault((src[0], src[1]), []).append(link_id)
             ui_inputs.append({"name": name, "type": typ, "link": link_id})
         props: dict[str, Any] = {"Node name for S&R": node["class_type"]}
-        for widget, folder in (("ckpt_name", CHECKPOINT_FOLDER), ("clip_name", CLIP_FOLDER)):
+        for widget, folder in (("ckpt_name", CHECKPOINT_FOLDER), ("clip_name", CLIP_FOLDER), ("model_name", ISNET_FOLDER)):
             if widget in node["inputs"] and node["class_type"].startswith("ColorizeDiffusion"):
                 props["models"] = model_links(folder, node["inputs"][widget])
         entry: dict[str, Any] = {
@@ -473,15 +477,6 @@ def extracted_lines() -> Any:
     return _pil(extract_lines(_tensor(_image(REFERENCE)), "lineart_standard"))
 
 
-def mask_overlay(name: str, **mask_options: Any) -> Any:
-    """What the workflow's Mask Preview shows: the Sketch Mask of an example image, tinted (no weights)."""
-    from colorize.masks import overlay_masks, sketch_foreground_mask
-
-    x = _tensor(_image(name))
-    mask = sketch_foreground_mask(x, **mask_options)
-    return _pil(overlay_masks(x, mask.float(), alpha=0.5, outline=2, dim_background=0.3))
-
-
 def padded_reference() -> Any:
     """The reference padded to 1.2x its width with white (the advanced workflow's Reference Pad)."""
     from PIL import Image
@@ -492,16 +487,10 @@ def padded_reference() -> Any:
     return out
 
 
-SKETCH_MASK = {"line_threshold": 0.5, "gap": 4, "dilation": 0, "polarity": "auto"}
-REFERENCE_MASK = {"line_threshold": 0.1, "gap": 4, "dilation": 2, "polarity": "dark_lines"}
-
-
 def thumbnail_content(name: str) -> tuple[str, str, list[tuple[Any, str]]]:
     """(title, what it does, labelled tiles) of a workflow's template-browser thumbnail. Real results need the
     real weights, so the tiles are the inputs and what the graph computes from them without weights."""
     sketch, reference = (_image(SKETCH), "line art"), (_image(REFERENCE), "colour reference")
-    masks = [(mask_overlay(SKETCH, **SKETCH_MASK), "sketch mask"),
-             (mask_overlay(REFERENCE, **REFERENCE_MASK), "reference mask")]
     return {
         "v1 - Colorize line art": ("v1: colorize line art", "line art + colour reference -> coloured picture",
                                  [sketch, reference]),
@@ -509,16 +498,16 @@ def thumbnail_content(name: str) -> tuple[str, str, list[tuple[Any, str]]]:
                                             [sketch, reference]),
         "v1 - From an illustration": ("v1 from an illustration", "extract the lines, then colorize them",
                                          [reference, (extracted_lines(), "extracted lines")]),
-        "v1.5 - Figure and background": ("v1.5: figure / background", "masks split the reference: figure vs background",
-                                  [sketch, *masks]),
+        "v1.5 - Figure and background": ("v1.5: figure / background",
+                                         "ISNet masks split the reference: figure vs background", [sketch, reference]),
         "v2 - Background and style": ("v2: background + style", "background encoder and style encoder, 768 px",
-                                 [reference, *masks]),
+                                      [reference, sketch]),
         "v1 - Advanced controls": ("v1 advanced controls", "reference pad, guidance window, injection, crop",
                                           [sketch, (padded_reference(), "padded reference")]),
         "v1 - Native KSampler": ("v1 as a native MODEL", "core KSampler, LoRA loaders, merges",
                                                  [sketch, reference]),
         "v2 - Native dual CFG": ("v2 native, dual CFG", "SamplerCustomAdvanced + Native Guider",
-                                               [sketch, masks[1]]),
+                                 [sketch, reference]),
     }[name]
 
 

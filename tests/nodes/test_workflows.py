@@ -42,7 +42,9 @@ CORE_RANGES = {("KSampler", "seed"): (0, 2**64 - 1), ("KSampler", "steps"): (1, 
                ("KSampler", "denoise"): (0.0, 1.0), ("RandomNoise", "noise_seed"): (0, 2**64 - 1)}
 LOADERS = {"ColorizeDiffusionCheckpointLoader": ("ckpt_name", "colorizediffusion"),
            "ColorizeDiffusionNativeLoader": ("ckpt_name", "colorizediffusion"),
-           "ColorizeDiffusionReferenceEncoderLoader": ("clip_name", "clip_vision")}
+           "ColorizeDiffusionReferenceEncoderLoader": ("clip_name", "clip_vision"),
+           "ColorizeDiffusionAnimeMask": ("model_name", "isnet"),
+           "ColorizeDiffusionSketchMaskISNet": ("model_name", "isnet")}
 UI_FILES = sorted(WF.glob("*.json"))
 API_FILES = sorted((WF / "api").glob("*.json"))
 
@@ -179,7 +181,8 @@ def test_ui_loaders_carry_model_download_links(path: Path) -> None:
             # the frontend's download saves the file under its URL's name: the workflow must ask for that name
             assert node["properties"]["models"][0]["url"].rsplit("/", 1)[1] == name
             found += 1
-    assert found == 2
+    separation = any(n["type"] == "ColorizeDiffusionBackgroundEncode" for n in load(path)["nodes"])
+    assert found == (4 if separation else 2)  # checkpoint, CLIP (and the two ISNet files of the mask nodes)
 
 
 def test_a_clip_file_under_its_former_name_still_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
