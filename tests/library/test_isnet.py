@@ -294,3 +294,15 @@ def test_the_anime_segmentation_fixtures_pass() -> None:
     results = run_directory(mask_fixtures_dir())
     assert {r.kind for r in results} >= {"isnet", "rsu_blocks"}
     assert all(r.passed for r in results), [r.line() for r in results if not r.passed]
+
+
+def test_inspect_names_the_anime_and_the_sketch_segmenter(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from colorize.checkpoint.inspection import main as inspect_main
+    from colorize.tiny import write_tiny_weights
+
+    paths = write_tiny_weights(tmp_path, versions=("mult",))
+    assert inspect_main([str(paths["isnet-anime"])]) == 0
+    out = capsys.readouterr().out
+    assert "ISNet mask network" in out and "the anime segmenter" in out and "OK" in out
+    assert inspect_main([str(paths["isnet-sketch"])]) == 0
+    assert "the sketch segmenter (ISNet-sketch)" in capsys.readouterr().out
