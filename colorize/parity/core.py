@@ -25,6 +25,12 @@ _KIND_MODULES = (
     "v2_unet",
     "manipulation",
     "isnet",
+    "xl_unet",
+    "xl_split_attention",
+    "xl_sketch_encoder",
+    "xl_conditioning",
+    "xl_sampler",
+    "xlv2_reference_net",
 )
 
 
