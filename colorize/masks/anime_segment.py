@@ -187,12 +187,24 @@ def _rgb01(images: Tensor, what: str) -> Tensor:
     return (x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x).clamp(0, 1)
 
 
+#: An image whose pixels all lie within this of each other (one 8-bit step) has nothing to segment.
+BLANK_RANGE = 1 / 255
+
+
 def _run_each(net: nn.Module, x: Tensor, fn) -> Tensor:  # type: ignore[no-untyped-def]
+    """``fn`` on each image (one at a time bounds the memory at canvas 1024). A blank image (every pixel within
+    :data:`BLANK_RANGE` of the others: an empty page, a flat colour) gets an empty mask without running the
+    network: it has no foreground, and the official apps' network output on it is not defined by anything the
+    image shows (a deviation from the apps, which would run it)."""
     p = next(net.parameters())
     out = []
     with torch.no_grad():
-        for i in range(x.shape[0]):  # one image at a time bounds the memory at canvas 1024
-            out.append(fn(x[i:i + 1].to(device=p.device, dtype=p.dtype)).float().to(x.device))
+        for i in range(x.shape[0]):
+            image = x[i:i + 1]
+            if float(image.amax() - image.amin()) <= BLANK_RANGE:
+                out.append(torch.zeros(1, 1, *image.shape[-2:], device=x.device))
+                continue
+            out.append(fn(image.to(device=p.device, dtype=p.dtype)).float().to(x.device))
     return torch.cat(out)[:, 0].clamp(0, 1)
 
 

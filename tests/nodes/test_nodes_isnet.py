@@ -56,11 +56,14 @@ def test_sketch_mask_is_the_images_size_and_thresholded(models: Path) -> None:
     assert torch.equal(hard, torch.where(soft < cut, torch.zeros_like(soft), soft))
 
 
-def test_a_white_image_is_not_an_error(models: Path) -> None:
+def test_a_white_image_gives_an_empty_mask_not_an_error(models: Path) -> None:
     for node, name in ((ANIME, "isnetis.safetensors"), (SKETCH, "sketch-segment.safetensors")):
         args = (5, 64) if node == ANIME else ("auto", 64)
-        mask = M[node].execute(name, torch.ones(1, 40, 30, 3), 0.0, *args)[0]
-        assert mask.shape == (1, 40, 30) and torch.isfinite(mask).all()
+        images = torch.ones(2, 40, 30, 3)
+        images[1, 10:30, 14:16] = 0  # the second image has a line: it is segmented
+        mask = M[node].execute(name, images, 0.0, *args)[0]
+        assert mask.shape == (2, 40, 30) and torch.equal(mask[0], torch.zeros(40, 30))
+        assert mask[1].max() > 0
 
 
 def test_the_files_live_in_models_isnet_and_are_offered(models: Path) -> None:
