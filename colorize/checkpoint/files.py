@@ -104,8 +104,19 @@ def _read_safetensors_header(p: Path) -> tuple[dict[str, TensorInfo], dict[str, 
     return infos, {str(k): str(v) for k, v in meta.items()}
 
 
+#: How PyTorch files begin: a zip archive (torch.save since 1.6) or a pickle stream (protocol 2+ opcode).
+TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
 def _torch_load(p: Path, mmap: bool = True) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into a :class:`CheckpointError`."""
+    """``torch.load(weights_only=True)`` with every failure turned into a :class:`CheckpointError`; a file that is
+    neither a zip archive nor a pickle stream is named as such before the unpickler sees it (its errors would
+    otherwise read as "pickled objects")."""
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(TORCH_FILE_MAGIC):
+        raise CheckpointError(f"{p.name}: not a PyTorch checkpoint (it is neither a zip archive nor a pickle stream; "
+                              f"first bytes {head.hex()}): the file is corrupt or of another format. Re-download it.")
     try:
         try:
             return torch.load(str(p), map_location="cpu", weights_only=True, mmap=mmap)

@@ -82,7 +82,7 @@ CASES = [
     Case("checkpoint-truncated", _run_case("{sketch}", "{ref}", "{tmp}/out-{id}.png", "--checkpoint",
                                            "{tmp}/truncated.safetensors"), "truncated"),
     Case("checkpoint-random-bytes-ckpt", _run_case("{sketch}", "{ref}", "{tmp}/out-{id}.png", "--checkpoint",
-                                                   "{tmp}/random.ckpt"), "random.ckpt"),
+                                                   "{tmp}/random.ckpt"), "random.ckpt: not a PyTorch checkpoint"),
     Case("checkpoint-code-pickle", _run_case("{sketch}", "{ref}", "{tmp}/out-{id}.png", "--checkpoint",
                                              "{tmp}/evil.ckpt"), "refused to load"),
     Case("checkpoint-absurd-depth", _run_case("{sketch}", "{ref}", "{tmp}/out-{id}.png", "--checkpoint",
@@ -145,7 +145,7 @@ def _crafted_files(tmp: Path, models: Path) -> None:
     (tmp / "nested.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     ckpt = next((models / "colorizediffusion").glob("mult*.safetensors")).read_bytes()
     (tmp / "truncated.safetensors").write_bytes(ckpt[: len(ckpt) // 2])
-    (tmp / "random.ckpt").write_bytes(os.urandom(4096))
+    (tmp / "random.ckpt").write_bytes(b"\x00" + os.urandom(4095))  # neither zip nor pickle
     with open(tmp / "evil.ckpt", "wb") as f:
         pickle.dump({"state_dict": _Evil(tmp / "PWNED")}, f)
     (tmp / "garbage.png").write_bytes(os.urandom(2048))
