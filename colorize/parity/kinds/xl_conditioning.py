@@ -1,0 +1,81 @@
+"""Parity kind ``xl_conditioning``: the sdxl wrapper's reference conditioning (CLIP bigG tower, WD SwinV2 tagger,
+ClusterConcat, the scalar embedder, the adm vector) and ``prepare_conditions`` with and without bg_enhance, the
+sketch hints from the XL sketch encoder (official repository tellurion-kanata/ColorizeDiffusionXL at commit ec78784,
+``refnet/models/colorizerXL.py:91-200``). Every size comes from the fixture's config, weights and inputs."""
+from __future__ import annotations
+
+import torch
+
+from colorize.families.xl.clip_bigg import ClipVisionConfig, ClipVisionTower
+from colorize.families.xl.conditioning import (
+    ClusterConcat,
+    ReferenceConditioner,
+    ScalarEmbedder,
+    adm_vector,
+    infer_cluster_concat_config,
+    unet_mask,
+)
+from colorize.families.xl.tagger import SwinV2Tagger, TaggerConfig
+from colorize.parity.core import Fixture, register
+
+
+def _hints(fx: Fixture, sketch: torch.Tensor, scales: list[float], batch: int) -> dict[str, torch.Tensor]:
+    """Hints of [sketch, all −1 sketch] times their control scales: cond rows and sketch-uncond rows."""
+    from colorize.families.xl.sketch_encoder import MultiScaleAttentionEncoder, config_from_official
+
+    enc = MultiScaleAttentionEncoder(config_from_official(fx.config["control_encoder_config"]["params"]))
+    enc.load_state_dict(fx.weights("control_encoder."), strict=True)
+    n = sketch.shape[0]
+    hints = enc.eval()(torch.cat([sketch, -torch.ones_like(sketch)], dim=0))
+    out = {}
+    for i, h in enumerate(hints):
+        h = h * scales[i]
+        out[f"hint{i}"] = h[:n].expand(batch, *h.shape[1:]) if n == 1 else h[:n]
+        out[f"uc_hint{i}"] = h[n:].expand(batch, *h.shape[1:]) if n == 1 else h[n:]
+    return out
+
+
+@register("xl_conditioning")
+def run(fx: Fixture) -> dict[str, torch.Tensor]:
+    cfg = fx.config
+    clip = ClipVisionTower.from_state_dict(
+        fx.weights("cond_stage_model.model."), ClipVisionConfig.from_hf(cfg["hf_clip_vision_config_used"]))
+    tc = cfg["tagger_timm"]
+    tagger = SwinV2Tagger.from_state_dict(
+        fx.weights("img_embedder.model."), TaggerConfig.from_timm_kwargs(tc["kwargs"], tc["num_classes"]))
+    pp = cfg["proj_config"]["params"]
+    proj_w = fx.weights("proj.")
+    cc_cfg = infer_cluster_concat_config(proj_w, int(pp["token_length"]), int(pp["dim_head"]))
+    proj = ClusterConcat(cc_cfg)
+    proj.load_state_dict(proj_w, strict=True)
+    cond = ReferenceConditioner(clip, tagger, proj).eval()
+    embed_dim = int(cfg["scalar_embedder_config"]["params"]["embed_dim"])
+
+    s = fx.scalars
+    batch = int(s["batch"])
+    height, width = (int(v) for v in s["gen_hw"])
+    ref = fx.inputs["reference"]
+
+    wd_tokens = tagger.features(ref)
+    wd_pooled = wd_tokens.mean(dim=1, keepdim=True)
+    proj_context, cls_emb = cond.embed(ref)
+    out = {
+        "clip_preprocessed": clip.preprocess(ref),
+        "clip_tokens": clip.reference_tokens(ref),
+        "wd_preprocessed_sub8": tagger.preprocess(ref)[:, :, ::8, ::8],
+        "wd_tokens": wd_tokens,
+        "wd_logits": tagger.logits(wd_tokens),
+        "wd_pooled": wd_pooled,
+        "wd_pooled_logits": tagger.logits(wd_pooled),
+        "proj_context": proj_context,
+        "cls_emb": cls_emb,
+        "scalar_embedding": ScalarEmbedder(embed_dim)(torch.tensor([0.0, 1.0, 7.0, 123.5, 1024.0])),
+        "context": cond.context(ref, batch),
+        "uc_context": cond.context(None, batch),
+        "y": adm_vector(batch, height, width, embed_dim, float(s.get("aesthetic_score", 7.0))),
+        "context_bg_enhance": cond.context_bg_enhance(ref, fx.inputs["rmask"], batch,
+                                                      float(s["mask_threshold_ref"])),
+        "mask_bg_enhance": unet_mask(fx.inputs["smask"], batch),
+    }
+    out.update(_hints(fx, fx.inputs["sketch"], [float(v) for v in s["control_scale"]], batch))
+    return out
