@@ -73,27 +73,45 @@ class TaggerConfig:
 
 def infer_tagger_config(state_dict: dict[str, Tensor], prefix: str = "", img_size: int = 448,
                         window_size: int = 14) -> TaggerConfig:
-    """Tagger sizes from timm-named shapes (image size and window are not in the shapes; the official 448/14 by
-    default). Heads come from ``logit_scale`` (heads, 1, 1)."""
-    pw = state_dict[prefix + "patch_embed.proj.weight"]
-    embed, chans, patch, _ = pw.shape
+    """Tagger sizes from timm-named shapes (keys under ``prefix``, either timm layout). Image size and window are not
+    in the shapes (the official 448/14 by default); heads come from ``logit_scale`` (heads, 1, 1)."""
+    sd = to_timm_layout({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    embed, chans, patch, _ = sd["patch_embed.proj.weight"].shape
     depths, heads = [], []
     i = 0
-    while any(k.startswith(f"{prefix}layers.{i}.") for k in state_dict):
+    while f"layers.{i}.blocks.0.attn.logit_scale" in sd:
         j = 0
-        while f"{prefix}layers.{i}.blocks.{j}.attn.logit_scale" in state_dict:
+        while f"layers.{i}.blocks.{j}.attn.logit_scale" in sd:
             j += 1
         depths.append(j)
-        heads.append(int(state_dict[f"{prefix}layers.{i}.blocks.0.attn.logit_scale"].shape[0]))
+        heads.append(int(sd[f"layers.{i}.blocks.0.attn.logit_scale"].shape[0]))
         i += 1
-    fc1 = state_dict[prefix + "layers.0.blocks.0.mlp.fc1.weight"]
-    cpb = state_dict[prefix + "layers.0.blocks.0.attn.cpb_mlp.0.weight"]
-    head = state_dict.get(prefix + "head.fc.weight")
+    fc1 = sd["layers.0.blocks.0.mlp.fc1.weight"]
+    cpb = sd["layers.0.blocks.0.attn.cpb_mlp.0.weight"]
+    head = sd.get("head.fc.weight")
     return TaggerConfig(
         img_size=img_size, patch_size=int(patch), in_chans=int(chans), embed_dim=int(embed), depths=tuple(depths),
         num_heads=tuple(heads), window_size=window_size, mlp_ratio=fc1.shape[0] / embed,
         num_classes=int(head.shape[0]) if head is not None else 0, cpb_hidden=int(cpb.shape[0]),
     )
+
+
+def to_timm_layout(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A SwinV2 state dict in the current timm layout: the derived buffers (relative position index/table,
+    attention masks, k bias) dropped; an older export (timm < 0.9: ``layers.i.downsample`` at the *end* of stage
+    i, ``head.weight``) renamed to ``layers.{i+1}.downsample`` and ``head.fc.*``. Current-layout dicts pass
+    through unchanged."""
+    sd = {k: v for k, v in state_dict.items() if k.rsplit(".", 1)[-1] not in _DERIVED_BUFFERS}
+    old = any(k.startswith("layers.0.downsample.") for k in sd)
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        if old and k.startswith("layers.") and ".downsample." in k:
+            i, rest = k[len("layers."):].split(".", 1)
+            k = f"layers.{int(i) + 1}.{rest}"
+        elif k in ("head.weight", "head.bias"):
+            k = "head.fc." + k.split(".")[1]
+        out[k] = v
+    return out
 
 
 # --- windows ---------------------------------------------------------------------------------------------------
@@ -324,9 +342,8 @@ class SwinV2Tagger(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, Tensor], cfg: TaggerConfig | None = None) -> "SwinV2Tagger":
-        """Build (config inferred when not given) and load strictly; timm's derived buffers, if a file has them,
-        are dropped (they are rebuilt from the window size)."""
-        sd = {k: v for k, v in state_dict.items() if k.rsplit(".", 1)[-1] not in _DERIVED_BUFFERS}
+        """Build (config inferred when not given) and load strictly, after :func:`to_timm_layout`."""
+        sd = to_timm_layout(state_dict)
         model = cls(cfg or infer_tagger_config(sd))
         model.load_state_dict(sd, strict=True)
         return model
