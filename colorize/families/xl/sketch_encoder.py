@@ -46,13 +46,15 @@ PREFIX = "control_encoder."
 
 @dataclass(frozen=True)
 class MultiScaleEncoderConfig:
-    """``MultiScaleAttentionEncoder`` sizes; the defaults are the released ones (official ``sdxl.yaml``/``xlv2.yaml``,
-    reference §2: model_channels 320, ch_mults [1, 2, 4], attention width 1280, head width 128, 25,984,720 params).
+    """``MultiScaleAttentionEncoder`` sizes; the defaults are the released ones (``control_encoder`` of
+    ``configs/inference/sdxl.yaml`` and ``xlv2.yaml``: model_channels 320, ch_mults [1, 2, 4], attention width 1280,
+    head width 128 (10 heads); 25,984,720 parameters).
 
     ``attention_width`` 0 means "the last stage's width" (``model_channels · ch_mults[-1]``, which is what the
     official class uses: 1280 full size, 64 in the fixture's ``model_channels`` 16) and is replaced by that number
     on construction. ``dim_head`` must be a multiple of 4 (the 2-D RoPE splits each head's pairs in two halves).
-    ``rope_base`` and ``norm_eps`` (RMSNorm) are the official constants.
+    ``rope_base`` 10000 and ``norm_eps`` 1e-6 (RMSNorm) are not in the facts we have: they are the values that
+    reproduce the golden fixture (to 1.2e-7; eps 1e-5 or 1e-7, or bases 100 or 1000, miss it by 1e-5 or more).
     """
 
     in_ch: int = 3
@@ -99,7 +101,7 @@ class MultiScaleEncoderConfig:
         return tuple(strides)
 
 
-#: The released size (reference §2).
+#: The released size (both XL model types use the same sketch encoder).
 FULL_XL_SKETCH_ENCODER = MultiScaleEncoderConfig()
 
 
@@ -116,7 +118,8 @@ def config_from_official(params: Mapping[str, Any]) -> MultiScaleEncoderConfig:
 
 def rope_angles(grids: Sequence[tuple[int, int]], dim_head: int, base: float = 10000.0) -> Tensor:
     """2-D RoPE angles (float64, ``(sum h·w, dim_head // 2)``) for the tokens of grids flattened row-major and
-    concatenated in order (``refnet/modules/attention.py`` ``RotaryPositionalEmbeddings``, reference §3 item 6).
+    concatenated in order (``refnet/modules/attention.py`` ``RotaryPositionalEmbeddings``,
+    used by ``refnet/modules/encoder.py:90-174``).
 
     Pair ``j`` of the first half turns by ``row · base^(−j / (dim_head/4))``, pair ``j`` of the second half by
     ``col`` with the same frequencies; positions restart at (0, 0) in every grid (so a 1×1 grid is not rotated).
