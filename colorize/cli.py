@@ -261,7 +261,7 @@ def _computed_mask(args: argparse.Namespace, model: str, image: torch.Tensor, li
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
     from colorize.tiny import write_tiny_weights
 
-    for name, path in write_tiny_weights(args.directory, seed=args.seed, versions=args.versions).items():
+    for name, path in write_tiny_weights(args.directory, seed=args.seed, versions=args.versions, masks=True).items():
         print(f"{name}: {path}")
     return 0
 

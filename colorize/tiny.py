@@ -105,12 +105,13 @@ def _save(path: Path, sd: dict[str, torch.Tensor], config: ColorizerConfig) -> N
 
 
 def write_tiny_weights(
-    directory: str | Path, config: ColorizerConfig = TINY_MULT, seed: int = 0, versions: Sequence[str] = ("mult",)
+    directory: str | Path, config: ColorizerConfig = TINY_MULT, seed: int = 0, versions: Sequence[str] = ("mult",),
+    masks: bool = False,
 ) -> dict[str, Path]:
     """Write tiny checkpoints of ``versions`` and the CLIP file into ``directory`` (ComfyUI models layout).
 
-    Returns ``{manifest name: path}``: the checkpoints in ``versions`` order, then the CLIP file and the two ISNet
-    mask networks. ``config``
+    Returns ``{manifest name: path}``: the checkpoints in ``versions`` order, then the CLIP file and, with ``masks``,
+    the two ISNet mask networks (``python -m colorize make-tiny-weights`` writes them). ``config``
     is the v1 base the other versions derive from (:func:`tiny_config`). Existing files that are not tiny
     test files are never overwritten (:class:`FileExistsError`, checked before anything is written).
     """
@@ -119,7 +120,7 @@ def write_tiny_weights(
     if unknown:
         raise ValueError(f"unknown version(s) {unknown}; expected some of {', '.join(VERSIONS)}")
     checkpoints = {v: checkpoint_name(v) for v in dict.fromkeys(versions)}
-    names = [*checkpoints.values(), default_clip_name(), *ISNET_NAMES]
+    names = [*checkpoints.values(), default_clip_name(), *(ISNET_NAMES if masks else ())]
     paths = {n: directory / manifest_entry(n)["models_subdir"] / manifest_entry(n)["filename"] for n in names}
     for path in paths.values():
         if path.exists() and TINY_METADATA_KEY not in _metadata_or_empty(path):
@@ -135,7 +136,7 @@ def write_tiny_weights(
     if not clip_sd:  # the CLIP weights never depend on which versions are written
         clip_sd = build_tiny_state_dicts(config, seed)[1]
     _save(paths[default_clip_name()], clip_sd, config)
-    for offset, name in enumerate(ISNET_NAMES):  # the anime and the sketch segmenter: same layout, other weights
+    for offset, name in enumerate(ISNET_NAMES if masks else ()):  # anime and sketch segmenter: one layout
         _save_plain(paths[name], build_tiny_isnet_state_dict(seed + offset))
     return paths
 

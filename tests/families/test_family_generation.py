@@ -34,7 +34,7 @@ S3 = replace(S, sketch_cfg=2.0)  # all three CFG row groups (reference- and sket
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("models")
-    write_tiny_weights(d, versions=("mult", "switch", "v2"))
+    write_tiny_weights(d, versions=("mult", "switch", "v2"), masks=True)
     return d
 
 

@@ -54,7 +54,7 @@ def host_contract(models_dir: Path, work: Path) -> dict[str, Any]:
 def _tiny_models(directory: Path) -> Path:
     from colorize.tiny import write_tiny_weights
 
-    write_tiny_weights(directory, versions=("mult", "switch", "v2"))
+    write_tiny_weights(directory, versions=("mult", "switch", "v2"), masks=True)
     return directory
 
 

@@ -300,7 +300,7 @@ def test_inspect_names_the_anime_and_the_sketch_segmenter(tmp_path, capsys) -> N
     from colorize.checkpoint.inspection import main as inspect_main
     from colorize.tiny import write_tiny_weights
 
-    paths = write_tiny_weights(tmp_path, versions=("mult",))
+    paths = write_tiny_weights(tmp_path, versions=("mult",), masks=True)
     assert inspect_main([str(paths["isnet-anime"])]) == 0
     out = capsys.readouterr().out
     assert "ISNet mask network" in out and "the anime segmenter" in out and "OK" in out

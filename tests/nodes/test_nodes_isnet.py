@@ -23,7 +23,7 @@ ANIME, SKETCH = "ColorizeDiffusionAnimeMask", "ColorizeDiffusionSketchMaskISNet"
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("isnet-models")
-    write_tiny_weights(d, versions=("mult",))
+    write_tiny_weights(d, versions=("mult",), masks=True)
     return d
 
 

@@ -206,7 +206,7 @@ def test_tiny_weights_use_the_workflow_file_names(tmp_path: Path) -> None:
     """``make-tiny-weights DIR`` fills DIR in ComfyUI's layout so every workflow runs unchanged against it."""
     from colorize.tiny import write_tiny_weights
 
-    written = {p.relative_to(tmp_path).as_posix() for p in write_tiny_weights(tmp_path, versions=("mult", "switch", "v2")).values()}
+    written = {p.relative_to(tmp_path).as_posix() for p in write_tiny_weights(tmp_path, versions=("mult", "switch", "v2"), masks=True).values()}
     loaders = LOADERS
     for path in API_FILES:
         for node in load(path).values():
