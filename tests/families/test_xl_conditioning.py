@@ -122,6 +122,7 @@ def test_clip_loads_hf_file_with_position_ids() -> None:
     _randomize(src, 1)
     sd = dict(src.state_dict())
     sd["vision_model.embeddings.position_ids"] = torch.arange(TINY_CLIP.num_positions)[None]
+    sd["text_projection.weight"], sd["logit_scale"] = torch.zeros(24, 16), torch.zeros(())  # a whole CLIPModel
     m = ClipVisionTower.from_state_dict(sd, TINY_CLIP)
     x = torch.rand(1, 3, 40, 30) * 2 - 1
     with torch.no_grad():
@@ -154,6 +155,11 @@ def test_tagger_loads_an_older_timm_layout() -> None:
     old["layers.0.blocks.1.attn_mask"] = torch.zeros(1)
     old["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(1)
     assert set(to_timm_layout(old)) == set(src.state_dict())
+    # the project's meta-device loader (no buffer may stay on meta)
+    from colorize.checkpoint.assign import materialize
+
+    built = materialize(lambda: SwinV2Tagger(TINY_TAGGER), to_timm_layout(old), "tagger")
+    assert not any(t.is_meta for t in built.buffers())
     m = SwinV2Tagger.from_state_dict(old, infer_tagger_config(old, img_size=64, window_size=4))
     x = torch.rand(1, 3, 20, 24) * 2 - 1
     with torch.no_grad():

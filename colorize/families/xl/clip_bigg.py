@@ -178,10 +178,15 @@ class ClipVisionTower(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, Tensor], cfg: ClipVisionConfig | None = None) -> "ClipVisionTower":
-        """Build (config inferred when not given) and load strictly; HF's ``position_ids`` buffer is ignored."""
-        sd = {k: v for k, v in state_dict.items() if not k.endswith("embeddings.position_ids")}
-        model = cls(cfg or infer_clip_config(sd))
-        model.load_state_dict(sd, strict=True)
+        """Build on the meta device (config inferred when not given) and assign the tensors strictly, so the
+        1.8 G-parameter tower needs no second copy. HF's ``position_ids`` buffer is ignored, and so are the text
+        parts of a whole ``CLIPModel`` file (``text_model.*``, ``text_projection``, ``logit_scale``)."""
+        sd = {k: v for k, v in state_dict.items()
+              if k.startswith(("vision_model.", "visual_projection.")) and not k.endswith("embeddings.position_ids")}
+        cfg = cfg or infer_clip_config(sd)
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_state_dict(sd, strict=True, assign=True)
         return model
 
     def preprocess(self, images: Tensor) -> Tensor:

@@ -148,17 +148,34 @@ def paint_character_white(reference: Tensor, rmask: Tensor, threshold: float = 0
     return torch.where(m >= threshold, torch.ones_like(reference), reference)
 
 
-class ReferenceConditioner(nn.Module):
-    """The three reference modules of the sdxl wrapper: CLIP tower, WD tagger and ClusterConcat.
+#: State-dict prefixes of the three modules in the official sdxl wrapper. Released checkpoints carry only
+#: ``proj.*``; the CLIP tower and the tagger come from their own files (``ckpt_util.py:79-96``).
+CLIP_PREFIX, TAGGER_PREFIX, PROJ_PREFIX = "cond_stage_model.model.", "img_embedder.model.", "proj."
 
-    ``cond_stage_model``/``img_embedder``/``proj`` are the attribute names of the official wrapper, so a wrapper-
-    level state dict (``cond_stage_model.model.*``, ``img_embedder.model.*``, ``proj.*``) maps directly."""
+
+class ReferenceConditioner(nn.Module):
+    """The three reference modules of the sdxl wrapper: CLIP tower (``clip``, anything with
+    ``reference_tokens``), WD tagger (``tagger``, anything with ``features``) and ClusterConcat (``proj``)."""
 
     def __init__(self, clip: nn.Module, tagger: nn.Module, proj: ClusterConcat) -> None:
         super().__init__()
         self.clip = clip
         self.tagger = tagger
         self.proj = proj
+
+    @classmethod
+    def from_state_dicts(
+        cls, clip: dict[str, Tensor], tagger: dict[str, Tensor], proj: dict[str, Tensor], *,
+        clip_config: object = None, tagger_config: object = None, token_length: int = 196, dim_head: int = 128,
+    ) -> "ReferenceConditioner":
+        """From the HF-format CLIP vision dict, the timm-format tagger dict and the ``proj.``-stripped ClusterConcat
+        dict (configs inferred from the shapes when not given)."""
+        from colorize.families.xl.clip_bigg import ClipVisionTower
+        from colorize.families.xl.tagger import SwinV2Tagger
+
+        return cls(ClipVisionTower.from_state_dict(clip, clip_config),  # type: ignore[arg-type]
+                   SwinV2Tagger.from_state_dict(tagger, tagger_config),  # type: ignore[arg-type]
+                   ClusterConcat.from_state_dict(proj, token_length, dim_head))
 
     def embed(self, reference: Tensor) -> tuple[Tensor, Tensor]:
         """(b, 3, H, W) reference in [-1, 1] → (context (b, token_length, output_dim), class token (b, 1, proj)),

@@ -136,7 +136,7 @@ def shift_attention_mask(h: int, w: int, ws: tuple[int, int], shift: tuple[int, 
     no shift. Regions along each axis: [0, −window), [−window, −shift), [−shift, end)."""
     if not any(shift):
         return None
-    img = torch.zeros(1, h, w, 1)
+    img = torch.zeros(1, h, w, 1, device="cpu")
     label = 0
     for hs in _regions(h, ws[0], shift[0]):
         for wsl in _regions(w, ws[1], shift[1]):
@@ -156,8 +156,8 @@ def _regions(n: int, window: int, shift: int) -> list[slice]:
 def relative_coords_table(ws: tuple[int, int]) -> Tensor:
     """(2wh−1, 2ww−1, 2) log-spaced relative coordinates: each axis divided by (window−1), ×8, then
     sign(x)·log2(1+|x|)/log2(8)."""
-    rh = torch.arange(-(ws[0] - 1), ws[0], dtype=torch.float32)
-    rw = torch.arange(-(ws[1] - 1), ws[1], dtype=torch.float32)
+    rh = torch.arange(-(ws[0] - 1), ws[0], dtype=torch.float32, device="cpu")
+    rw = torch.arange(-(ws[1] - 1), ws[1], dtype=torch.float32, device="cpu")
     t = torch.stack(torch.meshgrid(rh, rw, indexing="ij"), dim=-1)
     t[..., 0] /= max(ws[0] - 1, 1)
     t[..., 1] /= max(ws[1] - 1, 1)
@@ -167,7 +167,7 @@ def relative_coords_table(ws: tuple[int, int]) -> Tensor:
 
 def relative_position_index(ws: tuple[int, int]) -> Tensor:
     """(N, N) index into the flattened (2wh−1)·(2ww−1) table for every query/key pair of a window."""
-    ch, cw = torch.meshgrid(torch.arange(ws[0]), torch.arange(ws[1]), indexing="ij")
+    ch, cw = torch.meshgrid(torch.arange(ws[0], device="cpu"), torch.arange(ws[1], device="cpu"), indexing="ij")
     coords = torch.stack([ch.flatten(), cw.flatten()])  # (2, N)
     rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
     return (rel[0] + ws[0] - 1) * (2 * ws[1] - 1) + (rel[1] + ws[1] - 1)
@@ -177,6 +177,9 @@ def relative_position_index(ws: tuple[int, int]) -> Tensor:
 
 
 class WindowAttentionV2(nn.Module):
+    """Cosine window attention with a continuous position bias. Its derived tables are built on the CPU even
+    under a meta-device construction (they are no part of a state dict, so nothing would replace them)."""
+
     def __init__(self, dim: int, heads: int, ws: tuple[int, int], cpb_hidden: int = 512) -> None:
         super().__init__()
         self.heads = heads
@@ -342,10 +345,13 @@ class SwinV2Tagger(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, Tensor], cfg: TaggerConfig | None = None) -> "SwinV2Tagger":
-        """Build (config inferred when not given) and load strictly, after :func:`to_timm_layout`."""
+        """Build on the meta device (config inferred when not given) and assign the tensors strictly, after
+        :func:`to_timm_layout`; parameters keep the file's dtype and device."""
         sd = to_timm_layout(state_dict)
-        model = cls(cfg or infer_tagger_config(sd))
-        model.load_state_dict(sd, strict=True)
+        cfg = cfg or infer_tagger_config(sd)
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_state_dict(sd, strict=True, assign=True)
         return model
 
     def preprocess(self, images: Tensor) -> Tensor:

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import torch
 
-from colorize.families.xl.clip_bigg import ClipVisionConfig, ClipVisionTower
+from colorize.families.xl.clip_bigg import ClipVisionConfig
 from colorize.families.xl.conditioning import (
-    ClusterConcat,
+    CLIP_PREFIX,
+    PROJ_PREFIX,
+    TAGGER_PREFIX,
     ReferenceConditioner,
     ScalarEmbedder,
     adm_vector,
-    infer_cluster_concat_config,
     unet_mask,
 )
-from colorize.families.xl.tagger import SwinV2Tagger, TaggerConfig
+from colorize.families.xl.tagger import TaggerConfig
 from colorize.parity.core import Fixture, register
 
 
@@ -38,17 +39,14 @@ def _hints(fx: Fixture, sketch: torch.Tensor, scales: list[float], batch: int) -
 @register("xl_conditioning")
 def run(fx: Fixture) -> dict[str, torch.Tensor]:
     cfg = fx.config
-    clip = ClipVisionTower.from_state_dict(
-        fx.weights("cond_stage_model.model."), ClipVisionConfig.from_hf(cfg["hf_clip_vision_config_used"]))
     tc = cfg["tagger_timm"]
-    tagger = SwinV2Tagger.from_state_dict(
-        fx.weights("img_embedder.model."), TaggerConfig.from_timm_kwargs(tc["kwargs"], tc["num_classes"]))
     pp = cfg["proj_config"]["params"]
-    proj_w = fx.weights("proj.")
-    cc_cfg = infer_cluster_concat_config(proj_w, int(pp["token_length"]), int(pp["dim_head"]))
-    proj = ClusterConcat(cc_cfg)
-    proj.load_state_dict(proj_w, strict=True)
-    cond = ReferenceConditioner(clip, tagger, proj).eval()
+    cond = ReferenceConditioner.from_state_dicts(
+        fx.weights(CLIP_PREFIX), fx.weights(TAGGER_PREFIX), fx.weights(PROJ_PREFIX),
+        clip_config=ClipVisionConfig.from_hf(cfg["hf_clip_vision_config_used"]),
+        tagger_config=TaggerConfig.from_timm_kwargs(tc["kwargs"], tc["num_classes"]),
+        token_length=int(pp["token_length"]), dim_head=int(pp["dim_head"])).eval()
+    clip, tagger = cond.clip, cond.tagger
     embed_dim = int(cfg["scalar_embedder_config"]["params"]["embed_dim"])
 
     s = fx.scalars
