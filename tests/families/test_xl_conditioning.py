@@ -237,6 +237,48 @@ def test_shifted_blocks_run_and_are_not_plain_blocks() -> None:
     assert m.logits(tokens).shape == (2, 4, 7)
 
 
+def _brute_force_window_attention(blk: SwinV2Block, x: torch.Tensor) -> torch.Tensor:
+    """The attention branch of a (shifted) block token by token, in original coordinates: a query sees the keys of
+    its shifted window that are within one window of it without wrapping round the border; the position bias is
+    read from the 2-D table at the coordinate difference."""
+    a = blk.attn.double()
+    b, h, w, c = x.shape
+    ws, s = blk.ws[0], blk.shift[0]
+    heads, hd = a.heads, c // a.heads
+    x = x.double()
+    bias_vec = torch.cat([a.q_bias, torch.zeros_like(a.q_bias), a.v_bias])
+    qkv = torch.nn.functional.linear(x, a.qkv.weight, bias_vec).view(b, h, w, 3, heads, hd)
+    q, k, v = torch.nn.functional.normalize(qkv[..., 0, :, :], dim=-1), qkv[..., 1, :, :], qkv[..., 2, :, :]
+    k = torch.nn.functional.normalize(k, dim=-1)
+    table = 16 * torch.sigmoid(a.cpb_mlp(a.relative_coords_table.double()))  # (2ws-1, 2ws-1, heads)
+    scale = torch.clamp(a.logit_scale, max=math.log(100.0)).exp().view(heads)
+    out = torch.zeros(b, h, w, heads, hd, dtype=torch.float64)
+    for y in range(h):
+        for xx in range(w):
+            win = (((y - s) % h) // ws, ((xx - s) % w) // ws)
+            keys = [(y2, x2) for y2 in range(h) for x2 in range(w)
+                    if (((y2 - s) % h) // ws, ((x2 - s) % w) // ws) == win and abs(y2 - y) < ws and abs(x2 - xx) < ws]
+            ky = torch.tensor([p[0] for p in keys])
+            kx = torch.tensor([p[1] for p in keys])
+            logits = torch.einsum("bnd,bknd->bnk", q[:, y, xx], k[:, ky, kx]) * scale[None, :, None]
+            logits = logits + table[y - ky + ws - 1, xx - kx + ws - 1].T[None]
+            out[:, y, xx] = torch.einsum("bnk,bknd->bnd", torch.softmax(logits, dim=-1), v[:, ky, kx])
+    res = a.proj(out.reshape(b, h, w, c))
+    blk.attn.float()
+    return res
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_window_attention_matches_a_token_by_token_computation(shift: int) -> None:
+    blk = SwinV2Block(8, 2, (8, 8), 4, shift, cpb_hidden=16).eval()
+    _randomize(blk, 7)
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        want = _brute_force_window_attention(blk, x)
+        got = blk._attn(x)
+    assert torch.allclose(got.double(), want, atol=1e-5), (got.double() - want).abs().max()
+
+
 def test_logit_scale_is_clamped_at_log_100() -> None:
     m = SwinV2Tagger(TINY_TAGGER).eval()
     _randomize(m, 4)

@@ -107,7 +107,8 @@ class _Attention(nn.Module):
             return t.view(b, n, h, d // h).transpose(1, 2)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        w = torch.softmax((q * (d // h) ** -0.5) @ k.transpose(-1, -2), dim=-1)
+        # explicit attention as HF's "eager" path (what the official fixtures ran); softmax in float32
+        w = torch.softmax((q * (d // h) ** -0.5) @ k.transpose(-1, -2), dim=-1, dtype=torch.float32).to(v.dtype)
         return self.out_proj((w @ v).transpose(1, 2).reshape(b, n, d))
 
 
