@@ -141,7 +141,8 @@ def infer_cluster_concat_config(
 
 
 def paint_character_white(reference: Tensor, rmask: Tensor, threshold: float = 0.5) -> Tensor:
-    """The reference with every pixel whose mask is ≥ ``threshold`` set to white (+1 in [-1, 1])."""
+    """The reference with every pixel whose mask is ≥ ``threshold`` set to white (+1 in [-1, 1]). A mask of another
+    size is first resized bilinearly to the reference (our choice: the app's masks already have its size)."""
     m = rmask.to(reference.dtype)
     if m.shape[-2:] != reference.shape[-2:]:
         m = F.interpolate(m, reference.shape[-2:], mode="bilinear", align_corners=False)
