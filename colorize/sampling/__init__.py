@@ -10,6 +10,11 @@ Typical use (k-diffusion-style samplers)::
 The official default ("diffuser_dpm") has its own integer timesteps and starting latent::
 
     x = sample_dpm_solver(den.model_output, noise, steps, cfg.schedule, "eps", callback=cb)
+
+The XL app's default, DPM++ 3M SDE on the "Automatic" schedule (not yet in the nodes' :data:`SAMPLERS`)::
+
+    sigmas = sampler_sigmas("dpmpp_3m_sde", "auto", steps, schedule)  # exponential_official
+    x = XL_SAMPLERS["dpmpp_3m_sde"](den, noise * sigmas[0], sigmas, generator=gen)
 """
 from __future__ import annotations
 
@@ -25,12 +30,16 @@ from colorize.sampling.denoiser import (
 )
 from colorize.sampling.dpm_solver import dpm_solver_schedule, sample_dpm_solver
 from colorize.sampling.noise_schedule import DiscreteSchedule, ddpm_buffers
-from colorize.sampling.samplers import SAMPLERS
+from colorize.sampling.samplers import SAMPLERS, XL_SAMPLERS, BrownianNoiseSampler, sample_dpmpp_3m_sde
 from colorize.sampling.sigmas import (
     AUTO_SCHEDULER,
     SCHEDULER_CHOICES,
     SCHEDULERS,
+    XL_SCHEDULER_CHOICES,
+    XL_SCHEDULERS,
     ddim_timesteps,
+    drop_next_to_last,
+    exponential_official,
     karras_sigmas,
     leading_timesteps,
     resolve_scheduler,
@@ -40,6 +49,7 @@ from colorize.sampling.sigmas import (
 
 __all__ = [
     "AUTO_SCHEDULER",
+    "BrownianNoiseSampler",
     "SCHEDULER_CHOICES",
     "COND",
     "DiscreteSchedule",
@@ -48,14 +58,20 @@ __all__ = [
     "SCHEDULERS",
     "UNCOND_REF",
     "UNCOND_SKETCH",
+    "XL_SAMPLERS",
+    "XL_SCHEDULERS",
+    "XL_SCHEDULER_CHOICES",
     "combine_guidance",
     "ddim_timesteps",
     "ddpm_buffers",
     "dpm_solver_schedule",
+    "drop_next_to_last",
+    "exponential_official",
     "guidance_rows",
     "karras_sigmas",
     "leading_timesteps",
     "sample_dpm_solver",
+    "sample_dpmpp_3m_sde",
     "resolve_scheduler",
     "sampler_sigmas",
     "scalings",

@@ -72,6 +72,20 @@ def exponential(n: int, schedule: DiscreteSchedule, device: torch.device | str =
     return exponential_sigmas(n, schedule.sigma_min, schedule.sigma_max, device)
 
 
+def drop_next_to_last(sigmas: Tensor) -> Tensor:
+    """``sigmas`` without its next-to-last entry (the smallest positive sigma when it ends in 0)."""
+    if sigmas.shape[0] < 3:
+        raise ValueError("dropping the next-to-last sigma needs at least 3 sigmas")
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+
+def exponential_official(n: int, schedule: DiscreteSchedule, device: torch.device | str = "cpu") -> Tensor:
+    """The official XL app's "Automatic" schedule of DPM++ 3M SDE: exponential sigmas computed for ``n + 1``
+    steps, then the next-to-last sigma (sigma_min) dropped — ``n + 1`` sigmas ending in 0, whose last step
+    goes from the second-smallest sigma straight to 0 (official ``refnet/sampling/sampler.py:74-192``)."""
+    return drop_next_to_last(exponential(n + 1, schedule, device))
+
+
 #: The sigma schedules by name (``leading`` is separate: the sampler's own diffusers timesteps).
 SCHEDULERS: dict[str, Callable[..., Tensor]] = {
     "karras": karras,
@@ -86,8 +100,13 @@ AUTO_SCHEDULER: dict[str, str] = {
     "euler_ancestral": "uniform",
     "dpmpp_2m": "karras",
     "dpmpp_2m_sde": "exponential",
+    "dpmpp_3m_sde": "exponential_official",
 }
 SCHEDULER_CHOICES: tuple[str, ...] = ("auto", "leading", *SCHEDULERS)
+#: Every schedule, the node-visible ones plus those added for the XL family. They stay out of
+#: :data:`SCHEDULERS` / :data:`SCHEDULER_CHOICES` (the sampler node's combo choices) until the XL nodes exist.
+XL_SCHEDULERS: dict[str, Callable[..., Tensor]] = {**SCHEDULERS, "exponential_official": exponential_official}
+XL_SCHEDULER_CHOICES: tuple[str, ...] = ("auto", "leading", *XL_SCHEDULERS)
 
 
 def resolve_scheduler(sampler: str, scheduler: str) -> str:
@@ -103,17 +122,21 @@ def sampler_sigmas(sampler: str, scheduler: str, steps: int, schedule: DiscreteS
     if name == "leading":
         rule = ddim_timesteps if sampler == "ddim" else leading_timesteps
         return timestep_sigmas(rule(steps, schedule.num_timesteps), schedule, device)
-    return SCHEDULERS[name](steps, schedule, device=device)
+    return XL_SCHEDULERS[name](steps, schedule, device=device)
 
 
 __all__ = [
     "AUTO_SCHEDULER",
     "SCHEDULERS",
     "SCHEDULER_CHOICES",
+    "XL_SCHEDULERS",
+    "XL_SCHEDULER_CHOICES",
     "ddim_timesteps",
+    "drop_next_to_last",
     "leading_timesteps",
     "timestep_sigmas",
     "exponential",
+    "exponential_official",
     "exponential_sigmas",
     "karras",
     "karras_sigmas",
