@@ -1,10 +1,14 @@
 """Samplers added for ColorizeDiffusion XL: DPM++ 3M SDE, its Brownian noise, the official "Automatic"
-exponential schedule and the v-prediction denoiser scalings. The SD2.1 samplers' own results are pinned by
-``test_samplers.py``."""
+exponential schedule, the v-prediction denoiser scalings, and the teacher-forced replay of the official loops
+(parity kind ``xl_sampler``). The SD2.1 samplers' own results are pinned by ``test_samplers.py``."""
 from __future__ import annotations
+
+import copy
+from pathlib import Path
 
 import pytest
 import torch
+from _helpers import skip_or_fail
 
 from colorize.sampling import (
     AUTO_SCHEDULER,
@@ -27,6 +31,7 @@ from colorize.sampling.denoiser import COND
 from colorize.sampling.noise_schedule import DiscreteSchedule
 from colorize.sampling.sigmas import exponential, exponential_sigmas
 
+REPO = Path(__file__).resolve().parents[2]
 SCHED = DiscreteSchedule.from_config()
 
 # A Gaussian data distribution N(MU, S²) per element: in the sigma view x = x0 + sigma·n the exact denoiser is
@@ -264,3 +269,40 @@ def test_guided_denoiser_v_feeds_c_in_x_and_continuous_t() -> None:
     assert torch.allclose(seen["x"], x / (sigma**2 + 1).sqrt())
     assert torch.allclose(seen["t"], SCHED.sigma_to_t(sigma))
     assert torch.allclose(x0, x / (sigma**2 + 1))  # v = 0 → x0 = c_skip·x
+
+
+# ------------------------------------------------------------------ official loops, teacher forced
+def _xl_sampler_fixture():
+    from colorize.parity.core import load_fixture
+
+    path = REPO.parent / "shared" / "fixtures" / "official-xl" / "xl_sampler.json"
+    if not path.is_file():
+        skip_or_fail(f"{path} not found (the XL golden fixtures)")
+    return load_fixture(path)
+
+
+def test_golden_fixture_teacher_forced() -> None:
+    # the kind alone (not run_fixture, which imports every kind): this file tests the samplers only
+    from colorize.parity.core import compare
+    from colorize.parity.kinds.xl_sampler import run
+
+    fx = _xl_sampler_fixture()
+    res = compare(fx, run(fx))
+    assert res.passed, res.line()
+    for name, (diff, tol, _) in res.per_output.items():
+        assert diff <= tol / 10, (name, diff, tol)  # far inside: the loops are replayed, not approximated
+
+
+def test_golden_fixture_pins_the_noise_order() -> None:
+    """Swapping two stored Brownian increments moves the 3M SDE latents out of tolerance: each increment
+    belongs to one step."""
+    from colorize.parity.core import compare
+    from colorize.parity.kinds.xl_sampler import run
+
+    fx = copy.copy(_xl_sampler_fixture())
+    noise = fx.inputs["sde_noise"].clone()
+    noise[[0, 1]] = noise[[1, 0]]
+    fx.inputs = {**fx.inputs, "sde_noise": noise}
+    res = compare(fx, run(fx))
+    assert not res.per_output["dpmpp_3m_sde_ref_eps.final"][2]
+    assert res.per_output["dpmpp_2m_karras_dual_eps.final"][2]
