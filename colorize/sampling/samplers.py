@@ -20,6 +20,7 @@ from torch import Tensor
 
 Callback = Callable[[dict[str, Any]], None]
 Denoiser = Callable[..., Tensor]
+NoiseSampler = Callable[[Tensor, Tensor], Tensor]  # (sigma, sigma_next) -> standard normal noise like x
 
 
 def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -153,8 +154,13 @@ def sample_dpmpp_2m_sde(
     generator: torch.Generator | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
 ) -> Tensor:
-    """DPM-Solver++(2M) SDE, midpoint correction (Lu et al., 2022, SDE variant with eta)."""
+    """DPM-Solver++(2M) SDE, midpoint correction (Lu et al., 2022, SDE variant with eta).
+
+    The noise of a step is ``noise_sampler(sigma, sigma_next)`` when given (e.g. a
+    :class:`BrownianNoiseSampler`, or stored increments to replay), otherwise fresh normal noise from
+    ``generator``."""
     old_denoised, h_last = None, None
     for i in range(len(sigmas) - 1):
         denoised = _step(model, x, sigmas[i], i, extra_args, callback)
@@ -169,7 +175,8 @@ def sample_dpmpp_2m_sde(
             r = h_last / h
             x = x - 0.5 * torch.expm1(-h - eta_h) * (1 / r) * (denoised - old_denoised)
         if eta:
-            x = x + _noise_like(x, generator) * s_next * (-torch.expm1(-2 * eta_h)).sqrt() * s_noise
+            z = _noise_like(x, generator) if noise_sampler is None else noise_sampler(s, s_next)
+            x = x + z * s_next * (-torch.expm1(-2 * eta_h)).sqrt() * s_noise
         old_denoised, h_last = denoised, h
     return x
 
@@ -188,9 +195,6 @@ def sample_dpm_solver_on_sigmas(
     :func:`colorize.sampling.dpm_solver.sample_dpm_solver`.
     """
     return sample_dpmpp_2m(model, x, sigmas, extra_args, callback, generator, lower_order_final=True)
-
-
-NoiseSampler = Callable[[Tensor, Tensor], Tensor]
 
 
 class BrownianNoiseSampler:

@@ -189,6 +189,25 @@ def test_3m_sde_noise_sampler_called_once_per_noisy_step_in_order() -> None:
     assert calls == [(float(sig[i]), float(sig[i + 1])) for i in range(len(sig) - 2)]
 
 
+def test_2m_sde_takes_a_noise_sampler_without_changing_its_default() -> None:
+    """Passing noise that draws exactly what the default draws gives the bit-identical result; a Brownian
+    noise sampler still keeps the data distribution."""
+    from colorize.sampling.samplers import _noise_like, sample_dpmpp_2m_sde
+
+    x = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(0)) * 14.6
+    sig = exponential_sigmas(7, 0.03, 14.6)
+    a = sample_dpmpp_2m_sde(gaussian_denoiser, x, sig, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    b = sample_dpmpp_2m_sde(gaussian_denoiser, x, sig, noise_sampler=lambda s, sn: _noise_like(x, g))
+    assert torch.equal(a, b)
+    x_t = MU + torch.randn(1, 200_000, generator=torch.Generator().manual_seed(1)) * (S**2 + 14.6**2) ** 0.5
+    sig = exponential_sigmas(40, 0.03, 14.6)
+    ns = BrownianNoiseSampler(x_t, 0.03, 14.6, torch.Generator().manual_seed(2))
+    out = sample_dpmpp_2m_sde(gaussian_denoiser, x_t, sig, noise_sampler=ns)
+    assert out.mean().item() == pytest.approx(MU, abs=0.01)
+    assert out.std().item() == pytest.approx(S, abs=0.01)
+
+
 # ------------------------------------------------------------------ Brownian noise
 def test_brownian_increments_are_standard_normal_and_independent() -> None:
     like = torch.zeros(400_000)

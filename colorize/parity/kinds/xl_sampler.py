@@ -36,6 +36,8 @@ K_SAMPLERS = {
 }
 K_SCHEDULERS = {"Automatic": "auto", "Karras": "karras", "Exponential": "exponential", "Uniform": "uniform"}
 DIFFUSER_SAMPLERS = {"diffuser_dpm"}
+#: Samplers that take a ``noise_sampler`` (the official ones draw Brownian-tree noise, replayed from ``sde_noise``).
+REPLAYABLE_SDE = {"dpmpp_3m_sde", "dpmpp_2m_sde"}
 
 
 def guidance_scales(case: dict[str, Any]) -> tuple[float, float]:
@@ -131,7 +133,7 @@ def run(fx: Fixture) -> dict[str, Tensor]:
             sigmas = sampler_sigmas(sampler, K_SCHEDULERS[case["scheduler"]], steps, schedule)
             kwargs: dict[str, Any] = {}
             replay_noise = None
-            if sampler == "dpmpp_3m_sde":
+            if sampler in REPLAYABLE_SDE:
                 kwargs["eta"] = float(case.get("eta", 1.0))
                 if kwargs["eta"]:
                     if sde_noise is None:
