@@ -325,3 +325,69 @@ def test_golden_fixture_pins_the_noise_order() -> None:
     res = compare(fx, run(fx))
     assert not res.per_output["dpmpp_3m_sde_ref_eps.final"][2]
     assert res.per_output["dpmpp_2m_karras_dual_eps.final"][2]
+
+
+def test_kind_reads_every_size_and_setting_from_the_fixture() -> None:
+    """A synthetic twin with other latent sizes, step counts, scales and a toy row model (the expected calls
+    recorded from the library directly): the kind reproduces it, so nothing is tied to the public numbers."""
+    from colorize.config import ScheduleConfig
+    from colorize.parity.core import Fixture, compare
+    from colorize.parity.kinds.xl_sampler import run
+    from colorize.sampling import sample_dpm_solver
+
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(1, 4, 6, 5, generator=g)
+    sde = torch.randn(9, 1, 4, 6, 5, generator=g)
+    cfg = ScheduleConfig(0.001, 0.011, 1000)
+    sched = DiscreteSchedule.from_config(cfg)
+    cases = {
+        "a": dict(sampler="DPM++ 3M SDE", scheduler="Automatic", guidance="ref", cfg_scale=2.5,
+                  parameterization="eps", steps=7),
+        "b": dict(sampler="DPM++ 3M SDE", scheduler="Automatic", guidance="sketch", cfg_scale=3.0,
+                  parameterization="v", steps=9),
+        "c": dict(sampler="DPM++ 2M", scheduler="Karras", guidance="dual", cfg_scale=[2.0, 3.5],
+                  parameterization="eps", steps=6),
+        "d": dict(sampler="diffuser_dpm", scheduler="Automatic", guidance="dual", cfg_scale=[1.5, 2.5],
+                  parameterization="v", steps=8),
+    }
+    outputs: dict[str, torch.Tensor] = {}
+    for name, case in cases.items():
+        log: list = []
+
+        def toy(x, t, rows, log=log):
+            out = 0.1 * torch.tanh(x) * (1 + 0.2 * torch.arange(len(rows)).repeat_interleave(x.shape[0] // len(rows))
+                                         .reshape(-1, 1, 1, 1)) + 1e-4 * t.reshape(-1, 1, 1, 1)
+            log.append((t, x, out))
+            return out
+
+        g_r, g_s = {"a": (2.5, 1.0), "b": (1.0, 3.0), "c": (2.0, 3.5), "d": (1.5, 2.5)}[name]
+        den = GuidedDenoiser(toy, sched, case["parameterization"], g_r, g_s)
+        pairs: list = []
+
+        def replay(s_, sn, pairs=pairs):
+            pairs.append([float(s_), float(sn)])
+            return sde[len(pairs) - 1]
+
+        if case["sampler"] == "diffuser_dpm":
+            final = sample_dpm_solver(den.model_output, noise, case["steps"], cfg, case["parameterization"])
+        else:
+            name_ = "dpmpp_3m_sde" if "3M" in case["sampler"] else "dpmpp_2m"
+            sig = sampler_sigmas(name_, "auto" if case["scheduler"] == "Automatic" else "karras", case["steps"], sched)
+            kw = {"noise_sampler": replay} if name_ == "dpmpp_3m_sde" else {}
+            final = XL_SAMPLERS[name_](den, noise * sig[0], sig, **kw)
+            outputs[f"{name}.sigmas"] = sig
+        case.update(model_calls=len(log), sde_noise_used=len(pairs), sde_noise_sigma_pairs=pairs)
+        outputs[f"{name}.final"] = final
+        for k, j in (("model_t", 0), ("model_in", 1), ("model_out", 2)):
+            outputs[f"{name}.{k}"] = torch.stack([e[j] for e in log])
+    assert outputs["b.model_in"].shape == (9, 2, 4, 6, 5) and outputs["c.model_in"].shape[1] == 3
+    meta = {"scalar_args": {"steps": 5, "linear_start": 0.001, "linear_end": 0.011, "timesteps": 1000,
+                            "beta_schedule": "scaled_linear", "cases": cases},
+            "tolerance": {"per_group_max_abs": {"all": 1e-6}}}
+    fx = Fixture("twin", "xl_sampler", meta, {}, {"noise": noise, "sde_noise": sde}, outputs)
+    res = compare(fx, run(fx))
+    assert res.passed, res.line()
+    # the kind refuses a run whose noise use differs from the record
+    cases["a"]["sde_noise_used"] = 5
+    with pytest.raises(RuntimeError, match="SDE increments"):
+        run(fx)
