@@ -209,7 +209,8 @@ class BrownianNoiseSampler:
     sums back to the whole (the property the official SDE samplers want from their Brownian noise).
 
     Same distribution as the torchsde ``BrownianTree`` the official k-diffusion samplers use (seeded from the
-    global RNG, official ``refnet/sampling/sampler.py:74-192``), not the same numbers: torchsde's tree has its
+    global RNG: tellurion-kanata/ColorizeDiffusionXL at ec78784, ``refnet/sampling/sampler.py:74-192``), not
+    the same numbers: torchsde's tree has its
     own seeding and search. Draws come from ``generator`` (the global RNG when None) in float32 on the
     generator's device, in query order; a seeded generator and the same queries give the same noise.
     """
@@ -265,7 +266,8 @@ def sample_dpmpp_3m_sde(
     noise_sampler: NoiseSampler | None = None,
 ) -> Tensor:
     """DPM-Solver++(3M) SDE: multistep in lambda = -log sigma with up to two previous x0 predictions
-    (the official app's default sampler "DPM++ 3M SDE", k-diffusion ``sample_dpmpp_3m_sde``).
+    (the default sampler "DPM++ 3M SDE" of the official XL app, tellurion-kanata/ColorizeDiffusionXL at ec78784,
+    ``refnet/sampling/sampler.py:74-192``, which runs k-diffusion's ``sample_dpmpp_3m_sde``).
 
     A step sigma → sigma' (h = log sigma - log sigma', H = (1 + eta) h) solves the data-prediction SDE whose
     noise share is set by eta exactly for constant x0 ``D``:

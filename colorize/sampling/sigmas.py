@@ -82,7 +82,8 @@ def drop_next_to_last(sigmas: Tensor) -> Tensor:
 def exponential_official(n: int, schedule: DiscreteSchedule, device: torch.device | str = "cpu") -> Tensor:
     """The official XL app's "Automatic" schedule of DPM++ 3M SDE: exponential sigmas computed for ``n + 1``
     steps, then the next-to-last sigma (sigma_min) dropped — ``n + 1`` sigmas ending in 0, whose last step
-    goes from the second-smallest sigma straight to 0 (official ``refnet/sampling/sampler.py:74-192``)."""
+    goes from the second-smallest sigma straight to 0 (tellurion-kanata/ColorizeDiffusionXL at ec78784,
+    ``refnet/sampling/sampler.py:74-192``)."""
     return drop_next_to_last(exponential(n + 1, schedule, device))
 
 
