@@ -16,7 +16,16 @@ Parameterization = Literal["eps", "v"]
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """SD2.1 denoising U-Net (``DualCondUNet``)."""
+    """The denoising U-Net (``DualCondUNet``): SD2.1 with the defaults, SDXL with the fields after ``context_dim``.
+
+    ``transformer_depth``: transformer blocks per SpatialTransformer, one int for every level (SD2.1) or one per
+    level (SDXL ``(1, 2, 10)``; levels without attention ignore theirs). ``transformer_depth_middle``: the middle
+    block's depth (``None`` = the last level's). ``use_linear_in_transformer``: ``proj_in/proj_out`` are Linear
+    layers (SDXL) instead of 1×1 convolutions. ``adm_in_channels``: width of the "sequential" class/adm input
+    ``y`` (``label_emb`` = Linear, SiLU, Linear, added to the time embedding; ``None`` = no ``label_emb``).
+    ``hint_blocks``: the input blocks after which the sketch hints are added (``None`` = after block 0, after
+    every Downsample and after the last input block: 0, 3, 6, 9, 11 for SD2.1, 0, 3, 6, 8 for SDXL).
+    """
 
     in_channels: int = 4
     out_channels: int = 4
@@ -25,8 +34,19 @@ class UNetConfig:
     num_res_blocks: int = 2
     attention_resolutions: tuple[int, ...] = (4, 2, 1)
     num_head_channels: int = 64
-    transformer_depth: int = 1
+    transformer_depth: int | tuple[int, ...] = 1
     context_dim: int = 1024
+    transformer_depth_middle: int | None = None
+    use_linear_in_transformer: bool = False
+    adm_in_channels: int | None = None
+    hint_blocks: tuple[int, ...] | None = None
+
+    def level_depth(self, level: int) -> int:
+        """Transformer blocks per SpatialTransformer at ``level`` (``-1``: the middle block)."""
+        if level == -1 and self.transformer_depth_middle is not None:
+            return self.transformer_depth_middle
+        depth = self.transformer_depth
+        return depth if isinstance(depth, int) else depth[level]
 
 
 @dataclass(frozen=True)

@@ -58,10 +58,11 @@ def attend_heads(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
 
 @dataclass(frozen=True)
 class AttentionSite:
-    """Where an attention layer sits: ``index`` of its SpatialTransformer in the official attention-block order
-    (``colorize.models.unet.ATTENTION_BLOCK_ORDER`` for SD2.1; -1 outside a U-Net), ``depth`` = its transformer
-    block inside it, ``cross`` = cross-attention (``attn2``) or self-attention (``attn1``), ``grid`` = the (h, w)
-    of its query tokens."""
+    """Where an attention layer sits: ``index`` of its transformer block in the official per-block order (depth
+    first through input, middle and output blocks: ``colorize.models.unet.ATTENTION_BLOCK_ORDER`` for SD2.1,
+    where every SpatialTransformer has one; the 70 blocks of SDXL; -1 outside a U-Net), ``depth`` = that
+    transformer block's position inside its SpatialTransformer, ``cross`` = cross-attention (``attn2``) or
+    self-attention (``attn1``), ``grid`` = the (h, w) of its query tokens."""
 
     index: int = -1
     depth: int = 0
@@ -273,29 +274,34 @@ class SpatialTransformer(nn.Module):
     """GroupNorm(32, eps 1e-6) → 1×1-conv ``proj_in`` → transformer blocks → 1×1-conv ``proj_out`` → residual.
 
     The 1×1 convolutions are applied as matrix products on the (b, h·w, c) token layout, which avoids one
-    layout round trip; their weights keep the official ``[C, C, 1, 1]`` conv shape. ``attn_index`` is the
-    block's position in the official attention-block order (its :class:`AttentionSite` index).
+    layout round trip; their weights keep the official ``[C, C, 1, 1]`` conv shape. ``linear=True`` (SDXL's
+    ``use_linear_in_transformer``) makes ``proj_in/proj_out`` Linear layers (weights ``[C, C]``), the same
+    computation. ``attn_index`` is the position of the block's first transformer block in the official per-block
+    order; transformer block ``d`` of it has :class:`AttentionSite` index ``attn_index + d`` (with depth 1, as in
+    SD2.1, the SpatialTransformer's own position).
     """
 
     def __init__(
-        self, channels: int, heads: int, dim_head: int, context_dim: int, depth: int = 1, attn_index: int = -1
+        self, channels: int, heads: int, dim_head: int, context_dim: int, depth: int = 1, attn_index: int = -1,
+        linear: bool = False,
     ) -> None:
         super().__init__()
         inner = heads * dim_head
         self.attn_index = attn_index
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
-        self.proj_in = nn.Conv2d(channels, inner, 1)
+        self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
         )
-        self.proj_out = nn.Conv2d(inner, channels, 1)
+        self.proj_out = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: Tensor, context: Tensor | None, patches: AttentionPatches | None = None) -> Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (b, hw, c)
         tokens = F.linear(tokens, self.proj_in.weight.flatten(1), self.proj_in.bias)
         for depth, block in enumerate(self.transformer_blocks):
-            tokens = block(tokens, context, patches, self.attn_index, depth, (h, w))
+            index = self.attn_index + depth if self.attn_index >= 0 else self.attn_index
+            tokens = block(tokens, context, patches, index, depth, (h, w))
         tokens = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)
         return x + tokens.transpose(1, 2).unflatten(2, (h, w))
 

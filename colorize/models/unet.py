@@ -5,8 +5,12 @@ conv_in, then per level ``num_res_blocks`` × (ResBlock [+ SpatialTransformer]) 
 level); middle = Res, Attn, Res; output blocks mirror the encoder with ``num_res_blocks + 1`` blocks per level,
 each consuming one skip, and an Upsample closing every level but the top one. Sketch hints (Eq. 5.1) are added
 after input blocks 0, 3, 6, 9, 11 (after conv_in, after each Downsample, after the last input block), before
-the skip is stored. With ``split_lora`` the cross-attention projections of the chosen blocks carry the fg/bg
-LoRA pairs of v1.5 / v2 (thesis §5.5.2); every attention extension is a per-call value
+the skip is stored. The same class is the SDXL U-Net of ColorizeDiffusion XL (official ``DualCondUNetXL``,
+``refnet/modules/unet.py:364`` at commit ``ec78784`` of tellurion-kanata/ColorizeDiffusionXL) with the SDXL fields
+of :class:`~colorize.config.UNetConfig`: per-level transformer depth, Linear ``proj_in/out``, the "sequential"
+adm embedding ``label_emb`` of a vector ``y`` added to the time embedding, hints after input blocks 0, 3, 6, 8
+(``colorize.families.xl.unet``). With ``split_lora`` the cross-attention projections of the chosen blocks carry
+the fg/bg LoRA pairs of v1.5 / v2 (thesis §5.5.2); every attention extension is a per-call value
 (:class:`~colorize.models.attention.AttentionPatches`).
 """
 from __future__ import annotations
@@ -167,6 +171,10 @@ class DualCondUNet(nn.Module):
             self.time_embed = nn.Sequential(
                 nn.Linear(cfg.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
             )
+            if cfg.adm_in_channels is not None:  # SDXL's "sequential" adm embedding of the vector y
+                self.label_emb = nn.Sequential(
+                    nn.Sequential(nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                )
             skip_channels = self._build_input_blocks(emb_dim)
             self._build_middle_block(emb_dim)
             self._build_output_blocks(emb_dim, skip_channels)
@@ -185,20 +193,23 @@ class DualCondUNet(nn.Module):
             return False
         return lora.blocks == "all" or attn_index > encoder_attention_count(self.cfg)
 
-    def _next_attention(self, channels: int) -> SpatialTransformer:
+    def _next_attention(self, channels: int, depth: int | None = None) -> SpatialTransformer:
+        """The next SpatialTransformer (``depth`` transformer blocks; default: the config's int depth)."""
         cfg, index = self.cfg, self.num_attention_blocks
+        depth = cfg.level_depth(0) if depth is None else depth
         block = SpatialTransformer(channels, channels // cfg.num_head_channels, cfg.num_head_channels,
-                                   cfg.context_dim, cfg.transformer_depth, index)
+                                   cfg.context_dim, depth, index, linear=cfg.use_linear_in_transformer)
         if self.split_lora is not None:
             ranks = (self.split_lora.fg_rank, self.split_lora.bg_rank) if self.has_lora(index) else None
             add_split_lora(block, cfg.context_dim, ranks)
-        self.num_attention_blocks += 1
+        self.num_attention_blocks += depth
         return block
 
-    def _res_level(self, ch_in: int, ch_out: int, emb_dim: int, attention: bool) -> list[nn.Module]:
+    def _res_level(self, ch_in: int, ch_out: int, emb_dim: int, attention: bool, depth: int | None = None
+                   ) -> list[nn.Module]:
         layers: list[nn.Module] = [ResBlock(ch_in, emb_dim, ch_out)]
         if attention:
-            layers.append(self._next_attention(ch_out))
+            layers.append(self._next_attention(ch_out, depth))
         return layers
 
     def _build_input_blocks(self, emb_dim: int) -> list[int]:
@@ -210,7 +221,9 @@ class DualCondUNet(nn.Module):
 
     def _build_middle_block(self, emb_dim: int) -> None:
         ch, _ = self._bottom
-        self.middle_block = UNetBlock(ResBlock(ch, emb_dim, ch), self._next_attention(ch), ResBlock(ch, emb_dim, ch))
+        first = ResBlock(ch, emb_dim, ch)  # construction order = random-initialisation order
+        attention = self._next_attention(ch, self.cfg.level_depth(-1))
+        self.middle_block = UNetBlock(first, attention, ResBlock(ch, emb_dim, ch))
 
     def _build_output_blocks(self, emb_dim: int, skip_channels: list[int]) -> None:
         cfg = self.cfg
@@ -220,7 +233,8 @@ class DualCondUNet(nn.Module):
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 out_ch = mult * cfg.model_channels
-                layers = self._res_level(ch + skips.pop(), out_ch, emb_dim, ds in cfg.attention_resolutions)
+                layers = self._res_level(ch + skips.pop(), out_ch, emb_dim, ds in cfg.attention_resolutions,
+                                         cfg.level_depth(level))
                 ch = out_ch
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))
@@ -240,7 +254,8 @@ class DualCondUNet(nn.Module):
         return self.input_blocks[0][0].weight.dtype
 
     def attention_blocks(self) -> list[SpatialTransformer]:
-        """The SpatialTransformers in the official attention-block order."""
+        """The SpatialTransformers in the official attention-block order (``num_attention_blocks`` counts their
+        transformer blocks: one reference strength each)."""
         found = [m for m in self.modules() if isinstance(m, SpatialTransformer)]
         return sorted(found, key=lambda m: m.attn_index)
 
@@ -263,6 +278,7 @@ class DualCondUNet(nn.Module):
         context: Tensor | None,
         hints: Sequence[Tensor | None] | None = None,
         attention: AttentionPatches | None = None,
+        y: Tensor | None = None,
     ) -> Tensor:
         """Predict the model output (ε or v) for latent ``x`` (b, C, h, w).
 
@@ -271,31 +287,47 @@ class DualCondUNet(nn.Module):
         (identical to any all-zero context). hints: the sketch-encoder outputs (already multiplied by the sketch
         strength), one per ``hint_indices`` entry, ``None`` entries skipped. attention: the call's attention
         processors and per-block reference strengths (:class:`~colorize.models.attention.AttentionPatches`;
-        ``None`` = plain attention, all strengths 1).
+        ``None`` = plain attention, all strengths 1). y: the adm vector (b or 1, ``adm_in_channels``) of a U-Net
+        with ``label_emb`` (SDXL; required there, refused otherwise).
         """
-        context, emb, h, skips = self._begin(x, timesteps, context, attention, hints)
+        context, emb, h, skips = self._begin(x, timesteps, context, attention, hints, y)
         return self._head(self._decode(h, skips, emb, context, attention), x)
 
     def _begin(self, x: Tensor, timesteps: Tensor, context: Tensor | None, attention: AttentionPatches | None,
-               hints: Sequence[Tensor | None] | None) -> tuple[Tensor | None, Tensor, Tensor, list[Tensor]]:
+               hints: Sequence[Tensor | None] | None, y: Tensor | None = None
+               ) -> tuple[Tensor | None, Tensor, Tensor, list[Tensor]]:
         """Checks, the context in the model dtype, the time embedding and the encoder pass (input + middle blocks):
         ``(context, emb, h, skips)``, shared with U-Nets that change the decoder (v2)."""
         if attention is not None:
             attention.check_blocks(self.num_attention_blocks)
         if context is not None:
             context = context.to(self.dtype)
-        emb = self._embed(timesteps, x)
+        emb = self._embed(timesteps, x, y)
         h, skips = self._encode(x, emb, context, attention, hints)
         return context, emb, h, skips
 
     # Forward pieces, shared with U-Nets that change one stage (e.g. the v2 decoder).
-    def _embed(self, timesteps: Tensor, x: Tensor) -> Tensor:
-        """Time embedding ``time_embed(sinusoid(t))`` (b, 4·model_channels) in the model dtype."""
+    def _embed(self, timesteps: Tensor, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Time embedding ``time_embed(sinusoid(t))`` (+ ``label_emb(y)`` with an adm input) (b, 4·model_channels)
+        in the model dtype."""
         t = timesteps.reshape(-1).to(x.device)
         if t.numel() == 1:
             t = t.expand(x.shape[0])
         t_emb = timestep_embedding(t, self.cfg.model_channels)
-        return self.time_embed(t_emb.to(self.time_embed[0].weight.dtype)).to(self.dtype)
+        emb = self.time_embed(t_emb.to(self.time_embed[0].weight.dtype))
+        label_emb = getattr(self, "label_emb", None)
+        if label_emb is None:
+            if y is not None:
+                raise ValueError("this U-Net has no adm input (UNetConfig.adm_in_channels is None); pass y=None")
+            return emb.to(self.dtype)
+        if y is None:
+            raise ValueError(f"this U-Net needs the adm vector y (b, {self.cfg.adm_in_channels})")
+        y = y.to(device=x.device, dtype=label_emb[0][0].weight.dtype)
+        if y.ndim != 2 or y.shape[1] != self.cfg.adm_in_channels:
+            raise ValueError(f"y must be (b, {self.cfg.adm_in_channels}), got {tuple(y.shape)}")
+        if y.shape[0] != emb.shape[0]:
+            y = y.expand(emb.shape[0], -1) if y.shape[0] == 1 else tile_rows(y, emb.shape[0])
+        return (emb + label_emb(y).to(emb.dtype)).to(self.dtype)
 
     def _encode(
         self, x: Tensor, emb: Tensor, context: Tensor | None, attention: AttentionPatches | None,
@@ -329,9 +361,10 @@ def build_input_blocks(
 ) -> tuple[nn.ModuleList, list[int], list[int], tuple[int, int]]:
     """The encoder half of the U-Net (``input_blocks``), shared by ``DualCondUNet`` and the v2 encoders.
 
-    ``attention(channels)`` makes each attention block, in the official order.  Returns the blocks, the
-    output width of every block (the skip widths), the hint indices (0, every Downsample, the last block)
-    and ``(channels, downsample factor)`` at the bottom.
+    ``attention(channels)`` makes each attention block, in the official order (with a per-level
+    ``cfg.transformer_depth`` tuple it is called as ``attention(channels, depth)``).  Returns the blocks, the
+    output width of every block (the skip widths), the hint indices (``cfg.hint_blocks``, by default 0, every
+    Downsample, the last block) and ``(channels, downsample factor)`` at the bottom.
     """
     ch, ds = cfg.model_channels, 1
     blocks = [UNetBlock(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))]
@@ -341,7 +374,8 @@ def build_input_blocks(
             out_ch = mult * cfg.model_channels
             layers: list[nn.Module] = [ResBlock(ch, emb_dim, out_ch)]
             if ds in cfg.attention_resolutions:
-                layers.append(attention(out_ch))
+                per_level = not isinstance(cfg.transformer_depth, int)
+                layers.append(attention(out_ch, cfg.level_depth(level)) if per_level else attention(out_ch))
             blocks.append(UNetBlock(*layers))
             ch = out_ch
             skip_channels.append(ch)
@@ -352,12 +386,17 @@ def build_input_blocks(
             ds *= 2
     if hint_indices[-1] != len(blocks) - 1:
         hint_indices.append(len(blocks) - 1)
+    if cfg.hint_blocks is not None:
+        if any(not 0 <= i < len(blocks) for i in cfg.hint_blocks):
+            raise ValueError(f"hint_blocks {cfg.hint_blocks} outside the {len(blocks)} input blocks")
+        hint_indices = list(cfg.hint_blocks)
     return nn.ModuleList(blocks), skip_channels, hint_indices, (ch, ds)
 
 
 def encoder_attention_count(cfg: UNetConfig) -> int:
-    """Number of attention blocks in the input blocks (the middle block's index; decoder blocks follow)."""
-    return sum(cfg.num_res_blocks for level in range(len(cfg.channel_mult)) if 2**level in cfg.attention_resolutions)
+    """Number of transformer blocks in the input blocks (the middle block's first index; decoder blocks follow)."""
+    return sum(cfg.num_res_blocks * cfg.level_depth(level)
+               for level in range(len(cfg.channel_mult)) if 2**level in cfg.attention_resolutions)
 
 
 def add_split_lora(block: SpatialTransformer, context_dim: int, ranks: tuple[float, float] | None) -> None:
@@ -374,6 +413,13 @@ def add_split_lora(block: SpatialTransformer, context_dim: int, ranks: tuple[flo
                 fg, bg = (resolve_rank(r, fan_in, inner) for r in ranks)
                 setattr(attn, name, SplitLoraLinear(fan_in, inner, fg, bg))
         tb.attn2 = attn
+
+
+def tile_rows(t: Tensor, batch: int) -> Tensor:
+    """Repeat the rows of ``t`` over a model batch they divide (CFG batches stack ``[cond, uncond…]``)."""
+    if batch % t.shape[0]:
+        raise ValueError(f"batch {t.shape[0]} does not divide the model batch {batch}")
+    return t.repeat(batch // t.shape[0], *([1] * (t.ndim - 1)))
 
 
 def zero_residual_outputs(module: nn.Module) -> None:
@@ -396,7 +442,10 @@ def conv_proj_weights(unet_sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def config_from_official(params: Mapping[str, Any]) -> UNetConfig:
-    """``UNetConfig`` from official ``DualCondUNet`` constructor params (extra official keys ignored)."""
+    """``UNetConfig`` from official ``DualCondUNet`` / ``DualCondUNetXL`` constructor params (extra official keys
+    ignored; an adm input must be the "sequential" kind, the only one the colorizers use)."""
+    if params.get("adm_in_channels") is not None and params.get("num_classes", "sequential") != "sequential":
+        raise ValueError(f"unsupported num_classes {params.get('num_classes')!r}: only 'sequential' adm inputs")
     names = {f.name for f in fields(UNetConfig)}
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in names}
     return UNetConfig(**kw)
