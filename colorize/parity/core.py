@@ -44,15 +44,29 @@ def register(kind: str) -> Callable[[KindFn], KindFn]:
     return deco
 
 
+#: kind module → why it could not be imported (a kind whose module is broken fails alone, not the whole run)
+_BROKEN: dict[str, str] = {}
+
+
 def kinds() -> dict[str, KindFn]:
-    """All implemented kinds (imports the kind modules on first use)."""
+    """All implemented kinds (imports the kind modules on first use). A module that is not written yet is
+    skipped; one that fails to import is recorded in :func:`broken_kinds` and its fixtures fail with the reason,
+    while every other kind still runs."""
     for mod in _KIND_MODULES:
         try:
             importlib.import_module(f"colorize.parity.kinds.{mod}")
-        except ModuleNotFoundError as e:  # a kind not written yet
+        except ModuleNotFoundError as e:
             if e.name != f"colorize.parity.kinds.{mod}":
-                raise
+                _BROKEN[mod] = f"{type(e).__name__}: {e}"
+        except Exception as e:
+            _BROKEN[mod] = f"{type(e).__name__}: {e}"
     return dict(_KINDS)
+
+
+def broken_kinds() -> dict[str, str]:
+    """Kind modules that failed to import, with the reason (after :func:`kinds`)."""
+    kinds()
+    return dict(_BROKEN)
 
 
 @dataclass
@@ -149,7 +163,9 @@ def compare(fixture: Fixture, produced: dict[str, torch.Tensor]) -> FixtureResul
 def run_fixture(fixture: Fixture) -> FixtureResult:
     fn = kinds().get(fixture.kind)
     if fn is None:
-        return FixtureResult(fixture.name, fixture.kind, False, error=f"kind {fixture.kind!r} not implemented")
+        why = _BROKEN.get(fixture.kind)
+        error = f"kind {fixture.kind!r} failed to import ({why})" if why else f"kind {fixture.kind!r} not implemented"
+        return FixtureResult(fixture.name, fixture.kind, False, error=error)
     try:
         with torch.no_grad():
             produced = fn(fixture)

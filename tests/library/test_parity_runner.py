@@ -45,3 +45,22 @@ def test_parity_command_passes_on_v1_fixtures(fixture_dir: Path, capsys) -> None
     out = capsys.readouterr().out
     assert code == 0, out
     assert sum(line.split()[0] in v1 and "PASS" in line for line in out.splitlines()) == len(v1)
+
+
+def test_a_kind_module_that_fails_to_import_fails_alone(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A half-written kind module must not stop the fixtures of every other kind."""
+    from colorize.parity import core
+
+    def fail_import(name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name == "colorize.parity.kinds.broken_for_test":
+            raise ImportError("cannot import name 'missing' from 'colorize.families.xl'")
+        return real_import(name, *args, **kwargs)
+
+    real_import = core.importlib.import_module
+    monkeypatch.setattr(core, "_KIND_MODULES", (*core._KIND_MODULES, "broken_for_test"))
+    monkeypatch.setattr(core.importlib, "import_module", fail_import)
+    monkeypatch.setattr(core, "_BROKEN", {})
+    assert "vae" in core.kinds()  # the others still load
+    assert "cannot import name 'missing'" in core.broken_kinds()["broken_for_test"]
+    fixture = core.Fixture("f", "broken_for_test", {}, {}, {}, {})
+    assert "failed to import" in str(core.run_fixture(fixture).error)
