@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from colorize.checkpoint.assign import materialize
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -185,10 +187,7 @@ class ClipVisionTower(nn.Module):
         sd = {k: v for k, v in state_dict.items()
               if k.startswith(("vision_model.", "visual_projection.")) and not k.endswith("embeddings.position_ids")}
         cfg = cfg or infer_clip_config(sd)
-        with torch.device("meta"):
-            model = cls(cfg)
-        model.load_state_dict(sd, strict=True, assign=True)
-        return model
+        return materialize(lambda: cls(cfg), sd, "CLIP vision tower")
 
     def preprocess(self, images: Tensor) -> Tensor:
         return preprocess_clip(images, self.cfg.image_size)

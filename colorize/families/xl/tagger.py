@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from colorize.checkpoint.assign import materialize
+
 #: Buffers timm builds itself (older exports may carry them); never loaded.
 _DERIVED_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
 
@@ -349,10 +351,7 @@ class SwinV2Tagger(nn.Module):
         :func:`to_timm_layout`; parameters keep the file's dtype and device."""
         sd = to_timm_layout(state_dict)
         cfg = cfg or infer_tagger_config(sd)
-        with torch.device("meta"):
-            model = cls(cfg)
-        model.load_state_dict(sd, strict=True, assign=True)
-        return model
+        return materialize(lambda: cls(cfg), sd, "WD tagger")
 
     def preprocess(self, images: Tensor) -> Tensor:
         return preprocess_tagger(images, self.cfg.img_size)
