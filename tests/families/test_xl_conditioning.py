@@ -26,10 +26,8 @@ from colorize.families.xl.conditioning import (
     ClusterConcatConfig,
     ReferenceConditioner,
     ScalarEmbedder,
-    adm_vector,
     infer_cluster_concat_config,
     paint_character_white,
-    sinusoid,
     unet_mask,
 )
 from colorize.families.xl.tagger import (
@@ -46,6 +44,8 @@ from colorize.families.xl.tagger import (
     window_partition,
     window_reverse,
 )
+from colorize.families.xl.unet import adm_vector
+from colorize.models.unet import timestep_embedding
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -331,10 +331,10 @@ def test_scalar_embedder_and_adm_vector() -> None:
     assert torch.equal(e[0], torch.cat([torch.ones(128), torch.zeros(128)]))
     assert torch.allclose(e[1, :2], torch.tensor([math.cos(1.0), math.cos(10000 ** (-1 / 128))]))
     assert torch.allclose(e[1, 128:130], torch.tensor([math.sin(1.0), math.sin(10000 ** (-1 / 128))]))
-    y = adm_vector(3, 64, 100)
+    y = adm_vector(64, 100, 3)
     assert y.shape == (3, 512)
-    assert torch.equal(y[2, :256], sinusoid(torch.tensor([80.0]))[0])
-    assert torch.equal(y[0, 256:], sinusoid(torch.tensor([7.0]))[0])
+    assert torch.equal(y[2, :256], timestep_embedding(torch.tensor([80.0]), 256)[0])
+    assert torch.equal(y[0, 256:], timestep_embedding(torch.tensor([7.0]), 256)[0])
 
 
 def _tiny_conditioner(seed: int = 5) -> ReferenceConditioner:

@@ -20,26 +20,13 @@ Facts (official repository tellurion-kanata/ColorizeDiffusionXL at commit ec7878
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: The constant aesthetic score of the adm vector (``colorizerXL.py:145-146``).
-AESTHETIC_SCORE = 7.0
-
-
-def sinusoid(values: Tensor, dim: int = 256, max_period: float = 10000.0) -> Tensor:
-    """(n,) scalars → (n, dim) ``[cos(v·f), sin(v·f)]`` with ``f_i = max_period^(-i/half)``, float32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device) / half)
-    args = values.float().reshape(-1, 1) * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
+from colorize.models.unet import timestep_embedding
 
 
 class ScalarEmbedder(nn.Module):
@@ -50,17 +37,7 @@ class ScalarEmbedder(nn.Module):
         self.embed_dim = embed_dim
 
     def forward(self, values: Tensor) -> Tensor:
-        return sinusoid(values, self.embed_dim)
-
-
-def adm_vector(
-    batch: int, height: int, width: int, embed_dim: int = 256, score: float = AESTHETIC_SCORE,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """(batch, 2·embed_dim) adm input ``y``: [sinusoid(√(H·W)), sinusoid(score)] for an H×W-pixel output."""
-    v = torch.tensor([math.sqrt(height * width), score], dtype=torch.float32, device=device)
-    e = sinusoid(v, embed_dim)
-    return e.reshape(1, -1).expand(batch, -1).contiguous()
+        return timestep_embedding(values.reshape(-1), self.embed_dim)
 
 
 @dataclass(frozen=True)

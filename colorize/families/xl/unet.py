@@ -64,12 +64,12 @@ def xl_unet_config(**overrides: Any) -> UNetConfig:
 
 
 def adm_vector(height: int, width: int, batch: int = 1, score: float = AESTHETIC_SCORE,
-               device: torch.device | str | None = None) -> Tensor:
+               device: torch.device | str | None = None, embed_dim: int = ADM_SINUSOID_WIDTH) -> Tensor:
     """The adm input ``y`` (batch, 512) for an output of ``height × width`` pixels: the 256-wide sinusoids
     ``[cos, sin]`` of √(H·W) and of ``score``, concatenated (float32; rows identical)."""
     values = torch.tensor([math.sqrt(height * width), float(score)], dtype=torch.float32, device=device)
-    emb = timestep_embedding(values, ADM_SINUSOID_WIDTH)  # (2, 256)
-    return emb.reshape(1, 2 * ADM_SINUSOID_WIDTH).expand(batch, -1).contiguous()
+    emb = timestep_embedding(values, embed_dim)  # (2, 256)
+    return emb.reshape(1, 2 * embed_dim).expand(batch, -1).contiguous()
 
 
 def build_xl_unet(cfg: UNetConfig = XL_UNET, *, device: torch.device | str | None = None,

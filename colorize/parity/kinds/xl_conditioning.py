@@ -13,10 +13,10 @@ from colorize.families.xl.conditioning import (
     TAGGER_PREFIX,
     ReferenceConditioner,
     ScalarEmbedder,
-    adm_vector,
     unet_mask,
 )
 from colorize.families.xl.tagger import TaggerConfig
+from colorize.families.xl.unet import adm_vector
 from colorize.parity.core import Fixture, register
 
 
@@ -70,7 +70,7 @@ def run(fx: Fixture) -> dict[str, torch.Tensor]:
         "scalar_embedding": ScalarEmbedder(embed_dim)(torch.tensor([0.0, 1.0, 7.0, 123.5, 1024.0])),
         "context": cond.context(ref, batch),
         "uc_context": cond.context(None, batch),
-        "y": adm_vector(batch, height, width, embed_dim, float(s.get("aesthetic_score", 7.0))),
+        "y": adm_vector(height, width, batch, float(s.get("aesthetic_score", 7.0)), embed_dim=embed_dim),
         "context_bg_enhance": cond.context_bg_enhance(ref, fx.inputs["rmask"], batch,
                                                       float(s["mask_threshold_ref"])),
         "mask_bg_enhance": unet_mask(fx.inputs["smask"], batch),
