@@ -1,7 +1,9 @@
 """Sub-module configs inferred from checkpoint shapes, and the config our own files store in their metadata."""
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import replace
 from typing import Any, Iterable, Mapping
 
 from colorize.checkpoint.common import shape_of
@@ -68,7 +70,7 @@ def infer_unet_config(unet: Mapping[str, Any], num_head_channels: int | None = N
     context_dim = shape_of(unet[k_keys[0]])[1]
     depth_src = attn_blocks[0] if attn_blocks else "middle_block.1."
     depth = len(_indices(unet, re.escape(depth_src) + r"transformer_blocks\.(\d+)\.")) or 1
-    return UNetConfig(
+    cfg = UNetConfig(
         in_channels=in_ch,
         out_channels=out_ch,
         model_channels=mc,
@@ -79,6 +81,45 @@ def infer_unet_config(unet: Mapping[str, Any], num_head_channels: int | None = N
         transformer_depth=depth,
         context_dim=context_dim,
     )
+    return _sdxl_fields(unet, cfg, n_res) or cfg
+
+
+def _transformer_depth(unet: Mapping[str, Any], block: str) -> int:
+    return len(_indices(unet, re.escape(block) + r"transformer_blocks\.(\d+)\."))
+
+
+def _sdxl_fields(unet: Mapping[str, Any], cfg: UNetConfig, n_res: int) -> UNetConfig | None:
+    """``cfg`` with the SDXL fields of :class:`UNetConfig` when the shapes show an SDXL-style U-Net, ``None`` for
+    an SD2.1 one (whose config stays exactly as inferred before these fields existed).
+
+    An SDXL U-Net (ColorizeDiffusion XL's ``DualCondUNetXL``) is told by a ``label_emb`` (the "sequential" adm
+    input ``y``; its width is ``label_emb.0.0.weight[1]``, 512 in XL) or by transformer depths that differ between
+    the attention levels or in the middle block. Then: the depth is one number per level (counted in the level's
+    first attention block; a level without attention gets 1, which the U-Net ignores and the XL config also
+    writes), the middle depth is stored, ``proj_in/out`` are Linear when every ``proj_in.weight`` is 2-D, and the
+    hints sit at their default positions written out (after block 0, every Downsample and the last input block:
+    0, 3, 6, 8 for three levels of two blocks). A 2-D ``proj_in`` alone does not make a U-Net SDXL: SD2.x
+    text-to-image files store Linear projections and keep the SD2.1 answer (``conv_proj_weights`` converts them).
+    """
+    levels = len(cfg.channel_mult)
+    per_level = [_transformer_depth(unet, f"input_blocks.{1 + level * (n_res + 1)}.1.") or 1
+                 for level in range(levels)]
+    middle = _transformer_depth(unet, "middle_block.1.")
+    attn_depths = {per_level[int(math.log2(r))] for r in cfg.attention_resolutions}
+    uneven = len(attn_depths) > 1 or bool(middle and attn_depths and middle not in attn_depths)
+    adm = shape_of(unet["label_emb.0.0.weight"])[1] if "label_emb.0.0.weight" in unet else None
+    if adm is None and not uneven:
+        return None
+    linear = [len(shape_of(v)) == 2 for k, v in unet.items() if k.endswith(".proj_in.weight")]
+    if any(linear) != all(linear):
+        raise CheckpointError("cannot infer the U-Net configuration: some proj_in layers are Linear (2-D weights) "
+                              "and some are 1x1 convolutions.")
+    hints = [0, *((level + 1) * (n_res + 1) for level in range(levels - 1))]
+    if hints[-1] != levels * (n_res + 1) - 1:
+        hints.append(levels * (n_res + 1) - 1)
+    return replace(cfg, transformer_depth=tuple(per_level), transformer_depth_middle=middle or per_level[-1],
+                   use_linear_in_transformer=bool(linear) and all(linear), adm_in_channels=adm,
+                   hint_blocks=tuple(hints))
 
 
 def infer_sketch_config(sketch: Mapping[str, Any]) -> SketchEncoderConfig:

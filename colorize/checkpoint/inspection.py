@@ -231,6 +231,91 @@ def format_isnet_report(rep: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Components of a ColorizeDiffusion XL file by key prefix; the CLIP tower, the tagger and the DDPM buffers come
+#: from elsewhere (their own files, the schedule) and are optional.
+XL_COMPONENTS: dict[str, str] = {
+    "unet": "model.diffusion_model.", "sketch_encoder": "control_encoder.", "proj": "proj.",
+    "bg_encoder": "bg_encoder.", "vae": "first_stage_model.", "clip": "cond_stage_model.model.",
+    "tagger": "img_embedder.model.",
+}
+_XL_OPTIONAL = ("clip", "tagger", "schedule")
+
+
+def xl_report(header: Mapping[str, TensorInfo], metadata: Mapping[str, str] | None, path: str
+              ) -> tuple[dict[str, Any], bool]:
+    """What ``inspect`` says of a ColorizeDiffusion XL file (``(report, ok)``): model type and parameterisation
+    (with the rule that decided), the configs from the shapes and each component's keys against the released
+    layout of its type (shapes compared at full size only). XL is not a registered family yet; this report
+    does not load anything."""
+    from colorize.checkpoint.keys import split_by_prefix
+    from colorize.families.xl.conditioning import ClusterConcatConfig
+    from colorize.families.xl.detect import xl_config_from_shapes, xl_parameterization
+    from colorize.families.xl.layout import xl_layout
+    from colorize.families.xl.sketch_encoder import FULL_XL_SKETCH_ENCODER
+    from colorize.families.xl.unet import XL_UNET
+
+    name = Path(path).name
+    cfg = xl_config_from_shapes(header, what=name or "checkpoint")
+    check_weight_dtypes(header, name or "checkpoint")
+    param, rule = xl_parameterization(metadata, name)
+    full = (cfg.unet, cfg.sketch, cfg.proj) == (XL_UNET, FULL_XL_SKETCH_ENCODER, ClusterConcatConfig())
+    got_parts = split_by_prefix(header, XL_COMPONENTS)
+    exp_parts = split_by_prefix(xl_layout(cfg.model_type), XL_COMPONENTS)
+    components, ok = {}, True
+    for comp in (*XL_COMPONENTS, "schedule", "unexpected"):
+        exp, got = exp_parts[comp], got_parts[comp]
+        if not exp and not got:
+            continue
+        m = compare_keys(exp, got, optional=(), check_shapes=full)
+        absent_ok = comp in _XL_OPTIONAL and not got
+        comp_ok = (absent_ok or (m.ok if full or comp == "unexpected" else bool(m.present)))
+        ok = ok and comp_ok
+        components[comp] = {"expected": len(exp), "present": len(m.present),
+                            "missing": 0 if absent_ok else len(m.missing), "unexpected": len(m.unexpected),
+                            "wrong_shape": len(m.mismatched), "ok": comp_ok,
+                            "examples": ([] if absent_ok else m.missing[:3]) + m.unexpected[:3]
+                            + [k for k, _, _ in m.mismatched[:3]]}
+    u = cfg.unet
+    report = {
+        "path": path, "kind": "colorizediffusion-xl", "model_type": cfg.model_type,
+        "parameterization": param, "parameterization_rule": rule, "size": "full" if full else "custom",
+        "n_tensors": len(header), "n_params": sum(i.numel for i in header.values()),
+        "config": (f"U-Net {u.model_channels} ch x {tuple(u.channel_mult)}, depth {u.transformer_depth} "
+                   f"(middle {u.transformer_depth_middle}), context {u.context_dim}, adm {u.adm_in_channels}; "
+                   f"sketch encoder {cfg.sketch.model_channels} ch x {tuple(cfg.sketch.ch_mults)}, attention "
+                   f"{cfg.sketch.attention_width}; ClusterConcat {cfg.proj.input_dim}+{cfg.proj.c_dim} -> "
+                   f"{cfg.proj.output_dim}" + ("; ReferenceNet (bg_encoder)" if cfg.has_bg_encoder else "")
+                   + (f"; background LoRA rank {cfg.background_lora_rank}" if cfg.background_lora_rank else "")),
+        "components": components, "ok": ok,
+    }
+    return report, ok
+
+
+def format_xl_report(rep: Mapping[str, Any]) -> str:
+    rule = {"file name": "official rule: 'eps' in the file name, else v", "metadata": "from the stored config",
+            "override": "as given"}[rep["parameterization_rule"]]
+    lines = [
+        f"file:             {rep['path']} ({rep['n_tensors']} tensors, {_fmt_params(rep['n_params'])} values)",
+        f"version:          ColorizeDiffusion XL, model type {rep['model_type']} (not loadable here yet)",
+        f"parameterization: {rep['parameterization']} ({rule})",
+        f"size:             {rep['size']} (config from shapes)",
+        f"config:           {rep['config']}",
+        "",
+        f"{'component':<16} {'expected':>8} {'present':>8} {'missing':>8} {'unexpect':>8} {'shape!=':>8}",
+    ]
+    for name, c in rep["components"].items():
+        lines.append(f"{name:<16} {c['expected']:>8} {c['present']:>8} {c['missing']:>8} {c['unexpected']:>8} "
+                     f"{c['wrong_shape'] if rep['size'] == 'full' else '-':>8}")
+    lines.append("")
+    bad = [n for n, c in rep["components"].items() if not c["ok"]]
+    if not bad:
+        lines.append(f"result:           OK - matches the released XL {rep['model_type']} key layout")
+    else:
+        lines.append(f"result:           MISMATCH in {', '.join(bad)}")
+        lines += [f"  {n}: e.g. {', '.join(rep['components'][n]['examples'])}" for n in bad]
+    return "\n".join(lines)
+
+
 def _fmt_params(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
 
@@ -292,14 +377,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
+        from colorize.families.xl.detect import xl_model_type
         from colorize.masks.isnet import is_isnet_state_dict
 
-        header = None if args.path.name.endswith((".json", ".json.gz")) else read_header(args.path)
-        if header is not None and is_isnet_state_dict(header):
+        is_layout = args.path.name.endswith((".json", ".json.gz"))
+        if is_layout and not args.path.is_file():
+            raise CheckpointError(f"layout file not found: {args.path}")
+        header = load_layout_json(args.path) if is_layout else read_header(args.path)
+        if not is_layout and is_isnet_state_dict(header):
             isnet, ok = isnet_report(header, str(args.path))
             print(json.dumps(isnet, indent=1) if args.json else format_isnet_report(isnet))
             return 0 if ok else 1
-        rep = inspect_path(args.path)
+        if xl_model_type(header) is not None:  # asked first: the SD2.1 families' markers also match XL files
+            xl, ok = xl_report(header, None if is_layout else read_metadata(args.path), str(args.path))
+            print(json.dumps(xl, indent=1) if args.json else format_xl_report(xl))
+            return 0 if ok else 1
+        rep = inspect_header(header, None, str(args.path), "layout-json") if is_layout else inspect_path(args.path)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -316,10 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "ComponentReport",
     "InspectReport",
+    "XL_COMPONENTS",
     "format_report",
+    "format_xl_report",
     "inspect_header",
     "inspect_path",
     "isnet_report",
     "load_layout_json",
     "main",
+    "xl_report",
 ]
