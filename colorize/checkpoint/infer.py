@@ -107,7 +107,13 @@ def _sdxl_fields(unet: Mapping[str, Any], cfg: UNetConfig, n_res: int) -> UNetCo
     middle = _transformer_depth(unet, "middle_block.1.")
     attn_depths = {per_level[int(math.log2(r))] for r in cfg.attention_resolutions}
     uneven = len(attn_depths) > 1 or bool(middle and attn_depths and middle not in attn_depths)
-    adm = shape_of(unet["label_emb.0.0.weight"])[1] if "label_emb.0.0.weight" in unet else None
+    adm = None
+    if "label_emb.0.0.weight" in unet:
+        label = shape_of(unet["label_emb.0.0.weight"])
+        if len(label) != 2:
+            raise CheckpointError(f"cannot infer the U-Net configuration: label_emb.0.0.weight has shape {label}, "
+                                  "expected a Linear weight (out, adm width).")
+        adm = label[1]
     if adm is None and not uneven:
         return None
     linear = [len(shape_of(v)) == 2 for k, v in unet.items() if k.endswith(".proj_in.weight")]

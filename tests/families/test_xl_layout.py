@@ -232,6 +232,9 @@ def test_infer_unet_config_refuses_mixed_proj_in() -> None:
     unet["input_blocks.4.1.proj_in.weight"] = (640, 640, 1, 1)
     with pytest.raises(CheckpointError, match="some proj_in layers are Linear"):
         infer_unet_config(unet)
+    mult = {**split_checkpoint(get_family("mult").layout())["unet"], "label_emb.0.0.weight": (1280,)}
+    with pytest.raises(CheckpointError, match="label_emb.0.0.weight has shape"):
+        infer_unet_config(mult)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -258,7 +261,7 @@ def test_xl_config_from_shapes_tiny_round_trip_and_errors() -> None:
         xl_config_from_shapes(get_family("mult").layout(), what="mult.safetensors")
     with pytest.raises(CheckpointError, match="different ranks"):
         xl_config_from_shapes({**shapes, f"{UNET}a.attn2.to_q.lora_down_background.weight": (4, 32),
-                               f"{UNET}b.attn2.to_q.lora_down_background.weight": (8, 32)})
+                               f"{UNET}b.attn2.to_q.lora_down_background.weight": (8, 32)}, sketch_dim_head=8)
 
 
 # ------------------------------------------------------------------ parameterisation
@@ -329,3 +332,41 @@ def test_inspect_xl_mismatch_and_sd21_unchanged(tmp_path: Path, capsys: pytest.C
     path.write_text(json.dumps({k: list(v) for k, v in get_family("mult").layout().items()}))
     assert inspect_main([str(path)]) == 0
     assert "OK - matches the released mult key layout" in capsys.readouterr().out
+
+
+def test_inspect_a_tiny_xl_safetensors_file_uses_the_stored_parameterization(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from safetensors.torch import save_file
+
+    sketch_cfg = MultiScaleEncoderConfig(model_channels=32, ch_mults=(1, 2, 4))  # attention 128: one head of 128
+    proj_cfg = ClusterConcatConfig(input_dim=48, c_dim=24, output_dim=TINY_XL_UNET.context_dim)
+    modules = {UNET: build_xlv2_unet(TINY_XL_UNET), "control_encoder.": MultiScaleAttentionEncoder(sketch_cfg),
+               "proj.": ClusterConcat(proj_cfg)}
+    sd = {p + k: v.contiguous() for p, m in modules.items() for k, v in m.state_dict().items()}
+    path = tmp_path / "xlv2-eps-tiny.safetensors"  # the name says eps, the stored config says v
+    save_file(sd, str(path), metadata={CONFIG_METADATA_KEY: json.dumps({"parameterization": "v"})})
+    assert inspect_main([str(path), "--json"]) == 1
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["model_type"], rep["parameterization"], rep["parameterization_rule"], rep["size"]) == (
+        "xlv2", "v", "metadata", "custom")
+    # names are compared at this size; CLIP, tagger and buffers may be absent; the VAE and the ReferenceNet may not
+    assert {n for n, c in rep["components"].items() if not c["ok"]} == {"vae", "bg_encoder"}
+    assert all(rep["components"][n]["present"] == 0 for n in ("clip", "tagger", "schedule"))
+    assert rep["ok"] is False
+
+
+@pytest.mark.parametrize(("key", "shape"), [
+    ("proj.attn.to_q.weight", ()),
+    (f"{UNET}label_emb.0.0.weight", (1280,)),
+    ("control_encoder.model.0.weight", (16,)),
+    ("proj.proj.0.weight", (2048, 1000)),  # fewer inputs than the CLIP width
+])
+def test_crafted_xl_shapes_are_named_errors(key: str, shape: tuple, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    layout = {**_released(xl_layout("sdxl")), key: shape}
+    with pytest.raises(CheckpointError):
+        xl_config_from_shapes(layout, what="crafted.safetensors")
+    path = tmp_path / "crafted.json"
+    path.write_text(json.dumps({k: list(v) for k, v in layout.items()}))
+    assert inspect_main([str(path)]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -78,8 +78,8 @@ def xl_model_type(keys: Collection[str] | Mapping[str, Any]) -> ModelType | None
         proj_in = [s for k, s in shapes.items() if k.startswith(UNET) and k.endswith(".proj_in.weight")]
         contexts = {s[1] for k, s in shapes.items()
                     if k.startswith(UNET) and k.endswith("attn2.to_k.weight") and len(s) == 2}
-        width = shapes[f"{PROJ}proj.0.weight"][0]
-        if not proj_in or any(len(s) != 2 for s in proj_in) or contexts != {width}:
+        proj0 = shapes[f"{PROJ}proj.0.weight"]
+        if not proj_in or any(len(s) != 2 for s in proj_in) or len(proj0) != 2 or contexts != {proj0[0]}:
             return None
     return "xlv2" if any(is_xlv2_key(k) for k in names) else "sdxl"
 
@@ -142,22 +142,29 @@ def xl_config_from_shapes(shapes: Mapping[str, Any], num_head_channels: int | No
         raise CheckpointError(f"{what} is not a ColorizeDiffusion XL checkpoint: it needs the SDXL U-Net "
                               f"({UNET}* with label_emb and Linear proj_in), the multi-scale sketch encoder "
                               f"({SKETCH}proj_ins/downsample_layers/attn_layer) and ClusterConcat ({PROJ}*).")
-    unet = infer_unet_config(_part(shapes, UNET), num_head_channels)
-    proj_part = _part(shapes, PROJ)
-    needed = ("attn.to_q.weight", "proj.0.weight")
-    proj = infer_cluster_concat_config({k: torch.empty(shape_of(proj_part[k]), device="meta") for k in needed},
-                                       dim_head=proj_dim_head)
+    try:
+        unet = infer_unet_config(_part(shapes, UNET), num_head_channels)
+        proj_part = _part(shapes, PROJ)
+        needed = ("attn.to_q.weight", "proj.0.weight")
+        proj = infer_cluster_concat_config({k: torch.empty(shape_of(proj_part[k]), device="meta") for k in needed},
+                                           dim_head=proj_dim_head)
+        sketch = infer_sketch_encoder_config(_part(shapes, SKETCH), dim_head=sketch_dim_head)
+        ranks = {shape_of(v)[0] for k, v in shapes.items()
+                 if k.startswith(UNET) and k.endswith("lora_down_background.weight")}
+    except CheckpointError:
+        raise
+    except (IndexError, TypeError, ValueError, RuntimeError) as e:  # crafted shapes (wrong number of dims, ...)
+        raise CheckpointError(f"cannot infer the XL configuration of {what}: {type(e).__name__}: "
+                              f"{str(e)[:200]}") from None
     if proj.c_dim <= 0:
         raise CheckpointError(f"cannot infer the ClusterConcat configuration of {what}: proj.proj.0 takes "
                               f"{proj.input_dim + proj.c_dim} inputs, not more than the {proj.input_dim} CLIP ones.")
-    ranks = {shape_of(v)[0] for k, v in shapes.items()
-             if k.startswith(UNET) and k.endswith("lora_down_background.weight")}
     if len(ranks) > 1:
         raise CheckpointError(f"{what}: the background LoRA pairs have different ranks {sorted(ranks)}.")
     return XLShapeConfig(
         model_type=model_type,
         unet=unet,
-        sketch=infer_sketch_encoder_config(_part(shapes, SKETCH), dim_head=sketch_dim_head),
+        sketch=sketch,
         proj=proj,
         has_bg_encoder=any(k.startswith(BG_ENCODER) for k in shapes),
         background_lora_rank=ranks.pop() if ranks else None,
