@@ -1,10 +1,11 @@
 """Small helpers shared by the model tests."""
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 import torch
@@ -108,3 +109,19 @@ def closed_port() -> int:
     with socket.socket() as s:  # bound, never listening
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kind_result(kind: str, folder: str = "official-xl") -> Any:
+    """One parity kind run alone on its golden fixture ``../shared/fixtures/<folder>/<kind>.json`` (the runner's
+    ``run_fixture`` imports every kind; a module's test checks its own); skipped (failed under CI) without it."""
+    import torch
+
+    from colorize.parity.core import compare, load_fixture
+
+    path = REPO.parent / "shared" / "fixtures" / folder / f"{kind}.json"
+    if not path.is_file():
+        skip_or_fail(f"{path} not found (the golden fixtures)")
+    module = importlib.import_module(f"colorize.parity.kinds.{kind}")
+    fixture = load_fixture(path)
+    with torch.no_grad():
+        return compare(fixture, module.run(fixture))

@@ -240,7 +240,13 @@ class DualCondUNet(nn.Module):
                     layers.append(Upsample(ch))
                     ds //= 2
                 blocks.append(UNetBlock(*layers))
+                if level == 0 and len(blocks) == self._decoder_length():
+                    break
         self.output_blocks = nn.ModuleList(blocks)
+
+    def _decoder_length(self) -> int | None:
+        """How many decoder blocks to build (None: all of them)."""
+        return None
 
     def _zero_init(self) -> None:
         """Zero the residual output layers as SD does (irrelevant once weights are loaded)."""

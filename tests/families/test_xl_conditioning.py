@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import REPO, skip_or_fail
+from _helpers import kind_result
 from _helpers import randomize as _randomize
 from _helpers import state_shapes as _shapes
 
@@ -388,15 +388,6 @@ def test_contexts_plain_empty_and_bg_enhance() -> None:
 
 
 def test_xl_conditioning_fixture_parity() -> None:
-    # the kind alone (not run_fixture, which imports every kind): this file tests the conditioning only
-    from colorize.parity.core import compare, load_fixture
-    from colorize.parity.kinds.xl_conditioning import run
-
-    path = REPO.parent / "shared" / "fixtures" / "official-xl" / "xl_conditioning.json"
-    if not path.is_file():
-        skip_or_fail(f"{path} not found (the XL golden fixtures)")
-    fx = load_fixture(path)
-    with torch.no_grad():
-        res = compare(fx, run(fx))
+    res = kind_result("xl_conditioning")
     bad = {k: v for k, v in res.per_output.items() if not v[2]}
     assert res.passed and not bad, (res.error, bad)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import REPO, skip_or_fail
+from _helpers import kind_result
 from _helpers import randomize as _randomize
 from _helpers import state_shapes as _shapes
 
@@ -237,14 +237,6 @@ def test_bank_attention_refuses_what_it_cannot_compute() -> None:
 
 
 def test_xlv2_reference_net_fixture_parity() -> None:
-    from colorize.parity.core import compare, load_fixture
-    from colorize.parity.kinds.xlv2_reference_net import run
-
-    path = REPO.parent / "shared" / "fixtures" / "official-xl" / "xlv2_reference_net.json"
-    if not path.is_file():
-        skip_or_fail(f"{path} not found (the XL golden fixtures)")
-    fx = load_fixture(path)
-    with torch.no_grad():
-        res = compare(fx, run(fx))
+    res = kind_result("xlv2_reference_net")
     bad = {k: v for k, v in res.per_output.items() if not v[2]}
     assert res.passed and not bad, (res.error, bad)

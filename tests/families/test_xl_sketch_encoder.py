@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import REPO, skip_or_fail
+from _helpers import kind_result, skip_or_fail
 from _helpers import randomize as _randomize
 from _helpers import state_shapes as _shapes
 
@@ -271,15 +271,6 @@ def test_low_precision_forward() -> None:
 
 
 def test_golden_fixture() -> None:
-    # the kind alone (not run_fixture, which imports every kind): this file tests the encoder only
-    from colorize.parity.core import compare, load_fixture
-    from colorize.parity.kinds.xl_sketch_encoder import run
-
-    path = REPO.parent / "shared" / "fixtures" / "official-xl" / "xl_sketch_encoder.json"
-    if not path.is_file():
-        skip_or_fail(f"{path} not found (the XL golden fixtures)")
-    fx = load_fixture(path)
-    with torch.no_grad():
-        res = compare(fx, run(fx))
+    res = kind_result("xl_sketch_encoder")
     assert res.passed, res.line()
     assert res.max_abs_diff <= 1e-5

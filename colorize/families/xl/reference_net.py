@@ -41,7 +41,7 @@ from colorize.models.attention import (
     FeedForward,
     SpatialTransformer,
 )
-from colorize.models.unet import DualCondUNet, ResBlock, UNetBlock, Upsample, timestep_embedding
+from colorize.models.unet import DualCondUNet, ResBlock, timestep_embedding
 
 #: ReferenceNet input channels: latent (4) + sketch mask + reference mask.
 REFERENCE_NET_IN_CHANNELS = 6
@@ -111,6 +111,10 @@ class ReferenceNet(DualCondUNet):
             if isinstance(m, SpatialTransformer) for d in range(len(m.transformer_blocks))
         )
 
+    def _decoder_length(self) -> int:
+        """The decoder up to and including the first block of level 0 (official ``discard_final_layers``)."""
+        return (len(self.cfg.channel_mult) - 1) * (self.cfg.num_res_blocks + 1) + 1
+
     def _next_attention(self, channels: int, depth: int | None = None) -> SpatialTransformer:
         cfg, index = self.cfg, self.num_attention_blocks
         depth = cfg.level_depth(0) if depth is None else depth
@@ -118,26 +122,6 @@ class ReferenceNet(DualCondUNet):
                                          index, linear=cfg.use_linear_in_transformer)
         self.num_attention_blocks += depth
         return block
-
-    def _build_output_blocks(self, emb_dim: int, skip_channels: list[int]) -> None:
-        """The U-Net decoder up to and including the first block of level 0 (official ``discard_final_layers``)."""
-        cfg = self.cfg
-        ch, ds = self._bottom
-        skips = list(skip_channels)
-        blocks = []
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                out_ch = mult * cfg.model_channels
-                layers = self._res_level(ch + skips.pop(), out_ch, emb_dim, ds in cfg.attention_resolutions,
-                                         cfg.level_depth(level))
-                ch = out_ch
-                if level and i == cfg.num_res_blocks:
-                    layers.append(Upsample(ch))
-                    ds //= 2
-                blocks.append(UNetBlock(*layers))
-                if level == 0:
-                    break
-        self.output_blocks = nn.ModuleList(blocks)
 
     def _zero_init(self) -> None:
         for m in self.modules():
