@@ -29,6 +29,7 @@ from colorize.families.xl.conditioning import ClusterConcat, ClusterConcatConfig
 from colorize.families.xl.detect import is_xlv2_key, xl_config_from_shapes, xl_model_type, xl_parameterization
 from colorize.families.xl.layout import MODEL_TYPES, layout_path, pack_layout, xl_layout
 from colorize.families.xl.reference_net import build_reference_net, build_xlv2_unet
+from colorize.families.xl.sizes import XL_VAE_SCALE
 from colorize.families.xl.sketch_encoder import (
     FULL_XL_SKETCH_ENCODER,
     MultiScaleAttentionEncoder,
@@ -136,7 +137,7 @@ def test_full_size_sketch_encoder_proj_and_vae_equal_the_layout(model_type: str)
     with torch.device("meta"):
         sketch = MultiScaleAttentionEncoder(FULL_XL_SKETCH_ENCODER)
         proj = ClusterConcat(ClusterConcatConfig())
-        vae = AutoencoderKL(VAEConfig(scale_factor=0.13025))  # SD's kl-f8 VAE, XL's latent scale
+        vae = AutoencoderKL(VAEConfig(scale_factor=XL_VAE_SCALE))  # SD's kl-f8 VAE, XL's latent scale
     assert _shapes(sketch, "control_encoder.") == _with(layout, "control_encoder.")
     assert _shapes(proj, "proj.") == _with(layout, "proj.")
     assert _shapes(vae, "first_stage_model.") == _with(layout, "first_stage_model.")
