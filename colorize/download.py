@@ -15,10 +15,12 @@ behaves the same with every huggingface_hub version; huggingface_hub provides th
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import http.client
 import os
 import re
+import shutil
 import socket
 import urllib.error
 import urllib.parse
@@ -96,11 +98,16 @@ def _hub_headers() -> dict[str, str]:
         return {}
 
 
+def manifest_expectation(entry: dict[str, Any], url: str) -> Expected:
+    """What the manifest alone says ``entry``'s file is (size, sha256, sha256 prefix; any may be unknown)."""
+    return Expected(url=url, size=entry.get("size_bytes"), sha256=(entry.get("sha256") or "").lower() or None,
+                    sha256_prefix=(entry.get("sha256_prefix") or "").lower() or None)
+
+
 def expected_for(entry: dict[str, Any]) -> Expected:
     """What ``entry``'s file must be: the manifest's size/sha256 where recorded, the rest from the Hub's metadata."""
     url = resolve_url(entry)
-    base = Expected(url=url, size=entry.get("size_bytes"), sha256=(entry.get("sha256") or "").lower() or None,
-                    sha256_prefix=(entry.get("sha256_prefix") or "").lower() or None)
+    base = manifest_expectation(entry, url)
     if not entry.get("repo_id") or (base.size is not None and base.sha256):
         return base
     from huggingface_hub import get_hf_file_metadata
@@ -174,13 +181,9 @@ def _exclusive(part: Path) -> Iterator[Any]:
 def _remove_stale_partials(part: Path) -> None:
     """Partial files of the same file for another remote version can never be resumed: remove them."""
     stem = part.name.rsplit(".", 2)[0]
-    for other in part.parent.glob(f"{glob_escape(stem)}.*.part"):
+    for other in part.parent.glob(f"{glob.escape(stem)}.*.part"):
         if other != part and other.name.rsplit(".", 2)[0] == stem:
             other.unlink(missing_ok=True)
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _transfer(f: Any, part: Path, expected: Expected, progress: Progress | None) -> None:
@@ -305,8 +308,6 @@ def remove_partials(folders: list[Path]) -> tuple[int, int, list[Path]]:
                 busy.append(path)
                 continue
             if path.is_dir():
-                import shutil
-
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
@@ -352,6 +353,7 @@ __all__ = [
     "download_verified",
     "endpoint",
     "expected_for",
+    "manifest_expectation",
     "partial_files",
     "partial_path",
     "remove_partials",

@@ -10,7 +10,6 @@ was expected, where it comes from and how to fetch it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -132,12 +131,9 @@ def _target(entry: dict[str, Any], models_dir: str | os.PathLike[str] | None) ->
     return candidate_paths(entry, models_dir)[0]
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The file's sha256 (hex)."""
+    return download.digests(Path(path))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,9 +411,7 @@ def verify_file(entry: dict[str, Any], path: Path) -> str:
     """Recompute ``path``'s sha256 and compare it with the manifest, the lock file or (online) the Hub's metadata;
     a one-line result. A mismatch moves the file aside and raises :class:`WeightsMissingError`."""
     locked = weights_lock.recorded(path)
-    expected = download.Expected(url=hub_url(entry), size=entry.get("size_bytes"),
-                                 sha256=(entry.get("sha256") or "").lower() or None,
-                                 sha256_prefix=(entry.get("sha256_prefix") or "").lower() or None)
+    expected = download.manifest_expectation(entry, hub_url(entry))
     if not expected.sha256 and locked is not None:
         expected = download.Expected(url=locked.origin or expected.url, size=locked.size, sha256=locked.sha256,
                                      sha256_prefix=expected.sha256_prefix, source=f"the lock file ({locked.source})")
