@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +21,21 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path,
                    help="output image; .png, .jpg/.jpeg or .webp decides the format (not overwritten unless --overwrite)")
     p.add_argument("--checkpoint", default=None, help="checkpoint path or manifest name (default: the v1 checkpoint)")
-    p.add_argument("--clip", default=None, help="OpenCLIP ViT-H-14 file (open_clip or clip_vision format) or manifest name")
+    p.add_argument("--clip", default=None, help="reference encoder file or manifest name: OpenCLIP ViT-H-14 (open_clip or "
+                   "clip_vision format) for v1/v1.5/v2, CLIP ViT-bigG-14 (clip_vision_g.safetensors) for XL")
+    p.add_argument("--tagger", default=None, help="XL only: the WD v1.4 SwinV2 tagger file or manifest name "
+                   "(default wd-v1-4-swinv2-tagger-v2)")
+    p.add_argument("--parameterization", choices=("eps", "v"), default=None,
+                   help="the checkpoint's prediction target, when its file does not say (XL: the official rule is "
+                   "'eps' in the file name, else v)")
     p.add_argument("--models-dir", type=Path, default=None, help="models folder (default: $COLORIZE_MODELS_DIR or a user cache)")
     p.add_argument("--no-download", action="store_true", help="never download missing weights")
-    p.add_argument("--width", type=int, default=None, help="output width (multiple of 64; default from the sketch, ~512² area)")
-    p.add_argument("--height", type=int, default=None, help="output height (multiple of 64)")
+    p.add_argument("--width", type=int, default=None, help="output width (SD2.1: rounded to 64; XL: a multiple of 32; "
+                   "default from the sketch's aspect at the family's area, XL: the official autofit)")
+    p.add_argument("--height", type=int, default=None, help="output height (as --width)")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--sampler", default="dpm_solver", help="dpm_solver (official default), euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, ddim")
+    p.add_argument("--sampler", default=None, help="dpm_solver (the SD2.1 app's default), dpmpp_3m_sde (the XL app's "
+                   "default), euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, ddim (default: the loaded family's)")
     p.add_argument("--scheduler", default="auto",
                    help="auto (each sampler's own default, as the official app), leading (the sampler's diffusers timesteps; with dpm_solver = the official default), karras, uniform, exponential")
     p.add_argument("--ref-cfg", type=float, default=4.0, help="reference guidance scale (1 = off)")
@@ -35,6 +44,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="reference strength: scales the cross-attention of the encoder/middle/low levels "
                         "(as the official app, the middle block and the highest-resolution decoder blocks keep 1)")
     p.add_argument("--sketch-strength", type=float, default=1.0, help="sketch hint strength")
+    p.add_argument("--level-rule", choices=("official", "levels"), default="official",
+                   help="XL sdxl: 'official' = only the encoder level strength acts (as the app), 'levels' = all three")
     p.add_argument("--polarity", choices=("auto", "invert", "keep"), default="auto", help="sketch polarity handling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -98,6 +109,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from colorize.errors import WeightsMissingError
+    from colorize.families import detect_family
+    from colorize.loader import read_header
     from colorize.pipeline import Colorizer
     from colorize.preprocess import load_image, tensor_to_pil
     from colorize.progress import ProgressBar
@@ -113,26 +126,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a missing GPU is reported before anything is loaded
     sketch, reference = load_image(args.sketch), load_image(args.reference)
     settings = GenerationSettings(
-        steps=args.steps, sampler=args.sampler, scheduler=args.scheduler, reference_cfg=args.ref_cfg,
-        sketch_cfg=args.sketch_cfg, reference_strength=args.strength, sketch_strength=args.sketch_strength,
-        seed=args.seed, width=args.width, height=args.height, polarity=args.polarity,
-        guidance_start=args.guidance_start, guidance_end=args.guidance_end, no_guidance=tuple(args.no_guidance),
-        reference_pad_scale=args.ref_pad_scale, crop_result=args.crop_result, injection=args.injection,
-        injection_fidelity=args.injection_fidelity, injection_control=args.injection_control,
-        injection_start=args.injection_start,
+        steps=args.steps, sampler=args.sampler or "dpm_solver", scheduler=args.scheduler,
+        reference_cfg=args.ref_cfg, sketch_cfg=args.sketch_cfg, reference_strength=args.strength,
+        sketch_strength=args.sketch_strength, seed=args.seed, width=args.width, height=args.height,
+        polarity=args.polarity, guidance_start=args.guidance_start, guidance_end=args.guidance_end,
+        no_guidance=tuple(args.no_guidance), reference_pad_scale=args.ref_pad_scale, crop_result=args.crop_result,
+        injection=args.injection, injection_fidelity=args.injection_fidelity,
+        injection_control=args.injection_control, injection_start=args.injection_start, level_rule=args.level_rule,
     )
     settings.validate(sketch_hw=tuple(sketch.shape[-2:]))  # bad settings and sizes, before the models load
-    paths, missing = [], []
-    for name in (args.checkpoint or default_checkpoint_name(), args.clip or default_clip_name()):
-        try:  # resolve both before failing, so one run names every missing file
-            paths.append(resolve(name, args.models_dir, download=not args.no_download))
+    missing = []
+    try:
+        ckpt = resolve(args.checkpoint or default_checkpoint_name(), args.models_dir, download=not args.no_download)
+        family = detect_family(read_header(ckpt), source=ckpt.name)
+        if args.sampler is None:
+            settings = replace(settings, sampler=family.default_sampling[0])
+            if args.scheduler == "auto":
+                settings = replace(settings, scheduler=family.default_sampling[1])
+        settings.validate(family, tuple(sketch.shape[-2:]))  # the family's own size rules, before the big loads
+        names = [args.clip or (family.reference_files[0] if family.reference_files else default_clip_name())]
+        if family.reference_files or args.tagger:
+            names.append(args.tagger or family.reference_files[1])
+    except WeightsMissingError as e:
+        missing.append(str(e))
+        names = [args.clip or default_clip_name()]
+    refs = []
+    for name in names:
+        try:  # resolve all before failing, so one run names every missing file
+            refs.append(resolve(name, args.models_dir, download=not args.no_download))
         except WeightsMissingError as e:
             missing.append(str(e))
     if missing:
         raise WeightsMissingError("\n\n".join(missing))
-    ckpt, clip = paths
+    clip, tagger = refs[0], (refs[1] if len(refs) > 1 else None)
     separation = _separation(args, sketch, reference)  # mask networks run (and are fetched) before the colorizer loads
-    model = Colorizer.from_files(ckpt, clip, device=args.device, precision=args.precision, low_vram=args.low_vram)
+    model = Colorizer.from_files(ckpt, clip, device=args.device, precision=args.precision, low_vram=args.low_vram,
+                                 tagger=tagger, parameterization=args.parameterization)
     if args.vae_tiling is not None:
         model.vae_tiling = args.vae_tiling
     result_mask = _result_mask(args)

@@ -26,7 +26,6 @@ from colorize.masks.inputs import (
     fit_sketch_mask,
     reference_mask_or_fallback,
     sketch_mask_from_prepared,
-    sketch_mask_to_latent,
 )
 from colorize.models.attention import AttentionPatches, Processor
 from colorize.models.vae_tiling import TilingMode
@@ -56,7 +55,8 @@ class Conditioning:
     (v1.5/v2 split attention; v2 ``hs_bg``, ``style``, warp mask: :func:`separation_inputs`), the same for every
     CFG row (their per-image tensors are tiled over the rows; the reference-unconditional rows get a zero context,
     as the official app). ``injection``: the reference latent (and hints) of attention injection, when asked
-    for. ``dataclasses.replace`` gives a fresh row cache.
+    for. ``self_attention``: a family's self-attention processor (the xlv2 reference bank). ``dataclasses.replace``
+    gives a fresh row cache.
     """
 
     context: Tensor
@@ -65,6 +65,7 @@ class Conditioning:
     cross_attention: Processor | None = None
     unet_kwargs: dict[str, Any] = field(default_factory=dict)
     injection: InjectionInputs | None = None
+    self_attention: Processor | None = None
     _stacked: dict[tuple[str, ...], tuple[Tensor, list[Tensor]]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
@@ -104,6 +105,8 @@ def cast_for_inference(
     if dtype != torch.float32:
         unet.time_embed.float()
         unet.out.float()
+        if getattr(unet, "label_emb", None) is not None:  # the SDXL adm embedding, like the time embedding
+            unet.label_emb.float()
     sketch_encoder.to(device, dtype).eval().requires_grad_(False)
     vae.to(device, torch.float32).eval().requires_grad_(False)
 
@@ -145,7 +148,8 @@ def make_conditioning(
     context = move(_repeat_to(inputs.context, b, "reference"))
     hints = [move(_repeat_to(h, b, "sketch")) for h in hints]
     hints_uncond = [move(_repeat_to(h, b, "sketch")) for h in hints_uncond]
-    return Conditioning(context.to(dtype), hints, hints_uncond, inputs.cross_attention, dict(inputs.kwargs))
+    return Conditioning(context.to(dtype), hints, hints_uncond, inputs.cross_attention, dict(inputs.kwargs),
+                        self_attention=inputs.self_attention)
 
 
 @torch.no_grad()
@@ -178,20 +182,22 @@ def separation_inputs(
     enhance.validate()
     family = get_family(config.version)
     family.check_enhance(enhance)
+    device, size = tokens.device, (int(sketch.shape[-2]), int(sketch.shape[-1]))
+    every_call = family.unet_kwargs(size, device)
     given = {"sketch_mask": sketch_mask, "reference_mask": reference_mask, "background": background,
              "background_mask": background_mask}
     if not enhance.active:
         unused = [k for k, v in given.items() if v is not None]
         if unused:
             raise InputError(f"{', '.join(unused)} given but no enhancement is on: enable background, "
-                             "foreground or style enhance (v1.5/v2 checkpoints) to use them")
-        return UNetInputs(tokens)
-    device, size = tokens.device, (int(sketch.shape[-2]), int(sketch.shape[-1]))
-    latent_mask = None
+                             "foreground or style enhance (v1.5/v2/XL checkpoints) to use them")
+        return UNetInputs(tokens, kwargs=every_call)
+    latent_mask = pixel = None
     if enhance.masked:
         pixel = fit_sketch_mask(sketch_mask, sketch_hw, size) if sketch_mask is not None \
             else sketch_mask_from_prepared(sketch)
-        latent_mask = sketch_mask_to_latent(pixel.to(device), config.vae.downsample_factor)
+        pixel = pixel.to(device)
+        latent_mask = family.latent_mask(pixel, config.vae.downsample_factor)
     if enhance.background_enhance and background is None:
         reference_mask = reference_mask_or_fallback(reference_mask, reference)
     elif reference_mask is not None:
@@ -199,8 +205,9 @@ def separation_inputs(
     if background_mask is not None:
         background_mask = check_mask(background_mask, "background mask").to(device)
     inputs = SeparationInputs(tokens, reference, size, encode_tokens, encode_latent, latent_mask, reference_mask,
-                              background, background_mask)
-    return family.separation(extras, enhance, inputs)
+                              background, background_mask, sketch_mask=pixel)
+    out = family.separation(extras, enhance, inputs)
+    return replace(out, kwargs={**every_call, **out.kwargs}) if every_call else out
 
 
 def initial_noise(config: ColorizerConfig, batch: int, size: tuple[int, int], seed: int, device: torch.device) -> Tensor:
@@ -230,12 +237,13 @@ def sample_latent(
 
     A non-finite result (fp16 overflow, broken weights) raises :class:`InputError` instead of
     silently decoding to a black image."""
-    settings.validate()
-    scales: list[float] | None = settings.reference_scales()
+    family = get_family(config.version)
+    settings.validate(family)
+    scales: list[float] | None = family.reference_scales(config.unet, settings)
     n_blocks = getattr(unet, "num_attention_blocks", len(scales))
-    if len(scales) != n_blocks:  # a non-SD2.1 topology (e.g. a custom training run)
+    if len(scales) != n_blocks:  # a topology other than the released one (e.g. a custom training run)
         if any(s != 1.0 for s in scales):
-            raise InputError(f"per-level/per-block reference strengths need the SD2.1 layout of {len(scales)} "
+            raise InputError(f"per-level/per-block reference strengths need the released layout of {len(scales)} "
                              f"attention blocks; this U-Net has {n_blocks}: leave the strengths at 1")
         scales = None
     device = module_device(unet)
@@ -243,7 +251,8 @@ def sample_latent(
     window = settings.guidance_window_active
     last_t = config.schedule.timesteps - 1
     injector = _injector(unet, schedule, cond, settings)
-    patches = AttentionPatches(cross_attention=cond.cross_attention, reference_scales=scales)
+    patches = AttentionPatches(self_attention=cond.self_attention, cross_attention=cond.cross_attention,
+                               reference_scales=scales)
 
     def call(x: Tensor, t: Tensor, context: Tensor, hints: list[Tensor] | None,
              self_attention: Processor | None = None) -> Tensor:
@@ -285,6 +294,9 @@ def _injector(unet: nn.Module, schedule: DiscreteSchedule, cond: Conditioning,
               settings: GenerationSettings) -> AttentionInjector | None:
     if not settings.injection:
         return None
+    if cond.self_attention is not None:
+        raise InputError("attention injection and XL v2 background enhance both replace the self-attention: "
+                         "turn one of them off")
     if cond.injection is None:
         raise InputError("attention injection needs the reference latent: build the conditioning with "
                          "settings.injection on (Colorizer.conditioning) or pass InjectionInputs")

@@ -32,7 +32,6 @@ from colorize.checkpoint import (
 from colorize.config import ClipConfig, ColorizerConfig
 from colorize.errors import CheckpointError
 from colorize.families import Family, component_prefixes, detect_family, get_family, split_checkpoint
-from colorize.models.sketch_encoder import SketchEncoder
 from colorize.models.vae import AutoencoderKL
 
 PathLike = str | os.PathLike[str]
@@ -50,6 +49,7 @@ class CheckpointInfo:
     header: dict[str, TensorInfo]
     metadata: dict[str, str]
     config_source: str  # "metadata" (our own exports) or "shapes"
+    parameterization_rule: str = "family"  # what decided config.parameterization: Family.resolve_parameterization
 
 
 def checkpoint_config(family: Family, shapes: Mapping[str, Any], metadata: Mapping[str, str] | None = None,
@@ -72,13 +72,18 @@ def checkpoint_config(family: Family, shapes: Mapping[str, Any], metadata: Mappi
     return inferred, "shapes"
 
 
-def read_checkpoint_info(path: PathLike, num_head_channels: int | None = None) -> CheckpointInfo:
-    """Family and config of a checkpoint without loading its tensors."""
+def read_checkpoint_info(path: PathLike, num_head_channels: int | None = None,
+                         parameterization: str | None = None) -> CheckpointInfo:
+    """Family and config of a checkpoint without loading its tensors. ``parameterization`` (``eps``/``v``)
+    overrides what the file says or its family's rule decides (XL: "eps" in the file name, else v)."""
     header = read_header(path)
     metadata = read_metadata(path)
-    family = detect_family(header, source=Path(path).name)
-    config, source = checkpoint_config(family, header, metadata, num_head_channels, what=Path(path).name)
-    return CheckpointInfo(Path(path), family, config, header, metadata, source)
+    name = Path(path).name
+    family = detect_family(header, source=name)
+    config, source = checkpoint_config(family, header, metadata, num_head_channels, what=name)
+    param, rule = family.resolve_parameterization(metadata, name, parameterization)
+    return CheckpointInfo(Path(path), family, replace(config, parameterization=param), header, metadata, source,
+                          rule)
 
 
 @dataclass
@@ -100,15 +105,15 @@ class ColorizerModules:
 
 
 def read_checkpoint_parts(
-    path: PathLike, extra_components: Sequence[str] = ()
+    path: PathLike, extra_components: Sequence[str] = (), parameterization: str | None = None,
 ) -> tuple[str, ColorizerConfig, dict[str, dict[str, torch.Tensor]]]:
     """``(file name, config, state dicts by component)`` of a checkpoint: the family is detected from the header's
     keys and the layout validated (full-size models) before only the needed components (U-Net, sketch encoder,
     VAE, the family's own, ``extra_components``, the schedule buffer) are read."""
     name = os.path.basename(os.fspath(path))
-    info = read_checkpoint_info(path)
+    info = read_checkpoint_info(path, parameterization=parameterization)
     if not info.config.tiny:
-        validate_keys(info.family.layout(), info.header, what=name)
+        validate_keys(info.family.layout(), info.header, optional=info.family.optional_keys, what=name)
     prefixes = component_prefixes()
     wanted = [*SHARED_COMPONENTS, *info.family.components, *extra_components]
     starts = tuple(prefixes[c] for c in wanted)
@@ -117,18 +122,22 @@ def read_checkpoint_parts(
     return name, info.config, split_checkpoint(tensors)
 
 
-def load_checkpoint_modules(path: PathLike, include_clip: bool = False) -> ColorizerModules:
-    """All networks of a ColorizeDiffusion checkpoint (family detected from its keys: mult, switch, v2).
+def load_checkpoint_modules(path: PathLike, include_clip: bool = False,
+                            parameterization: str | None = None) -> ColorizerModules:
+    """All networks of a ColorizeDiffusion checkpoint (family detected from its keys: mult, switch, v2, sdxl,
+    xlv2).
 
     The header is read first: family, config and key layout are checked before any tensor is loaded, and only
-    the needed components are read (CLIP weights a checkpoint may carry are skipped unless ``include_clip``).
-    Modules are built on the meta device and receive the tensors.
+    the needed components are read (SD2.1 CLIP weights a checkpoint may carry are skipped unless
+    ``include_clip``). Modules are built on the meta device and receive the tensors. ``parameterization``:
+    see :func:`read_checkpoint_info`.
     """
-    name, config, parts = read_checkpoint_parts(path, ["clip_visual", "clip_text"] if include_clip else [])
+    name, config, parts = read_checkpoint_parts(path, ["clip_visual", "clip_text"] if include_clip else [],
+                                                parameterization)
     family = get_family(config.version)
     unet = family.build_unet(config, parts, name)
     extras = family.build_extras(config, parts, name)
-    sketch = materialize(lambda: SketchEncoder(config.sketch), parts.pop("sketch_encoder"), f"{name} (sketch encoder)")
+    sketch = family.build_sketch_encoder(config, parts, name)
     vae = materialize(lambda: AutoencoderKL(config.vae), parts.pop("vae"), f"{name} (VAE)")
     ref = None
     if include_clip and parts.get("clip_visual"):

@@ -23,7 +23,6 @@ from colorize.generate import (
     initial_noise,
     make_conditioning,
     noise_schedule,
-    reference_tokens,
     sample_latent,
     separation_inputs,
     sketch_hints,
@@ -41,7 +40,6 @@ from colorize.preprocess import (
     pad_width,
     prepare_reference,
     prepare_sketch,
-    target_size,
     to_signed,
 )
 from colorize.settings import MAX_SEED, EnhanceSettings, GenerationSettings
@@ -97,15 +95,25 @@ class Colorizer:
         precision: str | torch.dtype = "auto",
         with_text: bool = False,
         low_vram: bool = False,
+        *,
+        tagger: str | os.PathLike[str] | None = None,
+        parameterization: str | None = None,
     ) -> "Colorizer":
-        """Load a released (or tiny) checkpoint and the OpenCLIP ViT-H/14 file.
+        """Load a released (or tiny) checkpoint and its reference encoder file(s).
 
-        ``with_text`` keeps the CLIP text tower (needed only for text manipulation; 1.4 GB for ViT-H).
-        Without ``clip`` the CLIP weights must be inside the checkpoint. ``low_vram``: see the class."""
-        from colorize.loader import load_checkpoint_modules, load_reference_encoder
+        SD2.1 families: ``clip`` = the OpenCLIP ViT-H/14 file; ``with_text`` keeps its text tower (needed only for
+        text manipulation; 1.4 GB for ViT-H); without ``clip`` the CLIP weights must be inside the checkpoint.
+        XL: ``clip`` = CLIP ViT-bigG-14 (e.g. ComfyUI's ``clip_vision_g.safetensors``) and ``tagger`` = the WD
+        v1.4 SwinV2 tagger. ``parameterization`` (``eps``/``v``) overrides the file's (XL: "eps" in the file
+        name, else v). ``low_vram``: see the class."""
+        from colorize.families import detect_family
+        from colorize.loader import load_checkpoint_modules, read_header
 
-        mods = load_checkpoint_modules(checkpoint, include_clip=clip is None)
-        ref = load_reference_encoder(clip, with_text) if clip is not None else mods.reference_encoder
+        family = detect_family(read_header(checkpoint), source=os.path.basename(os.fspath(checkpoint)))
+        family.check_reference_files(clip, tagger)  # before the checkpoint is read
+        mods = load_checkpoint_modules(checkpoint, include_clip=clip is None, parameterization=parameterization)
+        ref = family.load_reference_encoder(clip, tagger, with_text, mods.extras) if clip is not None \
+            else mods.reference_encoder
         if ref is None:
             raise InputError("no CLIP weights: pass the OpenCLIP ViT-H-14 file (open_clip or clip_vision format)")
         return cls(mods.config, mods.unet, mods.sketch_encoder, mods.vae, ref, device, precision, mods.alphas_cumprod,
@@ -114,8 +122,9 @@ class Colorizer:
     # ------------------------------------------------------------------ encoders
     @offloaded("reference_encoder")
     def encode_reference(self, reference: Tensor) -> Tensor:
-        """Reference image(s) in [-1, 1] → (b, 256, C) patch tokens (CLS dropped, as the released models use)."""
-        return reference_tokens(self.reference_encoder, reference)
+        """Reference image(s) in [-1, 1] → the context tokens (SD2.1: (b, 256, C) CLIP patch tokens, CLS dropped,
+        as the released models use; XL: (b, 196, 2048) ClusterConcat tokens)."""
+        return self.family.encode_reference(self.reference_encoder, self.extras, reference)
 
     @offloaded("sketch_encoder")
     def encode_sketch(self, sketch: Tensor, strength: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
@@ -202,7 +211,7 @@ class Colorizer:
         sketch01 = check_image(sketch01, "sketch")
         sketch_hw = (int(sketch01.shape[-2]), int(sketch01.shape[-1]))
         settings.validate(self.family, sketch_hw)  # the size that will run, against this family's limits
-        size = target_size(sketch_hw, settings.width, settings.height, self.family.base_resolution)
+        size = self.family.output_size(sketch_hw, settings.width, settings.height)
         sketch = prepare_sketch(sketch01, size, settings.polarity)  # type: ignore[arg-type]
         pad = settings.reference_pad_scale
         if pad != 1.0:  # official reference padding (backend/functool.py:120-128): white padding of the reference and background; their masks get "no foreground"

@@ -24,6 +24,9 @@ from colorize.errors import InputError, SizeLimitError
 
 SketchPolarity = Literal["invert", "keep", "auto"]
 SIZE_MULTIPLE = 64
+#: The VAE's downsampling: every output side is at least a multiple of it (SD2.1 sizes are rounded to 64, XL's
+#: must be multiples of 32).
+LATENT_MULTIPLE = 8
 #: Environment variable: the most pixels (width × height) an image file may declare before :func:`load_image`
 #: refuses it (a whole number; 0 = no limit). Unset: Pillow's own refusal threshold, ``2 × Image.MAX_IMAGE_PIXELS``.
 INPUT_PIXELS_ENV = "COLORIZE_MAX_INPUT_PIXELS"
@@ -386,8 +389,9 @@ def fit_and_pad(x: torch.Tensor, size: tuple[int, int], fill: float) -> torch.Te
     """Resize ``x`` to fit inside ``size`` keeping its aspect, then centre-pad with ``fill``
     (the content lands at :func:`content_box`)."""
     H, W = size
-    if H % SIZE_MULTIPLE or W % SIZE_MULTIPLE:
-        raise InputError(f"target size {H}x{W} is not a multiple of {SIZE_MULTIPLE}; use e.g. {round_size(H)}x{round_size(W)}")
+    if H % LATENT_MULTIPLE or W % LATENT_MULTIPLE or H <= 0 or W <= 0:  # each family checks its own multiple
+        raise InputError(f"target size {H}x{W} is not a multiple of {LATENT_MULTIPLE}; use e.g. "
+                         f"{round_size(H)}x{round_size(W)}")
     h, w = x.shape[-2:]
     top, left, nh, nw = content_box((int(h), int(w)), size)
     if (nh, nw) != (h, w):

@@ -45,6 +45,8 @@ LEVEL_GROUPS: dict[str, tuple[int, ...]] = {
 }
 #: The app's three level sliders, in the order it applies them (later groups overwrite earlier ones).
 APP_LEVELS: tuple[str, ...] = ("encoder", "middle", "low")
+#: How the XL ``sdxl`` family turns the level sliders into block strengths (``GenerationSettings.level_rule``).
+LEVEL_RULES: tuple[str, ...] = ("official", "levels")
 #: Groups the app has no slider for; applied after ``APP_LEVELS`` and only when given.
 EXTRA_LEVELS: tuple[str, ...] = ("high", "bottom")
 #: v1.5 / v2 mask thresholds of the app: reference mask 0.5, sketch mask 0.05 (official ``app.py:175-176``).
@@ -78,6 +80,11 @@ class GenerationSettings:
     reference-unconditional rows; ``injection_control`` (official "Injection fidelity (sketch)", 0) scales
     the hints of the negated reference in the write pass; ``injection_start`` is the first ``tr`` injected.
 
+    ColorizeDiffusion XL (``sdxl``): ``level_rule`` ``official`` reproduces the app, where only the ``encoder``
+    slider acts (on every block); ``levels`` makes all three act (high ← encoder, bottom ← middle, low ← low;
+    :mod:`colorize.families.xl.blocks`). ``block_strengths`` has one value per transformer block of the loaded
+    family (16 SD2.1, 70 XL).
+
     Output size limits: ``max_output_side`` / ``max_output_pixels`` (``None`` = ``$COLORIZE_MAX_SIDE`` /
     ``$COLORIZE_MAX_PIXELS``, else the family's defaults, 4096 px and 2048²; ``0`` = no limit; see
     :func:`colorize.preprocess.output_limits`).
@@ -107,6 +114,7 @@ class GenerationSettings:
     injection_start: float = 0.0
     max_output_side: int | None = None
     max_output_pixels: int | None = None
+    level_rule: str = "official"
 
     def validate(self, family: Any = None, sketch_hw: tuple[int, int] | None = None) -> None:
         """An :class:`~colorize.errors.InputError` naming the first bad field; sizes above the output limits
@@ -136,13 +144,19 @@ class GenerationSettings:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise InputError(f"{name} must be a whole number of pixels (0 or None = automatic), got {value!r}")
-        if self.block_strengths is not None and len(self.block_strengths) != NUM_ATTENTION_BLOCKS:
-            raise InputError(f"block_strengths needs {NUM_ATTENTION_BLOCKS} values, got {len(self.block_strengths)}")
+        blocks = int(getattr(family, "attention_block_count", NUM_ATTENTION_BLOCKS))
+        if self.block_strengths is not None and len(self.block_strengths) != blocks:
+            raise InputError(f"block_strengths needs {blocks} values (one per transformer block), got "
+                             f"{len(self.block_strengths)}")
+        if self.level_rule not in LEVEL_RULES:
+            raise InputError(f"level_rule must be one of {', '.join(LEVEL_RULES)}, got {self.level_rule!r}")
         self._validate_advanced()
         self.check_size(family, sketch_hw)
 
     def check_size(self, family: Any = None, sketch_hw: tuple[int, int] | None = None) -> None:
         """The output-size part of :meth:`validate` (same arguments; width/height already checked)."""
+        if family is not None:
+            family.check_size(self.width, self.height)
         limits = output_limits(family, self.max_output_side, self.max_output_pixels)
         check_requested_size(self.width, self.height, limits, sketch_hw, int(getattr(family, "base_resolution", 512)))
 
@@ -296,6 +310,7 @@ __all__ = [
     "DEFAULT_SKETCH_THRESHOLD",
     "EXTRA_LEVELS",
     "LEVEL_GROUPS",
+    "LEVEL_RULES",
     "MAX_SEED",
     "DEFAULT_MAX_OUTPUT_PIXELS",
     "DEFAULT_MAX_OUTPUT_SIDE",

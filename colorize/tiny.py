@@ -5,7 +5,11 @@
     DIR/colorizediffusion/mult-eps-ft.safetensors      (v1 "mult" layout, VAE in fp16 as released)
     DIR/colorizediffusion/switch-eps.safetensors       (v1.5 layout: split LoRA, thresh_embedder, transformer)
     DIR/colorizediffusion/v2-full.safetensors          (v2 layout: bg/style encoders, warp/style modules; v)
+    DIR/colorizediffusion/sdxl.safetensors, xlv2.safetensors   (XL layouts: SDXL U-Net, ClusterConcat; xlv2 +
+                                                       ReferenceNet, background LoRA; v)
     DIR/clip_vision/<reference encoder file name>      (open_clip format, vision + text)
+    DIR/clip_vision/clip_vision_g.safetensors, DIR/wd_tagger/wd-v1-4-swinv2-tagger-v2.safetensors
+                                                       (XL's CLIP-bigG tower in HF layout and WD tagger, timm layout)
     DIR/isnet/isnetis.safetensors, sketch-segment.safetensors   (tiny ISNetDIS mask networks)
 
 under exactly the file names the CLI defaults, the weights manifest and the shipped workflows use, so every
@@ -80,23 +84,40 @@ def tiny_config(version: str = "mult", base: ColorizerConfig = TINY_MULT) -> Col
 
 
 def build_tiny_state_dicts(config: ColorizerConfig = TINY_MULT, seed: int = 0) -> tuple[dict, dict]:
-    """Random ``(checkpoint, clip)`` state dicts with the released key names of ``config.version``."""
-    from colorize.models.clip import ReferenceEncoder  # open_clip is imported with it
-
+    """Random ``(checkpoint, clip)`` state dicts with the released key names of ``config.version`` (``clip`` is
+    empty for families whose reference encoders have their own files: :func:`tiny_reference_files`)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     prefixes = component_prefixes()
-    parts = {**get_family(config.version).fresh_modules(config), "sketch_encoder": SketchEncoder(config.sketch),
-             "vae": AutoencoderKL(config.vae)}
+    family = get_family(config.version)
+    parts = dict(family.fresh_modules(config))
+    if "sketch_encoder" not in parts:  # construction order = random-initialisation order
+        parts["sketch_encoder"] = SketchEncoder(config.sketch)
+    parts["vae"] = AutoencoderKL(config.vae)
     ckpt: dict[str, torch.Tensor] = {}
     for component, module in parts.items():
         _randomize_zero_layers(module, g)
         dtype = torch.float16 if component == "vae" else torch.float32
         prefix = prefixes[component]
         ckpt.update({prefix + k: v.detach().to(dtype).contiguous() for k, v in module.state_dict().items()})
+    if family.reference_files:
+        return ckpt, {}
+    from colorize.models.clip import ReferenceEncoder  # open_clip is imported with it
+
     clip = ReferenceEncoder(config.clip, with_text=True)
     clip_sd = {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
     return ckpt, clip_sd
+
+
+def tiny_reference_files(versions: Sequence[str], seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """Manifest name → random state dict of the reference-encoder files that families among ``versions`` read
+    from their own files (XL: the CLIP-bigG vision tower and the WD tagger), each written once."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for version in versions:
+        family = get_family(version)
+        if family.reference_files and not set(family.reference_files) <= set(out):
+            out.update(zip(family.reference_files, family.tiny_reference_state_dicts(seed)))
+    return out
 
 
 def _save(path: Path, sd: dict[str, torch.Tensor], config: ColorizerConfig) -> None:
@@ -120,7 +141,8 @@ def write_tiny_weights(
     if unknown:
         raise ValueError(f"unknown version(s) {unknown}; expected some of {', '.join(VERSIONS)}")
     checkpoints = {v: checkpoint_name(v) for v in dict.fromkeys(versions)}
-    names = [*checkpoints.values(), default_clip_name(), *(ISNET_NAMES if masks else ())]
+    own_files = [n for v in checkpoints for n in get_family(v).reference_files]
+    names = [*checkpoints.values(), default_clip_name(), *dict.fromkeys(own_files), *(ISNET_NAMES if masks else ())]
     paths = {n: directory / manifest_entry(n)["models_subdir"] / manifest_entry(n)["filename"] for n in names}
     for path in paths.values():
         if path.exists() and TINY_METADATA_KEY not in _metadata_or_empty(path):
@@ -136,6 +158,8 @@ def write_tiny_weights(
     if not clip_sd:  # the CLIP weights never depend on which versions are written
         clip_sd = build_tiny_state_dicts(config, seed)[1]
     _save(paths[default_clip_name()], clip_sd, config)
+    for name, sd in tiny_reference_files(list(checkpoints), seed).items():
+        _save_plain(paths[name], sd)
     for offset, name in enumerate(ISNET_NAMES if masks else ()):  # anime and sketch segmenter: one layout
         _save_plain(paths[name], build_tiny_isnet_state_dict(seed + offset))
     return paths

@@ -257,9 +257,15 @@ def usable_existing(entry: dict[str, Any], path: Path) -> Path | None:
 
 def _find_existing(entry: dict[str, Any], models_dir: str | os.PathLike[str] | None, check: bool = True) -> Path | None:
     """The entry's file in ``models_dir``; with ``check``, only one that passes :func:`usable_existing`."""
-    for p in candidate_paths(entry, models_dir):
+    candidates = candidate_paths(entry, models_dir)
+    for p in candidates:
         if p.is_file() and (not check or usable_existing(entry, p) is not None):
             return p
+    pattern = entry.get("file_pattern")  # a release whose file name is not known: any file matching it
+    for folder in dict.fromkeys(p.parent for p in candidates) if pattern else ():
+        for p in sorted(folder.glob(pattern)):
+            if p.is_file() and (not check or usable_existing(entry, p) is not None):
+                return p
     return None
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _helpers import COMFY_DIR, skip_or_fail
@@ -70,20 +71,36 @@ def single_thread():  # type: ignore[no-untyped-def]
     torch.set_num_threads(n)
 
 
-VERSIONS = ("mult", "switch", "v2")
+VERSIONS = ("mult", "switch", "v2", "sdxl", "xlv2")
+
+
+def tiny_colorizer(directory: Path, version: str, **kw: Any) -> Any:
+    """The :class:`~colorize.pipeline.Colorizer` of a family's tiny files in ``directory`` (written by
+    ``write_tiny_weights``), with the reference-encoder file(s) that family reads."""
+    from colorize.families import get_family
+    from colorize.pipeline import Colorizer
+    from colorize.tiny import CHECKPOINT_NAMES
+    from colorize.weights import default_clip_name, manifest_entry
+
+    def path(name: str) -> Path:
+        e = manifest_entry(name)
+        return directory / e["models_subdir"] / e["filename"]
+
+    own = get_family(version).reference_files
+    clip = path(own[0] if own else default_clip_name())
+    tagger = path(own[1]) if own else None
+    return Colorizer.from_files(directory / "colorizediffusion" / f"{CHECKPOINT_NAMES[version]}.safetensors", clip,
+                                device="cpu", tagger=tagger, **kw)
 
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """One tiny random-weight :class:`~colorize.pipeline.Colorizer` per version (CPU), shared by the tests."""
-    from colorize.pipeline import Colorizer
-    from colorize.tiny import CHECKPOINT_NAMES, write_tiny_weights
+    """One tiny random-weight :class:`~colorize.pipeline.Colorizer` per family (CPU), shared by the tests."""
+    from colorize.tiny import write_tiny_weights
 
     d = tmp_path_factory.mktemp("tiny-colorizers")
     write_tiny_weights(d, versions=VERSIONS)
-    (clip,) = (d / "clip_vision").glob("*.safetensors")
-    return {v: Colorizer.from_files(d / "colorizediffusion" / f"{CHECKPOINT_NAMES[v]}.safetensors", clip,
-                                    device="cpu") for v in VERSIONS}
+    return {v: tiny_colorizer(d, v) for v in VERSIONS}
 
 
 @pytest.fixture

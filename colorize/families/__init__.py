@@ -9,6 +9,9 @@ name       label       what it is (thesis)                                   fol
                        transformer, masks (§5.5)
 ``v2``     v2          + background and style encoders, skip warping,         ``families/v2/``
                        style modulation, v-prediction (§5.6)
+``sdxl``   XL          ColorizeDiffusion XL: SDXL U-Net, CLIP-bigG + WD       ``families/xl/``
+                       tagger tokens, multi-scale sketch encoder (1024 px)
+``xlv2``   XL v2       + ReferenceNet background encoder, background LoRA     ``families/xl/``
 =========  ==========  ===================================================  ====================
 
 ``name`` is the official checkpoint prefix (``mult-eps-ft``, ``switch-eps``, ``v2-full``) and the
@@ -30,13 +33,16 @@ from colorize.families.base import Family, SeparationInputs, TrainingStart, UNet
 from colorize.families.v1 import V1
 from colorize.families.v2 import V2
 from colorize.families.v15 import V15
+from colorize.families.xl import SDXL, XLV2
 
-#: Every family by name (:func:`detect_family` asks them from the last to the first).
-FAMILIES: dict[str, Family] = {f.name: f for f in (V1, V15, V2)}
+#: Every family by name (:func:`detect_family` asks them from the last to the first: an XL file also carries
+#: v1's markers, an xlv2 file v2's ``bg_encoder.*``).
+FAMILIES: dict[str, Family] = {f.name: f for f in (V1, V15, V2, SDXL, XLV2)}
 
 
 def get_family(name: str) -> Family:
-    """The family registered as ``name`` (``mult``, ``switch``, ``v2``); a clear error for others."""
+    """The family registered as ``name`` (``mult``, ``switch``, ``v2``, ``sdxl``, ``xlv2``); a clear error for
+    others."""
     try:
         return FAMILIES[name]
     except KeyError:

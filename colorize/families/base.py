@@ -27,12 +27,15 @@ import torch
 from torch import Tensor, nn
 
 from colorize.checkpoint.assign import materialize
-from colorize.checkpoint.infer import infer_sketch_config, infer_unet_config, infer_vae_config
+from colorize.checkpoint.claims import config_from_metadata
+from colorize.checkpoint.infer import CONFIG_METADATA_KEY, infer_sketch_config, infer_unet_config, infer_vae_config
+from colorize.checkpoint.keys import DEFAULT_OPTIONAL
 from colorize.config import ClipConfig, ColorizerConfig, SketchEncoderConfig, VAEConfig
 from colorize.errors import InputError
 from colorize.models.attention import Processor
+from colorize.models.sketch_encoder import SketchEncoder
 from colorize.models.unet import DualCondUNet
-from colorize.preprocess import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_OUTPUT_SIDE
+from colorize.preprocess import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_OUTPUT_SIDE, target_size
 
 #: image in [-1, 1] (b, 3, H, W) → CLIP local tokens (b, N, c), or → diffusion latent (b, 4, H/8, W/8).
 Encoder = Callable[[Tensor], Tensor]
@@ -46,8 +49,9 @@ class SeparationInputs:
     tokens: CLIP local tokens of the reference (after any text edit); reference / background: images in
     [-1, 1] at their own sizes; size: output (H, W) in pixels; encode_tokens / encode_latent: image → CLIP
     tokens / → diffusion latent (a seeded VAE posterior sample); latent_mask: sketch foreground mask at latent
-    resolution ``(b, 1, h, w)`` when foreground/background enhance is on; reference_mask / background_mask:
-    pixel foreground masks ``(b, 1, H, W)`` in [0, 1].
+    resolution ``(b, 1, h, w)`` when foreground/background enhance is on (``Family.latent_mask`` of
+    ``sketch_mask``, the same mask at the output size in pixels); reference_mask / background_mask: pixel
+    foreground masks ``(b, 1, H, W)`` in [0, 1].
     """
 
     tokens: Tensor
@@ -59,17 +63,20 @@ class SeparationInputs:
     reference_mask: Tensor | None = None
     background: Tensor | None = None
     background_mask: Tensor | None = None
+    sketch_mask: Tensor | None = None
 
 
 @dataclass(frozen=True)
 class UNetInputs:
     """What a family gives its U-Net at every step of one generation: the context, the cross-attention processor
-    that reads it (``None`` = plain attention) and the family's other U-Net arguments. The reference-unconditional
-    CFG rows get a zero context of the same shape and the same processor and arguments (official rows)."""
+    that reads it (``None`` = plain attention), the self-attention processor (``None`` = plain; the xlv2 bank) and
+    the family's other U-Net arguments. The reference-unconditional CFG rows get a zero context of the same shape
+    and the same processors and arguments (official rows)."""
 
     context: Tensor
     cross_attention: Processor | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    self_attention: Processor | None = None
 
 
 @dataclass
@@ -112,6 +119,15 @@ class Family:
     components: ClassVar[dict[str, str]] = {}
     #: families whose files this family's training stages can start from (``name`` values)
     training_sources: ClassVar[tuple[str, ...]] = ()
+    #: key names or prefixes (ending in ".") of the released layout that a file may lack (CLIP, schedule buffers)
+    optional_keys: ClassVar[tuple[str, ...]] = DEFAULT_OPTIONAL
+    #: transformer blocks of the full-size U-Net: one reference strength each (``block_strengths``)
+    attention_block_count: ClassVar[int] = 16
+    #: ``(sampler, scheduler)`` of the official app of this family (what the CLI and nodes default to)
+    default_sampling: ClassVar[tuple[str, str]] = ("dpm_solver", "auto")
+    #: manifest names of the reference-encoder files this family reads besides the checkpoint (empty: the SD2.1
+    #: OpenCLIP file, ``colorize.weights.default_clip_name``)
+    reference_files: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ detection and config
     def matches(self, keys: Collection[str]) -> bool:
@@ -140,10 +156,28 @@ class Family:
             clip=ClipConfig(),
         )
 
+    def resolve_parameterization(self, metadata: Mapping[str, str] | None, file_name: str | None,
+                                 override: str | None = None) -> tuple[str, str]:
+        """``(parameterization, rule)``: an explicit ``override`` (``eps``/``v``), else the config our exports
+        store, else the family's released value; ``rule`` names what decided (``override``, ``metadata``,
+        ``family``)."""
+        if override is not None:
+            if override not in ("eps", "v"):
+                raise InputError(f"parameterization must be 'eps' or 'v', got {override!r}")
+            return override, "override"
+        if metadata and CONFIG_METADATA_KEY in metadata:
+            return config_from_metadata(metadata[CONFIG_METADATA_KEY], file_name or "checkpoint").parameterization, \
+                "metadata"
+        return self.parameterization, "family"
+
     # ------------------------------------------------------------------ modules
     def build_unet(self, config: ColorizerConfig, parts: Parts, name: str) -> nn.Module:
         """The denoising U-Net from the checkpoint's tensors (``parts["unet"]`` is consumed)."""
         return materialize(lambda: DualCondUNet(config.unet), parts.pop("unet"), f"{name} (U-Net)")
+
+    def build_sketch_encoder(self, config: ColorizerConfig, parts: Parts, name: str) -> nn.Module:
+        """The sketch encoder from the checkpoint's tensors (``parts["sketch_encoder"]`` is consumed)."""
+        return materialize(lambda: SketchEncoder(config.sketch), parts.pop("sketch_encoder"), f"{name} (sketch encoder)")
 
     def build_extras(self, config: ColorizerConfig, parts: Parts, name: str) -> dict[str, nn.Module]:
         """The family's other modules by component name (their parts are consumed)."""
@@ -160,7 +194,51 @@ class Family:
         for module in extras.values():
             module.to(device, torch.float32).eval().requires_grad_(False)
 
+    def check_reference_files(self, clip: Any, tagger: Any = None) -> None:
+        """A named :class:`~colorize.errors.InputError` when the reference-encoder files given cannot serve this
+        family (SD2.1: no tagger; CLIP may be inside the checkpoint)."""
+        if tagger is not None:
+            raise InputError(f"{self.label} checkpoints read no tagger: the WD tagger file is for ColorizeDiffusion XL")
+
+    def load_reference_encoder(self, clip: Any, tagger: Any = None, with_text: bool = False,
+                               extras: Mapping[str, nn.Module] | None = None) -> nn.Module:
+        """The reference encoder from its file(s) (SD2.1: the OpenCLIP ViT-H/14 file)."""
+        self.check_reference_files(clip, tagger)
+        from colorize.loader import load_reference_encoder
+
+        return load_reference_encoder(clip, with_text)
+
     # ------------------------------------------------------------------ generation
+    def encode_reference(self, encoder: Any, extras: Mapping[str, nn.Module], reference: Tensor) -> Tensor:
+        """Reference image(s) in [-1, 1] → the context tokens the U-Net reads (SD2.1: the 256 CLIP patch tokens)."""
+        from colorize.generate import reference_tokens
+
+        return reference_tokens(encoder, reference)
+
+    def check_size(self, width: int | None, height: int | None) -> None:
+        """A one-line :class:`~colorize.errors.InputError` for requested sides this family cannot produce (SD2.1:
+        any size is rounded to a multiple of 64)."""
+
+    def output_size(self, sketch_hw: tuple[int, int], width: int | None, height: int | None) -> tuple[int, int]:
+        """``(height, width)`` of the output (:func:`colorize.preprocess.target_size` at ``base_resolution``)."""
+        return target_size(sketch_hw, width, height, self.base_resolution)
+
+    def reference_scales(self, unet_config: Any, settings: Any) -> list[float]:
+        """One reference strength per transformer block from the settings' sliders (the SD2.1 app's rules:
+        :meth:`colorize.settings.GenerationSettings.reference_scales`)."""
+        return settings.reference_scales()
+
+    def unet_kwargs(self, size: tuple[int, int], device: torch.device) -> dict[str, Any]:
+        """U-Net arguments every call of a generation of ``size`` (H, W) pixels gets (SD2.1: none)."""
+        return {}
+
+    def latent_mask(self, pixel_mask: Tensor, factor: int) -> Tensor:
+        """A pixel sketch mask ``(b, 1, H, W)`` on the latent grid (SD2.1: bicubic, official
+        ``backend/appfunc.py:264``)."""
+        from colorize.masks.inputs import sketch_mask_to_latent
+
+        return sketch_mask_to_latent(pixel_mask, factor)
+
     def check_enhance(self, enhance: Any) -> None:
         """A clear :class:`~colorize.errors.InputError` for foreground/background settings
         (:class:`colorize.settings.EnhanceSettings`) this family cannot use."""
@@ -180,6 +258,10 @@ class Family:
     def fresh_modules(self, config: ColorizerConfig) -> dict[str, nn.Module]:
         """The U-Net and the extra modules by component name, freshly initialised (tiny test weights)."""
         return {"unet": DualCondUNet(config.unet)}
+
+    def tiny_reference_state_dicts(self, seed: int = 0) -> tuple[dict[str, Tensor], ...]:
+        """Random state dicts of :attr:`reference_files`, in that order (tiny test weights)."""
+        return ()
 
     def training_model(self, start: TrainingStart) -> tuple[ColorizerConfig, nn.Module, nn.Module]:
         """``(export config, trainable model, VAE)`` of this family's training stages, from ``start``. The model is

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 KindFn = Callable[["Fixture"], dict[str, torch.Tensor]]
 _KINDS: dict[str, KindFn] = {}
@@ -166,8 +167,8 @@ def run_fixture(fixture: Fixture) -> FixtureResult:
         why = _BROKEN.get(fixture.kind)
         error = f"kind {fixture.kind!r} failed to import ({why})" if why else f"kind {fixture.kind!r} not implemented"
         return FixtureResult(fixture.name, fixture.kind, False, error=error)
-    try:
-        with torch.no_grad():
+    try:  # the fixtures' attention is the exact float32 softmax(q kᵀ/√d + bias) v: the math kernel, not a
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # blocked one whose rounding differs per CPU
             produced = fn(fixture)
     except Exception as e:  # reported, not raised: the runner prints one line per fixture
         tb = traceback.format_exc(limit=-2).strip().splitlines()[-1]

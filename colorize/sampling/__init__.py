@@ -14,7 +14,7 @@ The official default ("diffuser_dpm") has its own integer timesteps and starting
 The XL app's default, DPM++ 3M SDE on the "Automatic" schedule (not yet in the nodes' :data:`SAMPLERS`)::
 
     sigmas = sampler_sigmas("dpmpp_3m_sde", "auto", steps, schedule)  # exponential_official
-    x = XL_SAMPLERS["dpmpp_3m_sde"](den, noise * sigmas[0], sigmas, generator=gen)
+    x = SAMPLERS["dpmpp_3m_sde"](den, noise * sigmas[0], sigmas, generator=gen)
 """
 from __future__ import annotations
 
@@ -30,13 +30,11 @@ from colorize.sampling.denoiser import (
 )
 from colorize.sampling.dpm_solver import dpm_solver_schedule, sample_dpm_solver
 from colorize.sampling.noise_schedule import DiscreteSchedule, ddpm_buffers
-from colorize.sampling.samplers import SAMPLERS, XL_SAMPLERS, BrownianNoiseSampler, sample_dpmpp_3m_sde
+from colorize.sampling.samplers import SAMPLERS, BrownianNoiseSampler, sample_dpmpp_3m_sde
 from colorize.sampling.sigmas import (
     AUTO_SCHEDULER,
     SCHEDULER_CHOICES,
     SCHEDULERS,
-    XL_SCHEDULER_CHOICES,
-    XL_SCHEDULERS,
     ddim_timesteps,
     drop_next_to_last,
     exponential_official,
@@ -58,9 +56,6 @@ __all__ = [
     "SCHEDULERS",
     "UNCOND_REF",
     "UNCOND_SKETCH",
-    "XL_SAMPLERS",
-    "XL_SCHEDULERS",
-    "XL_SCHEDULER_CHOICES",
     "combine_guidance",
     "ddim_timesteps",
     "ddpm_buffers",

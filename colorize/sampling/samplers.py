@@ -321,18 +321,13 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "ddim": sample_ddim,
     "dpm_solver": sample_dpm_solver_on_sigmas,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,  # the official XL app's default; works for every family
 }
-
-#: Every sampler, the node-visible ones plus those added for the XL family (``dpmpp_3m_sde``, the official XL
-#: app's default). The XL names stay out of :data:`SAMPLERS` until the XL nodes exist: :data:`SAMPLERS` is the
-#: combo list of the SD2.1 / v2 sampler node, whose choices saved workflows depend on.
-XL_SAMPLERS: dict[str, Callable[..., Tensor]] = {**SAMPLERS, "dpmpp_3m_sde": sample_dpmpp_3m_sde}
 
 __all__ = [
     "BrownianNoiseSampler",
     "NoiseSampler",
     "SAMPLERS",
-    "XL_SAMPLERS",
     "ancestral_step",
     "sample_ddim",
     "sample_dpm_solver_on_sigmas",

@@ -92,6 +92,7 @@ SCHEDULERS: dict[str, Callable[..., Tensor]] = {
     "karras": karras,
     "uniform": uniform_sigmas,
     "exponential": exponential,
+    "exponential_official": exponential_official,
 }
 #: Each sampler's own default schedule, as the official app's "Automatic" (k-diffusion / diffusers defaults).
 AUTO_SCHEDULER: dict[str, str] = {
@@ -104,10 +105,6 @@ AUTO_SCHEDULER: dict[str, str] = {
     "dpmpp_3m_sde": "exponential_official",
 }
 SCHEDULER_CHOICES: tuple[str, ...] = ("auto", "leading", *SCHEDULERS)
-#: Every schedule, the node-visible ones plus those added for the XL family. They stay out of
-#: :data:`SCHEDULERS` / :data:`SCHEDULER_CHOICES` (the sampler node's combo choices) until the XL nodes exist.
-XL_SCHEDULERS: dict[str, Callable[..., Tensor]] = {**SCHEDULERS, "exponential_official": exponential_official}
-XL_SCHEDULER_CHOICES: tuple[str, ...] = ("auto", "leading", *XL_SCHEDULERS)
 
 
 def resolve_scheduler(sampler: str, scheduler: str) -> str:
@@ -123,15 +120,13 @@ def sampler_sigmas(sampler: str, scheduler: str, steps: int, schedule: DiscreteS
     if name == "leading":
         rule = ddim_timesteps if sampler == "ddim" else leading_timesteps
         return timestep_sigmas(rule(steps, schedule.num_timesteps), schedule, device)
-    return XL_SCHEDULERS[name](steps, schedule, device=device)
+    return SCHEDULERS[name](steps, schedule, device=device)
 
 
 __all__ = [
     "AUTO_SCHEDULER",
     "SCHEDULERS",
     "SCHEDULER_CHOICES",
-    "XL_SCHEDULERS",
-    "XL_SCHEDULER_CHOICES",
     "ddim_timesteps",
     "drop_next_to_last",
     "leading_timesteps",

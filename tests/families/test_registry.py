@@ -22,13 +22,18 @@ from colorize.tiny import build_tiny_state_dicts, tiny_config
 
 
 def test_names_labels_and_folders_are_one_mapping() -> None:
-    """The official file prefixes (mult, switch, v2) and the names users see (v1, v1.5, v2), in one place."""
-    assert {f.name: f.label for f in FAMILIES.values()} == {"mult": "v1", "switch": "v1.5", "v2": "v2"}
-    assert {f.name: f.parameterization for f in FAMILIES.values()} == {"mult": "eps", "switch": "eps", "v2": "v"}
-    assert {f.name: f.base_resolution for f in FAMILIES.values()} == {"mult": 512, "switch": 512, "v2": 768}
+    """The official file prefixes / model types (mult, switch, v2, sdxl, xlv2) and the names users see, in one
+    place; both XL model types live in one folder."""
+    assert {f.name: f.label for f in FAMILIES.values()} == {"mult": "v1", "switch": "v1.5", "v2": "v2", "sdxl": "XL",
+                                                           "xlv2": "XL v2"}
+    assert {f.name: f.parameterization for f in FAMILIES.values()} == {"mult": "eps", "switch": "eps", "v2": "v",
+                                                                       "sdxl": "v", "xlv2": "v"}
+    assert {f.name: f.base_resolution for f in FAMILIES.values()} == {"mult": 512, "switch": 512, "v2": 768,
+                                                                      "sdxl": 1024, "xlv2": 1024}
+    assert FAMILIES["sdxl"].folder == FAMILIES["xlv2"].folder
     for family in FAMILIES.values():
         assert family.folder.parent == Path(registry.__file__).parent  # colorize/families/<folder>/
-        assert (family.folder / "keys.json.gz").is_file()
+        assert family.layout()  # the released key layout ships in the family's folder
         assert get_family(family.name) is family
     with pytest.raises(CheckpointError, match="unknown model family 'xl'"):
         get_family("xl")
@@ -45,7 +50,8 @@ def test_component_prefixes_never_overlap() -> None:
 def test_each_released_layout_is_detected_as_its_family(name: str) -> None:
     layout = get_family(name).layout()
     assert detect_family(layout) is get_family(name)
-    # a v2 file also carries v1.5's LoRA keys and v1's sketch encoder: detection asks the most specific first
+    # a v2 file also carries v1.5's LoRA keys and v1's sketch encoder, an XL file v1's markers and an xlv2 file
+    # v2's bg_encoder.*: detection asks the most specific first
     assert [f.name for f in FAMILIES.values() if f.matches(layout)][-1] == name
 
 

@@ -15,8 +15,9 @@ def test_multiples_of_32_are_accepted(hw: tuple[int, int]) -> None:
 
 
 @pytest.mark.parametrize("hw, message", [
-    ((1000, 1024), r"height 1000; use e\.g\. 1024x992"),
-    ((1024, 1030), r"width 1030; use e\.g\. 1024x1024"),
+    ((1000, 1024), r"height 1000; use e\.g\. width 1024, height 992"),
+    ((1024, 1030), r"width 1030; use e\.g\. width 1024, height 1024"),
+    ((None, 250), r"width 250; use e\.g\. width 256$"),
     ((0, 1024), "height 0"),
     ((1024, True), "width True"),
 ])

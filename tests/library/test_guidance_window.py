@@ -44,14 +44,16 @@ def reference() -> Tensor:
 
 
 def enhance_for(version: str) -> dict[str, Any]:
-    """v1.5/v2 on their split-attention path (512-token context) so the window is tested there too."""
+    """v1.5/v2/XL on their split-attention path (doubled context; xlv2 also the ReferenceNet bank) so the window is
+    tested there too (XL has background enhance only)."""
     if version == "mult":
         return {}
     m = torch.zeros(1, 64, 64)
     m[:, 16:48, 16:48] = 1
     rm = torch.zeros(1, 80, 60)
     rm[:, 20:60, 15:45] = 1
-    return {"enhance": EnhanceSettings(background_enhance=True, foreground_enhance=True),
+    xl = version in ("sdxl", "xlv2")
+    return {"enhance": EnhanceSettings(background_enhance=True, foreground_enhance=not xl),
             "sketch_mask": m, "reference_mask": rm}
 
 

@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from test_guidance_window import enhance_for, outline_sketch, reference
+from test_guidance_window import enhance_for as separation_for
+from test_guidance_window import outline_sketch, reference
 from torch import Tensor
 
 from colorize.errors import InputError
@@ -30,6 +31,13 @@ from colorize.preprocess import prepare_reference, prepare_sketch
 from colorize.sampling.denoiser import COND, UNCOND_REF, UNCOND_SKETCH
 from colorize.settings import GenerationSettings
 from colorize.tiny import VERSIONS
+
+
+def enhance_for(version: str) -> dict:  # type: ignore[type-arg]
+    """The separation path of each family, except xlv2's: its bank also replaces the self-attention, so
+    injection runs on its plain path (together they are refused: test below)."""
+    return {} if version == "xlv2" else separation_for(version)
+
 
 SIZE = (128, 128)  # the tiny U-Net bottoms out at 1×1 for 64², where GroupNorm refuses a batch of 1
 S = GenerationSettings(steps=2, width=128, height=128, sketch_cfg=2.0, injection=True)
@@ -213,3 +221,13 @@ def test_injection_reference_batch_must_pair_with_the_generation(models: dict[st
     match = "injection reference batch of 2 cannot be paired with a generation batch of 1"
     with pytest.raises(InputError, match=match):
         AttentionInjector(model.unet, two, model.schedule.alphas_cumprod)(call, x, t, context, hints, ROWS)
+
+
+def test_injection_and_the_xlv2_bank_are_refused_together(models: dict[str, Colorizer]) -> None:
+    """Both replace the self-attention: a one-line named error before sampling, not a silent choice."""
+    model = models["xlv2"]
+    cond = model.conditioning(prepare_sketch(outline_sketch(), SIZE), prepare_reference(reference()), S,
+                              sketch_hw=(64, 64), **separation_for("xlv2"))
+    with pytest.raises(InputError, match="injection and XL v2 background enhance") as e:
+        model.sample(cond, SIZE, S)
+    assert "\n" not in str(e.value)

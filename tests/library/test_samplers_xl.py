@@ -15,9 +15,6 @@ from colorize.sampling import (
     SAMPLERS,
     SCHEDULER_CHOICES,
     SCHEDULERS,
-    XL_SAMPLERS,
-    XL_SCHEDULER_CHOICES,
-    XL_SCHEDULERS,
     BrownianNoiseSampler,
     GuidedDenoiser,
     drop_next_to_last,
@@ -52,17 +49,17 @@ def exact_final(x_t: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ names
-def test_node_visible_lists_are_unchanged() -> None:
-    """The sampler node's combo choices (saved workflows depend on them) keep exactly their SD2.1 names."""
-    assert tuple(SAMPLERS) == ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "ddim", "dpm_solver")
-    assert SCHEDULER_CHOICES == ("auto", "leading", "karras", "uniform", "exponential")
-    assert all(XL_SAMPLERS[k] is f for k, f in SAMPLERS.items())
-    assert all(XL_SCHEDULERS[k] is f for k, f in SCHEDULERS.items())
-    assert XL_SAMPLERS["dpmpp_3m_sde"] is sample_dpmpp_3m_sde
-    assert XL_SCHEDULER_CHOICES == (*SCHEDULER_CHOICES, "exponential_official")
-    assert {k: AUTO_SCHEDULER[k] for k in SAMPLERS} == {
+def test_node_visible_lists_keep_their_names_and_add_the_xl_ones() -> None:
+    """The sampler node's combo choices keep every earlier name in its place (saved workflows depend on them);
+    the XL app's sampler and schedule are added at the end."""
+    assert tuple(SAMPLERS) == ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "ddim", "dpm_solver",
+                               "dpmpp_3m_sde")
+    assert SCHEDULER_CHOICES == ("auto", "leading", "karras", "uniform", "exponential", "exponential_official")
+    assert SAMPLERS["dpmpp_3m_sde"] is sample_dpmpp_3m_sde
+    assert SCHEDULERS["exponential_official"] is exponential_official
+    assert AUTO_SCHEDULER == {
         "euler": "uniform", "euler_ancestral": "uniform", "dpmpp_2m": "karras", "dpmpp_2m_sde": "exponential",
-        "ddim": "leading", "dpm_solver": "leading"}
+        "ddim": "leading", "dpm_solver": "leading", "dpmpp_3m_sde": "exponential_official"}
 
 
 @pytest.mark.parametrize("name", ["karras", "uniform", "exponential"])
@@ -138,7 +135,7 @@ def _errors(name: str, ns: list[int], **kw) -> list[float]:
     errs = []
     for n in ns:
         sig = exponential_sigmas(n, 0.03, 14.6).double()
-        out = XL_SAMPLERS[name](gaussian_denoiser, x_t.clone(), sig, **kw)
+        out = SAMPLERS[name](gaussian_denoiser, x_t.clone(), sig, **kw)
         errs.append((out - exact_final(x_t, sig)).abs().max().item())
     return errs
 
@@ -374,7 +371,7 @@ def test_kind_reads_every_size_and_setting_from_the_fixture() -> None:
             name_ = "dpmpp_3m_sde" if "3M" in case["sampler"] else "dpmpp_2m"
             sig = sampler_sigmas(name_, "auto" if case["scheduler"] == "Automatic" else "karras", case["steps"], sched)
             kw = {"noise_sampler": replay} if name_ == "dpmpp_3m_sde" else {}
-            final = XL_SAMPLERS[name_](den, noise * sig[0], sig, **kw)
+            final = SAMPLERS[name_](den, noise * sig[0], sig, **kw)
             outputs[f"{name}.sigmas"] = sig
         case.update(model_calls=len(log), sde_noise_used=len(pairs), sde_noise_sigma_pairs=pairs)
         outputs[f"{name}.final"] = final

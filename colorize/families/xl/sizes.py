@@ -23,15 +23,17 @@ XL_AUTOFIT_MIN, XL_AUTOFIT_MAX = 768, 1536
 XL_VAE_SCALE = 0.13025
 
 
-def check_xl_size(height: int, width: int) -> None:
-    """A one-line :class:`InputError` unless both sides are positive multiples of 32."""
-    bad = [f"{name} {value}" for name, value in (("height", height), ("width", width))
-           if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % XL_SIZE_MULTIPLE]
+def check_xl_size(height: int | None, width: int | None) -> None:
+    """A one-line :class:`InputError` unless every given side (``None`` = not given) is a positive multiple of 32."""
+    sides = {"width": width, "height": height}
+    bad = {name: value for name, value in sides.items() if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % XL_SIZE_MULTIPLE)}
     if bad:
-        near = [max(XL_SIZE_MULTIPLE, round(v / XL_SIZE_MULTIPLE) * XL_SIZE_MULTIPLE) if isinstance(v, int) else "?"
-                for v in (height, width)]
+        near = {name: max(XL_SIZE_MULTIPLE, round(v / XL_SIZE_MULTIPLE) * XL_SIZE_MULTIPLE)
+                if isinstance(v, int) else "?" for name, v in sides.items() if v is not None}
         raise InputError(f"ColorizeDiffusion XL needs sides that are multiples of {XL_SIZE_MULTIPLE}: "
-                         f"{', '.join(bad)}; use e.g. {near[1]}x{near[0]} (width x height)")
+                         f"{', '.join(f'{k} {v}' for k, v in bad.items())}; use e.g. "
+                         f"{', '.join(f'{k} {v}' for k, v in near.items())}")
 
 
 def autofit_size(sketch_hw: tuple[int, int], area: int = XL_BASE_RESOLUTION ** 2) -> tuple[int, int]:

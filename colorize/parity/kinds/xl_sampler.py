@@ -23,10 +23,10 @@ from torch import Tensor
 
 from colorize.config import ScheduleConfig
 from colorize.parity.core import Fixture, register
-from colorize.sampling import XL_SAMPLERS, GuidedDenoiser, dpm_solver_schedule, sample_dpm_solver, sampler_sigmas
+from colorize.sampling import SAMPLERS, GuidedDenoiser, dpm_solver_schedule, sample_dpm_solver, sampler_sigmas
 from colorize.sampling.noise_schedule import DiscreteSchedule
 
-#: Official sampler / scheduler labels → names in :data:`colorize.sampling.XL_SAMPLERS` / ``XL_SCHEDULERS``.
+#: Official sampler / scheduler labels → names in :data:`colorize.sampling.SAMPLERS` / ``SCHEDULERS``.
 K_SAMPLERS = {
     "DPM++ 3M SDE": "dpmpp_3m_sde",
     "DPM++ 2M": "dpmpp_2m",
@@ -141,7 +141,7 @@ def run(fx: Fixture) -> dict[str, Tensor]:
                     kwargs["noise_sampler"] = replay_noise = ReplayNoise(sde_noise)
             elif int(case.get("sde_noise_used", 0)):
                 raise ValueError(f"{name}: sampler {label!r} cannot replay stored SDE noise")
-            final = XL_SAMPLERS[sampler](den, noise * sigmas[0], sigmas, **kwargs)
+            final = SAMPLERS[sampler](den, noise * sigmas[0], sigmas, **kwargs)
             if replay_noise is not None:
                 _check_noise_use(name, case, replay_noise, fx.tolerance(f"{name}.sigmas"))
         calls = int(case.get("model_calls", outs[f"{name}.model_in"].shape[0]))
