@@ -30,7 +30,7 @@ from colorize.masks.inputs import (
 from colorize.models.attention import AttentionPatches, Processor
 from colorize.models.vae_tiling import TilingMode
 from colorize.models.vae_tiling import decode as decode_maybe_tiled
-from colorize.preprocess import blank_sketch, check_image
+from colorize.preprocess import blank_sketch
 from colorize.sampling import (
     COND,
     SAMPLERS,
@@ -109,19 +109,6 @@ def cast_for_inference(
             unet.label_emb.float()
     sketch_encoder.to(device, dtype).eval().requires_grad_(False)
     vae.to(device, torch.float32).eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def reference_tokens(reference_encoder: nn.Module, reference: Tensor) -> Tensor:
-    """Reference image(s) in [-1, 1] → (b, 256, C) patch tokens (CLS dropped, as the released models use).
-
-    ``reference_encoder`` is anything with ``encode_image(image, "full") -> (b, 1 + 256, C)``; the image is
-    moved to the device of its first parameter when it has one."""
-    image = check_image(reference, "reference", value_range=(-1.0, 1.0))
-    params = getattr(reference_encoder, "parameters", None)
-    if params is not None:
-        image = image.to(next(params()).device)
-    return reference_encoder.encode_image(image, "full")[:, 1:]
 
 
 @torch.no_grad()

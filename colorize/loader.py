@@ -29,9 +29,9 @@ from colorize.checkpoint import (
     reconcile_config,
     validate_keys,
 )
-from colorize.config import ClipConfig, ColorizerConfig
-from colorize.errors import CheckpointError
+from colorize.config import ColorizerConfig
 from colorize.families import Family, component_prefixes, detect_family, get_family, split_checkpoint
+from colorize.models.clip_files import clip_config_for, load_reference_encoder, load_reference_encoder_from_state_dict
 from colorize.models.vae import AutoencoderKL
 
 PathLike = str | os.PathLike[str]
@@ -147,54 +147,14 @@ def load_checkpoint_modules(path: PathLike, include_clip: bool = False,
     return ColorizerModules(config, unet, sketch, vae, ref, acp, extras)
 
 
-def clip_config_for(metadata: Mapping[str, str], what: str = "CLIP file") -> ClipConfig:
-    """The CLIP config stored by the tiny-weights writer, else OpenCLIP ViT-H-14."""
-    if CONFIG_METADATA_KEY in metadata:
-        return config_from_metadata(metadata[CONFIG_METADATA_KEY], what).clip
-    return ClipConfig()
-
-
-def load_reference_encoder_from_state_dict(
-    sd: Mapping[str, torch.Tensor], cfg: ClipConfig, what: str, with_text: bool = True
-) -> nn.Module:
-    """A frozen :class:`~colorize.models.clip.ReferenceEncoder` from open_clip or clip_vision weights.
-
-    ``with_text=False`` drops the text tower (354 M parameters for ViT-H) even when the file has it:
-    colorization needs only the vision tower; text manipulation needs both.
-    """
-    from colorize.models.clip import ReferenceEncoder  # open_clip is imported with it
-    from colorize.models.clip_convert import to_open_clip
-
-    try:
-        oc = to_open_clip(dict(sd))
-    except ValueError as e:
-        raise CheckpointError(f"{what}: not a usable CLIP ViT checkpoint: {e}") from None
-    with_text = with_text and "token_embedding.weight" in oc
-    if not with_text:
-        oc = {k: v for k, v in oc.items() if k.startswith("visual.")}
-    width = cfg.vision.get("width")
-    conv = oc.get("visual.conv1.weight")
-    if conv is not None and conv.shape[0] != width:
-        raise CheckpointError(
-            f"{what}: this CLIP vision tower is {conv.shape[0]} wide, but the colorizer needs "
-            f"{cfg.name} (width {width}). Use the OpenCLIP ViT-H-14 laion2b_s32b_b79k weights "
-            "(CLIP-ViT-H-14-laion2B-s32B-b79K)."
-        )
-    with torch.device("meta"):
-        enc = ReferenceEncoder(cfg, with_text=with_text)
-    if with_text and "logit_scale" not in oc:
-        oc["logit_scale"] = torch.zeros(())
-    own = enc.state_dict()
-    validate_keys({k: tuple(v.shape) for k, v in own.items()}, oc, optional=(), what=what)
-    check_weight_dtypes(oc, what, [k for k, v in own.items() if v.is_floating_point()])
-    enc.load_state_dict(oc, strict=True, assign=True)
-    enc.requires_grad_(False)
-    return enc
-
-
-def load_reference_encoder(path: PathLike, with_text: bool = True) -> nn.Module:
-    """The reference encoder from an open_clip-format or HF/ComfyUI clip_vision-format file."""
-    sd = load_state_dict_file(path)
-    metadata = read_metadata(path) if os.fspath(path).endswith(".safetensors") else {}
-    name = os.path.basename(os.fspath(path))
-    return load_reference_encoder_from_state_dict(sd, clip_config_for(metadata, name), name, with_text)
+__all__ = [
+    "CheckpointInfo",
+    "ColorizerModules",
+    "checkpoint_config",
+    "clip_config_for",
+    "load_checkpoint_modules",
+    "load_reference_encoder",
+    "load_reference_encoder_from_state_dict",
+    "read_checkpoint_info",
+    "read_checkpoint_parts",
+]

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from colorize.atomic import atomic_path
 from colorize.families import UNetInputs
-from colorize.generate import make_conditioning, reference_tokens, sample_latent, sketch_hints
+from colorize.families.base import reference_tokens
+from colorize.generate import make_conditioning, sample_latent, sketch_hints
 from colorize.preprocess import tensor_to_pil
 from colorize.sampling.noise_schedule import DiscreteSchedule
 from colorize.settings import GenerationSettings

@@ -245,8 +245,7 @@ def xl_report(header: Mapping[str, TensorInfo], metadata: Mapping[str, str] | No
               ) -> tuple[dict[str, Any], bool]:
     """What ``inspect`` says of a ColorizeDiffusion XL file (``(report, ok)``): model type and parameterisation
     (with the rule that decided), the configs from the shapes and each component's keys against the released
-    layout of its type (shapes compared at full size only). XL is not a registered family yet; this report
-    does not load anything."""
+    layout of its type (shapes compared at full size only). This report does not load anything."""
     from colorize.checkpoint.keys import split_by_prefix
     from colorize.families.xl.conditioning import ClusterConcatConfig
     from colorize.families.xl.detect import xl_config_from_shapes, xl_parameterization
@@ -296,7 +295,7 @@ def format_xl_report(rep: Mapping[str, Any]) -> str:
             "override": "as given"}[rep["parameterization_rule"]]
     lines = [
         f"file:             {rep['path']} ({rep['n_tensors']} tensors, {_fmt_params(rep['n_params'])} values)",
-        f"version:          ColorizeDiffusion XL, model type {rep['model_type']} (not loadable here yet)",
+        f"version:          ColorizeDiffusion XL, model type {rep['model_type']} (family {rep['model_type']!r})",
         f"parameterization: {rep['parameterization']} ({rule})",
         f"size:             {rep['size']} (config from shapes)",
         f"config:           {rep['config']}",

@@ -35,7 +35,7 @@ from colorize.errors import InputError
 from colorize.models.attention import Processor
 from colorize.models.sketch_encoder import SketchEncoder
 from colorize.models.unet import DualCondUNet
-from colorize.preprocess import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_OUTPUT_SIDE, target_size
+from colorize.preprocess import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_OUTPUT_SIDE, check_image, target_size
 
 #: image in [-1, 1] (b, 3, H, W) → CLIP local tokens (b, N, c), or → diffusion latent (b, 4, H/8, W/8).
 Encoder = Callable[[Tensor], Tensor]
@@ -204,15 +204,13 @@ class Family:
                                extras: Mapping[str, nn.Module] | None = None) -> nn.Module:
         """The reference encoder from its file(s) (SD2.1: the OpenCLIP ViT-H/14 file)."""
         self.check_reference_files(clip, tagger)
-        from colorize.loader import load_reference_encoder
+        from colorize.models.clip_files import load_reference_encoder
 
         return load_reference_encoder(clip, with_text)
 
     # ------------------------------------------------------------------ generation
     def encode_reference(self, encoder: Any, extras: Mapping[str, nn.Module], reference: Tensor) -> Tensor:
         """Reference image(s) in [-1, 1] → the context tokens the U-Net reads (SD2.1: the 256 CLIP patch tokens)."""
-        from colorize.generate import reference_tokens
-
         return reference_tokens(encoder, reference)
 
     def check_size(self, width: int | None, height: int | None) -> None:
@@ -276,6 +274,19 @@ class Family:
         return f"<family {self.name} ({self.label})>"
 
 
+@torch.no_grad()
+def reference_tokens(reference_encoder: nn.Module, reference: Tensor) -> Tensor:
+    """Reference image(s) in [-1, 1] → (b, 256, C) patch tokens (CLS dropped, as the released SD2.1 models use).
+
+    ``reference_encoder`` is anything with ``encode_image(image, "full") -> (b, 1 + 256, C)``; the image is
+    moved to the device of its first parameter when it has one."""
+    image = check_image(reference, "reference", value_range=(-1.0, 1.0))
+    params = getattr(reference_encoder, "parameters", None)
+    if params is not None:
+        image = image.to(next(params()).device)
+    return reference_encoder.encode_image(image, "full")[:, 1:]
+
+
 def has_unet(keys: Collection[str]) -> bool:
     """Whether the keys hold an SD-style U-Net (``model.diffusion_model.*``)."""
     return any(k.startswith("model.diffusion_model.") for k in keys)
@@ -288,4 +299,5 @@ def _layout(path: Path) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple((k, tuple(v)) for k, v in json.loads(gzip.decompress(path.read_bytes())).items())
 
 
-__all__ = ["Encoder", "Family", "Parts", "SeparationInputs", "TrainingStart", "UNetInputs", "has_unet"]
+__all__ = ["Encoder", "Family", "Parts", "SeparationInputs", "TrainingStart", "UNetInputs", "has_unet",
+           "reference_tokens"]

@@ -15,6 +15,8 @@ from colorize.families import get_family
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASED = {"mult-eps-ft.safetensors", "mult-eps-newft.safetensors", "switch-eps.safetensors", "v2-full.safetensors"}
+#: ColorizeDiffusion XL: file names not confirmed (the entries carry a pattern the loader searches instead)
+RELEASED_XL = {"sdxl.safetensors", "xlv2.safetensors"}
 
 
 def _all_files(d: Path) -> list[Path]:
@@ -41,10 +43,13 @@ def test_manifest_schema() -> None:
         else:  # not on the Hub: a direct https URL is required
             assert e.get("url", "").startswith("https://") and w.hub_url(e) == e["url"]
     ckpts = [e for e in entries if e["kind"] == "checkpoint"]
-    assert {e["filename"] for e in ckpts} == RELEASED
+    assert {e["filename"] for e in ckpts} == RELEASED | RELEASED_XL
     for e in ckpts:
-        assert e["licence"] == "CC-BY-NC-SA-4.0" and e["repo_id"] == "tellurion/ColorizeDiffusion"
+        xl = e["filename"] in RELEASED_XL
+        assert e["licence"] == "CC-BY-NC-SA-4.0"
+        assert e["repo_id"] == ("tellurion/ColorizeDiffusionXL" if xl else "tellurion/ColorizeDiffusion")
         assert e["models_subdir"] == "colorizediffusion"
+        assert (e.get("file_pattern") == f"{e['version']}*.safetensors") == xl
         assert e["parameterization"] == get_family(e["version"]).parameterization
     for e in entries:
         if e["kind"].startswith("clip"):
@@ -241,3 +246,13 @@ def test_cli_offline_with_empty_model_folders_exits_quickly_with_the_named_error
     assert not re.search(r"(?i)retry|retrying", out), out
     assert elapsed < 10, f"took {elapsed:.1f} s"
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_release_with_an_unconfirmed_name_is_found_by_its_pattern(tmp_path: Path) -> None:
+    """The XL file names are not known here: any sdxl*/xlv2* file in models/colorizediffusion serves."""
+    own = tmp_path / "colorizediffusion" / "sdxl_v1.0-eps.safetensors"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"x")
+    assert w.resolve("sdxl", tmp_path) == own
+    with pytest.raises(w.WeightsMissingError):
+        w.resolve("xlv2", tmp_path)
