@@ -175,9 +175,15 @@ class Family:
         """The denoising U-Net from the checkpoint's tensors (``parts["unet"]`` is consumed)."""
         return materialize(lambda: DualCondUNet(config.unet), parts.pop("unet"), f"{name} (U-Net)")
 
+    def sketch_encoder_module(self, config: ColorizerConfig, shapes: Mapping[str, Any]) -> nn.Module:
+        """An untrained sketch encoder of this family for the given sketch-encoder tensor shapes (prefix
+        stripped), built on the current device (SD2.1: the MultiEncoder of ``config.sketch``)."""
+        return SketchEncoder(config.sketch)
+
     def build_sketch_encoder(self, config: ColorizerConfig, parts: Parts, name: str) -> nn.Module:
         """The sketch encoder from the checkpoint's tensors (``parts["sketch_encoder"]`` is consumed)."""
-        return materialize(lambda: SketchEncoder(config.sketch), parts.pop("sketch_encoder"), f"{name} (sketch encoder)")
+        sd = parts.pop("sketch_encoder")
+        return materialize(lambda: self.sketch_encoder_module(config, sd), sd, f"{name} (sketch encoder)")
 
     def build_extras(self, config: ColorizerConfig, parts: Parts, name: str) -> dict[str, nn.Module]:
         """The family's other modules by component name (their parts are consumed)."""
@@ -188,6 +194,11 @@ class Family:
         empty (on the meta device when called there) for a host that runs its own SD2.1 U-Net (the native
         bridge); their weights are the U-Net keys ``<name>.*``."""
         return {}
+
+    def native_unused_unet_key(self, key: str) -> bool:
+        """Whether a U-Net key (prefix stripped) is left out of the native bridge's host U-Net and its extras (a
+        module only the pack's own sampler uses)."""
+        return False
 
     def cast_extras(self, extras: Mapping[str, nn.Module], device: torch.device, dtype: torch.dtype) -> None:
         """Place and cast the extra modules for inference (in place, frozen, eval)."""

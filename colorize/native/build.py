@@ -38,17 +38,21 @@ class NativeCheckpoint:
     alphas_cumprod: Tensor | None = None
 
 
-def read_native_checkpoint(path: PathLike) -> NativeCheckpoint:
-    """Read a ColorizeDiffusion checkpoint (family detected from its keys) into host-ready parts."""
-    name, config, parts = read_checkpoint_parts(path)
+def read_native_checkpoint(path: PathLike, parameterization: str | None = None) -> NativeCheckpoint:
+    """Read a ColorizeDiffusion checkpoint (family detected from its keys) into host-ready parts;
+    ``parameterization`` (``eps``/``v``) overrides what the file says (XL files do not record it)."""
+    name, config, parts = read_checkpoint_parts(path, parameterization=parameterization)
     family = get_family(config.version)
     with torch.device("meta"):
         modules = family.unet_additions(config, parts)
-    base, additions = split_unet_state_dict(parts["unet"], tuple(modules))
+    unet = {k: v for k, v in parts["unet"].items() if not family.native_unused_unet_key(k)}
+    base, additions = split_unet_state_dict(unet, tuple(modules))
     encoders = family.build_extras(config, parts, name)
     shapes = lora_shapes(additions)
-    extras = materialize(lambda: NativeExtras(config, shapes, modules),
-                         extras_state_dict(parts.pop("sketch_encoder"), additions), f"{name} (colorizer extras)")
+    sketch_sd = parts.pop("sketch_encoder")
+    extras = materialize(lambda: NativeExtras(config, shapes, modules,
+                                              sketch_encoder=family.sketch_encoder_module(config, sketch_sd)),
+                         extras_state_dict(sketch_sd, additions), f"{name} (colorizer extras)")
     acp = parts.get("schedule", {}).get("alphas_cumprod")
     return NativeCheckpoint(name, config, base, parts.pop("vae"), extras.eval().requires_grad_(False),
                             {k: m.eval().requires_grad_(False) for k, m in encoders.items()}, acp)

@@ -71,12 +71,13 @@ class NativeExtras(nn.Module):
 
     def __init__(self, config: ColorizerConfig, lora: Mapping[str, LoraShapes] | None = None,
                  additions: Mapping[str, nn.Module] | None = None, *,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, sketch_encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
         self.lora_paths = {path: lora_module_name(path) for path in (lora or {})}
         with torch.device(device) if device is not None else nullcontext():
-            self.sketch_encoder = SketchEncoder(config.sketch)
+            # the SD2.1 MultiEncoder unless the family built its own (XL: the multi-scale attention encoder)
+            self.sketch_encoder = sketch_encoder if sketch_encoder is not None else SketchEncoder(config.sketch)
             self.lora = nn.ModuleDict({name: AttentionLora(lora[path])  # type: ignore[index]
                                        for path, name in self.lora_paths.items()})
         for name, module in (additions or {}).items():

@@ -1,14 +1,16 @@
 """Where the colorizer's pieces sit in a host's SD2.1-style U-Net (pure data, no host import).
 
-A host such as ComfyUI builds the SD2.1 U-Net from an ``openaimodel``-style parameter set and names its
-blocks ``("input", i)``, ``("middle", 0)``, ``("output", i)``. This module derives, from our
+A host such as ComfyUI builds the SD2.1 (or SDXL) U-Net from an ``openaimodel``-style parameter set and names
+its blocks ``("input", i)``, ``("middle", 0)``, ``("output", i)``. This module derives, from our
 :class:`~colorize.config.UNetConfig` (never from a host's shape detection, which does not know tiny or
 custom layouts):
 
 * :func:`host_unet_config` — the constructor parameters of that U-Net (thesis §5.3.1: SD2.1 backbone with
-  1×1-conv ``proj_in/out``, i.e. ``use_linear_in_transformer=False`` as the released checkpoints);
-* :func:`attention_blocks` — the cross-attention blocks in the official 16-block order
-  (:data:`colorize.models.unet.ATTENTION_BLOCK_ORDER` for SD2.1), as host keys and module paths;
+  1×1-conv ``proj_in/out``, i.e. ``use_linear_in_transformer=False`` as the released checkpoints; XL: the SDXL
+  U-Net with Linear projections, per-level depths and the "sequential" adm input);
+* :func:`attention_blocks` — the cross-attention blocks (SpatialTransformers) in the official order
+  (:data:`colorize.models.unet.ATTENTION_BLOCK_ORDER` for SD2.1), as host keys, module paths and the index of
+  their first transformer block (one reference strength per transformer block: 16 SD2.1, 70 XL);
 * :func:`hint_block_indices` — the input blocks after which the sketch hints are added (Eq. 5.1);
 * :func:`split_unet_state_dict` — U-Net keys the host's U-Net has vs. the colorizer's own additions (the
   v1.5/v2 split LoRA pairs, a family's other U-Net modules such as v2's ``warp_modules`` / ``style_modules``),
@@ -31,14 +33,15 @@ EXTRA_KEY_MARKERS: tuple[str, ...] = (".lora_down_fg.", ".lora_up_fg.", ".lora_d
 class AttentionBlock:
     """One cross-attention block: its position in the official order, host key and module path."""
 
-    index: int
+    index: int  # the first of its transformer blocks in the per-block order (= its position when depth is 1)
     key: tuple[str, int]  # ("input", 1), ("middle", 0), ("output", 3), ...
     path: str  # "input_blocks.1.1", "middle_block.1", "output_blocks.3.1" (the SpatialTransformer)
+    depth: int = 1  # its transformer blocks (the host's ``block_index`` runs over them)
 
 
 def _level_depths(cfg: UNetConfig) -> list[int]:
     """Transformer depth of each resolution level (0 where the level has no attention)."""
-    return [cfg.transformer_depth if 2**level in cfg.attention_resolutions else 0
+    return [cfg.level_depth(level) if 2**level in cfg.attention_resolutions else 0
             for level in range(len(cfg.channel_mult))]
 
 
@@ -56,14 +59,15 @@ def host_unet_config(cfg: UNetConfig) -> dict[str, Any]:
         "transformer_depth": [d for d in depths for _ in range(cfg.num_res_blocks)],
         # per output block, listed from the top level down (the host consumes the list from its end)
         "transformer_depth_output": [d for d in depths for _ in range(cfg.num_res_blocks + 1)],
-        "transformer_depth_middle": cfg.transformer_depth,
+        "transformer_depth_middle": cfg.level_depth(-1),
         "context_dim": cfg.context_dim,
         "num_heads": -1,
         "num_head_channels": cfg.num_head_channels,
-        "use_linear_in_transformer": False,
+        "use_linear_in_transformer": cfg.use_linear_in_transformer,
         "use_spatial_transformer": True,
         "legacy": False,
-        "adm_in_channels": None,
+        "adm_in_channels": cfg.adm_in_channels,
+        **({"num_classes": "sequential"} if cfg.adm_in_channels is not None else {}),
         "use_checkpoint": False,
         "use_temporal_attention": False,
         "use_temporal_resblock": False,
@@ -73,23 +77,27 @@ def host_unet_config(cfg: UNetConfig) -> dict[str, Any]:
 def attention_blocks(cfg: UNetConfig) -> list[AttentionBlock]:
     """The cross-attention blocks in the official order: input blocks, middle block, output blocks."""
     depths = _level_depths(cfg)
-    found: list[tuple[tuple[str, int], str]] = []
+    found: list[tuple[tuple[str, int], str, int]] = []
     block = 1  # input block 0 is conv_in
     for level, depth in enumerate(depths):
         for _ in range(cfg.num_res_blocks):
             if depth:
-                found.append((("input", block), f"input_blocks.{block}.1"))
+                found.append((("input", block), f"input_blocks.{block}.1", depth))
             block += 1
         if level != len(depths) - 1:
             block += 1  # the Downsample block
-    found.append((("middle", 0), "middle_block.1"))
+    found.append((("middle", 0), "middle_block.1", cfg.level_depth(-1)))
     block = 0
     for depth in reversed(depths):
         for _ in range(cfg.num_res_blocks + 1):
             if depth:
-                found.append((("output", block), f"output_blocks.{block}.1"))
+                found.append((("output", block), f"output_blocks.{block}.1", depth))
             block += 1
-    return [AttentionBlock(i, key, path) for i, (key, path) in enumerate(found)]
+    out, first = [], 0
+    for key, path, depth in found:
+        out.append(AttentionBlock(first, key, path, depth))
+        first += depth
+    return out
 
 
 def hint_block_indices(cfg: UNetConfig) -> list[int]:

@@ -58,30 +58,51 @@ class NativeParts:
 
     def describe(self) -> str:
         tiny = "; tiny random test weights" if self.config.tiny else ""
-        return (f"{self.name}: {get_family(self.config.version).title} as a native SD2.x MODEL, "
+        host = "SDXL" if self.config.unet.adm_in_channels is not None else "SD2.x"
+        return (f"{self.name}: {get_family(self.config.version).title} as a native {host} MODEL, "
                 f"{self.config.parameterization}-prediction, {str(self.dtype).replace('torch.', '')}{tiny}")
 
 
+def adm_model_class() -> type:
+    """ComfyUI's ``BaseModel`` with the ColorizeDiffusion XL adm vector (``y``: sinusoids of √(H·W) of the output
+    in pixels and of the score 7.0, :func:`colorize.families.xl.unet.adm_vector`) instead of SDXL's 2816-value
+    text/size vector; ComfyUI passes the output size as ``width``/``height`` (the latent's × 8)."""
+    from comfy import model_base
+
+    from colorize.families.xl.unet import adm_vector
+
+    class ColorizeAdmModel(model_base.BaseModel):
+        def encode_adm(self, **kwargs: Any) -> Tensor:
+            noise = kwargs["noise"]
+            return adm_vector(int(kwargs["height"]), int(kwargs["width"]), int(noise.shape[0]),
+                              device=kwargs.get("device"))
+
+    return ColorizeAdmModel
+
+
 def native_model(ck: NativeCheckpoint, precision: str) -> Any:
-    """ComfyUI's SD2.x ``ModelPatcher`` for the checkpoint's U-Net; its config comes from ours (tiny and custom
-    layouts included), never from ComfyUI's shape detection or eps/v guess."""
+    """ComfyUI's SD2.x ``ModelPatcher`` for the checkpoint's U-Net (SDXL with the XL adm vector for an XL
+    checkpoint); its config comes from ours (tiny and custom layouts included), never from ComfyUI's shape
+    detection or eps/v guess."""
     mm = comfy_module("comfy.model_management")
     if mm is None:
         raise InputError("the native bridge needs ComfyUI (comfy.model_management is not loaded)")
     from comfy import model_base, model_patcher, supported_models
 
     params = sum(t.numel() for t in ck.unet.values())
-    model_config = supported_models.SD20(host_unet_config(ck.config.unet))
-    model_config.unet_config["num_head_channels"] = ck.config.unet.num_head_channels  # SD20 presets 64
+    xl = ck.config.unet.adm_in_channels is not None  # an adm input: the SDXL U-Net and latent format (0.13025)
+    model_config = (supported_models.SDXL if xl else supported_models.SD20)(host_unet_config(ck.config.unet))
+    model_config.unet_config["num_head_channels"] = ck.config.unet.num_head_channels  # the presets say 64
     dev = mm.get_torch_device()
     supported = list(model_config.supported_inference_dtypes)
     dtype = _DTYPES[precision] if precision in _DTYPES else mm.unet_dtype(model_params=params, supported_dtypes=supported)
     model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, dev, supported))
     kind = model_base.ModelType.V_PREDICTION if ck.config.parameterization == "v" else model_base.ModelType.EPS
-    model = model_base.BaseModel(model_config, model_type=kind).to(mm.unet_offload_device())
+    model_class = adm_model_class() if xl else model_base.BaseModel
+    model = model_class(model_config, model_type=kind).to(mm.unet_offload_device())
     missing, unexpected = model.diffusion_model.load_state_dict(ck.unet, strict=False)
     if missing or unexpected:
-        raise InputError(f"{ck.name}: the U-Net does not fit ComfyUI's SD2.x U-Net (missing {missing[:3]}, "
+        raise InputError(f"{ck.name}: the U-Net does not fit ComfyUI's U-Net (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
     return model_patcher.ModelPatcher(model, load_device=dev, offload_device=mm.unet_offload_device())
 

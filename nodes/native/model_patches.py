@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from colorize.errors import InputError
-from colorize.families import UNetInputs
+from colorize.families import UNetInputs, get_family
 from colorize.generate import separation_inputs
 from colorize.models.vae import SeededLatentEncoder
-from colorize.preprocess import check_image, fit_and_pad, target_size, to_signed
-from colorize.settings import MAX_SEED, level_reference_scales
+from colorize.preprocess import check_image, fit_and_pad, to_signed
+from colorize.settings import MAX_SEED, GenerationSettings
 
 from ..enhance import EnhanceRequest
 from ..host import intermediate_device, load_device, ready_all
@@ -47,11 +47,12 @@ def sketch_input() -> Any:
                                             "Preprocess.")
 
 
-def prepared_sketch(image: Tensor) -> Tensor:
-    """A prepared sketch IMAGE → (B, 3, H, W) in [-1, 1], fitted into multiples of 64 (padding = no lines)."""
+def prepared_sketch(image: Tensor, parts: NativeParts) -> Tensor:
+    """A prepared sketch IMAGE → (B, 3, H, W) in [-1, 1] at the size its family runs (SD2.1: fitted into
+    multiples of 64, padding = no lines; XL: sides must be multiples of 32, a named error otherwise)."""
     x = to_signed(check_image(image_to_bchw(image), "sketch"))
-    h, w = x.shape[-2:]
-    size = target_size((h, w), w, h)
+    h, w = (int(v) for v in x.shape[-2:])
+    size = get_family(parts.config.version).output_size((h, w), w, h)
     return x if size == (h, w) else fit_and_pad(x, size, fill=-1.0)
 
 
@@ -111,7 +112,7 @@ class NativeSketch(io.ComfyNode):
     @classmethod
     def execute(cls, model: Any, colorizer: NativeParts, sketch: Tensor, strength: float) -> io.NodeOutput:
         check_parts(model, colorizer)
-        x = prepared_sketch(sketch)
+        x = prepared_sketch(sketch, colorizer)
         m = model.clone()
         attach(m, colorizer)
         set_patch(m, "input_block_patch", HintPatch(colorizer, x, strength), HintPatch)
@@ -149,11 +150,15 @@ class NativeReferenceStrength(io.ComfyNode):
     def execute(cls, model: Any, colorizer: NativeParts, reference_strength: float, encoder_strength: float,
                 middle_strength: float, low_strength: float) -> io.NodeOutput:
         check_parts(model, colorizer)
-        if len(colorizer.blocks) != 16:
-            raise InputError(f"per-level strengths need the SD2.1 layout of 16 attention blocks; {colorizer.name} "
-                             f"has {len(colorizer.blocks)}")
-        scales = level_reference_scales(reference_strength,
-                                        level_strengths(encoder_strength, middle_strength, low_strength))
+        family = get_family(colorizer.config.version)
+        released = family.attention_block_count
+        count = sum(b.depth for b in colorizer.blocks)
+        if count != released:
+            raise InputError(f"per-level strengths need the released layout of {released} transformer blocks; "
+                             f"{colorizer.name} has {count}")
+        levels = GenerationSettings(reference_strength=reference_strength,
+                                    level_strengths=level_strengths(encoder_strength, middle_strength, low_strength))
+        scales = family.reference_scales(colorizer.config.unet, levels)  # XL sdxl: the official encoder-only rule
         m = model.clone()
         set_attention(m, attention_patch(m, colorizer).with_(scales=tuple(scales)))
         return io.NodeOutput(m)
@@ -198,7 +203,11 @@ class NativeEnhance(io.ComfyNode):
     def execute(cls, model: Any, colorizer: NativeParts, reference: ReferenceTokens, sketch: Tensor,
                 enhance: EnhanceRequest, seed: int) -> io.NodeOutput:
         check_parts(model, colorizer)
-        inputs = cls.inputs(colorizer, reference.tokens, prepared_sketch(sketch), enhance, seed)
+        inputs = cls.inputs(colorizer, reference.tokens, prepared_sketch(sketch, colorizer), enhance, seed)
+        if inputs.self_attention is not None:
+            raise InputError(f"{colorizer.name}: XL v2 background separation reads its ReferenceNet bank through the "
+                             "layers' own projections, which the native MODEL does not expose: use Colorize Sampler "
+                             "for it (the native path runs XL v2 without separation)")
         m = model.clone()
         attach(m, colorizer)
         processor, kw = inputs.cross_attention, inputs.kwargs  # (an earlier Native Enhance is replaced)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from colorize.errors import InputError
+from colorize.families.xl.split_attention import XLSplitAttention
 from colorize.generate import sketch_hints
 from colorize.models.attention import Attend, AttentionCall, AttentionPatches, AttentionSite, attend_heads
 from colorize.models.split_attention import SplitAttention
@@ -103,13 +104,13 @@ class HintPatch(Shared):
 class SplitState:
     """v1.5/v2 split attention of one generation: its processor (mask at latent size) and the context length."""
 
-    processor: SplitAttention
+    processor: SplitAttention | XLSplitAttention
     tokens: int  # 2N: the [fg | bg] context length the positive/negative conditioning carries
 
     @property
     def lora(self) -> bool:
-        o = self.processor.options
-        return o.use_fg_lora or o.use_bg_lora
+        o = self.processor.options  # (the XL split attention has no fg/bg LoRA)
+        return bool(getattr(o, "use_fg_lora", False) or getattr(o, "use_bg_lora", False))
 
 
 class RawInputs(Shared):
@@ -138,7 +139,7 @@ class AttentionPatch(Shared):
         block = next(b for b in self.parts.blocks if b.key == tuple(extra_options["block"]))
         depth = int(extra_options.get("block_index", 0))
         grid = self.grid(q, extra_options) if self.split is not None else (0, 0)  # only the split mask needs it
-        site = AttentionSite(block.index, depth, True, grid)
+        site = AttentionSite(block.index + depth, depth, True, grid)  # the transformer block's own index
         lora = None
         x, context = extra_options.get(RAW_KEY, (None, None))
         if self.split is not None:

@@ -105,10 +105,10 @@ class XLFamily(Family):
     def build_unet(self, config: ColorizerConfig, parts: Parts, name: str) -> nn.Module:
         return materialize(lambda: build_xl_unet(config.unet), parts.pop("unet"), f"{name} (U-Net)")
 
-    def build_sketch_encoder(self, config: ColorizerConfig, parts: Parts, name: str) -> nn.Module:
-        sd = parts.pop("sketch_encoder")
-        cfg = infer_sketch_encoder_config(sd, dim_head=xl_extras(config)["sketch_dim_head"])
-        return materialize(lambda: MultiScaleAttentionEncoder(cfg), sd, f"{name} (sketch encoder)")
+    def sketch_encoder_module(self, config: ColorizerConfig, shapes: Mapping[str, Any]) -> nn.Module:
+        """The multi-scale attention sketch encoder of these shapes (its head width from ``config.extras``)."""
+        cfg = infer_sketch_encoder_config(shapes, dim_head=xl_extras(config)["sketch_dim_head"])
+        return MultiScaleAttentionEncoder(cfg)
 
     def build_extras(self, config: ColorizerConfig, parts: Parts, name: str) -> dict[str, nn.Module]:
         require_components(parts, self.components, tuple(self.components), name)
@@ -264,6 +264,11 @@ class XLV2Family(XLFamily):
         out["bg_encoder"] = materialize(lambda: build_reference_net(reference_net_config(config.unet)), bg,
                                         f"{name} (ReferenceNet)")
         return out
+
+    def native_unused_unet_key(self, key: str) -> bool:
+        """The background LoRA and ``conv_fg``: the native bridge runs xlv2's plain path (its background
+        separation, the ReferenceNet bank, needs the layers' own projections: the pack's Sampler)."""
+        return key.startswith("conv_fg.") or key.endswith(("lora_down_background.weight", "lora_up_background.weight"))
 
     def reference_scales(self, unet_config: UNetConfig, settings: Any) -> list[float]:
         """The xlv2 (base) rule: encoder blocks ← encoder slider, then low-level blocks ← low slider (× strength);
