@@ -6,6 +6,8 @@
 #   bash colorize/benchmark/gpu_speed_memory.sh
 # Local CPU smoke test of the same script (tiny model, seconds per step):
 #   BENCH_SMOKE=1 OUT=/tmp/bench-out bash colorize/benchmark/gpu_speed_memory.sh
+# Only some steps (names below, space-separated), e.g. the XL rows alone (~3 minutes on an H200):
+#   BENCH_STEPS="xl xlv2bg xllowvram" bash colorize/benchmark/gpu_speed_memory.sh
 #
 # Steps, most important first; each runs only if its time estimate fits the remaining budget
 # (BENCH_BUDGET_S, default 470 s), and under its own timeout:
@@ -19,6 +21,11 @@
 #   best      CUDA graphs + channels-last, 512/768/1024
 #   compile   torch.compile (default mode) of the U-Net at 1024² (the U-Net efficiency target), if time is left
 #   injection attention injection (fidelity 0.5) at 512² and 1024²: its cost on CUDA fp16 (compare with baseline)
+#   isnet     one ISNet mask forward on the apps' 1024 canvas
+#   xl        ColorizeDiffusion XL sdxl, 1024², its app's sampler (DPM++ 3M SDE, exponential), fp16, FLOPs: random
+#             full-size weights built on the GPU (U-Net 2.56 B, CLIP-bigG 1.84 B, tagger, VAE fp32)
+#   xlv2bg    xlv2 with background separation (synthetic masks: background tokens, VAE encode, ReferenceNet bank)
+#   xllowvram sdxl 1024², --low-vram (CLIP-bigG + tagger and the U-Net on the CPU except while they run)
 # Output ($OUT, 3 files): runs.json (every run's bench JSON by name), summary.md (table + ratios to the
 # official H200 figures and the speed targets), logs.txt (every run's console output).
 set -uo pipefail
@@ -33,14 +40,14 @@ if [ -z "${BENCH_SMOKE:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:$PWD
   PY=python3
-  RES="512 768 1024"; BIG=1024; SMALL=512; CANVAS=1024
+  RES="512 768 1024"; BIG=1024; SMALL=512; CANVAS=1024; XLRES=1024
   COMMON=(--steps 20 --sampler dpmpp_2m --scheduler karras --ref-cfg 4 --sketch-cfg 1 --precision fp16
           --official "$OFFICIAL" --overwrite)
   SCALE=1; COMPILE=(--compile)
 else  # CPU smoke test: tiny model, 2 steps
   PY=${PYTHON:-.venv/bin/python}
   export PYTHONPATH=$PWD
-  RES="64 128"; BIG=128; SMALL=64; CANVAS=128
+  RES="64 128"; BIG=128; SMALL=64; CANVAS=128; XLRES=64
   COMMON=(--steps 2 --sampler dpmpp_2m --scheduler karras --ref-cfg 4 --sketch-cfg 1 --device cpu --config tiny
           --official "$OFFICIAL" --overwrite)
   SCALE=0; COMPILE=(--compile --compile-backend eager)  # the plumbing only: inductor on 2 CPU cores takes minutes
@@ -52,6 +59,7 @@ fi
 # bench NAME ESTIMATE_S ARGS... : run if ESTIMATE_S fits the budget left; timeout = what is left (at most 4×estimate)
 bench() {
   local name=$1 est=$2; shift 2
+  if [ -n "${BENCH_STEPS:-}" ] && [[ " $BENCH_STEPS " != *" $name "* ]]; then return; fi
   local left=$((BUDGET - SECONDS))
   if [ "$left" -lt "$est" ]; then
     echo "== $name skipped: ${left}s left, needs ~${est}s" | tee -a "$RUNS/skipped.txt"; return
@@ -73,10 +81,14 @@ bench best      60 --res $RES --runs 3 --warmup 1 --unet-iters 10 --no-flops --c
 bench compile   90 --res $BIG --runs 3 --warmup 1 --unet-iters 10 --no-flops "${COMPILE[@]}"
 bench injection 60 --res $SMALL $BIG --runs 2 --warmup 1 --unet-iters 2 --no-flops --injection  # attention injection's cost on CUDA
 bench isnet     20 --isnet $CANVAS --runs 5 --warmup 2  # one ISNet mask forward (the apps' 1024 canvas)
+XL=(--sampler dpmpp_3m_sde --scheduler auto --res $XLRES)
+bench xl        60 --family sdxl "${XL[@]}" --runs 3 --warmup 1 --unet-iters 10
+bench xlv2bg    60 --family xlv2 --bg-enhance "${XL[@]}" --runs 2 --warmup 1 --unet-iters 5
+bench xllowvram 60 --family sdxl "${XL[@]}" --runs 2 --warmup 1 --unet-iters 3 --no-flops --low-vram
 
 if [ "$SCALE" = 0 ]; then  # the smoke test cannot honour CUDA-only options: check they are refused cleanly
   for f in "$RUNS"/graphs.log "$RUNS"/lowvram8*.log "$RUNS"/best.log; do
-    grep -q "need a CUDA device" "$f" && echo "smoke: $(basename "$f") refused as expected"
+    [ -f "$f" ] && grep -q "need a CUDA device" "$f" && echo "smoke: $(basename "$f") refused as expected"
   done
   rm -f "$RUNS"/graphs.* "$RUNS"/lowvram8*.* "$RUNS"/best.*
 fi

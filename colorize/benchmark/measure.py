@@ -101,18 +101,40 @@ def synthetic_inputs(size: tuple[int, int], batch: int, seed: int) -> tuple[Tens
     return prepare_sketch(sketch01, size, "invert"), prepare_reference(reference01)
 
 
+def synthetic_masks(size: tuple[int, int], batch: int) -> dict[str, Tensor]:
+    """Foreground masks (B, H, W) for background separation: the sketch's and the reference's central box."""
+    h, w = size
+    mask = torch.zeros(batch, h, w)
+    mask[:, h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1.0
+    return {"sketch_mask": mask, "reference_mask": mask.clone()}
+
+
 def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, warmup: int = 1,
-               unet_iters: int = 10, batch: int = 1, flops: bool = True) -> dict[str, Any]:
+               unet_iters: int = 10, batch: int = 1, flops: bool = True, enhance: Any = None) -> dict[str, Any]:
     """Time one resolution: stages of ``runs`` generations (after ``warmup``), ``unet_iters`` single U-Net
-    calls at the CFG batch size, peak memory, FLOPs and achieved TFLOP/s."""
-    from colorize.generate import make_conditioning
+    calls at the CFG batch size, peak memory, FLOPs and achieved TFLOP/s. ``enhance``
+    (:class:`~colorize.settings.EnhanceSettings`): background separation with synthetic masks, its conditioning
+    (the background tokens; xlv2: the VAE encode and the ReferenceNet) timed as ``separation_ms``."""
+    from colorize.generate import make_conditioning, separation_inputs
     from colorize.injection import generation_injection
+    from colorize.models.vae import SeededLatentEncoder
+    from colorize.settings import MAX_SEED
 
     dev = model.device
     sketch, reference = synthetic_inputs(size, batch, settings.seed)
     sketch, reference = sketch.to(dev), reference.to(dev)
+    masks = synthetic_masks(size, batch) if enhance is not None and enhance.active else {}
     calls = [0]
     hook = model.unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    offload = getattr(model, "offload", None)
+
+    def conditioning(tokens: Tensor) -> Any:
+        """The family's U-Net inputs (XL: the adm vector; with ``enhance``: the separation), as the pipeline."""
+        encode_latent = SeededLatentEncoder(model.vae, (int(settings.seed) + 2) % (MAX_SEED + 1))
+        with offload.on_device(vae=model.vae) if offload is not None else nullcontext():
+            return separation_inputs(model.config, model.extras, enhance, tokens=tokens, reference=reference,
+                                     sketch=sketch, sketch_hw=size, encode_tokens=model.encode_reference,
+                                     encode_latent=encode_latent, **masks)
 
     def generate() -> tuple[dict[str, float], Any, Tensor, Tensor]:
         synchronize(dev)
@@ -121,21 +143,22 @@ def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, 
         synchronize(dev)
         t1 = time.perf_counter()
         hints, hints_uncond = model.encode_sketch(sketch, settings.sketch_strength)
-        cond = make_conditioning(tokens, hints, hints_uncond, model.dtype)
-        cond.injection = generation_injection(reference, size, model.vae, model.sketch_encoder, settings)
         synchronize(dev)
         t2 = time.perf_counter()
-        latent = model.sample(cond, size, settings)
+        cond = make_conditioning(conditioning(tokens), hints, hints_uncond, model.dtype)
+        cond.injection = generation_injection(reference, size, model.vae, model.sketch_encoder, settings)
         synchronize(dev)
         t3 = time.perf_counter()
-        image = model.decode(latent, check_finite=False)  # reported as output_finite
+        latent = model.sample(cond, size, settings)
         synchronize(dev)
         t4 = time.perf_counter()
-        ms = {"clip_ms": t1 - t0, "sketch_ms": t2 - t1, "encode_ms": t2 - t0, "sample_ms": t3 - t2,
-              "decode_ms": t4 - t3, "total_ms": t4 - t0}
+        image = model.decode(latent, check_finite=False)  # reported as output_finite
+        synchronize(dev)
+        t5 = time.perf_counter()
+        ms = {"clip_ms": t1 - t0, "sketch_ms": t2 - t1, "separation_ms": t3 - t2, "encode_ms": t3 - t0,
+              "sample_ms": t4 - t3, "decode_ms": t5 - t4, "total_ms": t5 - t0}
         return {k: v * 1e3 for k, v in ms.items()}, cond, latent, image
 
-    offload = getattr(model, "offload", None)
     try:
         for _ in range(warmup):
             generate()
@@ -151,7 +174,8 @@ def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, 
     finally:
         hook.remove()
 
-    out: dict[str, Any] = {"res": f"{size[1]}x{size[0]}", "height": size[0], "width": size[1], "batch": batch}
+    out: dict[str, Any] = {"res": f"{size[1]}x{size[0]}", "height": size[0], "width": size[1], "batch": batch,
+                           "family": model.family.name, "bg_enhance": bool(masks)}
     for key in timings[0]:
         out[key] = median([t[key] for t in timings])
         out[key.replace("_ms", "_ms_all")] = [round(t[key], 3) for t in timings]
@@ -189,7 +213,7 @@ def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, 
         out["unet_tflops"] = out["unet_flops"] / (out["unet_call_ms"] * 1e-3) / 1e12
         out["sampling_tflops"] = unet_calls * out["unet_flops"] / (out["sample_ms"] * 1e-3) / 1e12
         with eager():
-            out["clip_flops"], _ = count_flops(lambda: model.encode_reference(reference))
+            out["clip_flops"], _ = count_flops(lambda: model.encode_reference(reference))  # XL: CLIP-bigG + tagger
             out["sketch_flops"], _ = count_flops(lambda: model.encode_sketch(sketch, settings.sketch_strength))
             out["decode_flops"], _ = count_flops(lambda: model.decode(latent))
         out["generation_flops"] = int(out["clip_flops"] + out["sketch_flops"] + unet_calls * out["unet_flops"]
@@ -221,7 +245,11 @@ def unet_call(model: Any, cond: Any, latent: Tensor, settings: Any) -> tuple[Cal
     context, hints = cond.rows(rows)
     x = torch.cat([latent] * len(rows)).to(model.device)
     t = torch.full((x.shape[0],), 500.0, device=model.device)
-    attention = AttentionPatches(cross_attention=cond.cross_attention, reference_scales=settings.reference_scales())
+    scales = model.family.reference_scales(model.config.unet, settings)
+    if len(scales) != getattr(model.unet, "num_attention_blocks", len(scales)):  # another topology: as the sampler
+        scales = None
+    attention = AttentionPatches(self_attention=cond.self_attention, cross_attention=cond.cross_attention,
+                                 reference_scales=scales)
 
     def call() -> Tensor:
         with torch.no_grad():
@@ -231,4 +259,4 @@ def unet_call(model: Any, cond: Any, latent: Tensor, settings: Any) -> tuple[Cal
 
 
 __all__ = ["bench_size", "count_flops", "peak_memory", "reset_peak_memory", "synchronize", "synthetic_inputs",
-           "tiling_difference", "unet_call"]
+           "synthetic_masks", "tiling_difference", "unet_call"]

@@ -50,12 +50,15 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
-    """Markdown table, one row per resolution."""
-    head = ("resolution", "end to end ms", "CLIP ms", "sketch ms", "sampling ms", "per step ms", "U-Net call ms (batch)",
-            "U-Net GFLOP", "U-Net TFLOP/s", "VAE decode ms", "peak mem GiB")
+    """Markdown table, one row per resolution (XL's "CLIP" = CLIP-bigG and the WD tagger)."""
+    separation = any(r.get("bg_enhance") for r in results)  # background separation: its conditioning's column
+    head = ("resolution", "end to end ms", "CLIP ms", "sketch ms", *(("separation ms",) if separation else ()),
+            "sampling ms", "per step ms", "U-Net call ms (batch)", "U-Net GFLOP", "U-Net TFLOP/s", "VAE decode ms",
+            "peak mem GiB")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        cells = (r["res"], _f(r["total_ms"]), _f(r["clip_ms"]), _f(r["sketch_ms"]), _f(r["sample_ms"]),
+        cells = (r["res"], _f(r["total_ms"]), _f(r["clip_ms"]), _f(r["sketch_ms"]),
+                 *((_f(r.get("separation_ms")),) if separation else ()), _f(r["sample_ms"]),
                  _f(r["per_step_ms"]), f"{_f(r['unet_call_ms'])} ({r['cfg_batch']})",
                  _g(r.get("unet_flops"), 1e-9), _g(r.get("unet_tflops")), _f(r["decode_ms"]),
                  _f(r.get("peak_memory_gib"), digits=2))

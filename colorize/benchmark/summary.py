@@ -29,7 +29,12 @@ def main(run_dir: Path, out_dir: Path, official_path: Path) -> None:
             runs[log.stem] = {"error": "no JSON (crashed or timed out): " + log.read_text()[-1500:]}
     (out_dir / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
 
-    base_flops = {r["res"]: r["unet_flops"] for r in runs.get("baseline", {}).get("results", []) if r.get("unet_flops")}
+    base_flops = {("mult", r["res"]): r["unet_flops"] for r in runs.get("baseline", {}).get("results", [])
+                  if r.get("unet_flops")}
+    for doc in runs.values():  # the XL rows with FLOPs give theirs to the XL rows without
+        for r in doc.get("results", []) if doc.get("model", {}).get("family", "mult") != "mult" else []:
+            if r.get("unet_flops") and not r.get("bg_enhance"):
+                base_flops.setdefault((doc["model"]["family"], r["res"]), r["unet_flops"])
     lines = ["# GPU speed and memory bench summary", ""]
     env = next((r["env"] for r in runs.values() if "env" in r), {})
     lines.append(f"device: {env.get('device_name')}, torch {env.get('torch')}, CUDA {env.get('cuda')}")
@@ -46,7 +51,10 @@ def main(run_dir: Path, out_dir: Path, official_path: Path) -> None:
                          f"{r.get('peak_memory_gib') or 0:.2f} | ISNet mask network forward, float32 |")
             continue
         opts = doc.get("options") or {}
-        notes = [f"{s['kind']}: {'on' if s['active'] else 'fell back: ' + str(s['fallback'])[:80]}"
+        family = (doc.get("model") or {}).get("family", "mult")
+        notes = [] if family == "mult" else [f"{family}" + (" + background separation" if
+                                                              (doc.get("settings") or {}).get("bg_enhance") else "")]
+        notes += [f"{s['kind']}: {'on' if s['active'] else 'fell back: ' + str(s['fallback'])[:80]}"
                  for s in opts.get("unet_speedups", [])]
         if opts.get("memory_cap_gib"):
             notes.append(f"cap {opts['memory_cap_gib']} GiB")
@@ -56,20 +64,23 @@ def main(run_dir: Path, out_dir: Path, official_path: Path) -> None:
             if "error" in r:
                 lines.append(f"| {name} | {r['res']} | {r['error'][:80]} | | | | | | | | |")
                 continue
-            theirs = official.get(r["res"], {}).get("total_ms_median")
+            theirs = official.get(r["res"], {}).get("total_ms_median") if family == "mult" else None  # v1 figures
             ratio = f"{r['total_ms'] / theirs:.3f}" if theirs else "n/a"
+            target = TARGET.get(r["res"], "n/a") if family == "mult" else "n/a"
             tf = r.get("unet_tflops")
-            if tf is None and r["res"] in base_flops:  # --no-flops runs: the baseline's count, same call
-                tf = base_flops[r["res"]] / (r["unet_call_ms"] * 1e-3) / 1e12
+            if tf is None and (family, r["res"]) in base_flops and not r.get("bg_enhance"):  # --no-flops: same call
+                tf = base_flops[(family, r["res"])] / (r["unet_call_ms"] * 1e-3) / 1e12
             tf_s = f"{tf:.0f} ({100 * tf / BF16_PEAK_TFLOPS:.0f} %)" if tf else "n/a"
             extra = list(notes)
             if r.get("vae_tiled") and r.get("tiling_max_abs_vs_untiled") is not None:
                 extra.append(f"tiled: max|Δ| {r['tiling_max_abs_vs_untiled']:.3g}, mean {r['tiling_mean_abs_vs_untiled']:.3g}")
             elif r.get("vae_tiled"):
                 extra.append("tiled (untiled decode out of memory)")
+            if r.get("bg_enhance") and r.get("separation_ms") is not None:
+                extra.append(f"separation conditioning {r['separation_ms']:.1f} ms")
             if "offload_gb_moved_per_generation" in r:
                 extra.append(f"{r['offload_gb_moved_per_generation']:.2f} GB moved/gen")
-            lines.append(f"| {name} | {r['res']} | {r['total_ms']:.1f} | {ratio} | {TARGET.get(r['res'], 'n/a')} | "
+            lines.append(f"| {name} | {r['res']} | {r['total_ms']:.1f} | {ratio} | {target} | "
                          f"{r['sample_ms']:.1f} | {r['unet_call_ms']:.2f} | {tf_s} | {r['decode_ms']:.1f} | "
                          f"{r.get('peak_memory_gib', 0):.2f} | {'; '.join(extra)} |")
         if doc.get("tolerance"):
