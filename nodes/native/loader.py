@@ -10,11 +10,12 @@ from __future__ import annotations
 from inspect import cleandoc
 
 from colorize.device import PRECISIONS
+from colorize.errors import InputError
 from colorize.families import get_family
 from colorize.native.build import read_native_checkpoint
 
 from ..host import offload_device
-from ..loaders import SUPPORTED_VERSIONS, default_file
+from ..loaders import PARAMETERIZATION_CHOICES, SUPPORTED_VERSIONS, default_file
 from ..models import CHECKPOINT_FOLDER, list_files, resolve_file
 from ..schema import io, output, ui
 from ..sockets import ReferenceSocket, ReferenceTokens
@@ -28,8 +29,10 @@ class NativeLoader(io.ComfyNode):
 
     HELP = cleandoc("""
         - **MODEL**: the U-Net as ComfyUI's own SD2.x model, eps-prediction for v1 / v1.5 and v-prediction for v2,
-          detected from the file's keys. KSampler, SamplerCustomAdvanced, LoRA loaders and model-merge nodes work
-          on it.
+          detected from the file's keys; for ColorizeDiffusion XL an SDXL-shaped model whose adm input (the
+          output size and the aesthetic score 7.0) the bridge supplies. KSampler, SamplerCustomAdvanced, LoRA
+          loaders and model-merge nodes work on it. XL v2 runs its plain path here: its background separation
+          needs **Colorize Sampler**.
         - **colorizer**: the colorizer's own parts (sketch encoder, v1.5/v2 split LoRA, v2 warp and style modules,
           background encoders) for the Native patch nodes (**Native Sketch**, **Native Reference Strength**,
           **Native Enhance**), which must be applied for colorization (thesis §5.3).
@@ -49,10 +52,16 @@ class NativeLoader(io.ComfyNode):
                 io.Combo.Input("ckpt_name", options=list_files(CHECKPOINT_FOLDER, SUPPORTED_VERSIONS),
                                default=default_file("mult-eps-ft"),
                                tooltip="Checkpoint in models/colorizediffusion (mult-eps-ft = v1, switch-eps = v1.5, "
-                                       "v2-full = v2); a missing listed file is downloaded when the node first runs."),
+                                       "v2-full = v2, sdxl* / xlv2* = XL); a missing listed file is downloaded when "
+                                       "the node first runs."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
                                tooltip="U-Net precision. auto = ComfyUI's choice for the device (fp16 on most GPUs, "
                                        "fp32 on CPU); the colorizer's modules follow it."),
+                io.Combo.Input("parameterization", options=list(PARAMETERIZATION_CHOICES), default="auto",
+                               optional=True,
+                               tooltip="Prediction type. auto = what the file says, else its family's: XL files do "
+                                       "not record it, so the official rule decides (eps when the file name "
+                                       "contains 'eps', else v). eps / v override it."),
             ],
             outputs=[
                 output(io.Model, "model",
@@ -65,9 +74,12 @@ class NativeLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, ckpt_name: str, precision: str) -> io.NodeOutput:
+    def execute(cls, ckpt_name: str, precision: str, parameterization: str = "auto") -> io.NodeOutput:
+        if parameterization not in PARAMETERIZATION_CHOICES:
+            raise InputError(f"parameterization must be one of {', '.join(PARAMETERIZATION_CHOICES)}, "
+                             f"got {parameterization!r}")
         path = resolve_file(CHECKPOINT_FOLDER, ckpt_name)
-        ck = read_native_checkpoint(path)
+        ck = read_native_checkpoint(path, None if parameterization == "auto" else parameterization)
         model = native_model(ck, precision)
         vae = native_vae(ck)
         dtype = host_dtype(model)

@@ -240,3 +240,31 @@ def test_chunk_hints_pick_the_blank_sketch_only_for_sketch_unconditional_chunks(
     assert out[:2].eq(1).all() and out[2:4].eq(0).all() and out[4:].eq(1).all()
     with pytest.raises(ValueError):
         chunk_hints([torch.ones(3, 2, 3, 3)], [torch.zeros(3, 2, 3, 3)], [False], chunk=2)
+
+
+def test_xl_host_unet_config_is_comfyuis_sdxl_with_the_xl_adm_width() -> None:
+    """The full-size XL U-Net in ComfyUI's SDXL parameters (its model detection values), adm input 512."""
+    from colorize.families.xl.unet import XL_UNET
+
+    cfg = host_unet_config(XL_UNET)
+    assert cfg["transformer_depth"] == [0, 0, 2, 2, 10, 10] and cfg["transformer_depth_middle"] == 10
+    assert cfg["transformer_depth_output"] == [0, 0, 0, 2, 2, 2, 10, 10, 10]
+    assert cfg["use_linear_in_transformer"] is True and cfg["context_dim"] == 2048
+    assert cfg["adm_in_channels"] == 512 and cfg["num_classes"] == "sequential"
+    blocks = attention_blocks(XL_UNET)
+    assert [b.index for b in blocks] == [0, 2, 4, 14, 24, 34, 44, 54, 64, 66, 68]  # first transformer block each
+    assert sum(b.depth for b in blocks) == 70 and hint_block_indices(XL_UNET) == [0, 3, 6, 8]
+
+
+@pytest.mark.parametrize("version", ["sdxl", "xlv2"])
+def test_read_native_xl_checkpoint(tmp_path: Path, version: str) -> None:
+    """The host U-Net keys are exactly the XL U-Net's (xlv2's background LoRA and conv_fg stay out: the native
+    path is its plain one); the multi-scale sketch encoder rides beside it; a parameterisation can be forced."""
+    from colorize.families.xl.sketch_encoder import MultiScaleAttentionEncoder
+    from colorize.families.xl.unet import build_xl_unet
+
+    path = write_tiny_weights(tmp_path, versions=(version,))[CHECKPOINT_NAMES[version]]
+    ck = read_native_checkpoint(path)
+    assert set(ck.unet) == set(build_xl_unet(tiny_config(version).unet, device="meta").state_dict())
+    assert isinstance(ck.extras.sketch_encoder, MultiScaleAttentionEncoder) and "proj" in ck.encoders
+    assert ck.config.parameterization == "v" and read_native_checkpoint(path, "eps").config.parameterization == "eps"
