@@ -25,6 +25,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    "clip_vision format) for v1/v1.5/v2, CLIP ViT-bigG-14 (clip_vision_g.safetensors) for XL")
     p.add_argument("--tagger", default=None, help="XL only: the WD v1.4 SwinV2 tagger file or manifest name "
                    "(default wd-v1-4-swinv2-tagger-v2)")
+    p.add_argument("--vae", default=None, help="a VAE file replacing the checkpoint's (original format, e.g. a fixed "
+                   "fp16 SDXL VAE)")
+    p.add_argument("--vae-precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="VAE precision (default fp32: the released SDXL VAE overflows in fp16)")
     p.add_argument("--parameterization", choices=("eps", "v"), default=None,
                    help="the checkpoint's prediction target, when its file does not say (XL: the official rule is "
                    "'eps' in the file name, else v)")
@@ -161,7 +165,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     clip, tagger = refs[0], (refs[1] if len(refs) > 1 else None)
     separation = _separation(args, sketch, reference)  # mask networks run (and are fetched) before the colorizer loads
     model = Colorizer.from_files(ckpt, clip, device=args.device, precision=args.precision, low_vram=args.low_vram,
-                                 tagger=tagger, parameterization=args.parameterization)
+                                 tagger=tagger, parameterization=args.parameterization,
+                                 vae=resolve(args.vae, args.models_dir) if args.vae else None,
+                                 vae_precision=args.vae_precision)
     if args.vae_tiling is not None:
         model.vae_tiling = args.vae_tiling
     result_mask = _result_mask(args)

@@ -318,11 +318,11 @@ def vae_decode(vae: nn.Module, z: Tensor, tiling: TilingMode = "off", check_fini
     values (an overflow in sampling, e.g. a huge guidance scale or fp16): such an image would be saved as
     silently black.
     """
-    image = decode_maybe_tiled(vae, z.to(module_device(vae), torch.float32), tiling)
+    image = decode_maybe_tiled(vae, z.to(module_device(vae), module_dtype(vae)), tiling).float()
     if check_finite and not torch.isfinite(image).all():
         raise NonFiniteResultError(
-            "the decoded image has NaN or infinite values (numbers overflowed while sampling): lower the guidance "
-            "scales, or run the U-Net in fp32 or bf16 instead of fp16"
+            "the decoded image has NaN or infinite values (numbers overflowed while sampling or decoding): lower the "
+            "guidance scales, or run the U-Net (and the VAE) in fp32 or bf16 instead of fp16"
         )
     return image.clamp(-1, 1)
 

@@ -30,6 +30,7 @@ from colorize.checkpoint import (
     validate_keys,
 )
 from colorize.config import ColorizerConfig
+from colorize.errors import CheckpointError
 from colorize.families import Family, component_prefixes, detect_family, get_family, split_checkpoint
 from colorize.models.clip_files import clip_config_for, load_reference_encoder, load_reference_encoder_from_state_dict
 from colorize.models.vae import AutoencoderKL
@@ -147,12 +148,27 @@ def load_checkpoint_modules(path: PathLike, include_clip: bool = False,
     return ColorizerModules(config, unet, sketch, vae, ref, acp, extras)
 
 
+def load_vae_file(path: PathLike, config: ColorizerConfig) -> nn.Module:
+    """A kl-f8 VAE from its own file (keys ``encoder.*``/``decoder.*``/``quant_conv.*``, or a checkpoint's
+    ``first_stage_model.*``), sized like ``config.vae``; a diffusers-format file is a named error."""
+    name = os.path.basename(os.fspath(path))
+    sd = load_state_dict_file(path)
+    prefix = "first_stage_model."
+    if any(k.startswith(prefix) for k in sd):
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if any(".down_blocks." in k or ".up_blocks." in k for k in sd):
+        raise CheckpointError(f"{name} is a diffusers-format VAE; use the original-format file (the one ComfyUI "
+                              "reads from models/vae, e.g. sdxl.vae.safetensors)")
+    return materialize(lambda: AutoencoderKL(config.vae), sd, f"{name} (VAE)")
+
+
 __all__ = [
     "CheckpointInfo",
     "ColorizerModules",
     "checkpoint_config",
     "clip_config_for",
     "load_checkpoint_modules",
+    "load_vae_file",
     "load_reference_encoder",
     "load_reference_encoder_from_state_dict",
     "read_checkpoint_info",

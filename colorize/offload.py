@@ -18,10 +18,13 @@ Why whole-module offload is enough for 8 GB (full-size v1, 1024², CFG batch 2; 
 
 A finer U-Net block offload (each of the 25 blocks moved per call) would bring the sampling stage under
 1 GiB but move 1.7 GB per step (34 GB for 20 steps, ≈ 1–1.5 s): only worth it below ~4 GB and not
-implemented. The v1.5/v2 extras (threshold embedder and cluster transformer; v2's background and style encoders,
-≈ 0.7 B parameters, ≈ 1.4 GiB in fp16) stay on the device: the 8 GB estimate above is for v1. Modules smaller than
-``keep_below_bytes`` (default 512 MiB: the VAE and the sketch encoder)
-stay on the device, so v2's VAE encode inside the conditioning and every small module work unchanged.
+implemented. A family's extra modules are offloaded the same way (``extra_<name>``, on the device while the
+conditioning runs): v2's background and style encoders (≈ 0.7 B parameters, ≈ 1.4 GiB in fp16) and XL v2's
+ReferenceNet (2.0 B, ≈ 3.7 GiB in fp16). For XL the five large pieces are then each alone on the device: the
+CLIP-bigG tower with the tagger (1.94 B, fp32 7.2 GiB), the ReferenceNet, the U-Net (2.56 B, fp16 4.8 GiB), the
+VAE (fp32 0.31 GiB). Modules smaller than ``keep_below_bytes`` (default 512 MiB: the VAE, the sketch encoders,
+XL's ClusterConcat, v1.5's small extras) stay on the device, so v2's VAE encode inside the conditioning and
+every small module work unchanged.
 
 Nothing here imports ComfyUI (inside the host its model management does the same job).
 """
@@ -39,6 +42,8 @@ from torch import Tensor, nn
 #: names of the Colorizer attributes that are offloaded, in the order a generation uses them
 MODULES = ("reference_encoder", "sketch_encoder", "unet", "vae")
 KEEP_BELOW_BYTES = 512 << 20
+#: name prefix of a family's extra modules (``Colorizer.extras``) under management
+EXTRA_PREFIX = "extra_"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -178,9 +183,10 @@ class SequentialOffload:
             torch.cuda.empty_cache()
 
 
-def offloaded(*names: str) -> Callable[[F], F]:
+def offloaded(*names: str, extras: bool = False) -> Callable[[F], F]:
     """Method decorator for a colorizer: when ``self.offload`` is a :class:`SequentialOffload`, the named
-    module attributes sit on the compute device for the call; otherwise the method runs unchanged."""
+    module attributes (and with ``extras`` every module of ``self.extras``) sit on the compute device for the
+    call; otherwise the method runs unchanged."""
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
@@ -188,7 +194,10 @@ def offloaded(*names: str) -> Callable[[F], F]:
             offload = getattr(self, "offload", None)
             if offload is None:
                 return fn(self, *args, **kwargs)
-            with offload.on_device(**{n: getattr(self, n) for n in names}):
+            modules = {n: getattr(self, n) for n in names}
+            if extras:
+                modules.update({EXTRA_PREFIX + k: m for k, m in self.extras.items()})
+            with offload.on_device(**modules):
                 return fn(self, *args, **kwargs)
 
         return inner  # type: ignore[return-value]
@@ -205,10 +214,12 @@ def enable_low_vram(colorizer: Any, keep_below_bytes: int = KEEP_BELOW_BYTES, em
         offload = SequentialOffload(colorizer.device, keep_below_bytes=keep_below_bytes, empty_cache=empty_cache)
     for name in MODULES:
         offload.manage(name, getattr(colorizer, name))
+    for name, module in getattr(colorizer, "extras", {}).items():
+        offload.manage(EXTRA_PREFIX + name, module)
     colorizer.offload = offload
     if getattr(colorizer, "vae_tiling", "off") == "off":
         colorizer.vae_tiling = "auto"
     return offload
 
 
-__all__ = ["KEEP_BELOW_BYTES", "MODULES", "SequentialOffload", "enable_low_vram", "module_bytes", "offloaded"]
+__all__ = ["EXTRA_PREFIX", "KEEP_BELOW_BYTES", "MODULES", "SequentialOffload", "enable_low_vram", "module_bytes", "offloaded"]

@@ -53,8 +53,10 @@ class Colorizer:
     precision while the U-Net's time embedding and output head, the VAE and CLIP stay fp32.
     ``extras`` are the family's other modules (:class:`colorize.loader.ColorizerModules`); v1.5/v2
     foreground/background separation is asked for with :class:`colorize.settings.EnhanceSettings`.
-    ``low_vram`` keeps CLIP and the U-Net on the CPU, each on the device only while it runs
-    (:mod:`colorize.offload`), and tiles large VAE decodes; ``vae_tiling`` is off / auto / on.
+    ``low_vram`` keeps the large modules (CLIP and the XL tagger, the U-Net, a family's large encoders such as
+    v2's and XL v2's ReferenceNet) on the CPU, each on the device only while it runs (:mod:`colorize.offload`),
+    and tiles large VAE decodes; ``vae_tiling`` is off / auto / on. XL: the VAE always runs in fp32 (the SDXL VAE
+    overflows in fp16) unless ``vae_precision`` says otherwise (for a fixed fp16 SDXL VAE given as ``vae``).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Colorizer:
         alphas_cumprod: Tensor | None = None,
         extras: Mapping[str, nn.Module] | None = None,
         low_vram: bool = False,
+        vae_precision: str | torch.dtype = "fp32",
     ) -> None:
         self.config = config
         self.family = get_family(config.version)
@@ -76,6 +79,9 @@ class Colorizer:
         self.dtype = resolve_dtype(precision, self.device)
         place = torch.device("cpu") if low_vram else self.device
         cast_for_inference(unet, sketch_encoder, vae, place, self.dtype)
+        vae_dtype = resolve_dtype(vae_precision, self.device)
+        if vae_dtype != torch.float32:  # e.g. a fixed fp16 SDXL VAE; the released VAEs overflow in fp16
+            vae.to(vae_dtype)
         self.extras = dict(extras or {})
         self.family.cast_extras(self.extras, self.device, self.dtype)
         self.unet, self.sketch_encoder, self.vae = unet, sketch_encoder, vae
@@ -98,6 +104,8 @@ class Colorizer:
         *,
         tagger: str | os.PathLike[str] | None = None,
         parameterization: str | None = None,
+        vae: str | os.PathLike[str] | None = None,
+        vae_precision: str | torch.dtype = "fp32",
     ) -> "Colorizer":
         """Load a released (or tiny) checkpoint and its reference encoder file(s).
 
@@ -105,19 +113,24 @@ class Colorizer:
         text manipulation; 1.4 GB for ViT-H); without ``clip`` the CLIP weights must be inside the checkpoint.
         XL: ``clip`` = CLIP ViT-bigG-14 (e.g. ComfyUI's ``clip_vision_g.safetensors``) and ``tagger`` = the WD
         v1.4 SwinV2 tagger. ``parameterization`` (``eps``/``v``) overrides the file's (XL: "eps" in the file
-        name, else v). ``low_vram``: see the class."""
+        name, else v). ``vae``: a VAE file replacing the checkpoint's (original LDM keys, e.g. a fixed fp16 SDXL
+        VAE from ComfyUI's models/vae), run in ``vae_precision``. ``low_vram``: see the class."""
         from colorize.families import detect_family
         from colorize.loader import load_checkpoint_modules, read_header
 
         family = detect_family(read_header(checkpoint), source=os.path.basename(os.fspath(checkpoint)))
         family.check_reference_files(clip, tagger)  # before the checkpoint is read
         mods = load_checkpoint_modules(checkpoint, include_clip=clip is None, parameterization=parameterization)
+        if vae is not None:
+            from colorize.loader import load_vae_file
+
+            mods.vae = load_vae_file(vae, mods.config)
         ref = family.load_reference_encoder(clip, tagger, with_text, mods.extras) if clip is not None \
             else mods.reference_encoder
         if ref is None:
             raise InputError("no CLIP weights: pass the OpenCLIP ViT-H-14 file (open_clip or clip_vision format)")
         return cls(mods.config, mods.unet, mods.sketch_encoder, mods.vae, ref, device, precision, mods.alphas_cumprod,
-                   mods.extras, low_vram=low_vram)
+                   mods.extras, low_vram=low_vram, vae_precision=vae_precision)
 
     # ------------------------------------------------------------------ encoders
     @offloaded("reference_encoder")
@@ -131,7 +144,7 @@ class Colorizer:
         """Prepared sketch(es) (lines +1) → (hints, hints of the blank sketch), both × ``strength``."""
         return sketch_hints(self.sketch_encoder, sketch, strength)
 
-    @offloaded("vae", "sketch_encoder")  # the v1.5/v2 and injection VAE encodes, the injection hints
+    @offloaded("vae", "sketch_encoder", extras=True)  # the v2/XL VAE encodes and encoders, the injection hints
     def conditioning(
         self,
         sketch: Tensor,

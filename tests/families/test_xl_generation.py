@@ -241,3 +241,53 @@ def test_cli_bad_xl_inputs_are_one_line_errors(tiny_dir: Path, tmp_path: Path,
 def test_xl_files_are_detected_before_the_sd21_families(tiny_dir: Path) -> None:
     for version in XL:
         assert detect_family(load_file(str(files(tiny_dir)[version]))).name == version
+
+
+# ------------------------------------------------------------------ precision and memory
+def test_low_vram_xlv2_is_bit_identical_and_offloads_the_reference_net(tiny_dir: Path, xl: dict[str, Colorizer]
+                                                                      ) -> None:
+    """Every large piece (CLIP-bigG + tagger, U-Net, ReferenceNet, VAE) alone on the device; same result."""
+    from colorize.offload import enable_low_vram
+
+    before = xl["xlv2"].colorize(sketch(), reference(), S, enhance=BG, **masks())
+    model = tiny_colorizer(tiny_dir, "xlv2")
+    off = enable_low_vram(model, keep_below_bytes=0)
+    seen: list[set[str]] = []
+    hook = model.extras["bg_encoder"].register_forward_pre_hook(lambda *_: seen.append(off.active()))
+    after = model.colorize(sketch(), reference(), S, enhance=BG, **masks())
+    hook.remove()
+    assert torch.equal(before, after)
+    assert seen and "extra_bg_encoder" in seen[0] and "unet" not in seen[0] and "reference_encoder" not in seen[0]
+    moved = [n for n, where in off.log if where == "device"]
+    assert {"reference_encoder", "unet", "vae", "extra_bg_encoder", "extra_proj"} <= set(moved)
+    assert not off.active()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_runs_the_unet_and_sketch_encoder_only(tiny_dir: Path, precision: str) -> None:
+    model = tiny_colorizer(tiny_dir, "sdxl", precision=precision)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert model.unet.input_blocks[1][0].in_layers[2].weight.dtype == half
+    assert model.unet.label_emb[0][0].weight.dtype == torch.float32  # adm and time embeddings stay fp32
+    assert next(model.sketch_encoder.parameters()).dtype == half
+    assert next(model.vae.parameters()).dtype == torch.float32
+    assert next(model.reference_encoder.parameters()).dtype == torch.float32
+    out = model.colorize(sketch(), reference(), replace(S, steps=1))
+    assert torch.isfinite(out).all()
+
+
+def test_a_separate_vae_file_and_its_precision(tiny_dir: Path, tmp_path: Path) -> None:
+    """A VAE in its own file (original keys, as ComfyUI's models/vae) replaces the checkpoint's; a
+    diffusers-format file is a named error."""
+    full = load_file(str(files(tiny_dir)["sdxl"]))
+    vae = {k[len("first_stage_model."):]: v.float() for k, v in full.items() if k.startswith("first_stage_model.")}
+    save_file(vae, str(tmp_path / "sdxl_vae.safetensors"))
+    plain = tiny_colorizer(tiny_dir, "sdxl")
+    own = tiny_colorizer(tiny_dir, "sdxl", vae=tmp_path / "sdxl_vae.safetensors")
+    assert torch.equal(own.colorize(sketch(), reference(), S), plain.colorize(sketch(), reference(), S))
+    bf16 = tiny_colorizer(tiny_dir, "sdxl", vae=tmp_path / "sdxl_vae.safetensors", vae_precision="bf16")
+    assert next(bf16.vae.parameters()).dtype == torch.bfloat16
+    assert torch.isfinite(bf16.colorize(sketch(), reference(), S)).all()
+    save_file({"decoder.up_blocks.0.resnets.0.conv1.weight": torch.zeros(1)}, str(tmp_path / "diffusers.safetensors"))
+    with pytest.raises(CheckpointError, match="diffusers-format VAE"):
+        tiny_colorizer(tiny_dir, "sdxl", vae=tmp_path / "diffusers.safetensors")
