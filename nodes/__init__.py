@@ -3,18 +3,18 @@
 Written against ComfyUI's V3 node schema (``io.ComfyNode``, pinned API version in :mod:`nodes.schema`): each
 class declares its node id, display name, inputs and outputs in ``define_schema`` and computes in ``execute``.
 ComfyUI loads them through :func:`comfy_entrypoint` (re-exported by the pack's root ``__init__.py``).
-Importing this package registers ``models/colorizediffusion``, ``models/lineart`` and ``models/sams`` with
-ComfyUI when ComfyUI is running, and nothing else: weights are only read or downloaded when a node that needs
-them runs.
+Importing this package registers its model folders (``models/colorizediffusion``, ``lineart``, ``sams``,
+``isnet``, ``wd_tagger``) with ComfyUI when ComfyUI is running, and nothing else: weights are only read or
+downloaded when a node that needs them runs.
 """
 from __future__ import annotations
 
-from .advanced import AttentionInjection, CropToSketch, GuidanceWindow, ReferencePad, RemoveBackground
+from .advanced import AttentionInjection, CropToSketch, GuidanceWindow, ReferencePad, RemoveBackground, XLLevelRule
 from .decode import Decode
 from .enhance import BackgroundEncode, StyleEncode
 from .isnet_masks import AnimeMask, SketchMaskIsnet
 from .lineart import LineExtract
-from .loaders import CheckpointLoader, ReferenceEncoderFromCLIPVision, ReferenceEncoderLoader
+from .loaders import CheckpointLoader, ReferenceEncoderFromCLIPVision, ReferenceEncoderLoader, XLReferenceEncoderLoader
 from .manipulation import ControlHeatmap, TextEdit
 from .masks import MaskPreview, SamMask, SketchMask
 from .models import register_folders
@@ -35,11 +35,11 @@ from .sketch import SketchHintsNode, SketchPreprocess
 #: Every node of the pack, in the order of the node library (loaders, sketch, sampling, edits, masks,
 #: separation, advanced, native bridge).
 NODES: tuple[type[io.ComfyNode], ...] = (
-    CheckpointLoader, ReferenceEncoderLoader, ReferenceEncoderFromCLIPVision, ReferenceEmbed,
+    CheckpointLoader, ReferenceEncoderLoader, ReferenceEncoderFromCLIPVision, XLReferenceEncoderLoader, ReferenceEmbed,
     SketchPreprocess, SketchHintsNode, Sampler, Decode,
     TextEdit, ControlHeatmap, LineExtract,
     AnimeMask, SketchMaskIsnet, SketchMask, SamMask, MaskPreview, BackgroundEncode, StyleEncode,
-    GuidanceWindow, AttentionInjection, ReferencePad, CropToSketch, RemoveBackground,
+    GuidanceWindow, AttentionInjection, XLLevelRule, ReferencePad, CropToSketch, RemoveBackground,
     NativeLoader, NativeConditioning, NativeSketch, NativeReferenceStrength, NativeEnhance, NativeGuider,
     NativeSigmas,
 )

@@ -1,9 +1,9 @@
 """Advanced controls of the official app as small nodes (official ``backend/functool.py:120-128``,
 ``refnet/models/basemodel.py:273-280``, ``refnet/sampling/hook.py:284-383`` and ``app.py`` at commit ``c9bd9fb``).
 
-Guidance Window and Attention Injection each add their settings to a chainable COLORIZE_ADVANCED value that
-feeds the sampler's optional ``advanced`` input (unconnected = the plain path). Reference Pad, Crop To Sketch
-and Remove Background work on images before or after the sampler.
+Guidance Window, Attention Injection and XL Level Rule each add their settings to a chainable COLORIZE_ADVANCED
+value that feeds the sampler's optional ``advanced`` input (unconnected = the plain path). Reference Pad, Crop To
+Sketch and Remove Background work on images before or after the sampler.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from colorize.preprocess import (
     remove_background,
     to_signed,
 )
-from colorize.settings import GenerationSettings
+from colorize.settings import LEVEL_RULES, GenerationSettings
 
 from .host import intermediate_device
 from .schema import io, output
@@ -157,6 +157,42 @@ class AttentionInjection(io.ComfyNode):
         return io.NodeOutput(replace(opts, injection_reference=image.to(intermediate_device())))
 
 
+class XLLevelRule(io.ComfyNode):
+    """How an XL sdxl checkpoint turns the sampler's level sliders into block strengths."""
+
+    HELP = cleandoc("""
+        The sdxl app has three level sliders but only `encoder_strength` acts there, on every transformer block
+        (`official`, the default without this node). `levels` uses all three: the high-resolution blocks ←
+        `encoder_strength`, the bottom blocks ← `middle_strength`, the low-resolution blocks ← `low_strength`.
+
+        Only sdxl reads it: xlv2 always uses its own rule (encoder and low sliders), v1-v2 their app's rule.
+    """)
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionXLLevelRule", display_name="XL Level Rule", category=CATEGORY,
+            description=(
+                "For XL sdxl checkpoints: whether the sampler's level sliders follow the sdxl app (only "
+                "encoder_strength acts) or act per level. Connect it to Colorize Sampler's 'advanced' input."
+            ),
+            inputs=[
+                io.Combo.Input("level_rule", options=list(LEVEL_RULES), default="official",
+                               tooltip="official = the sdxl app: only encoder_strength acts, on every block; "
+                                       "levels = encoder → high-resolution, middle → bottom, low → low-resolution "
+                                       "blocks."),
+                chain_input(),
+            ],
+            outputs=[advanced_output()],
+        )
+
+    @classmethod
+    def execute(cls, level_rule: str, advanced: AdvancedOptions | None = None) -> io.NodeOutput:
+        opts = _chain(advanced, level_rule=level_rule)
+        opts.apply(GenerationSettings()).validate()
+        return io.NodeOutput(opts)
+
+
 class ReferencePad(io.ComfyNode):
     """Pads the reference (and its mask) in width with white, before Reference Embed."""
 
@@ -256,4 +292,4 @@ class RemoveBackground(io.ComfyNode):
 
 
 __all__ = ["AdvancedOptions", "AttentionInjection", "CropToSketch", "GuidanceWindow", "ReferencePad",
-           "RemoveBackground"]
+           "RemoveBackground", "XLLevelRule"]

@@ -108,6 +108,9 @@ class BackgroundEncode(io.ComfyNode):
         - Without a sketch mask, one is computed from the line art. Without a reference mask (and no background
           image), the whole reference counts as foreground: plain background, with a warning.
         - Chain it with **Style Encode (v2)** (either order) for both enhancements.
+        - **XL** (sdxl, xlv2): background enhance only (FG enhance, style, background factor and
+          remove-background-foreground are v1.5/v2 controls; the sampler names them). Use the XL reference encoder
+          here; xlv2 also encodes the background image with its ReferenceNet.
     """)
 
     @classmethod
@@ -115,9 +118,9 @@ class BackgroundEncode(io.ComfyNode):
         return io.Schema(
             node_id="ColorizeDiffusionBackgroundEncode", display_name="Background Encode",
             category="ColorizeDiffusion/enhance", description=(
-                "v1.5/v2 only: separates figure and background, so the reference colours only the figure and the "
-                "background comes from the reference's background or a separate image. Connect it to the sampler's "
-                "'enhance' input."
+                "v1.5/v2/XL only: separates figure and background, so the reference colours only the figure and "
+                "the background comes from the reference's background or a separate image. Connect it to the "
+                "sampler's 'enhance' input."
             ),
             inputs=[
                 *reference_inputs(),

@@ -1,4 +1,5 @@
-"""Loader nodes: the ColorizeDiffusion checkpoint and the OpenCLIP ViT-H/14 reference encoder."""
+"""Loader nodes: the ColorizeDiffusion checkpoint, the OpenCLIP ViT-H/14 reference encoder (v1, v1.5, v2) and
+ColorizeDiffusion XL's reference encoder (CLIP-bigG + WD tagger, fused by the checkpoint's ClusterConcat)."""
 from __future__ import annotations
 
 from functools import partial
@@ -11,18 +12,23 @@ from torch import nn
 
 from colorize.checkpoint import read_header
 from colorize.device import PRECISIONS
+from colorize.errors import InputError
 from colorize.families import FAMILIES, get_family
 from colorize.generate import cast_for_inference, noise_schedule
-from colorize.loader import load_checkpoint_modules, load_reference_encoder
+from colorize.loader import load_checkpoint_modules, load_reference_encoder, read_checkpoint_info
 from colorize.weights import DEFAULT_CHECKPOINT, DEFAULT_CLIP, manifest_entry
 
 from .host import ManagedModule, load_device, offload_device, unet_dtype
-from .models import CHECKPOINT_FOLDER, CLIP_FOLDER, list_files, resolve_file
-from .reference import ClipVisionReference, OpenClipReference
+from .models import CHECKPOINT_FOLDER, CLIP_FOLDER, TAGGER_FOLDER, list_files, resolve_file
+from .reference import ClipVisionReference, OpenClipReference, XLReference
 from .schema import io, output, ui
 from .sockets import ColorizeModel, ModelSocket, ReferenceEncoderSocket
 
-SUPPORTED_VERSIONS = tuple(FAMILIES)  # the checkpoint families the nodes load (v1, v1.5, v2)
+SUPPORTED_VERSIONS = tuple(FAMILIES)  # the checkpoint families the nodes load (v1, v1.5, v2, XL, XL v2)
+#: The loader's prediction-type choices: auto = what the file or its family says; eps / v override it.
+PARAMETERIZATION_CHOICES = ("auto", "eps", "v")
+#: XL's default reference-encoder files (manifest names): CLIP ViT-bigG/14 vision tower, WD v1.4 SwinV2 tagger.
+XL_CLIP, XL_TAGGER = "clip-vit-bigg-14-vision", "wd-v1-4-swinv2-tagger-v2"
 
 
 def default_file(name: str) -> str:
@@ -38,10 +44,16 @@ class CheckpointLoader(io.ComfyNode):
 
         - `mult-eps-ft`: ColorizeDiffusion v1 ("mult");
         - `switch-eps`: v1.5 ("switch");
-        - `v2-full`: v2.
+        - `v2-full`: v2;
+        - `sdxl`: ColorizeDiffusion XL; `xlv2`: XL v2 (with the ReferenceNet background encoder).
 
         v1.5 and v2 checkpoints also load their separation modules (v1.5: threshold embedder and background
         transformer; v2: background and style encoders), which **Background Encode** and **Style Encode (v2)** use.
+
+        **XL** checkpoints carry no reference encoder: load CLIP-bigG and the WD tagger with **XL Reference
+        Encoder Loader**, connected to this model. XL files do not record their prediction type: the official
+        rule (`eps` when the file name contains "eps", else `v`) decides unless `parameterization` says otherwise;
+        the `info` output names what decided.
 
         A file listed in the picker that is not on disk yet is downloaded from Hugging Face when the node first
         runs. The weights are CC-BY-NC-SA-4.0: non-commercial use only.
@@ -52,31 +64,43 @@ class CheckpointLoader(io.ComfyNode):
         return io.Schema(
             node_id="ColorizeDiffusionCheckpointLoader", display_name="Colorize Loader",
             category="ColorizeDiffusion/loaders", description=(
-                "Loads a ColorizeDiffusion checkpoint from models/colorizediffusion; the version (v1, v1.5 or v2) is "
-                "read from the file. A listed file that is missing is downloaded on first use. The weights are for "
-                "non-commercial use only."
+                "Loads a ColorizeDiffusion checkpoint from models/colorizediffusion; the version (v1, v1.5, v2, XL or "
+                "XL v2) is read from the file. A listed file that is missing is downloaded on first use. The weights "
+                "are for non-commercial use only."
             ),
             inputs=[
                 io.Combo.Input("ckpt_name", options=list_files(CHECKPOINT_FOLDER, SUPPORTED_VERSIONS),
                                default=default_file(DEFAULT_CHECKPOINT),
                                tooltip="Checkpoint in models/colorizediffusion (mult-eps-ft = ColorizeDiffusion v1, "
-                                       "switch-eps = v1.5, v2-full = v2). "
-                                       "A missing listed file is downloaded (3.9 GB) when the node first runs."),
+                                       "switch-eps = v1.5, v2-full = v2, sdxl = XL, xlv2 = XL v2). "
+                                       "A missing listed file is downloaded (3.9-9.4 GB) when the node first runs."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
                                tooltip="U-Net and sketch-encoder precision. auto = ComfyUI's choice for the device "
                                        "(fp16 on most GPUs, fp32 on CPU). The VAE always runs in fp32."),
+                io.Combo.Input("parameterization", options=list(PARAMETERIZATION_CHOICES), default="auto",
+                               optional=True,
+                               tooltip="Prediction type. auto = what the file says, else its family's: XL files "
+                                       "do not record it, so the official rule decides (eps when the file name "
+                                       "contains 'eps', else v). eps / v override it (for a renamed XL file). The "
+                                       "info output says which rule decided."),
             ],
             outputs=[
                 output(ModelSocket, "model", "The colorizer: feed it to Sketch Hints, Sampler and Decode."),
                 output(io.String, "info",
-                       "File, detected version (v1 'mult', v1.5 'switch', v2), prediction type and precision."),
+                       "File, detected version (v1 'mult', v1.5 'switch', v2, XL 'sdxl', XL v2 'xlv2'), prediction "
+                       "type (and what decided it) and precision."),
             ],
         )
 
     @classmethod
-    def execute(cls, ckpt_name: str, precision: str) -> io.NodeOutput:
+    def execute(cls, ckpt_name: str, precision: str, parameterization: str = "auto") -> io.NodeOutput:
+        if parameterization not in PARAMETERIZATION_CHOICES:
+            raise InputError(f"parameterization must be one of {', '.join(PARAMETERIZATION_CHOICES)}, "
+                             f"got {parameterization!r}")
+        override = None if parameterization == "auto" else parameterization
         path = resolve_file(CHECKPOINT_FOLDER, ckpt_name)
-        mods = load_checkpoint_modules(path)  # detects the family (mult, switch, v2) from the keys
+        rule = read_checkpoint_info(path, parameterization=override).parameterization_rule  # header only
+        mods = load_checkpoint_modules(path, parameterization=override)  # the family from the keys
         params = sum(p.numel() for p in mods.unet.parameters())
         dtype = unet_dtype(precision, load_device("unet"), params)
         cast_for_inference(mods.unet, mods.sketch_encoder, mods.vae, offload_device("unet"), dtype)
@@ -90,6 +114,7 @@ class CheckpointLoader(io.ComfyNode):
             schedule=noise_schedule(mods.config, mods.alphas_cumprod),
             dtype=dtype,
             extras={k: ManagedModule(m, "unet") for k, m in mods.extras.items()},
+            parameterization_rule=rule,
         )
         info = model.describe()
         return io.NodeOutput(model, info, ui=ui.PreviewText(info))
@@ -143,6 +168,58 @@ class ReferenceEncoderLoader(io.ComfyNode):
         return io.NodeOutput(OpenClipReference(encoder, load_text, clip_name))
 
 
+class XLReferenceEncoderLoader(io.ComfyNode):
+    """COLORIZE_MODEL (XL) + models/clip_vision CLIP-bigG + models/wd_tagger tagger → COLORIZE_REFERENCE_ENCODER."""
+
+    HELP = cleandoc("""
+        ColorizeDiffusion XL (`sdxl`, `xlv2`) reads the reference through two networks that its checkpoints do not
+        contain, fused by the checkpoint's ClusterConcat into 196 context tokens of width 2048:
+
+        - **CLIP ViT-bigG/14** vision tower in the Hugging Face format, `clip_vision_g.safetensors` in
+          models/clip_vision (the file SDXL users already have for core **Load CLIP Vision**);
+        - the **WD v1.4 SwinV2 tagger v2**, `wd-v1-4-swinv2-tagger-v2.safetensors` in models/wd_tagger.
+
+        Connect the XL checkpoint from **Colorize Loader**: the encoder belongs to it (sdxl and xlv2 have their own
+        ClusterConcat). A listed file that is not on disk yet is downloaded when the node first runs. XL has no
+        text edits.
+    """)
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionXLReferenceEncoderLoader", display_name="XL Reference Encoder Loader",
+            category="ColorizeDiffusion/loaders", description=(
+                "Loads ColorizeDiffusion XL's reference encoder: CLIP ViT-bigG/14 from models/clip_vision and the WD "
+                "v1.4 SwinV2 tagger from models/wd_tagger, fused by the connected XL checkpoint. A listed file that "
+                "is missing is downloaded on first use."
+            ),
+            inputs=[
+                ModelSocket.Input("model", tooltip="The XL checkpoint (sdxl or xlv2) from Colorize Loader: its "
+                                                   "ClusterConcat fuses the two encoders' tokens."),
+                io.Combo.Input("clip_name", options=list_files(CLIP_FOLDER), default=default_file(XL_CLIP),
+                               tooltip="CLIP ViT-bigG/14 vision tower in models/clip_vision, Hugging Face format "
+                                       "(clip_vision_g.safetensors, 3.7 GB). The ViT-H/14 files of v1-v2 do not "
+                                       "fit XL."),
+                io.Combo.Input("tagger_name", options=list_files(TAGGER_FOLDER), default=default_file(XL_TAGGER),
+                               tooltip="WD v1.4 SwinV2 tagger v2 in models/wd_tagger (timm format, 0.4 GB): the "
+                                       "tagger the XL models were trained with."),
+            ],
+            outputs=[output(ReferenceEncoderSocket, "encoder",
+                            "The XL reference encoder: feed it to Reference Embed (and Background Encode).")],
+        )
+
+    @classmethod
+    def execute(cls, model: ColorizeModel, clip_name: str, tagger_name: str) -> io.NodeOutput:
+        family = get_family(model.config.version)
+        if "proj" not in model.extras or not family.reference_files:
+            raise InputError(f"{model.name} is a {family.label} checkpoint, not ColorizeDiffusion XL: load its "
+                             "OpenCLIP ViT-H/14 encoder with Reference Encoder Loader instead")
+        clip, tagger = resolve_file(CLIP_FOLDER, clip_name), resolve_file(TAGGER_FOLDER, tagger_name)
+        encoder = family.load_reference_encoder(clip, tagger, extras={"proj": model.extras["proj"].module})
+        encoder.to(offload_device("clip"), torch.float32)
+        return io.NodeOutput(XLReference(encoder, model, f"{clip_name} + {tagger_name}"))
+
+
 def load_text_tower(path: Path) -> nn.Module:
     """The CLIP text tower of an open_clip file (a ReferenceEncoder whose vision tower is dropped: the
     loader already holds one), fp32 on ComfyUI's text-encoder offload device."""
@@ -183,5 +260,5 @@ class ReferenceEncoderFromCLIPVision(io.ComfyNode):
         return io.NodeOutput(ClipVisionReference(clip_vision))
 
 
-__all__ = ["SUPPORTED_VERSIONS", "CheckpointLoader", "ReferenceEncoderFromCLIPVision", "ReferenceEncoderLoader",
-           "encoder_outputs", "load_text_tower"]
+__all__ = ["PARAMETERIZATION_CHOICES", "SUPPORTED_VERSIONS", "CheckpointLoader", "ReferenceEncoderFromCLIPVision",
+           "ReferenceEncoderLoader", "XLReferenceEncoderLoader", "encoder_outputs", "load_text_tower"]

@@ -55,7 +55,8 @@ def editable(reference: ReferenceTokens) -> EncodedReference:
     """The reference with its CLS token and text encoder, or a clear error."""
     if not isinstance(reference, EncodedReference):
         raise InputError("these reference tokens carry no CLS token and no text encoder; text edits need the "
-                         "output of ColorizeDiffusion Reference Embed (or of another Text Edit)")
+                         "output of ColorizeDiffusion Reference Embed (or of another Text Edit) with a v1-v2 encoder "
+                         "(XL has no text edits)")
     return reference
 
 

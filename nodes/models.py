@@ -1,9 +1,10 @@
 """Model folders and weights inside ComfyUI: folder registration, file pickers, first-use downloads.
 
 Checkpoints live in ComfyUI's ``models/colorizediffusion``, line-extractor weights in ``models/lineart`` and the
-ISNet mask networks in ``models/isnet`` (all registered here, keeping any paths users set for ``colorizediffusion:``
-/ ``lineart:`` / ``isnet:`` in ``extra_model_paths.yaml``); the OpenCLIP ViT-H/14 reference encoder lives in
-the core ``models/clip_vision`` folder, so the file IPAdapter users already have is found too. A manifest
+ISNet mask networks in ``models/isnet``, the XL tagger in ``models/wd_tagger`` (all registered here, keeping
+any paths users set for ``colorizediffusion:`` / ``lineart:`` / ``isnet:`` / ``wd_tagger:`` in
+``extra_model_paths.yaml``); the reference encoders (OpenCLIP ViT-H/14, XL's CLIP-bigG) live in the core
+``models/clip_vision`` folder, so the files IPAdapter and SDXL users already have are found too. A manifest
 file (``weights_manifest.json``) that is missing is downloaded on first use of its loader, never at import,
 into the folder's first path, through :func:`colorize.weights.fetch` (resumable, verified against the manifest
 or the Hub's metadata before it gets its name; recorded in the folder's lock file, whose size is re-checked on every
@@ -39,7 +40,10 @@ SAM_FOLDER = "sams"  # segment-anything checkpoints (the folder other packs use 
 #: picker lists ``models/colorizediffusion`` recursively and would offer them as colorizers; no other pack keeps
 #: ISNet safetensors in a shared folder (ComfyUI-RMBG uses ``models/RMBG/<model>``), and the name says what is in it.
 ISNET_FOLDER = "isnet"
-PACK_FOLDERS = (CHECKPOINT_FOLDER, LINEART_FOLDER, SAM_FOLDER, ISNET_FOLDER)  # the folders this pack adds to ComfyUI
+#: The WD v1.4 SwinV2 tagger that ColorizeDiffusion XL reads beside CLIP-bigG (the folder name tagger packs use).
+TAGGER_FOLDER = "wd_tagger"
+#: the folders this pack adds to ComfyUI
+PACK_FOLDERS = (CHECKPOINT_FOLDER, LINEART_FOLDER, SAM_FOLDER, ISNET_FOLDER, TAGGER_FOLDER)
 _EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -48,7 +52,7 @@ def folder_paths() -> Any:
 
 
 def register_folders() -> None:
-    """Register ``models/colorizediffusion``, ``models/lineart`` and ``models/sams`` with ComfyUI (no-op outside ComfyUI).
+    """Register the pack's folders (:data:`PACK_FOLDERS`) with ComfyUI (no-op outside ComfyUI).
 
     Paths already configured for a name (``extra_model_paths.yaml`` is read before packs load) are
     kept first; the default folder is added after them; the extension filter becomes ComfyUI's usual one.
@@ -180,9 +184,12 @@ def missing_message(entry: dict[str, Any], folder: str, dirs: list[Path], reason
 
 
 def model_links(folder: str, name: str) -> list[dict[str, str]]:
-    """``properties.models`` entries for a UI workflow's loader node (the frontend's download prompt)."""
+    """``properties.models`` entries for a UI workflow's loader node (the frontend's download prompt). A file
+    whose download URL ends in another name (the WD tagger's ``model.safetensors``) gets none: the frontend would
+    save it under the URL's name, which the node does not ask for; its loader downloads it on first run."""
     return [{"name": e["filename"], "url": hub_url(e), "directory": folder}
-            for e in load_manifest() if e["filename"] == name and e["models_subdir"] == folder]
+            for e in load_manifest() if e["filename"] == name and e["models_subdir"] == folder
+            and hub_url(e).rsplit("/", 1)[-1] == name]
 
 
 __all__ = [
@@ -193,6 +200,7 @@ __all__ = [
     "NO_DOWNLOAD_ENV",
     "PACK_FOLDERS",
     "SAM_FOLDER",
+    "TAGGER_FOLDER",
     "find_file",
     "folder_dirs",
     "folder_paths",

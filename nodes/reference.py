@@ -17,15 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from colorize.errors import InputError
+from colorize.families import get_family
 from colorize.generate import module_device
 from colorize.manipulation import TextEncoder
 from colorize.models.clip import ReferenceEncoder as OpenClipEncoder
 from colorize.preprocess import check_image, prepare_reference
 from colorize.weights import DEFAULT_CLIP, manifest_entry
 
-from .host import ManagedModule, intermediate_device, model_management
+from .host import ManagedModule, intermediate_device, model_management, ready_all
 from .schema import io, output
-from .sockets import ReferenceEncoderSocket, ReferenceSocket, ReferenceTokens, image_to_bchw
+from .sockets import ColorizeModel, ReferenceEncoderSocket, ReferenceSocket, ReferenceTokens, image_to_bchw
 
 
 def no_text_tower(what: str) -> str:
@@ -137,6 +138,39 @@ class ClipVisionReference:
         raise InputError(no_text_tower("ComfyUI's CLIP_VISION model (vision tower only)"))
 
 
+class XLReference:
+    """ColorizeDiffusion XL's reference encoder for one checkpoint: CLIP-bigG and the WD tagger (``encoder``, an
+    :class:`colorize.families.xl.encoders.XLReferenceEncoder`) fused by that checkpoint's ClusterConcat
+    (``model.extras["proj"]``) into the (B, 196, 2048) context the XL U-Net reads.
+
+    The context has no CLS token (ClusterConcat keeps the tagger's 14×14 grid), so :meth:`embed` gives plain
+    reference tokens and text edits are refused.
+    """
+
+    def __init__(self, encoder: nn.Module, model: ColorizeModel, name: str) -> None:
+        self.managed = ManagedModule(encoder, "clip")
+        self.proj = model.extras["proj"]
+        self.family = get_family(model.config.version)
+        self.embed_dim = int(model.config.unet.context_dim)
+        self.model_name, self.name = model.name, name
+
+    def tokens(self, reference: Tensor) -> Tensor:
+        """(B, 3, H, W) in [-1, 1] → the XL context (B, 196, C)."""
+        image = check_image(reference, "reference", value_range=(-1.0, 1.0))
+        encoder, proj = ready_all(self.managed, self.proj)
+        return self.family.encode_reference(encoder, {"proj": proj}, image)
+
+    full_tokens = tokens  # no CLS token: every token is context
+
+    def embed(self, reference: Tensor) -> ReferenceTokens:
+        """What Reference Embed outputs for XL: the context tokens, fp32, on the intermediate device."""
+        return ReferenceTokens(self.tokens(reference).float().to(intermediate_device()))
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        raise InputError(f"{self.family.label} has no text edits or control heatmap (its reference encoder, "
+                         "CLIP-bigG + WD tagger, has no text tower): use an SD2.1 checkpoint (v1, v1.5, v2) for them")
+
+
 class ReferenceEmbed(io.ComfyNode):
     """IMAGE → COLORIZE_REFERENCE."""
 
@@ -146,6 +180,10 @@ class ReferenceEmbed(io.ComfyNode):
 
         The image is squashed to 224×224 (no crop), so a reference whose subject fills the frame works best. A
         batch of references gives a batch of results.
+
+        **XL** (encoder from **XL Reference Encoder Loader**): the tokens are the checkpoint's ClusterConcat
+        context, 196 tokens of width 2048 fused from CLIP ViT-bigG/14 and the WD v1.4 SwinV2 tagger (448×448).
+        They have no CLS token: text edits do not apply to XL.
     """)
 
     @classmethod
@@ -157,19 +195,26 @@ class ReferenceEmbed(io.ComfyNode):
                 "224×224 without cropping: use a reference whose subject fills the frame."
             ),
             inputs=[
-                ReferenceEncoderSocket.Input("encoder", tooltip="The OpenCLIP ViT-H/14 reference encoder (from a "
-                                                                "ColorizeDiffusion reference encoder loader)."),
+                ReferenceEncoderSocket.Input("encoder", tooltip="The reference encoder: OpenCLIP ViT-H/14 for v1, "
+                                                                "v1.5 and v2 (Reference Encoder Loader or Encoder "
+                                                                "from CLIP Vision); CLIP-bigG + WD tagger for XL (XL "
+                                                                "Reference Encoder Loader)."),
                 io.Image.Input("image", tooltip="The colour reference image (any size; squashed to the encoder's "
                                                 "224×224)."),
             ],
             outputs=[output(ReferenceSocket, "reference",
-                            "Reference tokens (B, 256, 1024) for the ColorizeDiffusion Sampler or a Text Edit.")],
+                            "Reference tokens for the ColorizeDiffusion Sampler or a Text Edit: (B, 256, 1024) for "
+                            "v1/v1.5/v2, (B, 196, 2048) for XL.")],
         )
 
     @classmethod
     def execute(cls, encoder: Any, image: Tensor) -> io.NodeOutput:
+        embed = getattr(encoder, "embed", None)
+        if embed is not None:  # an encoder whose tokens have no CLS (XL)
+            return io.NodeOutput(embed(prepare_reference(image_to_bchw(image))))
         full = encoder.full_tokens(prepare_reference(image_to_bchw(image))).float().to(intermediate_device())
         return io.NodeOutput(EncodedReference(full[:, 1:], full[:, :1], encoder.encode_text))
 
 
-__all__ = ["ClipVisionReference", "EncodedReference", "OpenClipReference", "ReferenceEmbed", "no_text_tower"]
+__all__ = ["ClipVisionReference", "EncodedReference", "OpenClipReference", "ReferenceEmbed", "XLReference",
+           "no_text_tower"]

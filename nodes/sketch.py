@@ -5,6 +5,7 @@ from inspect import cleandoc
 
 from torch import Tensor
 
+from colorize.errors import InputError
 from colorize.families import get_family
 from colorize.generate import sketch_hints
 from colorize.preprocess import (
@@ -43,6 +44,9 @@ class SketchPreprocess(io.ComfyNode):
         - **Size**: the line art is fitted inside the target size keeping its aspect ratio, and the rest is padded
           with black (no lines). The target size is a multiple of 64; with width and height 0 it follows the
           sketch's aspect ratio at about 512×512 in area.
+        - **XL**: connect the XL model to `model`: sides are then multiples of 32 (others are a named error, not
+          rounded) and width and height 0 follow the XL app's autofit (the sketch's aspect at about 1024×1024,
+          each side 768-1536).
 
         Preview the output to check it, then feed it to **Sketch Hints** (or **Native Sketch**).
     """)
@@ -53,7 +57,8 @@ class SketchPreprocess(io.ComfyNode):
             node_id="ColorizeDiffusionSketchPreprocess", display_name="Sketch Preprocess",
             category="ColorizeDiffusion/sketch", description=(
                 "Prepares line art for the sketch encoder: makes the lines white on black (black-on-white drawings are "
-                "inverted) and fits it into a multiple of 64, keeping its aspect ratio and padding the rest with black."
+                "inverted) and fits it into a multiple of 64 (XL: 32), keeping its aspect ratio and padding the rest "
+                "with black."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="Line art (black lines on white, or white lines on black)."),
@@ -61,16 +66,26 @@ class SketchPreprocess(io.ComfyNode):
                                tooltip="invert = black lines on white paper (the official default); keep = already "
                                        "white lines on black; auto = invert when the image is mostly light."),
                 *size_inputs("Output"),
+                ModelSocket.Input("model", optional=True,
+                                  tooltip="Optional: the checkpoint whose size rules apply. Connect an XL model for "
+                                          "XL sizes (multiples of 32; width and height 0 = the XL app's autofit at "
+                                          "about 1024×1024). Unconnected = the v1-v2 rules (multiples of 64)."),
             ],
             outputs=[output(io.Image, "sketch", "The prepared sketch (white lines on black): feed it to Sketch Hints; "
                                                 "preview it to check.")],
         )
 
     @classmethod
-    def execute(cls, image: Tensor, polarity: str, width: int, height: int) -> io.NodeOutput:
+    def execute(cls, image: Tensor, polarity: str, width: int, height: int,
+                model: ColorizeModel | None = None) -> io.NodeOutput:
         sketch01 = image_to_bchw(image)
-        size = target_size(tuple(sketch01.shape[-2:]), width or None, height or None)
-        check_output_size(*size, output_limits())  # no model here: the loosest family's limits
+        hw = (int(sketch01.shape[-2]), int(sketch01.shape[-1]))
+        if model is None:  # no model: the v1-v2 size rule and the loosest family's limits
+            size, limits = target_size(hw, width or None, height or None), output_limits()
+        else:
+            family = get_family(model.config.version)
+            size, limits = family.output_size(hw, width or None, height or None), output_limits(family)
+        check_output_size(*size, limits)
         prepared = prepare_sketch(sketch01, size, polarity)  # type: ignore[arg-type]
         return io.NodeOutput(bchw_to_image((prepared + 1) / 2).to(intermediate_device()))
 
@@ -85,6 +100,9 @@ class SketchHintsNode(io.ComfyNode):
 
         A sketch whose size is not a multiple of 64 is fitted into the nearest one and padded with black. The hints
         also fix the output size.
+
+        **XL**: the sketch's sides must be multiples of 32 (a named error otherwise; Sketch Preprocess gives
+        multiples of 64); XL works best near 1024×1024 in area (768-1536 per side, the official app's autofit).
     """)
 
     @classmethod
@@ -110,8 +128,12 @@ class SketchHintsNode(io.ComfyNode):
     def execute(cls, model: ColorizeModel, sketch: Tensor, strength: float) -> io.NodeOutput:
         x = to_signed(check_image(image_to_bchw(sketch), "sketch"))
         h, w = x.shape[-2:]
-        size = target_size((h, w), w, h)
-        check_output_size(*size, output_limits(get_family(model.config.version)))  # the hints fix the output size
+        family = get_family(model.config.version)
+        try:  # SD2.1: rounded to multiples of 64; XL: sides must be multiples of 32
+            size = family.output_size((h, w), w, h)
+        except InputError as e:
+            raise InputError(f"the sketch is {w}×{h}: {e} (prepare it with Sketch Preprocess)") from None
+        check_output_size(*size, output_limits(family))  # the hints fix the output size
         if size != (h, w):
             x = fit_and_pad(x, size, fill=-1.0)
         return io.NodeOutput(encode_hints(model, x, strength))

@@ -48,13 +48,19 @@ class ColorizeModel:
     schedule: DiscreteSchedule
     dtype: torch.dtype
     extras: Mapping[str, ManagedModule] = field(default_factory=dict)
+    #: what decided the prediction type (``colorize.loader.CheckpointInfo.parameterization_rule``: ``override``,
+    #: ``metadata``, ``file name``, ``family``)
+    parameterization_rule: str = "family"
 
     def describe(self) -> str:
-        """One line for the UI: file, family detected from the keys, prediction type, precision."""
+        """One line for the UI: file, family detected from the keys, prediction type (and what decided it when
+        that is not the family's fixed value), precision."""
         tiny = "; tiny random test weights" if self.config.tiny else ""
         dtype = str(self.dtype).replace("torch.", "")
-        return (f"{self.name}: {get_family(self.config.version).title}, {self.config.parameterization}-prediction, "
-                f"U-Net {dtype}{tiny}")
+        rule = {"family": "", "override": " (set on the loader)", "metadata": " (from the file's stored config)"
+                }.get(self.parameterization_rule, f" (from the {self.parameterization_rule})")
+        return (f"{self.name}: {get_family(self.config.version).title}, {self.config.parameterization}-prediction"
+                f"{rule}, U-Net {dtype}{tiny}")
 
 
 class ReferenceTokenSource(Protocol):

@@ -47,14 +47,17 @@ def level_strengths(encoder_strength: float, middle_strength: float, low_strengt
 
 
 def size_inputs(what: str) -> list[Any]:
-    """Width/height widgets: 0 = automatic, else rounded to the nearest multiple of 64."""
+    """Width/height widgets in steps of 32: 0 = automatic; v1-v2 round to the nearest multiple of 64, XL needs
+    multiples of 32 (``Family.output_size``)."""
     return [
-        io.Int.Input("width", default=0, min=0, max=MAX_SIZE, step=64,
-                     tooltip=f"{what} width in pixels (multiple of 64). 0 = follow the sketch's aspect ratio "
-                             "(about 512×512 in area when both are 0). Width × height may be at most "
+        io.Int.Input("width", default=0, min=0, max=MAX_SIZE, step=32,
+                     tooltip=f"{what} width in pixels (v1-v2: rounded to a multiple of 64; XL: a multiple of 32). "
+                             "0 = follow the sketch's aspect ratio (about 512×512 in area when both are 0; XL: "
+                             "about 1024×1024). Width × height may be at most "
                              f"{_DEFAULT_PIXELS} by default (environment variable COLORIZE_MAX_PIXELS)."),
-        io.Int.Input("height", default=0, min=0, max=MAX_SIZE, step=64,
-                     tooltip=f"{what} height in pixels (multiple of 64). 0 = follow the sketch's aspect ratio."),
+        io.Int.Input("height", default=0, min=0, max=MAX_SIZE, step=32,
+                     tooltip=f"{what} height in pixels (v1-v2: rounded to a multiple of 64; XL: a multiple of 32). "
+                             "0 = follow the sketch's aspect ratio."),
     ]
 
 
