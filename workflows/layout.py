@@ -24,6 +24,7 @@ STAGES = (("inputs", "Inputs", 0), ("sketch", "Sketch", 1), ("reference", "Refer
 STAGE_OF_TYPE = {
     "LoadImage": "inputs", "ColorizeDiffusionCheckpointLoader": "inputs", "ColorizeDiffusionNativeLoader": "inputs",
     "ColorizeDiffusionReferenceEncoderLoader": "inputs", "ColorizeDiffusionReferenceEncoderFromCLIPVision": "inputs",
+    "ColorizeDiffusionXLReferenceEncoderLoader": "inputs", "ColorizeDiffusionXLLevelRule": "sampling",
     "ColorizeDiffusionSketchPreprocess": "sketch", "ColorizeDiffusionSketchHints": "sketch",
     "ColorizeDiffusionLineExtract": "sketch", "ColorizeDiffusionNativeSketch": "sketch",
     "ColorizeDiffusionReferenceEmbed": "reference", "ColorizeDiffusionReferencePad": "reference",

@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 from layout import Graph, layout, load_sizes
 
 from nodes import NODE_CLASSES
-from nodes.models import CHECKPOINT_FOLDER, CLIP_FOLDER, ISNET_FOLDER, model_links
+from nodes.models import CHECKPOINT_FOLDER, CLIP_FOLDER, ISNET_FOLDER, TAGGER_FOLDER, model_links
 from nodes.schema import WIDGET_TYPES
 
 SKETCH, REFERENCE = "colorizediffusion_sketch.png", "colorizediffusion_reference.png"
@@ -231,6 +231,54 @@ def v2_graph() -> Graph:
     return graph
 
 
+NOTE_XL = """## ColorizeDiffusion XL: reference-based line-art colorization at 1024 px
+
+1. **Models** (downloaded on first run if missing, or by the frontend's missing-model dialog):
+   `models/colorizediffusion/sdxl.safetensors` (5.4 GB, CC-BY-NC-SA-4.0, non-commercial),
+   `models/clip_vision/clip_vision_g.safetensors` (CLIP ViT-bigG/14, 3.7 GB: the file SDXL users already have) and
+   `models/wd_tagger/wd-v1-4-swinv2-tagger-v2.safetensors` (0.4 GB). **XL Reference Encoder Loader** fuses the two
+   encoders with the checkpoint's own ClusterConcat, so it takes the loaded model.
+2. **Images**: copy `colorizediffusion_sketch.png` and `colorizediffusion_reference.png` from the pack's
+   `workflows/` folder into ComfyUI's `input/` folder, or load your own line art and reference.
+3. Queue. **Sketch Preprocess** gets the model, so width/height 0 follow the XL app's autofit (the sketch's aspect at
+   about 1024x1024, sides multiples of 32). The sampler runs the XL app's DPM++ 3M SDE on its exponential schedule.
+   XL files do not record their prediction type: the loader's `info` says what decided it (the file name rule).
+"""
+
+NOTE_XL_V2 = """## ColorizeDiffusion XL v2: background separation with the ReferenceNet
+
+`xlv2.safetensors` (9.4 GB, downloaded on first run if missing) with the XL reference encoder files (see the XL
+workflow). As in the official app, **Sketch Mask (ISNet-sketch)** finds the figure in the line art and **Reference Mask
+(ISNet)** the character in the reference (models/isnet, 0.18 GB each); check both in the **Mask Preview**s.
+**Background Encode** (XL: background enhance only) makes the ReferenceNet encode the background-only reference;
+the decoder's self-attention reads it outside the figure. Bypass Background Encode for plain colorization.
+"""
+
+
+def xl_graph() -> Graph:
+    """XL (sdxl): the v1 chain with the XL reference encoder, XL autofit sizes and the XL app's sampler."""
+    graph = v1_graph()
+    graph["1"]["inputs"]["ckpt_name"] = "sdxl.safetensors"
+    graph["2"] = {"class_type": "ColorizeDiffusionXLReferenceEncoderLoader", "_meta": {"title": "XL reference encoder"},
+                  "inputs": {"model": ["1", 0], "clip_name": "clip_vision_g.safetensors",
+                             "tagger_name": "wd-v1-4-swinv2-tagger-v2.safetensors"}}
+    graph["5"]["inputs"]["model"] = ["1", 0]
+    graph["8"]["inputs"].update({"sampler": "dpmpp_3m_sde", "scheduler": "auto"})
+    graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/xl"
+    return graph
+
+
+def xl_v2_graph() -> Graph:
+    """XL v2 (xlv2): the XL graph with the ISNet masks and Background Encode (the ReferenceNet background)."""
+    graph = xl_graph()
+    graph["1"]["inputs"]["ckpt_name"] = "xlv2.safetensors"
+    graph["8"]["inputs"]["enhance"] = ["15", 0]
+    graph["10"]["inputs"]["filename_prefix"] = "ColorizeDiffusion/xlv2"
+    v15 = v15_graph()
+    graph.update({nid: v15[nid] for nid in ("13", "14", "15", "16", "17", "18", "19")})
+    return graph
+
+
 NOTE_ADVANCED = """## ColorizeDiffusion v1 with the official app's advanced controls
 
 The v1 workflow (same models and images) with:
@@ -355,6 +403,8 @@ WORKFLOWS = {
     "v1 - Advanced controls": (advanced_graph, NOTE_ADVANCED),
     "v1 - Native KSampler": (native_ksampler_graph, NOTE_NATIVE_KSAMPLER),
     "v2 - Native dual CFG": (native_custom_graph, NOTE_NATIVE_CUSTOM),
+    "XL - Colorize line art": (xl_graph, NOTE_XL),
+    "XL v2 - Background separation": (xl_v2_graph, NOTE_XL_V2),
 }
 
 
@@ -366,15 +416,18 @@ def node_spec(class_type: str) -> dict[str, Any]:
     if class_type in CORE_NODES:
         return CORE_NODES[class_type]
     schema = NODE_CLASSES[class_type].define_schema()
-    widgets, inputs = [], {}
+    widgets, inputs, defaults = [], {}, {}
     for inp in sorted(schema.inputs, key=lambda i: bool(i.optional)):  # /object_info: required, then optional
         if inp.io_type in WIDGET_TYPES:
             widgets.append(inp.id)
+            if inp.optional:
+                defaults[inp.id] = inp.default
             if inp.io_type == "INT" and (inp.control_after_generate or inp.id in ("seed", "noise_seed")):
                 widgets.append("control_after_generate")
         else:
             inputs[inp.id] = inp.io_type
-    return {"widgets": widgets, "inputs": inputs, "outputs": [(o.display_name, o.io_type) for o in schema.outputs]}
+    return {"widgets": widgets, "inputs": inputs, "outputs": [(o.display_name, o.io_type) for o in schema.outputs],
+            "defaults": defaults}
 
 
 def widget_value(api_inputs: dict[str, Any], widget: str) -> Any:
@@ -383,6 +436,15 @@ def widget_value(api_inputs: dict[str, Any], widget: str) -> Any:
     if widget == "upload":
         return "image"
     return api_inputs[widget]
+
+
+def with_optional_defaults(graph: Graph) -> Graph:
+    """The graph with every optional widget it leaves out set to its default (the frontend saves them all)."""
+    for node in graph.values():
+        if node["class_type"] not in CORE_NODES:
+            for widget, default in node_spec(node["class_type"])["defaults"].items():
+                node["inputs"].setdefault(widget, default)
+    return graph
 
 
 # ------------------------------------------------------------------------------------- UI format
@@ -408,9 +470,10 @@ def to_ui(graph: Graph, note: str) -> dict[str, Any]:
             out_links.setdefault((src[0], src[1]), []).append(link_id)
             ui_inputs.append({"name": name, "type": typ, "link": link_id})
         props: dict[str, Any] = {"Node name for S&R": node["class_type"]}
-        for widget, folder in (("ckpt_name", CHECKPOINT_FOLDER), ("clip_name", CLIP_FOLDER), ("model_name", ISNET_FOLDER)):
+        for widget, folder in (("ckpt_name", CHECKPOINT_FOLDER), ("clip_name", CLIP_FOLDER),
+                               ("model_name", ISNET_FOLDER), ("tagger_name", TAGGER_FOLDER)):
             if widget in node["inputs"] and node["class_type"].startswith("ColorizeDiffusion"):
-                props["models"] = model_links(folder, node["inputs"][widget])
+                props["models"] = [*props.get("models", []), *model_links(folder, node["inputs"][widget])]
         entry: dict[str, Any] = {
             "id": int(nid), "type": node["class_type"], "title": node["_meta"]["title"],
             "pos": list(lay.pos[nid]), "size": list(lay.size[nid]),
@@ -508,6 +571,10 @@ def thumbnail_content(name: str) -> tuple[str, str, list[tuple[Any, str]]]:
                                                  [sketch, reference]),
         "v2 - Native dual CFG": ("v2 native, dual CFG", "SamplerCustomAdvanced + Native Guider",
                                  [sketch, reference]),
+        "XL - Colorize line art": ("XL: colorize line art", "SDXL colorizer, CLIP-bigG + WD tagger, 1024 px",
+                                   [sketch, reference]),
+        "XL v2 - Background separation": ("XL v2: background separation",
+                                          "ISNet masks + ReferenceNet background, 1024 px", [sketch, reference]),
     }[name]
 
 
@@ -534,7 +601,7 @@ def build() -> dict[str, Any]:
     """Relative path → JSON content of every workflow file."""
     files: dict[str, Any] = {}
     for name, (make, note) in WORKFLOWS.items():
-        graph = make()
+        graph = with_optional_defaults(make())
         files[f"api/{name}.json"] = graph
         files[f"{name}.json"] = to_ui(graph, note)
     return files

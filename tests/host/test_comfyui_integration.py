@@ -32,7 +32,7 @@ API_FILES = sorted((REPO / "workflows" / "api").glob("*.json"))
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny weights in ComfyUI's models layout, under the file names the workflows use."""
     d = tmp_path_factory.mktemp("comfy_models")
-    write_tiny_weights(d, versions=("mult", "switch", "v2"), masks=True)  # every workflow's checkpoint
+    write_tiny_weights(d, versions=("mult", "switch", "v2", "sdxl", "xlv2"), masks=True)  # every workflow's checkpoint
     return d
 
 

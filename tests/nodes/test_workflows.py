@@ -45,6 +45,14 @@ LOADERS = {"ColorizeDiffusionCheckpointLoader": ("ckpt_name", "colorizediffusion
            "ColorizeDiffusionReferenceEncoderLoader": ("clip_name", "clip_vision"),
            "ColorizeDiffusionAnimeMask": ("model_name", "isnet"),
            "ColorizeDiffusionSketchMaskISNet": ("model_name", "isnet")}
+#: Loaders of a second file (or of one file only): the XL reference encoder reads CLIP-bigG and the WD tagger.
+FILE_WIDGETS = {**{k: [v] for k, v in LOADERS.items()},
+                "ColorizeDiffusionXLReferenceEncoderLoader": [("clip_name", "clip_vision"),
+                                                              ("tagger_name", "wd_tagger")]}
+#: Files whose download URL ends in another name (the tagger's model.safetensors): no frontend download link,
+#: the loader downloads them on first run.
+NO_LINK = {("wd_tagger", "wd-v1-4-swinv2-tagger-v2.safetensors")}
+TINY_VERSIONS = ("mult", "switch", "v2", "sdxl", "xlv2")  # every workflow's checkpoint
 UI_FILES = sorted(WF.glob("*.json"))
 API_FILES = sorted((WF / "api").glob("*.json"))
 
@@ -170,16 +178,18 @@ def test_ui_workflow_equals_its_api_twin(path: Path) -> None:
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
 def test_ui_loaders_carry_model_download_links(path: Path) -> None:
     by_file = {(e["models_subdir"], e["filename"]): e for e in load_manifest()}
-    loaders = LOADERS
     found = 0
     for node in load(path)["nodes"]:
-        if node["type"] in loaders:
-            widget, folder = loaders[node["type"]]
-            name = node["widgets_values"][widget_names(node["type"]).index(widget)]
-            entry = by_file[(folder, name)]
-            assert node["properties"]["models"] == [{"name": name, "url": hub_url(entry), "directory": folder}]
+        if node["type"] in FILE_WIDGETS:
+            expected = []
+            for widget, folder in FILE_WIDGETS[node["type"]]:
+                name = node["widgets_values"][widget_names(node["type"]).index(widget)]
+                entry = by_file[(folder, name)]
+                if (folder, name) not in NO_LINK:
+                    expected.append({"name": name, "url": hub_url(entry), "directory": folder})
+            assert node["properties"]["models"] == expected
             # the frontend's download saves the file under its URL's name: the workflow must ask for that name
-            assert node["properties"]["models"][0]["url"].rsplit("/", 1)[1] == name
+            assert all(link["url"].rsplit("/", 1)[1] == link["name"] for link in expected)
             found += 1
     separation = any(n["type"] == "ColorizeDiffusionBackgroundEncode" for n in load(path)["nodes"])
     assert found == (4 if separation else 2)  # checkpoint, CLIP (and the two ISNet files of the mask nodes)
@@ -206,12 +216,11 @@ def test_tiny_weights_use_the_workflow_file_names(tmp_path: Path) -> None:
     """``make-tiny-weights DIR`` fills DIR in ComfyUI's layout so every workflow runs unchanged against it."""
     from colorize.tiny import write_tiny_weights
 
-    written = {p.relative_to(tmp_path).as_posix() for p in write_tiny_weights(tmp_path, versions=("mult", "switch", "v2"), masks=True).values()}
-    loaders = LOADERS
+    written = {p.relative_to(tmp_path).as_posix()
+               for p in write_tiny_weights(tmp_path, versions=TINY_VERSIONS, masks=True).values()}
     for path in API_FILES:
         for node in load(path).values():
-            if node["class_type"] in loaders:
-                widget, folder = loaders[node["class_type"]]
+            for widget, folder in FILE_WIDGETS.get(node["class_type"], []):
                 assert f"{folder}/{node['inputs'][widget]}" in written, f"{path.name}: {node['inputs'][widget]}"
 
 
