@@ -48,6 +48,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="reference strength: scales the cross-attention of the encoder/middle/low levels "
                         "(as the official app, the middle block and the highest-resolution decoder blocks keep 1)")
     p.add_argument("--sketch-strength", type=float, default=1.0, help="sketch hint strength")
+    p.add_argument("--hint-strengths", type=float, nargs="+", default=None, metavar="S",
+                   help="one multiplier per sketch hint on top of --sketch-strength (XL: 4, finest first; SD2.1: 5)")
     p.add_argument("--level-rule", choices=("official", "levels"), default="official",
                    help="XL sdxl: 'official' = only the encoder level strength acts (as the app), 'levels' = all three")
     p.add_argument("--polarity", choices=("auto", "invert", "keep"), default="auto", help="sketch polarity handling")
@@ -137,6 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         no_guidance=tuple(args.no_guidance), reference_pad_scale=args.ref_pad_scale, crop_result=args.crop_result,
         injection=args.injection, injection_fidelity=args.injection_fidelity,
         injection_control=args.injection_control, injection_start=args.injection_start, level_rule=args.level_rule,
+        hint_strengths=args.hint_strengths,
     )
     settings.validate(sketch_hw=tuple(sketch.shape[-2:]))  # bad settings and sizes, before the models load
     missing = []

@@ -112,14 +112,21 @@ def cast_for_inference(
 
 
 @torch.no_grad()
-def sketch_hints(sketch_encoder: nn.Module, sketch: Tensor, strength: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
-    """Prepared sketch(es) (lines +1, background -1) → (hints, hints of the blank sketch), both × ``strength``.
+def sketch_hints(sketch_encoder: nn.Module, sketch: Tensor, strength: float = 1.0,
+                 hint_strengths: Sequence[float] | None = None) -> tuple[list[Tensor], list[Tensor]]:
+    """Prepared sketch(es) (lines +1, background -1) → (hints, hints of the blank sketch), both × ``strength``
+    (and hint ``i`` × ``hint_strengths[i]`` when given: the XL app's per-level sketch strengths, official
+    ``refnet/models/colorizerXL.py:189-200``, ``control_scale × control_scale_i``).
 
     Runs on the encoder's device and dtype (Eq. 5.1: the hints are added to the U-Net features)."""
     sketch = sketch.to(module_device(sketch_encoder), module_dtype(sketch_encoder))
     both = sketch_encoder(torch.cat([sketch, blank_sketch(sketch.shape[0], tuple(sketch.shape[-2:])).to(sketch)]))
+    if hint_strengths is not None and len(hint_strengths) != len(both):
+        raise InputError(f"hint_strengths needs one value per sketch hint ({len(both)} for this checkpoint), got "
+                         f"{len(hint_strengths)}")
+    scales = [strength * (1.0 if hint_strengths is None else float(hint_strengths[i])) for i in range(len(both))]
     b = sketch.shape[0]
-    return [h[:b] * strength for h in both], [h[b:] * strength for h in both]
+    return [h[:b] * s for h, s in zip(both, scales)], [h[b:] * s for h, s in zip(both, scales)]
 
 
 def make_conditioning(

@@ -7,7 +7,7 @@ family, :mod:`colorize.families`).
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -140,9 +140,11 @@ class Colorizer:
         return self.family.encode_reference(self.reference_encoder, self.extras, reference)
 
     @offloaded("sketch_encoder")
-    def encode_sketch(self, sketch: Tensor, strength: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
-        """Prepared sketch(es) (lines +1) → (hints, hints of the blank sketch), both × ``strength``."""
-        return sketch_hints(self.sketch_encoder, sketch, strength)
+    def encode_sketch(self, sketch: Tensor, strength: float = 1.0, hint_strengths: Sequence[float] | None = None
+                      ) -> tuple[list[Tensor], list[Tensor]]:
+        """Prepared sketch(es) (lines +1) → (hints, hints of the blank sketch), both × ``strength`` (and each
+        hint × its ``hint_strengths`` value when given)."""
+        return sketch_hints(self.sketch_encoder, sketch, strength, hint_strengths)
 
     @offloaded("vae", "sketch_encoder", extras=True)  # the v2/XL VAE encodes and encoders, the injection hints
     def conditioning(
@@ -164,7 +166,7 @@ class Colorizer:
         frame of ``sketch_mask``, default the prepared sketch's); the v2 VAE latents are posterior samples
         seeded from ``settings.seed``."""
         tokens = self.encode_reference(reference)
-        hints, hints_uncond = self.encode_sketch(sketch, settings.sketch_strength)
+        hints, hints_uncond = self.encode_sketch(sketch, settings.sketch_strength, settings.hint_strengths)
         inputs = separation_inputs(
             self.config, self.extras, enhance, tokens=tokens, reference=reference, sketch=sketch,
             sketch_hw=sketch_hw or (int(sketch.shape[-2]), int(sketch.shape[-1])),

@@ -80,6 +80,9 @@ class GenerationSettings:
     reference-unconditional rows; ``injection_control`` (official "Injection fidelity (sketch)", 0) scales
     the hints of the negated reference in the write pass; ``injection_start`` is the first ``tr`` injected.
 
+    ``hint_strengths``: one multiplier per sketch hint on top of ``sketch_strength`` (the XL app's four per-level
+    sketch strengths; SD2.1 has five hints); ``None`` = all 1.
+
     ColorizeDiffusion XL (``sdxl``): ``level_rule`` ``official`` reproduces the app, where only the ``encoder``
     slider acts (on every block); ``levels`` makes all three act (high ← encoder, bottom ← middle, low ← low;
     :mod:`colorize.families.xl.blocks`). ``block_strengths`` has one value per transformer block of the loaded
@@ -115,6 +118,7 @@ class GenerationSettings:
     max_output_side: int | None = None
     max_output_pixels: int | None = None
     level_rule: str = "official"
+    hint_strengths: Sequence[float] | None = None
 
     def validate(self, family: Any = None, sketch_hw: tuple[int, int] | None = None) -> None:
         """An :class:`~colorize.errors.InputError` naming the first bad field; sizes above the output limits
@@ -133,7 +137,8 @@ class GenerationSettings:
         numbers = {"reference_cfg": self.reference_cfg, "sketch_cfg": self.sketch_cfg,
                    "reference_strength": self.reference_strength, "sketch_strength": self.sketch_strength,
                    **{f"level_strengths[{k}]": v for k, v in (self.level_strengths or {}).items()},
-                   **{f"block_strengths[{i}]": v for i, v in enumerate(self.block_strengths or ())}}
+                   **{f"block_strengths[{i}]": v for i, v in enumerate(self.block_strengths or ())},
+                   **{f"hint_strengths[{i}]": v for i, v in enumerate(self.hint_strengths or ())}}
         for name, value in numbers.items():
             if not math.isfinite(float(value)):
                 raise InputError(f"{name} must be a finite number, got {value!r}")

@@ -291,3 +291,19 @@ def test_a_separate_vae_file_and_its_precision(tiny_dir: Path, tmp_path: Path) -
     save_file({"decoder.up_blocks.0.resnets.0.conv1.weight": torch.zeros(1)}, str(tmp_path / "diffusers.safetensors"))
     with pytest.raises(CheckpointError, match="diffusers-format VAE"):
         tiny_colorizer(tiny_dir, "sdxl", vae=tmp_path / "diffusers.safetensors")
+
+
+def test_per_hint_sketch_strengths(xl: dict[str, Colorizer]) -> None:
+    """Each hint × its own strength (the XL app's four per-level sketch strengths); all 1 = the plain result."""
+    model = xl["sdxl"]
+    s = prepare_sketch(sketch(), (96, 64))
+    plain, plain_u = model.encode_sketch(s, 0.5)
+    scaled, scaled_u = model.encode_sketch(s, 0.5, [1.0, 0.0, 2.0, 1.0])
+    for i, factor in enumerate([1.0, 0.0, 2.0, 1.0]):
+        torch.testing.assert_close(scaled[i], plain[i] * factor)
+        torch.testing.assert_close(scaled_u[i], plain_u[i] * factor)
+    base = model.colorize(sketch(), reference(), S)
+    assert torch.equal(model.colorize(sketch(), reference(), replace(S, hint_strengths=[1.0] * 4)), base)
+    assert (model.colorize(sketch(), reference(), replace(S, hint_strengths=[1.0, 1.0, 0.0, 1.0])) - base).abs().max() > 1e-4
+    with pytest.raises(InputError, match="one value per sketch hint"):
+        model.colorize(sketch(), reference(), replace(S, hint_strengths=[1.0] * 5))
