@@ -176,7 +176,8 @@ class MergedLoraSplitAttention:
         q, k, v = merged_projections(call)
         host = AttentionCall(call.x, call.context, call.site, attend=layer.attend, scale=call.scale,  # type: ignore
                              q=q, k=k, v=v)
-        return layer.to_out(self.unmerged(host))  # type: ignore[union-attr]
+        # the soft blend's float32 mask promotes the result: back to the layer's dtype (fp16/bf16 U-Nets)
+        return layer.to_out(self.unmerged(host).to(call.x.dtype))  # type: ignore[union-attr]
 
 
 def xlv2_patches(
