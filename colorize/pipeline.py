@@ -214,12 +214,14 @@ class Colorizer:
         """Sketch and reference images in [0, 1] (B, C, H, W) → colorized image **in [-1, 1]**
         (``(x + 1) / 2`` for [0, 1]; :func:`colorize.preprocess.tensor_to_pil` takes it as is).
 
-        v1.5/v2 only: ``enhance`` turns on BG/FG (and v2 style) enhance; masks are (B, H, W) in [0, 1],
+        v1.5/v2/XL only: ``enhance`` turns on BG/FG (and v2 style) enhance (XL: background enhance); masks are (B, H, W) in [0, 1],
         1 = foreground, each in its image's frame; ``background`` is an optional separate background image
         in [0, 1]. Without ``sketch_mask`` it is computed from the line art (no weights); background enhance
         without ``reference_mask`` or ``background`` warns and uses an all-foreground reference mask (a
         real one needs a segmenter, e.g. :func:`colorize.masks.sam_foreground_mask` with SAM weights).
-        Without a size, v2 outputs are about 768² in area (its training level), v1/v1.5 about 512².
+        Without a size, v2 outputs are about 768² in area (its training level), v1/v1.5 about 512², XL the
+        official autofit (the sketch's aspect at 1024², sides multiples of 32 within [768, 1536]); XL sizes given
+        must be multiples of 32.
         ``settings.reference_pad_scale`` pads the reference/background (and their masks, with 0) in width;
         ``settings.crop_result`` returns only the un-padded sketch area (:func:`colorize.preprocess.content_box`)."""
         settings = settings or GenerationSettings()
