@@ -7,7 +7,7 @@
 # Local CPU smoke test of the same script (tiny model, seconds per step):
 #   BENCH_SMOKE=1 OUT=/tmp/bench-out bash colorize/benchmark/gpu_speed_memory.sh
 # Only some steps (names below, space-separated), e.g. the XL rows alone (~3 minutes on an H200):
-#   BENCH_STEPS="xl xlv2bg xllowvram" bash colorize/benchmark/gpu_speed_memory.sh
+#   BENCH_STEPS="xl xlbg xlv2bg xllowvram" bash colorize/benchmark/gpu_speed_memory.sh
 #
 # Steps, most important first; each runs only if its time estimate fits the remaining budget
 # (BENCH_BUDGET_S, default 470 s), and under its own timeout:
@@ -24,6 +24,7 @@
 #   isnet     one ISNet mask forward on the apps' 1024 canvas
 #   xl        ColorizeDiffusion XL sdxl, 1024², its app's sampler (DPM++ 3M SDE, exponential), fp16, FLOPs: random
 #             full-size weights built on the GPU (U-Net 2.56 B, CLIP-bigG 1.84 B, tagger, VAE fp32)
+#   xlbg      sdxl with background separation (synthetic masks: background tokens, masked split cross-attention)
 #   xlv2bg    xlv2 with background separation (synthetic masks: background tokens, VAE encode, ReferenceNet bank)
 #   xllowvram sdxl 1024², --low-vram (CLIP-bigG + tagger and the U-Net on the CPU except while they run)
 # Output ($OUT, 3 files): runs.json (every run's bench JSON by name), summary.md (table + ratios to the
@@ -83,6 +84,7 @@ bench injection 60 --res $SMALL $BIG --runs 2 --warmup 1 --unet-iters 2 --no-flo
 bench isnet     20 --isnet $CANVAS --runs 5 --warmup 2  # one ISNet mask forward (the apps' 1024 canvas)
 XL=(--sampler dpmpp_3m_sde --scheduler auto --res $XLRES)
 bench xl        60 --family sdxl "${XL[@]}" --runs 3 --warmup 1 --unet-iters 10
+bench xlbg      45 --family sdxl --bg-enhance "${XL[@]}" --runs 2 --warmup 1 --unet-iters 5
 bench xlv2bg    60 --family xlv2 --bg-enhance "${XL[@]}" --runs 2 --warmup 1 --unet-iters 5
 bench xllowvram 60 --family sdxl "${XL[@]}" --runs 2 --warmup 1 --unet-iters 3 --no-flops --low-vram
 
