@@ -147,3 +147,94 @@ def test_bench_times_one_isnet_forward(tmp_path: Path, capsys: pytest.CaptureFix
     assert doc["isnet"]["canvas"] == 64 and doc["isnet"]["runs"] == 2 and doc["isnet"]["forward_s"] > 0
     assert main(["bench", "--isnet", "16", "--device", "cpu"]) == 2  # a canvas the network cannot use
     assert "--isnet must be a canvas side" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ ColorizeDiffusion XL
+XL_PARAMS = {"unet": 2_564_514_564, "sketch_encoder": 25_984_720, "vae": 83_653_863, "proj": 15_478_528,
+             "clip": 1_844_907_264, "tagger": 96_203_891, "bg_encoder": 2_012_561_920}
+
+
+@pytest.mark.parametrize("version", ["sdxl", "xlv2"])
+def test_xl_bench_models_have_the_released_parameter_counts(version: str) -> None:
+    """The random full-size XL modules the GPU rows build, counted on the meta device (official module sizes)."""
+    from colorize.benchmark.models import xl_modules
+
+    with torch.device("meta"):
+        config, modules = xl_modules(version)
+    count = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()}
+    enc = modules["reference_encoder"]
+    assert sum(p.numel() for p in enc.clip.parameters()) == XL_PARAMS["clip"]
+    assert sum(p.numel() for p in enc.tagger.parameters()) == XL_PARAMS["tagger"]
+    lora = 2_478_080 + 11_840 if version == "xlv2" else 0  # background LoRA + the unused conv_fg
+    assert count["unet"] == XL_PARAMS["unet"] + lora
+    for k in ("sketch_encoder", "vae", "proj", *(("bg_encoder",) if version == "xlv2" else ())):
+        assert count[k] == XL_PARAMS[k], k
+    assert set(modules) == {"unet", "sketch_encoder", "vae", "reference_encoder", "proj",
+                            *(("bg_encoder",) if version == "xlv2" else ())}
+    assert config.vae.scale_factor == 0.13025 and modules["unet"].num_attention_blocks == 70
+
+
+def test_bench_cli_xl_tiny_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--family sdxl``: the family's sampler, the adm vector, 70 reference scales; never the v1 official figures."""
+    out = tmp_path / "xl.json"
+    assert main(["bench", "--family", "sdxl", "--device", "cpu", "--config", "tiny", "--res", "64", "--steps", "1",
+                 "--runs", "1", "--warmup", "0", "--unet-iters", "1", "--no-flops", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny sdxl model" in printed and "dpmpp_3m_sde/auto" in printed and "official" not in printed
+    doc = json.loads(out.read_text())
+    assert doc["model"]["family"] == "sdxl" and set(doc["model"]["params_millions"]) >= {"clip", "proj"}
+    assert doc["settings"]["sampler"] == "dpmpp_3m_sde" and doc["official"] is None
+    (r,) = doc["results"]
+    assert r["family"] == "sdxl" and r["cfg_batch"] == 2 and r["output_finite"] and not r["bg_enhance"]
+
+
+def test_bench_xlv2_background_separation_in_half_precision() -> None:
+    """xlv2 with background enhance (ReferenceNet bank, merged-LoRA soft blend) runs in fp16 and is timed."""
+    from colorize.benchmark.models import random_xl_colorizer
+    from colorize.settings import EnhanceSettings
+
+    model, info = random_xl_colorizer("xlv2", "tiny", "cpu", "fp16")
+    assert "bg_encoder" in info["params_millions"]
+    s = GenerationSettings(steps=1, sampler="euler", scheduler="karras")
+    r = bench_size(model, (64, 64), s, runs=1, warmup=0, unet_iters=1, flops=False,
+                   enhance=EnhanceSettings(background_enhance=True))
+    assert r["bg_enhance"] and r["separation_ms"] > 0 and r["output_finite"]
+    assert r["encode_ms"] == pytest.approx(r["clip_ms"] + r["sketch_ms"] + r["separation_ms"], rel=0.05)
+    assert "| separation ms |" in format_table([r])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--family", "sdxl", "--with-text"], "--with-text: not for XL"),
+    (["--family", "xlv2", "--tolerance"], "--tolerance: not for XL v2"),
+    (["--family", "sdxl", "--res", "80"], "multiples of 32"),
+    (["--bg-enhance"], "no foreground/background separation"),
+])
+def test_bench_refuses_what_a_family_cannot_do(argv: list[str], message: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--device", "cpu", "--config", "tiny", "--runs", "1", "--warmup", "0", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0
+
+
+def test_summary_compares_only_v1_rows_with_the_official_figures(tmp_path: Path) -> None:
+    from colorize.benchmark.summary import main as summary
+
+    official = tmp_path / "official.json"
+    official.write_text(json.dumps({"results": [
+        {"kind": "env", "device_name": "NVIDIA H200"},
+        {"kind": "generate_kdiff", "status": "ok", "res": "1024x1024", "total_ms_median": 1000.0}]}))
+    row = {"res": "1024x1024", "total_ms": 500.0, "sample_ms": 400.0, "unet_call_ms": 20.0, "decode_ms": 50.0,
+           "peak_memory_gib": 10.0, "unet_flops": 1e12}
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name, family, extra in (("baseline", "mult", {}), ("xl", "sdxl", {}),
+                                ("xlbg", "sdxl", {"bg_enhance": True, "separation_ms": 12.5})):
+        (runs / f"{name}.json").write_text(json.dumps({
+            "env": {"device_name": "NVIDIA H200"}, "model": {"family": family}, "settings": {"bg_enhance": "bg" in name},
+            "options": {}, "results": [{**row, **extra}]}))
+    summary(runs, tmp_path, official)
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in (tmp_path / "summary.md").read_text().splitlines()
+             if ln.startswith("| ") and "1024x1024" in ln}
+    assert "| 0.500 | 480.0 |" in lines["baseline"]
+    assert "| n/a | n/a |" in lines["xl"] and "| sdxl |" in lines["xl"]
+    assert "sdxl + background separation; separation conditioning 12.5 ms" in lines["xlbg"]
