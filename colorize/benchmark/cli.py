@@ -215,6 +215,7 @@ def _bench(args: argparse.Namespace) -> int:
     from colorize.device import resolve_device
     from colorize.settings import EnhanceSettings
 
+    options.check(args, resolve_device(args.device))  # before a checkpoint is looked for
     family = _family(args)
     sampler = args.sampler or ("dpmpp_2m" if family.name == "mult" else family.default_sampling[0])
     scheduler = args.scheduler or ("karras" if sampler == "dpmpp_2m" else "auto")
@@ -230,7 +231,6 @@ def _bench(args: argparse.Namespace) -> int:
     if xl and (args.with_text or args.tolerance):
         raise InputError(f"{' and '.join(f for f, on in (('--with-text', args.with_text), ('--tolerance', args.tolerance)) if on)}"
                          f": not for {family.label} (no CLIP text tower; the precision check builds SD2.1 models)")
-    options.check(args, resolve_device(args.device))
     start = time.perf_counter()
     config_name = "checkpoint" if args.checkpoint is not None else _config_name(args, resolve_device(args.device))
     default_sizes = ([(1024, 1024)] if xl else [(512, 512), (768, 768), (1024, 1024)]) if config_name != "tiny" \
