@@ -1,7 +1,7 @@
 """Speed and memory benchmark of the pipeline: ``python -m colorize bench``.
 
-Modules: :mod:`~colorize.benchmark.models` (random-weight colorizers built on the device, or loaded
-checkpoints), :mod:`~colorize.benchmark.measure` (stage timings, peak memory, FLOPs),
+Modules: :mod:`~colorize.benchmark.models` (random-weight colorizers built on the device: v1, or
+ColorizeDiffusion XL ``sdxl`` / ``xlv2``; or loaded checkpoints), :mod:`~colorize.benchmark.measure` (stage timings, peak memory, FLOPs),
 :mod:`~colorize.benchmark.report` (tables, environment, the official reference figures) and
 :mod:`~colorize.benchmark.cli`.
 """

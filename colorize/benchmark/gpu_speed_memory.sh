@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Speed and memory on the GPU: the whole before/after bench set in one script, ~8 minutes on an H200, results in $OUT.
+# Speed and memory on the GPU: the whole before/after bench set in one script, ~8 minutes on an H200, results in $OUT
+# (the XL steps, last, add ~4 minutes: they run when the budget is left, or alone with BENCH_STEPS, below).
 #
 # Run with the device tool from the repo root, kind nvidia-h200, carry [".gpu", ".whl"] (both git-ignored:
 # .whl = the open_clip wheels, .gpu/official-v1-h200.json = ../shared/benchmarks' official H200 figures):
