@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from colorize.models.attention import AttentionPatches
 from colorize.models.vae_tiling import use_tiling
+from colorize.offload import EXTRA_PREFIX
 from colorize.preprocess import prepare_reference, prepare_sketch
 from colorize.sampling import guidance_rows
 from colorize.speedups import eager
@@ -131,7 +132,8 @@ def bench_size(model: Any, size: tuple[int, int], settings: Any, runs: int = 3, 
     def conditioning(tokens: Tensor) -> Any:
         """The family's U-Net inputs (XL: the adm vector; with ``enhance``: the separation), as the pipeline."""
         encode_latent = SeededLatentEncoder(model.vae, (int(settings.seed) + 2) % (MAX_SEED + 1))
-        with offload.on_device(vae=model.vae) if offload is not None else nullcontext():
+        on_device = {"vae": model.vae, **{EXTRA_PREFIX + k: m for k, m in model.extras.items()}}  # xlv2 ReferenceNet
+        with offload.on_device(**on_device) if offload is not None else nullcontext():
             return separation_inputs(model.config, model.extras, enhance, tokens=tokens, reference=reference,
                                      sketch=sketch, sketch_hw=size, encode_tokens=model.encode_reference,
                                      encode_latent=encode_latent, **masks)
