@@ -79,8 +79,9 @@ def test_target_size_rounds_to_multiples_of_64() -> None:
     assert target_size((500, 300), width=500, height=300) == (320, 512)
     h, w = target_size((1000, 500))
     assert h % 64 == 0 and w % 64 == 0 and abs(h / w - 2) < 0.3
-    with pytest.raises(InputError, match="multiple of 64"):
+    with pytest.raises(InputError, match="multiple of 8"):  # the latent grid; each family checks its own multiple
         fit_and_pad(torch.ones(1, 3, 8, 8), (100, 64), fill=-1)
+    assert fit_and_pad(torch.ones(1, 3, 8, 8), (96, 64), fill=-1).shape == (1, 3, 96, 64)  # an XL size
 
 
 def test_nan_and_bad_shapes_rejected() -> None:
