@@ -14,7 +14,13 @@ from .decode import Decode
 from .enhance import BackgroundEncode, StyleEncode
 from .isnet_masks import AnimeMask, SketchMaskIsnet
 from .lineart import LineExtract
-from .loaders import CheckpointLoader, ReferenceEncoderFromCLIPVision, ReferenceEncoderLoader, XLReferenceEncoderLoader
+from .loaders import (
+    CheckpointLoader,
+    ReferenceEncoderFromCLIPVision,
+    ReferenceEncoderLoader,
+    XLReferenceEncoderFromCLIPVision,
+    XLReferenceEncoderLoader,
+)
 from .manipulation import ControlHeatmap, TextEdit
 from .masks import MaskPreview, SamMask, SketchMask
 from .models import register_folders
@@ -35,7 +41,8 @@ from .sketch import SketchHintsNode, SketchPreprocess
 #: Every node of the pack, in the order of the node library (loaders, sketch, sampling, edits, masks,
 #: separation, advanced, native bridge).
 NODES: tuple[type[io.ComfyNode], ...] = (
-    CheckpointLoader, ReferenceEncoderLoader, ReferenceEncoderFromCLIPVision, XLReferenceEncoderLoader, ReferenceEmbed,
+    CheckpointLoader, ReferenceEncoderLoader, ReferenceEncoderFromCLIPVision, XLReferenceEncoderLoader,
+    XLReferenceEncoderFromCLIPVision, ReferenceEmbed,
     SketchPreprocess, SketchHintsNode, Sampler, Decode,
     TextEdit, ControlHeatmap, LineExtract,
     AnimeMask, SketchMaskIsnet, SketchMask, SamMask, MaskPreview, BackgroundEncode, StyleEncode,

@@ -10,17 +10,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from colorize.checkpoint import read_header
+from colorize.checkpoint import load_state_dict_file, read_header
 from colorize.device import PRECISIONS
 from colorize.errors import InputError
 from colorize.families import FAMILIES, get_family
+from colorize.families.xl.encoders import XLReferenceEncoder, check_encoder_fits, tagger_from_state_dict
 from colorize.generate import cast_for_inference, noise_schedule
 from colorize.loader import load_checkpoint_modules, load_reference_encoder, read_checkpoint_info
 from colorize.weights import DEFAULT_CHECKPOINT, DEFAULT_CLIP, manifest_entry
 
 from .host import ManagedModule, load_device, offload_device, unet_dtype
 from .models import CHECKPOINT_FOLDER, CLIP_FOLDER, TAGGER_FOLDER, list_files, resolve_file
-from .reference import ClipVisionReference, OpenClipReference, XLReference
+from .reference import ClipVisionBigG, ClipVisionReference, OpenClipReference, XLReference
 from .schema import io, output, ui
 from .sockets import ColorizeModel, ModelSocket, ReferenceEncoderSocket
 
@@ -210,14 +211,64 @@ class XLReferenceEncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: ColorizeModel, clip_name: str, tagger_name: str) -> io.NodeOutput:
-        family = get_family(model.config.version)
-        if "proj" not in model.extras or not family.reference_files:
-            raise InputError(f"{model.name} is a {family.label} checkpoint, not ColorizeDiffusion XL: load its "
-                             "OpenCLIP ViT-H/14 encoder with Reference Encoder Loader instead")
+        proj = xl_projection(model)
         clip, tagger = resolve_file(CLIP_FOLDER, clip_name), resolve_file(TAGGER_FOLDER, tagger_name)
-        encoder = family.load_reference_encoder(clip, tagger, extras={"proj": model.extras["proj"].module})
+        encoder = get_family(model.config.version).load_reference_encoder(clip, tagger, extras={"proj": proj})
         encoder.to(offload_device("clip"), torch.float32)
         return io.NodeOutput(XLReference(encoder, model, f"{clip_name} + {tagger_name}"))
+
+
+class XLReferenceEncoderFromCLIPVision(io.ComfyNode):
+    """COLORIZE_MODEL (XL) + CLIP_VISION (CLIP-bigG) + models/wd_tagger tagger → COLORIZE_REFERENCE_ENCODER."""
+
+    HELP = cleandoc("""
+        Loading `clip_vision_g.safetensors` once with ComfyUI's **Load CLIP Vision** lets SDXL nodes (unCLIP,
+        IPAdapter) and the XL colorizer share it. The XL tokens are its 257 hidden states after the final layer
+        norm and the visual projection, from the reference squashed to 224×224 (bicubic, antialiased), fused by
+        the checkpoint's ClusterConcat with the WD tagger's 14×14 features.
+
+        The tagger is read from models/wd_tagger (downloaded on first use if missing).
+    """)
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ColorizeDiffusionXLReferenceEncoderFromCLIPVision", display_name="XL Encoder from CLIP Vision",
+            category="ColorizeDiffusion/loaders", description=(
+                "Uses CLIP ViT-bigG/14 from the core Load CLIP Vision node (clip_vision_g.safetensors) with the WD "
+                "v1.4 SwinV2 tagger from models/wd_tagger as ColorizeDiffusion XL's reference encoder."
+            ),
+            inputs=[
+                ModelSocket.Input("model", tooltip="The XL checkpoint (sdxl or xlv2) from Colorize Loader: its "
+                                                   "ClusterConcat fuses the two encoders' tokens."),
+                io.ClipVision.Input("clip_vision", tooltip="Output of Load CLIP Vision with "
+                                                           "clip_vision_g.safetensors (CLIP ViT-bigG/14)."),
+                io.Combo.Input("tagger_name", options=list_files(TAGGER_FOLDER), default=default_file(XL_TAGGER),
+                               tooltip="WD v1.4 SwinV2 tagger v2 in models/wd_tagger (timm format, 0.4 GB)."),
+            ],
+            outputs=[output(ReferenceEncoderSocket, "encoder",
+                            "The XL reference encoder: feed it to Reference Embed (and Background Encode).")],
+        )
+
+    @classmethod
+    def execute(cls, model: ColorizeModel, clip_vision: Any, tagger_name: str) -> io.NodeOutput:
+        proj = xl_projection(model)
+        clip = ClipVisionBigG(clip_vision)
+        path = resolve_file(TAGGER_FOLDER, tagger_name)
+        tagger = tagger_from_state_dict(load_state_dict_file(path), tagger_name)
+        encoder = XLReferenceEncoder(clip, tagger.float().eval())  # type: ignore[arg-type]
+        check_encoder_fits(encoder, proj, f"{model.name}'s ClusterConcat")
+        encoder.to(offload_device("clip"), torch.float32)
+        return io.NodeOutput(XLReference(encoder, model, f"CLIP_VISION + {tagger_name}"))
+
+
+def xl_projection(model: ColorizeModel) -> nn.Module:
+    """The XL checkpoint's ClusterConcat, or the named error for a checkpoint of another family."""
+    family = get_family(model.config.version)
+    if "proj" not in model.extras or not family.reference_files:
+        raise InputError(f"{model.name} is a {family.label} checkpoint, not ColorizeDiffusion XL: load its "
+                         "OpenCLIP ViT-H/14 encoder with Reference Encoder Loader instead")
+    return model.extras["proj"].module
 
 
 def load_text_tower(path: Path) -> nn.Module:
@@ -261,4 +312,5 @@ class ReferenceEncoderFromCLIPVision(io.ComfyNode):
 
 
 __all__ = ["PARAMETERIZATION_CHOICES", "SUPPORTED_VERSIONS", "CheckpointLoader", "ReferenceEncoderFromCLIPVision",
-           "ReferenceEncoderLoader", "XLReferenceEncoderLoader", "encoder_outputs", "load_text_tower"]
+           "ReferenceEncoderLoader", "XLReferenceEncoderFromCLIPVision", "XLReferenceEncoderLoader", "encoder_outputs",
+           "load_text_tower", "xl_projection"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from inspect import cleandoc
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -102,15 +103,15 @@ class ClipVisionReference:
     """
 
     preprocess = OpenClipEncoder.preprocess  # squash-resize to image_size + CLIP normalisation ([-1,1] input)
+    #: the CLIP vision model the colorizer needs (named in the error for a model without projection)
+    wanted = "the OpenCLIP ViT-H/14 laion2b_s32b_b79k vision model (CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors)"
 
     def __init__(self, clip_vision: Any) -> None:
         model = getattr(clip_vision, "model", None)
         proj = getattr(model, "visual_projection", None)
         if not isinstance(proj, nn.Linear) or not hasattr(getattr(model, "vision_model", None), "post_layernorm"):
-            raise InputError(
-                "this CLIP_VISION model has no CLIP vision projection; ColorizeDiffusion needs the OpenCLIP "
-                "ViT-H/14 laion2b_s32b_b79k vision model (CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors)"
-            )
+            raise InputError(f"this CLIP_VISION model has no CLIP vision projection; ColorizeDiffusion needs "
+                             f"{self.wanted}")
         self.clip_vision = clip_vision
         self.image_size = int(getattr(clip_vision, "image_size", 224))
         self.embed_dim = int(proj.out_features)
@@ -136,6 +137,22 @@ class ClipVisionReference:
 
     def encode_text(self, prompts: list[str]) -> Tensor:
         raise InputError(no_text_tower("ComfyUI's CLIP_VISION model (vision tower only)"))
+
+
+class ClipVisionBigG(ClipVisionReference):
+    """ComfyUI's ``CLIP_VISION`` of CLIP ViT-bigG/14 (``clip_vision_g.safetensors``) as XL's CLIP tower: the same
+    squash-resize (bicubic, align_corners, antialias, CLIP normalisation) and all 257 tokens after
+    ``post_layernorm`` and the visual projection, which ClusterConcat reads with the tagger's grid."""
+
+    wanted = "CLIP ViT-bigG/14 (clip_vision_g.safetensors) for ColorizeDiffusion XL"
+
+    def __init__(self, clip_vision: Any) -> None:
+        super().__init__(clip_vision)
+        self.cfg = SimpleNamespace(projection_dim=self.embed_dim)  # what the ClusterConcat check reads
+
+    def reference_tokens(self, image: Tensor) -> Tensor:
+        """(B, 3, H, W) in [-1, 1] → (B, 257, projection) tokens, CLS first."""
+        return self.encode_image(image, "full")
 
 
 class XLReference:
@@ -216,5 +233,5 @@ class ReferenceEmbed(io.ComfyNode):
         return io.NodeOutput(EncodedReference(full[:, 1:], full[:, :1], encoder.encode_text))
 
 
-__all__ = ["ClipVisionReference", "EncodedReference", "OpenClipReference", "ReferenceEmbed", "XLReference",
+__all__ = ["ClipVisionBigG", "ClipVisionReference", "EncodedReference", "OpenClipReference", "ReferenceEmbed", "XLReference",
            "no_text_tower"]

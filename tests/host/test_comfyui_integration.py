@@ -235,3 +235,57 @@ def test_comfy_clip_vision_gives_the_same_reference_tokens(models_dir: Path, pre
     # fp32 weights: the same computation; ComfyUI's default stores CLIP vision weights in fp16
     tolerance = 1e-4 if precision == "fp32" else 2e-2
     assert result["max_abs"] <= tolerance * max(1.0, result["scale"])
+
+
+XL_BRIDGE_SCRIPT = r"""
+import json, sys, tempfile, os
+comfy_dir, repo, models = sys.argv[1:4]
+sys.path[:0] = [repo, comfy_dir]  # the pack's "nodes" package, not ComfyUI's nodes.py
+from comfy.cli_args import args
+args.cpu = True
+args.fp32_text_enc = True
+import torch
+import comfy.model_management, comfy.clip_vision, comfy.utils
+from colorize.families.xl.clip_bigg import infer_clip_config
+import folder_paths
+import nodes as pack
+assert pack.__file__.startswith(repo), pack.__file__
+for folder in ("colorizediffusion", "clip_vision", "wd_tagger"):
+    folder_paths.add_model_folder_path(folder, os.path.join(models, folder), is_default=True)
+clip_file = os.path.join(models, "clip_vision", "clip_vision_g.safetensors")
+sd = comfy.utils.load_torch_file(clip_file)
+cfg = infer_clip_config(sd)  # the sizes (and the head count) the pack's own loader reads off the file
+config = {"hidden_act": "gelu", "hidden_size": cfg.hidden_size, "image_size": cfg.image_size,
+          "intermediate_size": cfg.intermediate_size, "layer_norm_eps": cfg.layer_norm_eps,
+          "model_type": "clip_vision_model", "num_attention_heads": cfg.num_attention_heads, "num_channels": 3,
+          "num_hidden_layers": cfg.num_hidden_layers, "patch_size": cfg.patch_size,
+          "projection_dim": cfg.projection_dim}
+path = os.path.join(tempfile.mkdtemp(), "tiny_clip_vision_g.json")
+json.dump(config, open(path, "w"))
+cv = comfy.clip_vision.ClipVisionModel(path)
+missing, unexpected = cv.load_sd(sd)
+assert not missing, missing
+M = pack.NODE_CLASSES
+model = M["ColorizeDiffusionCheckpointLoader"].execute("xlv2.safetensors", "fp32").result[0]
+tagger = "wd-v1-4-swinv2-tagger-v2.safetensors"
+bridged = M["ColorizeDiffusionXLReferenceEncoderFromCLIPVision"].execute(model, cv, tagger)[0]
+own = M["ColorizeDiffusionXLReferenceEncoderLoader"].execute(model, "clip_vision_g.safetensors", tagger)[0]
+image = torch.rand(2, 300, 200, 3, generator=torch.Generator().manual_seed(0))
+with torch.inference_mode():
+    got = M["ColorizeDiffusionReferenceEmbed"].execute(bridged, image)[0].tokens
+    want = M["ColorizeDiffusionReferenceEmbed"].execute(own, image)[0].tokens
+print(json.dumps({"shape": list(got.shape), "max_abs": float((got - want).abs().max()),
+                  "scale": float(want.abs().max())}))
+"""
+
+
+def test_comfy_clip_vision_g_gives_the_xl_reference_tokens(models_dir: Path) -> None:
+    """Core Load CLIP Vision's CLIP-bigG model through XL Encoder from CLIP Vision gives the XL context of the
+    pack's own CLIP-bigG loader (same file, fp32)."""
+    proc = subprocess.run([str(COMFY_PY), "-c", XL_BRIDGE_SCRIPT, str(COMFY_DIR), str(REPO), str(models_dir)],
+                          capture_output=True, text=True, timeout=300, cwd=str(REPO), check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"XL CLIP_VISION context: max |diff| {result['max_abs']:.2e} of {result['scale']:.2f}")
+    assert result["shape"][:2] == [2, 196]
+    assert result["max_abs"] <= 1e-4 * max(1.0, result["scale"])

@@ -174,3 +174,37 @@ def test_named_errors_for_xl_misuse(tiny_dir: Path, models: dict[str, Any], enco
         with pytest.raises(InputError) as e:
             sample(models["sdxl"], reference, hints, background(encoders["sdxl"], **bad))
         assert "\n" not in str(e.value) and "XL" in str(e.value)
+
+
+class FakeComfyBigG:
+    """ComfyUI's ClipVisionModel interface around the library's CLIP-bigG tower: ``model(pixel_values=...,
+    intermediate_output=...)[0]`` is the last hidden state before ``post_layernorm``, as the core's is."""
+
+    def __init__(self, tower: Any) -> None:
+        class Model(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.vision_model, self.visual_projection = tower.vision_model, tower.visual_projection
+
+            def forward(self, pixel_values: torch.Tensor, intermediate_output: Any = None) -> tuple[torch.Tensor]:
+                return (self.vision_model.last_hidden_state(pixel_values),)
+
+        self.model, self.patcher, self.load_device = Model(), None, None
+        self.image_size = tower.cfg.image_size
+
+
+def test_xl_encoder_from_clip_vision_equals_the_file_loader(tiny_dir: Path, models: dict[str, Any],
+                                                            encoders: dict[str, Any]) -> None:
+    from colorize.families.xl.encoders import load_xl_reference_encoder
+
+    own = load_xl_reference_encoder(tiny_dir / "clip_vision" / CLIP_G, tiny_dir / "wd_tagger" / TAGGER)
+    node = M["ColorizeDiffusionXLReferenceEncoderFromCLIPVision"]
+    bridged = node.execute(models["xlv2"], FakeComfyBigG(own.clip), TAGGER)[0]
+    got = M["ColorizeDiffusionReferenceEmbed"].execute(bridged, reference_image())[0].tokens
+    want = M["ColorizeDiffusionReferenceEmbed"].execute(encoders["xlv2"], reference_image())[0].tokens
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    v1 = M["ColorizeDiffusionCheckpointLoader"].execute("mult-eps-ft.safetensors", "fp32").result[0]
+    with pytest.raises(InputError, match="not ColorizeDiffusion XL"):
+        node.execute(v1, FakeComfyBigG(own.clip), TAGGER)
+    with pytest.raises(InputError, match="ViT-bigG"):
+        node.execute(models["sdxl"], object(), TAGGER)
