@@ -51,7 +51,8 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frontend]:
     from colorize.tiny import write_tiny_weights
 
     models = tmp_path_factory.mktemp("frontend_models")
-    write_tiny_weights(models, versions=("mult", "switch", "v2"), masks=True)  # every workflow's checkpoint
+    # every workflow's checkpoint
+    write_tiny_weights(models, versions=("mult", "switch", "v2", "sdxl", "xlv2"), masks=True)
     with open_frontend(models) as frontend:
         yield frontend
 
