@@ -114,14 +114,11 @@ def closed_port() -> int:
 def kind_result(kind: str, folder: str = "official-xl") -> Any:
     """One parity kind run alone on its golden fixture ``../shared/fixtures/<folder>/<kind>.json`` (the runner's
     ``run_fixture`` imports every kind; a module's test checks its own); skipped (failed under CI) without it."""
-    import torch
-
-    from colorize.parity.core import compare, load_fixture
+    from colorize.parity.core import compare, load_fixture, produce
 
     path = REPO.parent / "shared" / "fixtures" / folder / f"{kind}.json"
     if not path.is_file():
         skip_or_fail(f"{path} not found (the golden fixtures)")
     module = importlib.import_module(f"colorize.parity.kinds.{kind}")
     fixture = load_fixture(path)
-    with torch.no_grad():
-        return compare(fixture, module.run(fixture))
+    return compare(fixture, produce(module.run, fixture))

@@ -161,15 +161,21 @@ def compare(fixture: Fixture, produced: dict[str, torch.Tensor]) -> FixtureResul
     return res
 
 
+def produce(fn: KindFn, fixture: Fixture) -> dict[str, torch.Tensor]:
+    """A kind's outputs for a fixture, without gradients and on the math attention kernel: the fixtures' attention
+    is the exact float32 ``softmax(q kᵀ/√d + bias) v``, not a blocked kernel whose rounding differs per CPU."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        return fn(fixture)
+
+
 def run_fixture(fixture: Fixture) -> FixtureResult:
     fn = kinds().get(fixture.kind)
     if fn is None:
         why = _BROKEN.get(fixture.kind)
         error = f"kind {fixture.kind!r} failed to import ({why})" if why else f"kind {fixture.kind!r} not implemented"
         return FixtureResult(fixture.name, fixture.kind, False, error=error)
-    try:  # the fixtures' attention is the exact float32 softmax(q kᵀ/√d + bias) v: the math kernel, not a
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # blocked one whose rounding differs per CPU
-            produced = fn(fixture)
+    try:
+        produced = produce(fn, fixture)
     except Exception as e:  # reported, not raised: the runner prints one line per fixture
         tb = traceback.format_exc(limit=-2).strip().splitlines()[-1]
         return FixtureResult(fixture.name, fixture.kind, False, error=f"{type(e).__name__}: {e} [{tb}]")
