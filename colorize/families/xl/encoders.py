@@ -26,8 +26,9 @@ PathLike = str | os.PathLike[str]
 #: Classes of the WD v1.4 SwinV2 tagger v2 the XL models were trained with (its head is not used, the count
 #: identifies the file).
 XL_TAGGER_CLASSES = 9083
-#: Tiny CLIP tower and tagger of the test weights (same topology, small widths; 257 tokens, 14×14 tagger grid).
-TINY_XL_CLIP = ClipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+#: Tiny CLIP tower and tagger of the test weights (same topology, small widths; 257 tokens, 14×14 tagger grid). The
+#: CLIP head count is not in the shapes: a 32-wide tower reads back with one head, so it is written with one.
+TINY_XL_CLIP = ClipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=1,
                                 projection_dim=48)
 TINY_XL_TAGGER = TaggerConfig(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), num_classes=XL_TAGGER_CLASSES,
                                cpb_hidden=16)
