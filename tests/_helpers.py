@@ -122,3 +122,22 @@ def kind_result(kind: str, folder: str = "official-xl") -> Any:
     module = importlib.import_module(f"colorize.parity.kinds.{kind}")
     fixture = load_fixture(path)
     return compare(fixture, produce(module.run, fixture))
+
+
+def tiny_colorizer(directory: Path, version: str, **kw: Any) -> Any:
+    """The :class:`~colorize.pipeline.Colorizer` of a family's tiny files in ``directory`` (written by
+    ``write_tiny_weights``), with the reference-encoder file(s) that family reads."""
+    from colorize.families import get_family
+    from colorize.pipeline import Colorizer
+    from colorize.tiny import CHECKPOINT_NAMES
+    from colorize.weights import default_clip_name, manifest_entry
+
+    def path(name: str) -> Path:
+        e = manifest_entry(name)
+        return directory / e["models_subdir"] / e["filename"]
+
+    own = get_family(version).reference_files
+    clip = path(own[0] if own else default_clip_name())
+    tagger = path(own[1]) if own else None
+    return Colorizer.from_files(directory / "colorizediffusion" / f"{CHECKPOINT_NAMES[version]}.safetensors", clip,
+                                device="cpu", tagger=tagger, **kw)

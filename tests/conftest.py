@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
-from _helpers import COMFY_DIR, skip_or_fail
+from _helpers import COMFY_DIR, skip_or_fail, tiny_colorizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,25 +71,6 @@ def single_thread():  # type: ignore[no-untyped-def]
 
 
 VERSIONS = ("mult", "switch", "v2", "sdxl", "xlv2")
-
-
-def tiny_colorizer(directory: Path, version: str, **kw: Any) -> Any:
-    """The :class:`~colorize.pipeline.Colorizer` of a family's tiny files in ``directory`` (written by
-    ``write_tiny_weights``), with the reference-encoder file(s) that family reads."""
-    from colorize.families import get_family
-    from colorize.pipeline import Colorizer
-    from colorize.tiny import CHECKPOINT_NAMES
-    from colorize.weights import default_clip_name, manifest_entry
-
-    def path(name: str) -> Path:
-        e = manifest_entry(name)
-        return directory / e["models_subdir"] / e["filename"]
-
-    own = get_family(version).reference_files
-    clip = path(own[0] if own else default_clip_name())
-    tagger = path(own[1]) if own else None
-    return Colorizer.from_files(directory / "colorizediffusion" / f"{CHECKPOINT_NAMES[version]}.safetensors", clip,
-                                device="cpu", tagger=tagger, **kw)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_colorizer
+from _helpers import tiny_colorizer
 from PIL import Image
 from safetensors.torch import load_file, save_file
 

@@ -150,11 +150,10 @@ def equality_graph() -> dict[str, Any]:
     return g
 
 
-def test_native_path_equals_the_pack_sampler_and_takes_lora_and_merge(models_dir: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest, and spares a busy machine
-    wf = tmp_path / "native_equality.json"
-    wf.write_text(json.dumps(equality_graph()))
+def run_latents(graph: dict[str, Any], models_dir: Path, tmp_path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Run an API graph with the example images in the real ComfyUI; ``(saved latents by name, server log)``."""
+    wf = tmp_path / "native_graph.json"
+    wf.write_text(json.dumps(graph))
     outdir = tmp_path / "out"
     rc, summary, text = run_harness(
         "--workflow", str(wf), "--models-dir", str(models_dir), "--outdir", str(outdir), "--fail-on-import-error",
@@ -164,7 +163,13 @@ def test_native_path_equals_the_pack_sampler_and_takes_lora_and_merge(models_dir
     log = Path(summary["log"]).read_text(errors="replace") if Path(summary["log"]).is_file() else text
     shutil.rmtree(run_dir, ignore_errors=True)  # the run folder the harness made for this test
     assert rc == 0 and summary["status_str"] == "success", text[-4000:]
-    latents = {p.name.split("_0000")[0]: load_file(str(p))["latent_tensor"] for p in outdir.glob("*.latent")}
+    return {p.name.split("_0000")[0]: load_file(str(p))["latent_tensor"] for p in outdir.glob("*.latent")}, log
+
+
+def test_native_path_equals_the_pack_sampler_and_takes_lora_and_merge(models_dir: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest, and spares a busy machine
+    latents, log = run_latents(equality_graph(), models_dir, tmp_path)
     pairs = {**{v: (f"{v}_pack", f"{v}_native") for v in FILES},
              "mult, reference CFG only, core CFGGuider": ("mult_pack_refonly", "mult_native_refonly"),
              "mult, guidance window [0.3, 0.8]": ("mult_pack_window", "mult_native_window")}

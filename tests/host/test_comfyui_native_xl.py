@@ -8,16 +8,12 @@ they must agree within float32 noise. Needs the harness environment (``harness.p
 """
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from harness import REPO, run_harness
-from safetensors.torch import load_file
-from test_comfyui_native import STEPS, node, out, save
+from test_comfyui_native import STEPS, node, out, run_latents, save
 
 from colorize.tiny import write_tiny_weights
 
@@ -69,18 +65,7 @@ def xl_graph() -> dict[str, Any]:
 def test_native_xl_model_equals_the_pack_sampler(models_dir: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    wf = tmp_path / "native_xl.json"
-    wf.write_text(json.dumps(xl_graph()))
-    outdir = tmp_path / "out"
-    rc, summary, text = run_harness(
-        "--workflow", str(wf), "--models-dir", str(models_dir), "--outdir", str(outdir), "--fail-on-import-error",
-        "--input", str(REPO / "workflows" / "colorizediffusion_sketch.png"),
-        "--input", str(REPO / "workflows" / "colorizediffusion_reference.png"), timeout=500)
-    run_dir = Path(summary["run_dir"])
-    log = Path(summary["log"]).read_text(errors="replace") if Path(summary["log"]).is_file() else text
-    shutil.rmtree(run_dir, ignore_errors=True)
-    assert rc == 0 and summary["status_str"] == "success", text[-4000:]
-    latents = {p.name.split("_0000")[0]: load_file(str(p))["latent_tensor"] for p in outdir.glob("*.latent")}
+    latents, log = run_latents(xl_graph(), models_dir, tmp_path)
     for version in FILES:
         for cfg in ("2", "1"):  # dual CFG (Native Guider), reference CFG (core CFGGuider: KSampler's guidance)
             pack, native = latents[f"{version}_pack_{cfg}"], latents[f"{version}_native_{cfg}"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_colorizer
+from _helpers import tiny_colorizer
 
 import colorize.weights as w
 from colorize.errors import CheckpointError, InputError
