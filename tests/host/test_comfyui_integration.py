@@ -26,6 +26,8 @@ from colorize.tiny import write_tiny_weights
 from nodes import NODE_CLASSES
 
 API_FILES = sorted((REPO / "workflows" / "api").glob("*.json"))
+#: the shipped v1 workflow (the first-run path of the README)
+V1_API = REPO / "workflows" / "api" / "v1 - Colorize line art.json"
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +107,9 @@ def test_missing_weights_offline_fail_with_one_screen_message(tmp_path: Path) ->
     empty = tmp_path / "models"
     for sub in ("colorizediffusion", "clip_vision"):
         (empty / sub).mkdir(parents=True)
-    graph = json.loads(API_FILES[0].read_text())
+    graph = json.loads(V1_API.read_text())
     inputs = sorted({n["inputs"]["image"] for n in graph.values() if n["class_type"] == "LoadImage"})
-    rc, summary, out = run_harness("--workflow", str(API_FILES[0]), "--models-dir", str(empty), "--cleanup",
+    rc, summary, out = run_harness("--workflow", str(V1_API), "--models-dir", str(empty), "--cleanup",
                                    *[a for name in inputs for a in ("--input", str(REPO / "workflows" / name))],
                                    timeout=240)
     assert rc == 1 and summary["status"] == "error", out[-3000:]
@@ -146,7 +148,7 @@ def _wait_history(h: Any, base: str, prompt_id: str, timeout: float) -> dict[str
 
 def test_cancel_interrupts_a_running_sampler(server: tuple[str, Path, Any]) -> None:
     base, log, h = server
-    graph = _smoke_copy(json.loads(API_FILES[0].read_text()), steps=500)
+    graph = _smoke_copy(json.loads(V1_API.read_text()), steps=500)
     for node in graph.values():
         if node["class_type"] == "ColorizeDiffusionSampler":
             node["inputs"]["steps"] = 500  # minutes of work on the CPU unless interrupted
