@@ -179,7 +179,9 @@ def test_cancel_interrupts_a_running_sampler(server: tuple[str, Path, Any]) -> N
 # the sqlite3 thread check's traceback ("Exception during reset or similar" / "Exception terminating
 # connection"). It is the host's own housekeeping, unrelated to the prompt, and appears at random under load.
 SQLITE_POOL_NOISE = re.compile(
-    r"Exception (?:during reset or similar|terminating connection[^\n]*)\nTraceback \(most recent call last\):\n"
+    r"(?:Exception (?:during reset or similar|terminating connection[^\n]*)\n"
+    r"|\n*During handling of the above exception, another exception occurred:\n\n)"  # its chained second part
+    r"Traceback \(most recent call last\):\n"
     r"(?:[ \t].*\n)*sqlite3\.ProgrammingError: SQLite objects created in a thread[^\n]*\n?")
 
 
