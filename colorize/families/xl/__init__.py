@@ -37,6 +37,7 @@ from colorize.families.xl.reference_net import (
     ReferenceNet,
     build_reference_net,
     build_xlv2_unet,
+    latent_mask,
     reference_net_config,
 )
 from colorize.families.xl.sizes import XL_BASE_RESOLUTION, XL_SIZE_MULTIPLE, XL_VAE_SCALE, autofit_size, check_xl_size
@@ -116,9 +117,6 @@ class XLFamily(Family):
         extras = xl_extras(config)
         cfg = infer_cluster_concat_config(sd, extras["token_length"], extras["proj_dim_head"])
         return {"proj": materialize(lambda: ClusterConcat(cfg), sd, f"{name} (ClusterConcat)")}
-
-    def unet_additions(self, config: ColorizerConfig, parts: Parts) -> dict[str, nn.Module]:
-        return {}
 
     def cast_extras(self, extras: Mapping[str, nn.Module], device: torch.device, dtype: torch.dtype) -> None:
         """ClusterConcat in fp32 (the official ``switch_to_fp16`` leaves the conditioning modules in fp32); the
@@ -209,7 +207,7 @@ class XLFamily(Family):
 
     def latent_mask(self, pixel_mask: torch.Tensor, factor: int) -> torch.Tensor:
         """The sketch mask on the latent grid by nearest ×1/8 (``colorizerXL.py:176-180``; SD2.1: bicubic)."""
-        return separation.nearest_latent_mask(pixel_mask, factor)
+        return latent_mask(pixel_mask if pixel_mask.ndim == 4 else pixel_mask[:, None], factor)
 
     # ------------------------------------------------------------------ tiny test models
     def tiny_config(self, base: ColorizerConfig) -> ColorizerConfig:

@@ -52,14 +52,6 @@ def adm_kwargs(size: tuple[int, int], device: torch.device) -> dict[str, Any]:
     return {"y": adm_vector(int(size[0]), int(size[1]), 1, device=device)}
 
 
-def nearest_latent_mask(pixel_mask: Tensor, factor: int) -> Tensor:
-    """A pixel mask (b, 1, H, W) on the latent grid by nearest ×1/``factor`` (official ``F.interpolate(smask,
-    scale_factor=0.125)``)."""
-    if pixel_mask.ndim == 3:
-        pixel_mask = pixel_mask[:, None]
-    return F.interpolate(pixel_mask.float(), scale_factor=1.0 / factor, mode="nearest")
-
-
 def background_image(inputs: SeparationInputs, threshold: float) -> Tensor:
     """The image the background tokens (and the xlv2 ReferenceNet latent) come from: the separate background, or
     the reference with the character (reference mask ≥ ``threshold``) painted white."""
@@ -126,5 +118,5 @@ def xlv2_separation(extras: Mapping[str, nn.Module], enhance: Any, inputs: Separ
                       self_attention=BankSelfAttention(bank, mask))
 
 
-__all__ = ["adm_kwargs", "background_image", "nearest_latent_mask", "reference_bank", "reference_context",
+__all__ = ["adm_kwargs", "background_image", "reference_bank", "reference_context",
            "sdxl_separation", "xlv2_separation"]
