@@ -66,6 +66,16 @@ def joint_resize_crop(
     color: Tensor, sketch: Tensor, crop: tuple[int, int], cfg: AugmentConfig, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """Flip (jointly), resize the short edge, crop ``crop`` at one random offset; same geometry for both."""
+    color, sketch, _ = joint_resize_crop_geometry(color, sketch, crop, cfg, gen)
+    return color, sketch
+
+
+def joint_resize_crop_geometry(
+    color: Tensor, sketch: Tensor, crop: tuple[int, int], cfg: AugmentConfig, gen: torch.Generator
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """:func:`joint_resize_crop` and where the crop lies: ``size`` = the crop's (h, w) in pixels of the original
+    image (the XL adm vector's size, official ``refnet/models/trainer/sdxl.py:155-161`` at commit ``ec78784``) and
+    ``crop`` = ``[top, left, h, w]`` as fractions of the resized image (the ReferenceNet's crop embedding)."""
     if cfg.flip_p > 0 and _uniform(gen) < cfg.flip_p:
         color, sketch = color.flip(-1), sketch.flip(-1)
     h, w = color.shape[-2:]
@@ -76,7 +86,10 @@ def joint_resize_crop(
     top = _randint(gen, 0, size[0] - crop[0])
     left = _randint(gen, 0, size[1] - crop[1])
     sl = (..., slice(top, top + crop[0]), slice(left, left + crop[1]))
-    return color[sl], sketch[sl]
+    geometry = {"size": torch.tensor([crop[0] * h / size[0], crop[1] * w / size[1]], dtype=torch.float32),
+                "crop": torch.tensor([top / size[0], left / size[1], crop[0] / size[0], crop[1] / size[1]],
+                                     dtype=torch.float32)}
+    return color[sl], sketch[sl], geometry
 
 
 def to_model_sketch(sketch01: Tensor, invert: bool = True) -> Tensor:
@@ -190,7 +203,8 @@ def augment_triplet(
     mask01: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """(3, H, W) colour and (C, H', W') sketch in [0, 1] → model inputs in [-1, 1]:
-    ``sketch`` (3, h, w; lines +1, borders blanked), ``color`` (3, h, w), ``reference`` (3, r, r).
+    ``sketch`` (3, h, w; lines +1, borders blanked), ``color`` (3, h, w), ``reference`` (3, r, r), and the crop's
+    ``size`` and ``crop`` (:func:`joint_resize_crop_geometry`).
 
     With a foreground ``mask01`` (1, H'', W'') in [0, 1] (v1.5/v2 stages) also ``mask`` (1, h, w), cropped with
     the sketch and colour, and ``reference_mask`` (1, r, r), transformed with the reference: as the official
@@ -206,8 +220,7 @@ def augment_triplet(
             mask01 = resize(mask01, tuple(color01.shape[-2:]))
         color01, sketch01, nm = torch.cat([color01, mask01], 0), torch.cat([sketch01, mask01], 0), 1
     reference = make_reference(color01, cfg, gen)
-    color, sketch01 = joint_resize_crop(color01, sketch01, crop, cfg, gen)
-    out: dict[str, Tensor] = {}
+    color, sketch01, out = joint_resize_crop_geometry(color01, sketch01, crop, cfg, gen)
     if nm:
         out["mask"], out["reference_mask"] = sketch01[-1:], reference[-1:]
         color, sketch01, reference = color[:-1], sketch01[:-1], reference[:-1]
@@ -223,6 +236,7 @@ __all__ = [
     "choose_bucket",
     "color_jitter",
     "joint_resize_crop",
+    "joint_resize_crop_geometry",
     "make_reference",
     "resize",
     "short_edge_target",

@@ -28,10 +28,12 @@ from training.data import READ_ERRORS, TripletSource, check_masks, describe_ref
 from training.objective import (
     STREAM_AUGMENT,
     STREAM_BUCKET,
+    STREAM_CONDITION,
     STREAM_NOISE,
     STREAM_ORDER,
     STREAM_THRESHOLD,
     NoiseSpec,
+    draw_condition_drops,
     draw_sample_noise,
     draw_thresholds,
     keyed_generator,
@@ -187,6 +189,10 @@ class TripletDataset(Dataset):
         if self.masks:
             sample.update(draw_thresholds(keyed_generator(self.seed, STREAM_THRESHOLD, spec.step, spec.slot),
                                           self.objective))
+        sample.update(draw_condition_drops(keyed_generator(self.seed, STREAM_CONDITION, spec.step, spec.slot),
+                                           self.objective))
+        score = self.source.records[index].score
+        sample["score"] = torch.tensor(self.objective.default_score if score is None else score, dtype=torch.float32)
         sample["slot"] = torch.tensor(spec.slot)
         sample["index"] = torch.tensor(index)
         if passed:

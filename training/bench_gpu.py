@@ -65,7 +65,7 @@ def run_config(batch: int, res: int, steps: int, warmup: int, checkpointing: boo
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = training_loss(mods, mods.denoiser, data, objective, table, dtype, device)
+        loss, _ = training_loss(mods, mods.denoiser, data, objective, table, dtype, device)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

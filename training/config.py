@@ -37,6 +37,8 @@ class ModelConfig:
 
     init: str | None = None
     clip: str | None = None
+    # XL stages: the WD v1.4 SwinV2 tagger file (CLIP-bigG goes in ``clip``); both are frozen
+    tagger: str | None = None
     preset: str = "full"
     colorize_config: dict[str, Any] | None = None
     init_seed: int = 0
@@ -103,6 +105,23 @@ class ObjectiveConfig:
     threshold_range: tuple[float, float] = (0.05, 0.95)
     # v2_style (thesis §5.6.1): per-sample probability that the background branch is active
     background_p: float = 0.5
+    # XL stages (official refnet/models/trainer/sdxl.py at commit ec78784): per-hint drop rates of the sketch
+    # encoder outputs (control_drop), the reference "inpainting" rate and the batch offset of the mask it borrows
+    # (inpaint_p, merge_offset), the score for images the image list does not score (the official loader's
+    # DEFAULT_AESTHETIC_SCORE)
+    hint_drop: tuple[float, ...] = ()
+    inpaint_p: float = 0.0
+    inpaint_offset: int = 4
+    default_score: float = 6.0
+    # XL base stage Gram-matrix loss (official refnet/gram_hook.py): weight (0 = off), the 1-based transformer
+    # blocks whose outputs it compares, when it starts (step, or epoch of the data; the first reached counts)
+    # and the normalisation (token mean/std, channel L2)
+    gram_weight: float = 0.0
+    gram_blocks: tuple[int, ...] = (23, 63)
+    gram_start_step: int | None = None
+    gram_start_epoch: float | None = None
+    gram_token_norm: bool = False
+    gram_channel_norm: bool = True
 
 
 @dataclass
@@ -468,12 +487,27 @@ def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -
     return config_from_dict(data, overrides)
 
 
+def _size_multiple(stage: str) -> int:
+    """What the stage's family needs image sides to be a multiple of (64 when the stage is unknown: its own
+    error comes when the run starts)."""
+    from colorize.families import get_family
+    from training.stages import STAGES
+
+    return get_family(STAGES[stage].version).size_multiple if stage in STAGES else 64
+
+
 def validate(cfg: TrainConfig) -> None:
     """Reject values that would fail late or silently do the wrong thing."""
     o, r, a = cfg.objective, cfg.run, cfg.augment
-    for name in ("reference_drop", "sketch_drop", "background_p"):
+    for name in ("reference_drop", "sketch_drop", "background_p", "inpaint_p"):
         if not 0.0 <= getattr(o, name) <= 1.0:
             raise TrainingConfigError(f"objective.{name} must be in [0, 1]")
+    if not all(0.0 <= p <= 1.0 for p in o.hint_drop):
+        raise TrainingConfigError("objective.hint_drop holds one drop rate in [0, 1] per sketch hint, e.g. "
+                                  "[0.1, 0.1, 0.1, 0.1]")
+    if o.gram_weight < 0 or any(b < 1 for b in o.gram_blocks):
+        raise TrainingConfigError("objective.gram_weight must be >= 0 and objective.gram_blocks 1-based block "
+                                  "numbers, e.g. [23, 63]")
     lo, hi = o.threshold_range
     if not 0.0 <= lo <= hi <= 1.0:
         raise TrainingConfigError("objective.threshold_range must be [lo, hi] with 0 <= lo <= hi <= 1")
@@ -485,9 +519,10 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingConfigError("run.batch_size and run.grad_accum must be >= 1, run.max_steps >= 0")
     if not a.buckets:
         raise TrainingConfigError("augment.buckets is empty; give at least one [height, width], e.g. [[768, 768]]")
+    multiple = _size_multiple(cfg.stage)
     for h, w in a.buckets:
-        if h % 64 or w % 64:
-            raise TrainingConfigError(f"bucket {h}x{w} is not a multiple of 64 (the sketch encoder's stride)")
+        if h % multiple or w % multiple:
+            raise TrainingConfigError(f"bucket {h}x{w} is not a multiple of {multiple} (the sketch encoder's stride)")
     biggest = max(max(b) for b in a.buckets)
     if a.load_size is not None and a.load_size <= biggest:
         raise TrainingConfigError(f"augment.load_size ({a.load_size}) must exceed the largest bucket side ({biggest}); "

@@ -26,7 +26,7 @@ import struct
 import sys
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,6 +54,7 @@ class Record:
     color: Any
     sketch: Any
     mask: Any = None
+    score: float | None = None  # the image list's aesthetic score (the XL adm conditioning), if it has one
 
     @property
     def key(self) -> str:
@@ -254,6 +255,12 @@ def filter_records(source: TripletSource, cfg: DataConfig, info: dict[str, dict[
     return kept
 
 
+def with_score(rec: Record, meta: dict[str, Any] | None) -> Record:
+    """``rec`` with the image list's ``aesthetic_score`` (unchanged when the list has none for it)."""
+    score = (meta or {}).get("aesthetic_score")
+    return rec if score is None else replace(rec, score=float(score))
+
+
 def _resolution_value(res: Any) -> int:
     """A number, or a ``[w, h]`` pair (its short edge)."""
     if isinstance(res, (list, tuple)):
@@ -281,8 +288,11 @@ def open_source(cfg: DataConfig) -> TripletSource:
     root = check_data_root(cfg.root)
     layout = detect_layout(root) if cfg.layout == "auto" else cfg.layout
     source: TripletSource = ZipShardTriplets(root) if layout == "zip" else FolderTriplets(root)
+    info = load_image_list(root, cfg.image_list)
     if cfg.score_threshold is not None or cfg.min_resolution is not None:
-        source.records = filter_records(source, cfg, load_image_list(root, cfg.image_list))
+        source.records = filter_records(source, cfg, info)
+    if info:
+        source.records = [with_score(rec, _lookup(info, rec)) for rec in source.records]
     if not source.records:
         raise TrainingDataError(f"no (color, sketch) pairs found under {root} ({layout} layout, after filters); "
                                 "lower data.score_threshold / data.min_resolution or add data")

@@ -40,7 +40,7 @@ from training.errors import TrainingCheckpointError
 from training.export import export_safetensors
 from training.logs import MetricLog, render_samples, save_samples
 from training.model import TrainModules, build_modules
-from training.objective import ScheduleTable, make_inputs, weighted_mse
+from training.objective import ScheduleTable, TrainingProgress, make_inputs, weighted_mse
 from training.stages import apply_trainable, get_stage
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,20 +75,31 @@ def training_loss(
     dtype: torch.dtype,
     device: torch.device,
     options: dict[str, Any] | None = None,
-) -> Tensor:
+    progress: TrainingProgress | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """One micro-batch: frozen VAE encode of the colour image and the family's frozen encodes (no grad;
-    ``denoiser.training_inputs`` with the stage's model ``options``), noised inputs (Eq. 5.2 / 5.3), the model,
-    MSE."""
+    ``denoiser.training_inputs`` with the stage's model ``options``, the ``objective`` and the run's ``progress``),
+    noised inputs (Eq. 5.2 / 5.3), the model, MSE.
+
+    Returns ``(loss, parts)``: the loss to minimise and its named parts (detached; ``diffusion_loss`` and whatever
+    extra losses the model returns — a model may return ``(prediction, {name: weighted loss})``, e.g. the XL base
+    stage's ``gram_loss``)."""
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     encoders = mods.encoders()
     with autocast_context(device, dtype):
         z = encoders.latents(b["color"], b["vae_noise"] if objective.vae_sample else None)
     tokens, kwargs = mods.denoiser.training_inputs(  # type: ignore[operator]
-        b, z, encoders, lambda: autocast_context(device, dtype), **(options or {}))
+        b, z, encoders, lambda: autocast_context(device, dtype), objective=objective,
+        progress=progress or TrainingProgress(), **(options or {}))
     inputs = make_inputs(z.float(), tokens.float(), b["sketch"], b, objective, table)
     with autocast_context(device, dtype):
-        pred = model(inputs.x_t, inputs.t, inputs.context, inputs.sketch, **kwargs)
-    return weighted_mse(pred, inputs.target, inputs.weights)
+        out = model(inputs.x_t, inputs.t, inputs.context, inputs.sketch, **kwargs)
+    pred, extra = out if isinstance(out, tuple) else (out, {})
+    loss = weighted_mse(pred, inputs.target, inputs.weights)
+    parts = {"diffusion_loss": loss.detach(), **{k: v.detach().float() for k, v in extra.items()}}
+    for v in extra.values():
+        loss = loss + v.float()
+    return loss, parts
 
 
 @dataclass
@@ -147,22 +158,30 @@ class Trainer:
         self._maybe_resume()
 
     # ------------------------------------------------------------------ steps
-    def micro_loss(self, batch: dict[str, Tensor], model: torch.nn.Module | None = None) -> Tensor:
-        """Loss of one micro-batch (mean over its samples)."""
+    def micro_loss(self, batch: dict[str, Tensor], model: torch.nn.Module | None = None
+                   ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of one micro-batch (mean over its samples) and its named parts (:func:`training_loss`)."""
         return training_loss(self.mods, model or self.model, batch, self.cfg.objective, self.table, self.dtype,
-                             self.device, self.stage.model_options)
+                             self.device, self.stage.model_options, self.progress())
+
+    def progress(self) -> TrainingProgress:
+        """Where the run is: the step being taken and the data epoch it starts in (fractional)."""
+        return TrainingProgress(self.step, self.step * self.plan.global_batch / self.plan.num_items)
 
     def train_step(self, micro_batches: list[dict[str, Tensor]]) -> dict[str, float]:
         """One optimiser step over ``grad_accum`` micro-batches; returns loss (mean over all processes)."""
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
+        part_sums: dict[str, Tensor] = {}
         n = len(micro_batches)
         for i, batch in enumerate(micro_batches):
             sync = i == n - 1 or not self.dist.enabled
             with nullcontext() if sync else self.model.no_sync():  # type: ignore[operator]
-                loss = self.micro_loss(batch)
+                loss, parts = self.micro_loss(batch)
                 self.scaler.scale(loss / n).backward()
             total += loss.detach()
+            for k, v in parts.items():
+                part_sums[k] = part_sums.get(k, torch.zeros((), device=self.device)) + v
         self.scaler.unscale_(self.optimizer)
         grad_norm = None
         if self.cfg.optim.max_grad_norm:
@@ -177,6 +196,8 @@ class Trainer:
                 self.ema.update(self.mods.denoiser)
         self.step += 1
         out = {"loss": float(all_reduce_mean(total / n, self.dist))}
+        if len(part_sums) > 1:  # a model with extra losses: log every part
+            out.update({k: float(all_reduce_mean(v / n, self.dist)) for k, v in part_sums.items()})
         if grad_norm is not None:
             out["grad_norm"] = grad_norm
         if scale is not None:
@@ -191,7 +212,7 @@ class Trainer:
         was = den.training
         den.eval()
         try:
-            return float(self.micro_loss(batch, model=den))
+            return float(self.micro_loss(batch, model=den)[0])
         finally:
             den.train(was)
 

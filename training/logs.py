@@ -97,10 +97,13 @@ def render_samples(mods: TrainModules, batch: dict[str, Tensor], steps: int, see
     try:
         dev = next(den.parameters()).device
         sketch, color = batch["sketch"].to(dev), batch["color"].to(dev)
-        tokens = reference_tokens(mods.clip, batch["reference"].to(dev))
+        own = getattr(den, "preview_encoder", None)  # a family whose context needs its own modules (XL's proj)
+        encode: Any = (lambda image: own(mods.clip, image)) if own is not None else \
+            (lambda image: reference_tokens(mods.clip, image))
+        tokens = encode(batch["reference"].to(dev))
         hints, hints_uncond = sketch_hints(den.sketch_encoder, sketch)
         context, processor, kwargs = den.preview_inputs(  # type: ignore[operator]
-            tokens, batch, lambda image: reference_tokens(mods.clip, image), mods.config.vae.downsample_factor)
+            tokens, batch, encode, mods.config.vae.downsample_factor)
         cond = make_conditioning(UNetInputs(context, processor, kwargs), hints, hints_uncond, torch.float32)
         size = tuple(sketch.shape[-2:])
         settings = GenerationSettings(steps=steps, seed=seed)

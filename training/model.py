@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from colorize.checkpoint import infer_unet_config, infer_vae_config, load_state_dict_file, read_metadata
 from colorize.config import PRESETS, ColorizerConfig, SketchEncoderConfig
-from colorize.families import Family, TrainingStart, detect_family, get_family, split_checkpoint
+from colorize.families import FAMILIES, Family, TrainingStart, detect_family, get_family, split_checkpoint
 from colorize.loader import checkpoint_config, load_reference_encoder, load_reference_encoder_from_state_dict
 from colorize.models.clip import ReferenceEncoder
 from colorize.models.unet import conv_proj_weights
@@ -95,8 +95,12 @@ def _config_from_file(sd: Mapping[str, Tensor], metadata: Mapping[str, str]) -> 
     if parts["sketch_encoder"]:
         return checkpoint_config(detect_family(sd), sd, metadata)[0], True
     if not parts["unet"] or not parts["vae"]:
-        raise ValueError("the init checkpoint has neither a ColorizeDiffusion nor an SD2.1 LDM layout "
+        raise ValueError("the init checkpoint has neither a ColorizeDiffusion nor an SD2.1 / SDXL LDM layout "
                          "(model.diffusion_model.* and first_stage_model.* are needed)")
+    for family in FAMILIES.values():
+        config = family.text_to_image_config(parts)
+        if config is not None:
+            return config, False
     unet = infer_unet_config(conv_proj_weights(parts["unet"]))
     sketch = SketchEncoderConfig(model_channels=unet.model_channels, ch_mults=unet.channel_mult)
     return ColorizerConfig(unet=unet, sketch=sketch, vae=infer_vae_config(parts["vae"])), False
@@ -119,7 +123,9 @@ def build_modules(cfg: ModelConfig, prediction: str = "eps", device: str | torch
     start = TrainingStart(split_checkpoint(sd), config, has_sketch, prediction, cfg.gradient_checkpointing,
                           cfg.init_seed, device, name)
     config, denoiser, vae = family.training_model(start)
-    clip = _build_clip(cfg, config, start.parts, device)
+    clip = family.training_reference_encoder(denoiser, cfg.clip, cfg.tagger, device)
+    if clip is None:
+        clip = _build_clip(cfg, config, start.parts, device)
     denoiser = denoiser.to(device, torch.float32)
     vae.to(device, torch.float32).requires_grad_(False).eval()
     clip.to(device, torch.float32).requires_grad_(False).eval()

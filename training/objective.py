@@ -46,7 +46,16 @@ def keyed_generator(*keys: int) -> torch.Generator:
 
 
 # stream ids keep the random streams of one sample independent
-STREAM_NOISE, STREAM_AUGMENT, STREAM_BUCKET, STREAM_ORDER, STREAM_THRESHOLD = 1, 2, 3, 4, 5
+STREAM_NOISE, STREAM_AUGMENT, STREAM_BUCKET, STREAM_ORDER, STREAM_THRESHOLD, STREAM_CONDITION = 1, 2, 3, 4, 5, 6
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where a run is when a micro-batch's loss is computed: the step being taken (0-based) and the data epoch
+    (fractional: samples seen ÷ dataset size). Losses that switch on later (the XL Gram loss) read it."""
+
+    step: int = 0
+    epoch: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,17 @@ def draw_thresholds(gen: torch.Generator, cfg: ObjectiveConfig) -> dict[str, Ten
     u = torch.rand(3, generator=gen)
     th = lo + (hi - lo) * u[:2]
     return {"th_s": th[0], "th_r": th[1], "bg_active": (u[2] < cfg.background_p).float()}
+
+
+def draw_condition_drops(gen: torch.Generator, cfg: ObjectiveConfig) -> dict[str, Tensor]:
+    """Per-sample conditioning draws of the XL stages (official ``refnet/models/trainer/sdxl.py`` at commit
+    ``ec78784``): ``hint_keep`` (one 0/1 per sketch hint, 0 with probability ``hint_drop[i]``: ``control_drop``,
+    ``:226``) and ``inpaint`` (1 with probability ``inpaint_p``, ``:180-187``). Own stream, so the draws of the
+    other families are unchanged."""
+    n = len(cfg.hint_drop)
+    u = torch.rand(n + 1, generator=gen)
+    drops = torch.tensor(cfg.hint_drop, dtype=torch.float32)
+    return {"hint_keep": (u[:n] >= drops).float(), "inpaint": (u[n] < cfg.inpaint_p).float()}
 
 
 class ScheduleTable:

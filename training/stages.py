@@ -29,6 +29,13 @@ from typing import Any
 from torch import nn
 
 FROZEN_GROUPS: tuple[str, ...] = ("vae", "clip")
+#: The official XL crop sizes (``configs/training/sdxl-base.yaml`` ``crop_size``): 1024² four times, then nine
+#: aspect pairs of about 1024² area, each side a multiple of 32.
+XL_BUCKETS: tuple[tuple[int, int], ...] = (
+    (1024, 1024), (1024, 1024), (1024, 1024), (1024, 1024),
+    *((h, w) for a, b in ((992, 1056), (960, 1088), (928, 1120), (896, 1152), (864, 1184), (832, 1216),
+                          (800, 1248), (768, 1280), (736, 1312)) for h, w in ((a, b), (b, a))),
+)
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,54 @@ register(Stage(
                             "background_p": 0.5}},
     needs_masks=True,
     model_options={"style": True},
+))
+
+
+# ColorizeDiffusion XL (official refnet/models/trainer/sdxl.py and configs/training/sdxl-{base,adapter}.yaml at
+# commit ec78784; what is inferred is listed in colorize/families/xl/training.py). Common: v-prediction, 20 %
+# reference drop (ucg_rate), each of the four sketch hints dropped at 10 % (control_drop), offset noise 0.05,
+# reference inpainting at 10 % (inpaint_p), mask thresholds th_s, th_r ~ U[0.05, 0.99], masks required
+# (smask_required), the aspect buckets around 1024² (crop_size), AdamW at the official default 5e-6.
+_XL_OBJECTIVE = {"prediction": "v", "noisy_reference": False, "reference_drop": 0.2, "sketch_drop": 0.0,
+                 "hint_drop": [0.1, 0.1, 0.1, 0.1], "offset_noise": 0.05, "inpaint_p": 0.1, "inpaint_offset": 4,
+                 "threshold_range": [0.05, 0.99]}
+_XL_DEFAULTS = {"augment": {"buckets": [list(b) for b in XL_BUCKETS], "load_size": None, "scale_range": [1.0, 1.0],
+                            "reference_size": 448},
+                "optim": {"lr": 5e-6}}
+
+# Base stage (GramTrainer, stage 0): the U-Net, the sketch encoder and ClusterConcat train; the Gram-matrix loss on
+# the outputs of transformer blocks 23 and 63 (weight 1, MSE) from epoch 2 (gram_start_epoch).
+register(Stage(
+    name="xl_base",
+    title="XL base: U-Net + sketch encoder + ClusterConcat, Gram-matrix loss",
+    version="sdxl",
+    trainable=("unet", "sketch_encoder", "proj"),
+    defaults={**_XL_DEFAULTS, "objective": {**_XL_OBJECTIVE, "gram_weight": 1.0, "gram_blocks": [23, 63],
+                                            "gram_start_epoch": 2.0}},
+    needs_masks=True,
+))
+# Adapter stage 1 (ColorizerXLTrainer stage 1 inputs, no ReferenceNet): the background LoRA on every attn2
+# q/k/v, over [reference | background] context with the soft split; everything else frozen.
+register(Stage(
+    name="xl_adapter_stage1",
+    title="XL v2 adapter stage 1: background LoRA on the split cross-attention",
+    version="xlv2",
+    trainable=("unet.lora",),
+    defaults={**_XL_DEFAULTS, "objective": dict(_XL_OBJECTIVE)},
+    needs_masks=True,
+    model_options={"separation": "split"},
+))
+# Adapter stage 2 (ColorizerXLTrainer stage 2): the ReferenceNet background encoder and the background LoRA;
+# the U-Net decoder reads the ReferenceNet's bank.
+register(Stage(
+    name="xl_adapter_stage2",
+    title="XL v2 adapter stage 2: ReferenceNet background encoder + background LoRA",
+    version="xlv2",
+    trainable=("bg_encoder", "unet.lora"),
+    # the ReferenceNet's blocks after its last bank block never reach the loss: DDP must allow unused parameters
+    defaults={**_XL_DEFAULTS, "objective": dict(_XL_OBJECTIVE), "run": {"find_unused_parameters": True}},
+    needs_masks=True,
+    model_options={"separation": "bank"},
 ))
 
 

@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--layout", choices=("folders", "zip"), default="folders")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--masks", action="store_true", help="also write the foreground masks (mask/), which the "
+                    "v1.5, v2 and XL stages need")
     a = ap.parse_args(argv)
-    print(make_synthetic_dataset(a.out, a.count, (a.size, a.size), a.layout, a.seed))
+    print(make_synthetic_dataset(a.out, a.count, (a.size, a.size), a.layout, a.seed, masks=a.masks))
 
 
 if __name__ == "__main__":

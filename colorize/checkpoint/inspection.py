@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from colorize.checkpoint.claims import check_weight_dtypes
 from colorize.checkpoint.common import TensorInfo
 from colorize.checkpoint.files import read_header, read_metadata
+from colorize.checkpoint.infer import CONFIG_METADATA_KEY
 from colorize.checkpoint.keys import OPTIONAL_COMPONENTS
 from colorize.checkpoint.layout import compare_keys
 from colorize.config import FULL_MULT, ColorizerConfig
@@ -241,6 +242,23 @@ XL_COMPONENTS: dict[str, str] = {
 _XL_OPTIONAL = ("clip", "tagger", "schedule")
 
 
+def _xl_head_widths(metadata: Mapping[str, str] | None) -> dict[str, int]:
+    """The head widths shapes cannot show, from our ``colorize_config`` metadata (tiny and exported files); empty
+    for other files (the released widths apply)."""
+    raw = (metadata or {}).get(CONFIG_METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        cfg = json.loads(raw)
+        extras = cfg.get("extras") or {}
+        out = {k: int(extras[k]) for k in ("sketch_dim_head", "proj_dim_head") if k in extras}
+        if (cfg.get("unet") or {}).get("num_head_channels"):
+            out["num_head_channels"] = int(cfg["unet"]["num_head_channels"])
+        return out
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
 def xl_report(header: Mapping[str, TensorInfo], metadata: Mapping[str, str] | None, path: str
               ) -> tuple[dict[str, Any], bool]:
     """What ``inspect`` says of a ColorizeDiffusion XL file (``(report, ok)``): model type and parameterisation
@@ -254,7 +272,10 @@ def xl_report(header: Mapping[str, TensorInfo], metadata: Mapping[str, str] | No
     from colorize.families.xl.unet import XL_UNET
 
     name = Path(path).name
-    cfg = xl_config_from_shapes(header, what=name or "checkpoint")
+    heads = _xl_head_widths(metadata)
+    cfg = xl_config_from_shapes(header, heads.get("num_head_channels"), what=name or "checkpoint",
+                                sketch_dim_head=heads.get("sketch_dim_head", 128),
+                                proj_dim_head=heads.get("proj_dim_head", 128))
     check_weight_dtypes(header, name or "checkpoint")
     param, rule = xl_parameterization(metadata, name)
     full = (cfg.unet, cfg.sketch, cfg.proj) == (XL_UNET, FULL_XL_SKETCH_ENCODER, ClusterConcatConfig())

@@ -128,6 +128,8 @@ class Family:
     #: manifest names of the reference-encoder files this family reads besides the checkpoint (empty: the SD2.1
     #: OpenCLIP file, ``colorize.weights.default_clip_name``)
     reference_files: ClassVar[tuple[str, ...]] = ()
+    #: what every image side must be a multiple of (the sketch encoder's total stride; training buckets)
+    size_multiple: ClassVar[int] = 64
 
     # ------------------------------------------------------------------ detection and config
     def matches(self, keys: Collection[str]) -> bool:
@@ -278,8 +280,21 @@ class Family:
         name as trainable), ``training_inputs(batch, latent, encoders, autocast, **stage_options)`` →
         ``(reference tokens, forward arguments)`` and ``preview_inputs(tokens, batch, encode_tokens,
         latent_factor)`` → ``(context, cross-attention processor, U-Net arguments)`` (see
-        ``families/v1/training.py``)."""
+        ``families/v1/training.py``). ``training_inputs`` also gets ``objective=`` (the run's objective config) and
+        ``progress=`` (step and epoch); ``forward`` may return ``(prediction, {name: extra loss})``."""
         raise NotImplementedError(f"{self.label} has no training stage")
+
+    def text_to_image_config(self, parts: Mapping[str, Mapping[str, Any]]) -> ColorizerConfig | None:
+        """The config of this family's colorizer when its training starts from a text-to-image checkpoint with
+        these components (no sketch encoder), or ``None`` when the checkpoint is not this family's base (the
+        SD2.1 families are the training folder's fallback)."""
+        return None
+
+    def training_reference_encoder(self, denoiser: nn.Module, clip: str | None, tagger: str | None,
+                                   device: str | torch.device) -> nn.Module | None:
+        """The frozen reference encoder of this family's training runs, or ``None`` for the SD2.1 OpenCLIP
+        encoder the training folder builds (``model.clip``)."""
+        return None
 
     def __repr__(self) -> str:
         return f"<family {self.name} ({self.label})>"

@@ -26,7 +26,7 @@ from colorize.checkpoint.infer import infer_unet_config, infer_vae_config
 from colorize.checkpoint.keys import DEFAULT_OPTIONAL
 from colorize.config import ColorizerConfig, SketchEncoderConfig, UNetConfig, VAEConfig
 from colorize.errors import CheckpointError, InputError
-from colorize.families.base import Family, Parts, SeparationInputs, UNetInputs
+from colorize.families.base import Family, Parts, SeparationInputs, TrainingStart, UNetInputs
 from colorize.families.xl import detect, separation
 from colorize.families.xl.blocks import block_groups, sdxl_reference_scales, xlv2_reference_scales
 from colorize.families.xl.conditioning import ClusterConcat, ClusterConcatConfig, infer_cluster_concat_config
@@ -74,6 +74,8 @@ class XLFamily(Family):
     attention_block_count = 70
     reference_files = ("clip-vit-bigg-14-vision", "wd-v1-4-swinv2-tagger-v2")
     default_sampling = ("dpmpp_3m_sde", "auto")  # the app: DPM++ 3M SDE on the "Automatic" exponential schedule
+    training_sources: ClassVar[tuple[str, ...]] = ("sdxl",)
+    size_multiple = XL_SIZE_MULTIPLE
 
     # ------------------------------------------------------------------ detection and config
     def matches(self, keys: Collection[str] | Mapping[str, Any]) -> bool:
@@ -238,6 +240,24 @@ class XLFamily(Family):
 
         return tiny_encoder_state_dicts(seed)
 
+    # ------------------------------------------------------------------ training (:mod:`.training`)
+    def training_model(self, start: TrainingStart) -> tuple[ColorizerConfig, nn.Module, nn.Module]:
+        from colorize.families.xl.training import build_training_model
+
+        return build_training_model(self.name, start)
+
+    def text_to_image_config(self, parts: Mapping[str, Mapping[str, Any]]) -> ColorizerConfig | None:
+        """An SDXL text-to-image checkpoint (a U-Net with an adm input) starts an XL colorizer."""
+        from colorize.families.xl.training import text_to_image_config
+
+        return text_to_image_config(parts.get("unet") or {}, parts.get("vae"))
+
+    def training_reference_encoder(self, denoiser: nn.Module, clip: str | None, tagger: str | None,
+                                   device: str | torch.device) -> nn.Module | None:
+        from colorize.families.xl.training import training_reference_encoder
+
+        return training_reference_encoder(denoiser, clip, tagger, device)  # type: ignore[arg-type]
+
 
 class XLV2Family(XLFamily):
     """ColorizeDiffusion XL ``xlv2``: ``sdxl`` plus the ReferenceNet background encoder, the background LoRA and
@@ -247,6 +267,7 @@ class XLV2Family(XLFamily):
     label = "XL v2"
     title = "ColorizeDiffusion XL v2 (xlv2, ReferenceNet background)"
     components: ClassVar[dict[str, str]] = {"proj": "proj.", "bg_encoder": "bg_encoder."}
+    training_sources: ClassVar[tuple[str, ...]] = ("sdxl", "xlv2")
 
     def build_unet(self, config: ColorizerConfig, parts: Parts, name: str) -> nn.Module:
         sd = parts.pop("unet")

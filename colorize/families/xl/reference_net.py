@@ -137,7 +137,9 @@ class ReferenceNet(DualCondUNet):
         ``y`` (b or 1, 1024) (:func:`reference_adm`); returns the decoder blocks' ``norm1`` outputs."""
         if timesteps is None:
             timesteps = torch.zeros(1, device=x.device)
-        recorder = BankRecorder(self.bank_indices)
+        # a checkpointed training pass recomputes blocks in the backward pass, so it must not stop inside one
+        recompute = self.use_checkpoint and self.training and torch.is_grad_enabled()
+        recorder = BankRecorder(self.bank_indices, stop_when_complete=not recompute)
         patches = AttentionPatches(self_attention=recorder)
         emb = self._embed(timesteps, x, y)
         try:
