@@ -39,6 +39,8 @@ class ModelConfig:
     clip: str | None = None
     # XL stages: the WD v1.4 SwinV2 tagger file (CLIP-bigG goes in ``clip``); both are frozen
     tagger: str | None = None
+    # benchmarks only: random frozen XL reference encoders of the released sizes when no files are given
+    random_reference_encoder: bool = False
     preset: str = "full"
     colorize_config: dict[str, Any] | None = None
     init_seed: int = 0

@@ -123,7 +123,7 @@ def build_modules(cfg: ModelConfig, prediction: str = "eps", device: str | torch
     start = TrainingStart(split_checkpoint(sd), config, has_sketch, prediction, cfg.gradient_checkpointing,
                           cfg.init_seed, device, name)
     config, denoiser, vae = family.training_model(start)
-    clip = family.training_reference_encoder(denoiser, cfg.clip, cfg.tagger, device)
+    clip = family.training_reference_encoder(denoiser, cfg.clip, cfg.tagger, device, cfg.random_reference_encoder)
     if clip is None:
         clip = _build_clip(cfg, config, start.parts, device)
     denoiser = denoiser.to(device, torch.float32)

@@ -28,6 +28,8 @@
 #   xlbg      sdxl with background separation (synthetic masks: background tokens, masked split cross-attention)
 #   xlv2bg    xlv2 with background separation (synthetic masks: background tokens, VAE encode, ReferenceNet bank)
 #   xllowvram sdxl 1024², --low-vram (CLIP-bigG + tagger and the U-Net on the CPU except while they run)
+#   trainxl   one XL base-stage training step (training/bench_gpu.py): 1024², batch 1, bf16, gradient
+#             checkpointing, the Gram loss on (two U-Net passes), random full-size weights → $OUT/trainxl.json
 # Output ($OUT, 3 files): runs.json (every run's bench JSON by name), summary.md (table + ratios to the
 # official H200 figures and the speed targets), logs.txt (every run's console output).
 set -uo pipefail
@@ -88,6 +90,18 @@ bench xl        60 --family sdxl "${XL[@]}" --runs 3 --warmup 1 --unet-iters 10
 bench xlbg      45 --family sdxl --bg-enhance "${XL[@]}" --runs 2 --warmup 1 --unet-iters 5
 bench xlv2bg    60 --family xlv2 --bg-enhance "${XL[@]}" --runs 2 --warmup 1 --unet-iters 5
 bench xllowvram 60 --family sdxl "${XL[@]}" --runs 2 --warmup 1 --unet-iters 3 --no-flops --low-vram
+if [ -z "${BENCH_STEPS:-}" ] || [[ " $BENCH_STEPS " == *" trainxl "* ]]; then
+  left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 90 ]; then
+    echo "== trainxl skipped: ${left}s left, needs ~90s" | tee -a "$RUNS/skipped.txt"
+  else
+    TRAIN=(--batch 1 --res $XLRES --steps 5 --warmup 2); [ "$SCALE" = 0 ] && TRAIN=(--batch 2 --res 64 --steps 1 --warmup 1 --device cpu --preset tiny)
+    echo "== trainxl (limit ${left}s, t=${SECONDS}s)"
+    timeout -k 10 "$left" $PY -m training.bench_gpu --stage xl_base "${TRAIN[@]}" --budget-s "$left" \
+      --out "$OUT/trainxl.json" >"$RUNS/trainxl.log" 2>&1
+    echo "   rc=$? after $((SECONDS))s"; tail -n 3 "$RUNS/trainxl.log"
+  fi
+fi
 
 if [ "$SCALE" = 0 ]; then  # the smoke test cannot honour CUDA-only options: check they are refused cleanly
   for f in "$RUNS"/graphs.log "$RUNS"/lowvram8*.log "$RUNS"/best.log; do

@@ -291,9 +291,10 @@ class Family:
         return None
 
     def training_reference_encoder(self, denoiser: nn.Module, clip: str | None, tagger: str | None,
-                                   device: str | torch.device) -> nn.Module | None:
-        """The frozen reference encoder of this family's training runs, or ``None`` for the SD2.1 OpenCLIP
-        encoder the training folder builds (``model.clip``)."""
+                                   device: str | torch.device, allow_random: bool = False) -> nn.Module | None:
+        """The frozen reference encoder of this family's training runs (``allow_random``: random weights when no
+        files are given, for benchmarks), or ``None`` for the SD2.1 OpenCLIP encoder the training folder builds
+        (``model.clip``)."""
         return None
 
     def __repr__(self) -> str:

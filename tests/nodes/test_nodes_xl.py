@@ -208,3 +208,32 @@ def test_xl_encoder_from_clip_vision_equals_the_file_loader(tiny_dir: Path, mode
         node.execute(v1, FakeComfyBigG(own.clip), TAGGER)
     with pytest.raises(InputError, match="ViT-bigG"):
         node.execute(models["sdxl"], object(), TAGGER)
+
+
+@pytest.mark.parametrize("stage,version", [("xl_base", "sdxl"), ("xl_adapter_stage2", "xlv2")])
+def test_trained_xl_exports_load_in_the_nodes(tiny_dir: Path, tmp_path: Path, stage: str, version: str) -> None:
+    """An export of an XL training stage (one step on synthetic data) is listed by the loader, loads as its model
+    type with the prediction type from its metadata, and samples (xlv2 with background separation)."""
+    from _helpers import make_trainer
+
+    from training.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", 4, (72, 88), "folders", seed=1, masks=True)
+    cfg = {"stage": stage,
+           "model": {"init": str(tiny_dir / "colorizediffusion" / f"{version}.safetensors"),
+                     "clip": str(tiny_dir / "clip_vision" / CLIP_G), "tagger": str(tiny_dir / "wd_tagger" / TAGGER)},
+           "data": {"root": str(data)}, "augment": {"buckets": [[64, 64]], "reference_size": 64},
+           "run": {"out_dir": str(tmp_path / "run"), "max_steps": 1, "batch_size": 2, "precision": "fp32",
+                   "device": "cpu", "log_every": 0, "save_every": 0, "resume": "none"}}
+    export = make_trainer(cfg).train().export
+    assert export is not None
+    name = f"{version}-trained-{stage}.safetensors"
+    (tiny_dir / "colorizediffusion" / name).write_bytes(export.read_bytes())
+    assert name in combo_choices(M["ColorizeDiffusionCheckpointLoader"], "ckpt_name")
+    model = M["ColorizeDiffusionCheckpointLoader"].execute(name, "fp32").result[0]
+    assert model.config.version == version and model.config.parameterization == "v"
+    encoder = M["ColorizeDiffusionXLReferenceEncoderLoader"].execute(model, CLIP_G, TAGGER)[0]
+    reference = M["ColorizeDiffusionReferenceEmbed"].execute(encoder, reference_image())[0]
+    hints = M["ColorizeDiffusionSketchHints"].execute(model, sketch_image(), 1.0)[0]
+    latent = sample(model, reference, hints, background(encoder) if version == "xlv2" else None, steps=1)
+    assert latent.shape == (1, 4, H // 8, W // 8) and torch.isfinite(latent).all()

@@ -53,6 +53,7 @@ XL_OPTIONAL = (*DEFAULT_OPTIONAL, "cond_stage_model.model.", "img_embedder.model
                "model.diffusion_model.conv_fg.")
 #: The tiny test sizes: the fixture's U-Net topology (70 transformer blocks, so the official block lists apply).
 TINY_XL_SKETCH = SketchEncoderConfig(model_channels=32, ch_mults=(1, 2, 1))
+TINY_XL_EXTRAS: dict[str, int] = {"sketch_dim_head": 16, "proj_dim_head": 16, "token_length": 196}
 
 
 def xl_extras(config: ColorizerConfig) -> dict[str, int]:
@@ -220,7 +221,7 @@ class XLFamily(Family):
         return ColorizerConfig(version=self.name, parameterization=self.parameterization,  # type: ignore[arg-type]
                                unet=unet, sketch=TINY_XL_SKETCH,
                                vae=replace(base.vae, scale_factor=XL_VAE_SCALE),
-                               extras={"sketch_dim_head": 16, "proj_dim_head": 16, "token_length": 196})
+                               extras=dict(TINY_XL_EXTRAS))
 
     def fresh_modules(self, config: ColorizerConfig) -> dict[str, nn.Module]:
         from colorize.families.xl.encoders import TINY_XL_CLIP, TINY_XL_TAGGER
@@ -253,10 +254,10 @@ class XLFamily(Family):
         return text_to_image_config(parts.get("unet") or {}, parts.get("vae"))
 
     def training_reference_encoder(self, denoiser: nn.Module, clip: str | None, tagger: str | None,
-                                   device: str | torch.device) -> nn.Module | None:
+                                   device: str | torch.device, allow_random: bool = False) -> nn.Module | None:
         from colorize.families.xl.training import training_reference_encoder
 
-        return training_reference_encoder(denoiser, clip, tagger, device)  # type: ignore[arg-type]
+        return training_reference_encoder(denoiser, clip, tagger, device, allow_random)  # type: ignore[arg-type]
 
 
 class XLV2Family(XLFamily):
@@ -314,4 +315,4 @@ class XLV2Family(XLFamily):
 SDXL = XLFamily()
 XLV2 = XLV2Family()
 
-__all__ = ["SDXL", "XLV2", "XLFamily", "XLV2Family", "XL_EXTRAS_DEFAULTS", "xl_extras"]
+__all__ = ["SDXL", "TINY_XL_EXTRAS", "XLV2", "XLFamily", "XLV2Family", "XL_EXTRAS_DEFAULTS", "xl_extras"]

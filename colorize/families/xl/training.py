@@ -18,7 +18,8 @@ Facts from the official repository tellurion-kanata/ColorizeDiffusionXL at commi
 * **Gram loss** (``GramTrainer``, ``sdxl.py:478-546``; ``gram_hook.py``): from ``gram_start_epoch`` (2) on, a
   second U-Net pass with the context rolled by one sample over the batch (another sample's reference, same noisy
   latent and hints); the outputs of transformer blocks 23 and 63 (counted from 1 over the U-Net's cross-attention
-  blocks, i.e. the feed-forward outputs of the last encoder block and of a level-2 decoder block) are turned into
+  blocks: the ninth block of input block 8 and of output block 2, both at level 2; a block's output is its
+  feed-forward residual, ``gram_type`` "ff") are turned into
   token×token Gram matrices (``apply_norm``: L2 over channels; ``apply_dist_norm``, off in the config: mean/std over
   tokens) and the second pass's must match the first's (detached), MSE, weight 1. The loss is zero for a
   micro-batch of one (the roll is the identity). No mask weighting (``mask_weight`` false).
@@ -348,13 +349,15 @@ def text_to_image_config(unet_sd: Mapping[str, Any], vae_sd: Mapping[str, Any] |
     if "label_emb.0.0.weight" not in unet_sd:
         return None
     from colorize.checkpoint.infer import infer_unet_config, infer_vae_config
-    from colorize.families.xl import XL_EXTRAS_DEFAULTS
+    from colorize.families.xl import TINY_XL_EXTRAS, XL_EXTRAS_DEFAULTS
 
     unet = replace(infer_unet_config(unet_sd), adm_in_channels=512, hint_blocks=(0, 3, 6, 8))
     vae = replace(infer_vae_config(vae_sd), scale_factor=XL_VAE_SCALE) if vae_sd else None
     sketch = SketchEncoderConfig(model_channels=unet.model_channels, ch_mults=unet.channel_mult)
+    # the released head widths at full size; a narrower (test) U-Net gets the tiny test models' ones
+    extras = dict(XL_EXTRAS_DEFAULTS) if unet.model_channels == 320 else dict(TINY_XL_EXTRAS)
     cfg = ColorizerConfig(version="sdxl", parameterization="v", unet=unet, sketch=sketch,  # type: ignore[arg-type]
-                          extras=dict(XL_EXTRAS_DEFAULTS))
+                          extras=extras)
     return replace(cfg, vae=vae) if vae is not None else cfg
 
 
@@ -448,10 +451,11 @@ def build_training_model(family_name: str, start: TrainingStart) -> tuple[Colori
 
 
 def training_reference_encoder(denoiser: XLDenoiser, clip: str | None, tagger: str | None,
-                               device: str | torch.device) -> nn.Module:
-    """The frozen CLIP-bigG + tagger of an XL run: from their files (checked against ``proj``), or — only for
-    the tiny test widths, with a warning — random tiny encoders."""
-    from colorize.families.xl.clip_bigg import ClipVisionTower
+                               device: str | torch.device, allow_random: bool = False) -> nn.Module:
+    """The frozen CLIP-bigG + tagger of an XL run: from their files (checked against ``proj``); without files,
+    random encoders of ``proj``'s widths with a warning — the tiny test widths always, the released widths only
+    with ``allow_random`` (benchmarks)."""
+    from colorize.families.xl.clip_bigg import ClipVisionConfig, ClipVisionTower
     from colorize.families.xl.encoders import (
         TINY_XL_CLIP,
         TINY_XL_TAGGER,
@@ -459,7 +463,7 @@ def training_reference_encoder(denoiser: XLDenoiser, clip: str | None, tagger: s
         check_encoder_fits,
         load_xl_reference_encoder,
     )
-    from colorize.families.xl.tagger import SwinV2Tagger
+    from colorize.families.xl.tagger import SwinV2Tagger, TaggerConfig
 
     cfg = denoiser.proj.cfg
     if clip and tagger:
@@ -467,14 +471,15 @@ def training_reference_encoder(denoiser: XLDenoiser, clip: str | None, tagger: s
         check_encoder_fits(enc, denoiser.proj, "the model's ClusterConcat")
         return enc
     tiny = (cfg.input_dim, cfg.c_dim) == (TINY_XL_CLIP.projection_dim, TINY_XL_TAGGER.num_features)
-    if clip or tagger or not tiny:
+    if clip or tagger or not (tiny or allow_random):
         raise InputError("XL training needs both frozen reference encoders: set model.clip to the CLIP ViT-bigG-14 "
                          "vision file (clip_vision_g.safetensors) and model.tagger to wd-v1-4-swinv2-tagger-v2 "
                          "(python -m colorize download clip-vit-bigg-14-vision wd-v1-4-swinv2-tagger-v2)")
-    warnings.warn("no CLIP-bigG / tagger files given (model.clip, model.tagger): the tiny XL reference encoders "
-                  "are random; only useful for tests", stacklevel=2)
+    warnings.warn("no CLIP-bigG / tagger files given (model.clip, model.tagger): the XL reference encoders are "
+                  "random; only useful for tests and benchmarks", stacklevel=2)
+    clip_cfg, tagger_cfg = (TINY_XL_CLIP, TINY_XL_TAGGER) if tiny else (ClipVisionConfig(), TaggerConfig())
     with torch.device(device):
-        return XLReferenceEncoder(ClipVisionTower(TINY_XL_CLIP), SwinV2Tagger(TINY_XL_TAGGER))
+        return XLReferenceEncoder(ClipVisionTower(clip_cfg), SwinV2Tagger(tagger_cfg))
 
 
 __all__ = [
