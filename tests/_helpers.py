@@ -85,6 +85,22 @@ def make_trainer(cfg: dict):  # type: ignore[no-untyped-def]
     return Trainer(config_from_dict(cfg))
 
 
+def torchrun_training(cfg: dict, path: Path, processes: int = 2, timeout: int = 600) -> str:  # type: ignore[type-arg]
+    """``torchrun --standalone --nproc_per_node N -m training.train`` of ``cfg`` (written to ``path``) on the CPU
+    (gloo, one thread each); asserts it exits 0 and returns its stdout."""
+    import json
+    import subprocess
+    import sys
+
+    path.write_text(json.dumps(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           "-m", "training.train", "--config", str(path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
 class ProgressRecorder:
     """Stands in for ``nodes.host.Progress``: records ``(value, total)`` updates into ``updates``."""
 

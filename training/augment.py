@@ -65,7 +65,7 @@ def short_edge_target(crop: tuple[int, int], cfg: AugmentConfig, gen: torch.Gene
 def joint_resize_crop(
     color: Tensor, sketch: Tensor, crop: tuple[int, int], cfg: AugmentConfig, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Flip (jointly), resize the short edge, crop ``crop`` at one random offset; same geometry for both."""
+    """Flip (jointly), resize (``cfg.resize_mode``), crop ``crop`` at one random offset; same geometry for both."""
     color, sketch, _ = joint_resize_crop_geometry(color, sketch, crop, cfg, gen)
     return color, sketch
 
@@ -79,8 +79,10 @@ def joint_resize_crop_geometry(
     if cfg.flip_p > 0 and _uniform(gen) < cfg.flip_p:
         color, sketch = color.flip(-1), sketch.flip(-1)
     h, w = color.shape[-2:]
-    edge = short_edge_target(crop, cfg, gen)
-    s = edge / min(h, w)
+    if cfg.resize_mode == "cover":
+        s = max(crop[0] / h, crop[1] / w) * _uniform(gen, *cfg.scale_range)
+    else:
+        s = short_edge_target(crop, cfg, gen) / min(h, w)
     size = (max(crop[0], round(h * s)), max(crop[1], round(w * s)))
     color, sketch = resize(color, size), resize(sketch, size)
     top = _randint(gen, 0, size[0] - crop[0])

@@ -81,6 +81,10 @@ class BatchPlan:
         epoch, offset = divmod(step * self.global_batch, self.num_items)
         return {"step": step, "epoch": epoch, "offset": offset, "global_batch": self.global_batch}
 
+    def epoch_of(self, step: int) -> float:
+        """The data epoch at the start of ``step`` (fractional)."""
+        return step * self.global_batch / self.num_items
+
     def bucket(self, step: int) -> tuple[int, int]:
         return choose_bucket(self.buckets, keyed_generator(self.seed, STREAM_BUCKET, step))
 
@@ -92,6 +96,105 @@ class BatchPlan:
         bucket = self.bucket(step)
         first = micro * self.world_size * self.batch_size + rank * self.batch_size
         return [self.item(step, first + i, bucket) for i in range(self.batch_size)]
+
+
+LANDSCAPE, PORTRAIT, SQUARE = "landscape", "portrait", "square"
+
+
+def aspect_class(ratio: float) -> str:
+    """``ratio`` = width / height → landscape (w > h), portrait (h > w) or square."""
+    return LANDSCAPE if ratio > 1 else PORTRAIT if ratio < 1 else SQUARE
+
+
+def fits(bucket: tuple[int, int], kind: str, min_ratio: float) -> bool:
+    """Whether a bucket suits a batch of ``kind`` whose most square image has long/short ratio ``min_ratio``
+    (official ``validate_crop_size``, ``data/collate.py``): square buckets always, others when their long side is
+    at most ``int(min_ratio · short) − 2`` and their orientation is the batch's."""
+    h, w = bucket
+    if h == w:
+        return True
+    if (kind == PORTRAIT) != (h > w) or kind == SQUARE:
+        return False
+    long, short = max(h, w), min(h, w)
+    return long <= int(min_ratio * short) - 2
+
+
+class AspectBatchPlan(BatchPlan):
+    """The official aspect-ratio batching (``data/sampler.py`` ``AspectRatioSampler`` and ``data/collate.py`` at
+    commit ``ec78784``), as a pure function of the step.
+
+    Records are grouped by orientation (landscape, portrait, square: width / height of each image). In every
+    epoch, each group is sorted by aspect ratio (ties in a random order), shuffled within blocks of 8 global
+    batches (similar ratios stay together), cut into global batches (the rest of a group waits for the next
+    epoch, as the official drops it), and the batches of all groups are shuffled together. A step's bucket: for
+    a square batch one of the square buckets at random, otherwise the bucket of the batch's orientation (or a
+    square one) whose long/short ratio is closest to the batch's most square image among those that fit it
+    (:func:`fits`). Every epoch has the same number of steps, so step → (epoch, batch) needs no history."""
+
+    def __init__(self, aspects: list[float], batch_size: int, grad_accum: int, world_size: int, seed: int,
+                 buckets: tuple[tuple[int, int], ...]) -> None:
+        super().__init__(len(aspects), batch_size, grad_accum, world_size, seed, buckets)
+        self.aspects = [float(a) for a in aspects]
+        groups: dict[str, list[int]] = {LANDSCAPE: [], PORTRAIT: [], SQUARE: []}
+        for i, a in enumerate(self.aspects):
+            groups[aspect_class(a)].append(i)
+        self.groups = {k: v for k, v in groups.items() if v}
+        self.batches_per_epoch = sum(len(v) // self.global_batch for v in self.groups.values())
+        if self.batches_per_epoch == 0:
+            sizes = ", ".join(f"{len(v)} {k}" for k, v in self.groups.items())
+            raise ValueError(f"no orientation group has a whole global batch of {self.global_batch} images ({sizes}); "
+                             "lower run.batch_size or turn augment.aspect_buckets off")
+        for kind, members in self.groups.items():
+            if len(members) >= self.global_batch and not any(fits(b, kind, 1.0) for b in buckets):
+                raise ValueError(f"augment.buckets has no bucket for the {kind} images: add a square bucket, "
+                                 "e.g. [1024, 1024]")
+        self._epochs: dict[int, list[list[int]]] = {}
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epochs:
+            if len(self._epochs) > 2:
+                self._epochs.clear()
+            gen = keyed_generator(self.seed, STREAM_ORDER, epoch)
+            out: list[list[int]] = []
+            block = 8 * self.global_batch
+            for members in self.groups.values():
+                ties = torch.rand(len(members), generator=gen).tolist()
+                order = [m for _, _, m in sorted(zip((self.aspects[m] for m in members), ties, members))]
+                for start in range(0, len(order), block):
+                    part = order[start:start + block]
+                    perm = torch.randperm(len(part), generator=gen).tolist()
+                    order[start:start + block] = [part[j] for j in perm]
+                n = len(order) // self.global_batch
+                out.extend(order[i * self.global_batch:(i + 1) * self.global_batch] for i in range(n))
+            perm = torch.randperm(len(out), generator=gen).tolist()
+            self._epochs[epoch] = [out[j] for j in perm]
+        return self._epochs[epoch]
+
+    def step_items(self, step: int) -> list[int]:
+        epoch, b = divmod(step, self.batches_per_epoch)
+        return self.epoch_batches(epoch)[b]
+
+    def position(self, step: int) -> dict[str, int]:
+        epoch, b = divmod(step, self.batches_per_epoch)
+        return {"step": step, "epoch": epoch, "offset": b * self.global_batch, "global_batch": self.global_batch}
+
+    def epoch_of(self, step: int) -> float:
+        return step / self.batches_per_epoch
+
+    def bucket(self, step: int) -> tuple[int, int]:
+        items = self.step_items(step)
+        kind = aspect_class(self.aspects[items[0]])
+        gen = keyed_generator(self.seed, STREAM_BUCKET, step)
+        if kind == SQUARE:
+            squares = [b for b in self.buckets if b[0] == b[1]]
+            return tuple(squares[int(torch.randint(len(squares), (), generator=gen))])  # type: ignore[return-value]
+        ratios = [max(self.aspects[i], 1 / self.aspects[i]) for i in items]
+        least = min(ratios)
+        valid = [b for b in self.buckets if fits(b, kind, least)]
+        return tuple(min(valid, key=lambda b: abs(max(b) / min(b) - least)))  # type: ignore[return-value]
+
+    def item(self, step: int, slot: int, bucket: tuple[int, int]) -> ItemSpec:
+        return ItemSpec(self.step_items(step)[slot], step, slot, bucket)
 
 
 class PlanSampler:

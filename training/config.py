@@ -74,6 +74,12 @@ class AugmentConfig:
     ``None`` resizes by ``scale_range`` × the bucket's long side instead (thesis)."""
 
     buckets: tuple[tuple[int, int], ...] = OFFICIAL_BUCKETS
+    # batches of one orientation with the bucket that fits them (official XL AspectRatioSampler; see
+    # training.batches.AspectBatchPlan) instead of one random bucket per step
+    aspect_buckets: bool = False
+    # "short_edge": short edge to load_size / scale_range (SD2.1 stages); "cover": the smallest resize that covers
+    # the bucket (× scale_range), the official XL crop (short edge to the crop's matching side)
+    resize_mode: Literal["short_edge", "cover"] = "short_edge"
     load_size: int | None = 961
     scale_range: tuple[float, float] = (1.0, 1.3)
     flip_p: float = 0.0

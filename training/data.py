@@ -261,6 +261,36 @@ def with_score(rec: Record, meta: dict[str, Any] | None) -> Record:
     return rec if score is None else replace(rec, score=float(score))
 
 
+def _image_size(source: TripletSource, rec: Record) -> tuple[int, int]:
+    """(width, height) of a record's colour image from its header."""
+    ref = rec.color
+    if isinstance(ref, tuple):
+        with zipfile.ZipFile(ref[0]) as zf, Image.open(io.BytesIO(zf.read(ref[1]))) as im:
+            return im.size
+    with Image.open(ref) as im:
+        return im.size
+
+
+def record_aspects(source: TripletSource, info: dict[str, dict[str, Any]] | None = None) -> list[float]:
+    """width / height of every record's colour image: from the image list (``width`` and ``height``, as the
+    official XL lists hold, or a ``[w, h]`` ``resolution``), else from the image header (1.0 for an unreadable
+    file: it is skipped later like any unreadable sample)."""
+    out = []
+    for rec in source.records:
+        meta = _lookup(info or {}, rec) or {}
+        w, h = meta.get("width"), meta.get("height")
+        res = meta.get("resolution")
+        if (w is None or h is None) and isinstance(res, (list, tuple)) and len(res) == 2:
+            w, h = res
+        if w is None or h is None:
+            try:
+                w, h = _image_size(source, rec)
+            except READ_ERRORS:
+                w = h = 1
+        out.append(float(w) / float(h))
+    return out
+
+
 def _resolution_value(res: Any) -> int:
     """A number, or a ``[w, h]`` pair (its short edge)."""
     if isinstance(res, (list, tuple)):
@@ -289,6 +319,7 @@ def open_source(cfg: DataConfig) -> TripletSource:
     layout = detect_layout(root) if cfg.layout == "auto" else cfg.layout
     source: TripletSource = ZipShardTriplets(root) if layout == "zip" else FolderTriplets(root)
     info = load_image_list(root, cfg.image_list)
+    source.info = info  # type: ignore[attr-defined]
     if cfg.score_threshold is not None or cfg.min_resolution is not None:
         source.records = filter_records(source, cfg, info)
     if info:

@@ -31,12 +31,12 @@ from torch.utils.data import DataLoader
 from colorize.sampling.noise_schedule import ddpm_buffers
 from training import checkpoint as ckpt
 from training.bad_samples import BadSample, BadSampleLedger, split_reports
-from training.batches import BatchPlan, ItemSpec, PlanSampler, TripletDataset, collate
+from training.batches import AspectBatchPlan, BatchPlan, ItemSpec, PlanSampler, TripletDataset, collate
 from training.config import ObjectiveConfig, TrainConfig
-from training.data import check_masks, open_source, warn
+from training.data import check_masks, open_source, record_aspects, warn
 from training.distributed import DistInfo, all_reduce_mean, barrier, gather_objects, init_distributed
 from training.ema import EMA
-from training.errors import TrainingCheckpointError
+from training.errors import TrainingCheckpointError, TrainingDataError
 from training.export import export_safetensors
 from training.logs import MetricLog, render_samples, save_samples
 from training.model import TrainModules, build_modules
@@ -122,6 +122,7 @@ class Trainer:
         self.source = open_source(cfg.data)
         if self.stage.needs_masks:
             check_masks(self.source.records)
+        self.plan = self._batch_plan()
         self.out_dir = Path(cfg.run.out_dir)
         self._resume_from = self._find_resume_state()
         seed_everything(cfg.run.seed)
@@ -150,12 +151,23 @@ class Trainer:
         self.ledger = BadSampleLedger(num_items, d.max_bad_fraction, d.min_bad_allowance)
         self.dataset = TripletDataset(self.source, cfg.augment, cfg.objective, self.mods.noise_spec(), cfg.run.seed,
                                       masks=self.stage.needs_masks, max_bad=self.ledger.limit)
-        r = cfg.run
-        self.plan = BatchPlan(len(self.dataset), r.batch_size, r.grad_accum, self.dist.world_size, r.seed,
-                              cfg.augment.buckets)
         self.step = 0
         self.log = MetricLog(self.out_dir, enabled=self.dist.is_main)
         self._maybe_resume()
+
+    def _batch_plan(self) -> BatchPlan:
+        """Which samples each step takes: one random bucket per step, or the aspect-ratio batching
+        (``augment.aspect_buckets``; a data error when no orientation group fills a global batch)."""
+        cfg, r = self.cfg, self.cfg.run
+        if not cfg.augment.aspect_buckets:
+            return BatchPlan(len(self.source.records), r.batch_size, r.grad_accum, self.dist.world_size, r.seed,
+                             cfg.augment.buckets)
+        aspects = record_aspects(self.source, getattr(self.source, "info", None))
+        try:
+            return AspectBatchPlan(aspects, r.batch_size, r.grad_accum, self.dist.world_size, r.seed,
+                                   cfg.augment.buckets)
+        except ValueError as e:
+            raise TrainingDataError(str(e)) from None
 
     # ------------------------------------------------------------------ steps
     def micro_loss(self, batch: dict[str, Tensor], model: torch.nn.Module | None = None
@@ -166,7 +178,7 @@ class Trainer:
 
     def progress(self) -> TrainingProgress:
         """Where the run is: the step being taken and the data epoch it starts in (fractional)."""
-        return TrainingProgress(self.step, self.step * self.plan.global_batch / self.plan.num_items)
+        return TrainingProgress(self.step, self.plan.epoch_of(self.step))
 
     def train_step(self, micro_batches: list[dict[str, Tensor]]) -> dict[str, float]:
         """One optimiser step over ``grad_accum`` micro-batches; returns loss (mean over all processes)."""
@@ -263,19 +275,22 @@ class Trainer:
     def train(self) -> TrainResult:
         r = self.cfg.run
         result = TrainResult(self.step)
-        window: list[float] = []
+        window: dict[str, list[float]] = {}  # the losses (and loss parts) since the last log line
         t0, s0 = time.time(), self.step
         for group in self.micro_batches():
             metrics = self.train_step(group)
             result.losses.append(metrics["loss"])
-            window.append(metrics["loss"])
+            for k, v in metrics.items():
+                if k.endswith("loss"):
+                    window.setdefault(k, []).append(v)
             if r.log_every and self.step % r.log_every == 0:
                 rate = (self.step - s0) * self.plan.global_batch / max(time.time() - t0, 1e-9)
-                self.log.write({"step": self.step, "loss": sum(window) / len(window),
+                means = {k: sum(v) / len(v) for k, v in window.items()}
+                self.log.write({"step": self.step, "loss": means.pop("loss"),
                                 "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate,
-                                "skipped_samples": len(self.ledger),
-                                **{k: v for k, v in metrics.items() if k != "loss"}})
-                window = []
+                                "skipped_samples": len(self.ledger), **means,
+                                **{k: v for k, v in metrics.items() if not k.endswith("loss")}})
+                window = {}
             if r.sample_every and self.step % r.sample_every == 0:
                 self.write_samples()
             if r.save_every and self.step % r.save_every == 0:

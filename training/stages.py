@@ -128,12 +128,14 @@ register(Stage(
 # commit ec78784; what is inferred is listed in colorize/families/xl/training.py). Common: v-prediction, 20 %
 # reference drop (ucg_rate), each of the four sketch hints dropped at 10 % (control_drop), offset noise 0.05,
 # reference inpainting at 10 % (inpaint_p), mask thresholds th_s, th_r ~ U[0.05, 0.99], masks required
-# (smask_required), the aspect buckets around 1024² (crop_size), AdamW at the official default 5e-6.
+# (smask_required), the aspect buckets around 1024² (crop_size) with the official aspect-ratio batching
+# (AspectRatioSampler: batches of one orientation, the bucket that fits them; the crop covers the bucket), AdamW at
+# the official default 5e-6.
 _XL_OBJECTIVE = {"prediction": "v", "noisy_reference": False, "reference_drop": 0.2, "sketch_drop": 0.0,
                  "hint_drop": [0.1, 0.1, 0.1, 0.1], "offset_noise": 0.05, "inpaint_p": 0.1, "inpaint_offset": 4,
                  "threshold_range": [0.05, 0.99]}
-_XL_DEFAULTS = {"augment": {"buckets": [list(b) for b in XL_BUCKETS], "load_size": None, "scale_range": [1.0, 1.0],
-                            "reference_size": 448},
+_XL_DEFAULTS = {"augment": {"buckets": [list(b) for b in XL_BUCKETS], "aspect_buckets": True, "resize_mode": "cover",
+                            "load_size": None, "scale_range": [1.0, 1.0], "reference_size": 448},
                 "optim": {"lr": 5e-6}}
 
 # Base stage (GramTrainer, stage 0): the U-Net, the sketch encoder and ClusterConcat train; the Gram-matrix loss on

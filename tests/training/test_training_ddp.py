@@ -18,15 +18,12 @@ the next readable record; the DDP run must share what its second process found, 
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _helpers import torchrun_training
 
 from colorize.config import TINY_MULT
 from training.batches import BatchPlan
@@ -34,7 +31,6 @@ from training.config import config_from_dict
 from training.logs import read_log, step_lines
 from training.synthetic import make_synthetic_dataset
 
-REPO = Path(__file__).resolve().parents[2]
 LR, BETA1 = 1e-3, 0.9
 
 
@@ -146,13 +142,6 @@ def test_two_process_ddp_matches_single_process(assets: dict[str, Path], referen
     out = assets["base"] / "ddp"
     cfg = run_config(assets, out, batch=2, accum=1, checkpointing=True)
     cfg["run"]["export"] = True
-    path = tmp_path / "ddp.json"
-    path.write_text(json.dumps(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.train", "--config", str(path)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "done: step 2" in proc.stdout
+    assert "done: step 2" in torchrun_training(cfg, tmp_path / "ddp.json", timeout=300)
     assert_same_training(ref, out, names)
     assert len(list((out / "export").glob("*.safetensors"))) == 1  # written once, by rank 0
