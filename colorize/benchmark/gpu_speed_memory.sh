@@ -98,8 +98,8 @@ if [ -z "${BENCH_STEPS:-}" ] || [[ " $BENCH_STEPS " == *" trainxl "* ]]; then
     TRAIN=(--batch 1 --res $XLRES --steps 5 --warmup 2); [ "$SCALE" = 0 ] && TRAIN=(--batch 2 --res 64 --steps 1 --warmup 1 --device cpu --preset tiny)
     echo "== trainxl (limit ${left}s, t=${SECONDS}s)"
     timeout -k 10 "$left" $PY -m training.bench_gpu --stage xl_base "${TRAIN[@]}" --budget-s "$left" \
-      --out "$OUT/trainxl.json" >"$RUNS/trainxl.log" 2>&1
-    echo "   rc=$? after $((SECONDS))s"; tail -n 3 "$RUNS/trainxl.log"
+      --out "$OUT/trainxl.json" >"$RUNS/trainxl.txt" 2>&1
+    echo "   rc=$? after $((SECONDS))s"; tail -n 3 "$RUNS/trainxl.txt"
   fi
 fi
 
@@ -111,6 +111,6 @@ if [ "$SCALE" = 0 ]; then  # the smoke test cannot honour CUDA-only options: che
 fi
 
 $PY -m colorize.benchmark.summary "$RUNS" "$OUT" "$OFFICIAL"
-{ for f in "$RUNS"/env.txt "$RUNS"/skipped.txt "$RUNS"/*.log; do [ -f "$f" ] && { echo "##### $f"; cat "$f"; }; done; } \
+{ for f in "$RUNS"/env.txt "$RUNS"/skipped.txt "$RUNS"/*.log "$RUNS"/trainxl.txt; do [ -f "$f" ] && { echo "##### $f"; cat "$f"; }; done; } \
   >"$OUT/logs.txt"
 echo "done in ${SECONDS}s; files: $(ls "$OUT")"
