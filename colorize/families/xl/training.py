@@ -32,6 +32,10 @@ Facts from the official repository tellurion-kanata/ColorizeDiffusionXL at commi
   bicubic to the latent grid]`` at t = 0 with the four sinusoids of the crop ``[top, left, h, w]``, and the U-Net
   decoder reads its bank (:mod:`.bank`); the cross-attention is the soft blend with the background LoRA.
 
+The XL paper ("Towards High-resolution and Disentangled Reference-based Sketch Colorization", CVPR 2026) was not
+available when this was written: everything here follows the released training code; where the paper describes
+another recipe, that difference has not been checked.
+
 Where this differs from the official code, and why:
 
 * The released configs do not say which modules stage 1 trains for xlv2: the code trains the "foreground" LoRA
