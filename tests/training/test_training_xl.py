@@ -452,3 +452,24 @@ def test_too_few_images_of_one_orientation_is_a_data_error(assets: dict[str, Pat
     cfg = xl_config(assets, "xl_base", tmp_path, batch=16)
     with pytest.raises(TrainingDataError, match="no orientation group has a whole global batch of 16"):
         make_trainer(cfg)
+
+
+def test_full_size_sdxl_base_gives_the_released_colorizer_config() -> None:
+    """The SDXL 1.0 base U-Net's shapes (adm 2816; meta device) give the released XL U-Net config with adm 512, the
+    released sketch encoder widths and head widths; the VAE at the XL scale."""
+    from dataclasses import replace
+
+    from colorize.config import VAEConfig
+    from colorize.families import get_family
+    from colorize.families.xl import XL_EXTRAS_DEFAULTS
+    from colorize.families.xl.unet import XL_UNET
+    from colorize.models.vae import AutoencoderKL
+
+    unet = build_xl_unet(replace(XL_UNET, adm_in_channels=2816), device="meta")
+    with torch.device("meta"):
+        vae = AutoencoderKL(VAEConfig())
+    cfg = get_family("sdxl").text_to_image_config({"unet": unet.state_dict(), "vae": vae.state_dict()})
+    assert cfg is not None and cfg.unet == XL_UNET and cfg.extras == XL_EXTRAS_DEFAULTS
+    assert (cfg.sketch.model_channels, tuple(cfg.sketch.ch_mults)) == (320, (1, 2, 4))
+    assert cfg.vae.scale_factor == 0.13025 and cfg.version == "sdxl"
+    assert get_family("mult").text_to_image_config({"unet": unet.state_dict()}) is None
