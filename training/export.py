@@ -23,10 +23,10 @@ from torch import Tensor
 
 from colorize.atomic import save_safetensors_atomic
 from colorize.checkpoint import CONFIG_METADATA_KEY
+from colorize.checkpoint.infer import TRAINING_METADATA_KEY
 from colorize.config import ColorizerConfig
 from colorize.families import component_prefixes
 
-TRAINING_METADATA_KEY = "colorize_training"
 #: Component prefixes a trained model can have (CLIP is never exported).
 PREFIXES = {k: v for k, v in component_prefixes().items() if not k.startswith("clip_")}
 

@@ -15,6 +15,7 @@ from colorize.config import (
 from colorize.errors import CheckpointError
 
 CONFIG_METADATA_KEY = "colorize_config"  # safetensors __metadata__ entry holding ColorizerConfig.to_dict() JSON
+TRAINING_METADATA_KEY = "colorize_training"  # the entry training/ exports write: {"stage", "step", "ema"} JSON
 
 # --------------------------------------------------------------------------------------------
 # Config inference from shapes

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from colorize.checkpoint.claims import check_weight_dtypes
 from colorize.checkpoint.common import TensorInfo
 from colorize.checkpoint.files import read_header, read_metadata
-from colorize.checkpoint.infer import CONFIG_METADATA_KEY
+from colorize.checkpoint.infer import CONFIG_METADATA_KEY, TRAINING_METADATA_KEY
 from colorize.checkpoint.keys import OPTIONAL_COMPONENTS
 from colorize.checkpoint.layout import compare_keys
 from colorize.config import FULL_MULT, ColorizerConfig
@@ -306,9 +306,19 @@ def xl_report(header: Mapping[str, TensorInfo], metadata: Mapping[str, str] | No
                    f"{cfg.sketch.attention_width}; ClusterConcat {cfg.proj.input_dim}+{cfg.proj.c_dim} -> "
                    f"{cfg.proj.output_dim}" + ("; ReferenceNet (bg_encoder)" if cfg.has_bg_encoder else "")
                    + (f"; background LoRA rank {cfg.background_lora_rank}" if cfg.background_lora_rank else "")),
-        "components": components, "ok": ok,
+        "components": components, "ok": ok, "trained": _training_info(metadata),
     }
     return report, ok
+
+
+def _training_info(metadata: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """What a ``training/`` export says of its run (stage, step, EMA), or ``None``."""
+    raw = (metadata or {}).get(TRAINING_METADATA_KEY)
+    try:
+        info = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def format_xl_report(rep: Mapping[str, Any]) -> str:
@@ -320,6 +330,8 @@ def format_xl_report(rep: Mapping[str, Any]) -> str:
         f"parameterization: {rep['parameterization']} ({rule})",
         f"size:             {rep['size']} (config from shapes)",
         f"config:           {rep['config']}",
+        *([f"trained:          stage {rep['trained'].get('stage')}, step {rep['trained'].get('step')}"
+           f"{' (EMA weights)' if rep['trained'].get('ema') else ''}"] if rep.get("trained") else []),
         "",
         f"{'component':<16} {'expected':>8} {'present':>8} {'missing':>8} {'unexpect':>8} {'shape!=':>8}",
     ]

@@ -324,10 +324,9 @@ def test_killed_run_resumes_bit_for_bit(assets: dict[str, Path], tmp_path: Path)
 
 
 # ------------------------------------------------------------------------------------------ exports
-@pytest.mark.parametrize("stage", ("xl_base", "xl_adapter_stage2"))
+@pytest.mark.parametrize("stage", STAGES)
 def test_export_loads_through_inspect_the_library_and_the_cli(assets: dict[str, Path], tmp_path: Path,
                                                                stage: str) -> None:
-    from colorize.atomic import safetensors_metadata
     from colorize.checkpoint.inspection import main as inspect_main
     from colorize.pipeline import Colorizer
     from colorize.settings import EnhanceSettings, GenerationSettings
@@ -344,7 +343,7 @@ def test_export_loads_through_inspect_the_library_and_the_cli(assets: dict[str, 
         assert inspect_main([str(export), "--json"]) == 0
     info = json.loads(report.read_text())
     assert (info["model_type"], info["parameterization"], info["parameterization_rule"]) == (family, "v", "metadata")
-    assert json.loads(safetensors_metadata(export)["colorize_training"])["stage"] == stage
+    assert info["ok"] and (info["trained"]["stage"], info["trained"]["step"]) == (stage, 1)
     model = Colorizer.from_files(export, assets["clip"], tagger=assets["tagger"], device="cpu", precision="fp32")
     assert model.family.name == family
     sketch = torch.rand(1, 3, 64, 64)
