@@ -1,6 +1,8 @@
 """Prepare a training set from a folder of colour images: extract sketches (and optionally masks) with no weights.
 
 ``python -m training.prepare --images DIR --out ROOT [--layout folders|zip] [--shard-size 1000] [--masks]``
+``python -m training.prepare --tags TAGS.json|csv --out ROOT [--max-tags 6000] [--min-tag-count 1]`` (also with
+``--images``): the tag vocabulary ``ROOT/vocabulary.json`` of the stages that read tags (:mod:`training.tags`)
 
 * sketches: ``colorize.extractors.high_pass`` (high-pass line extractor, no network; thesis §3.2 uses
   SketchKeras / Anime2Sketch ensembles — extract with those elsewhere and drop the files into ``sketch/`` for
@@ -123,18 +125,42 @@ def prepare(
     return info
 
 
+def prepare_vocabulary(tags_file: str | Path, out: str | Path, max_tags: int | None = 6000,
+                       min_count: int = 1) -> Path:
+    """Build ``out/vocabulary.json`` from a tags file (:mod:`training.tags`); returns its path."""
+    from training.tags import VOCABULARY_FILE, build_vocabulary, read_tags_file, write_vocabulary
+
+    vocab = build_vocabulary(read_tags_file(tags_file), max_tags, min_count)
+    return write_vocabulary(vocab, Path(out) / VOCABULARY_FILE)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", required=True, help="folder of colour images (searched recursively)")
+    ap.add_argument("--images", help="folder of colour images (searched recursively)")
     ap.add_argument("--out", required=True, help="dataset root to write")
     ap.add_argument("--layout", choices=("folders", "zip"), default="folders")
     ap.add_argument("--shard-size", type=int, default=1000, help="images per zip shard (zip layout)")
     ap.add_argument("--masks", action="store_true", help="also write no-weight foreground masks (v1.5/v2 stages)")
     ap.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="extractor blur sigma (px)")
     ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="extractor response cut-off")
+    ap.add_argument("--tags", help="tags file (JSON name → tags, or CSV with name,tags columns): write the tag "
+                    "vocabulary OUT/vocabulary.json")
+    ap.add_argument("--max-tags", type=int, default=6000, help="vocabulary size: the most frequent tags (thesis 6,000)")
+    ap.add_argument("--min-tag-count", type=int, default=1, help="leave out tags on fewer images")
     a = ap.parse_args(argv)
-    info = prepare(a.images, a.out, a.layout, a.shard_size, a.masks, a.sigma, a.threshold)
-    print(f"prepared {len(info)} images under {a.out} ({a.layout})")
+    if not a.images and not a.tags:
+        ap.error("give --images (sketches from colour images) and/or --tags (the tag vocabulary)")
+    if a.images:
+        info = prepare(a.images, a.out, a.layout, a.shard_size, a.masks, a.sigma, a.threshold)
+        print(f"prepared {len(info)} images under {a.out} ({a.layout})")
+    if a.tags:
+        from training.errors import TrainingError
+
+        try:
+            path = prepare_vocabulary(a.tags, a.out, a.max_tags, a.min_tag_count)
+        except TrainingError as e:
+            raise SystemExit(f"error: {e}") from None
+        print(f"wrote the tag vocabulary {path}")
 
 
 if __name__ == "__main__":
