@@ -13,6 +13,10 @@ the model families v1 (``mult``), v1.5 (``switch``) and v2 load the released che
     image = model.colorize(sketch, reference, colorize.GenerationSettings(steps=20, seed=1))
     colorize.tensor_to_pil(image)[0].save("colorized.png")
 
+    # the chapter-4 GAN (thesis §4; a file trained with training/): one forward pass, tag edits
+    # gan = colorize.GANColorizer.from_file("my-gan.safetensors")
+    # image = gan.colorize(sketch, reference, tags={"red_hair": 2.0})
+
     # v1.5 / v2 foreground/background separation:
     # model.colorize(sketch, reference, settings, enhance=colorize.EnhanceSettings(background_enhance=True),
     #                reference_mask=mask)
@@ -29,6 +33,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     "Colorizer": "colorize.pipeline",
+    "GANColorizer": "colorize.families.gan.colorizer",
     "GenerationSettings": "colorize.settings",
     "EnhanceSettings": "colorize.settings",
     "ColorizerConfig": "colorize.config",
@@ -48,6 +53,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from colorize.config import ColorizerConfig
     from colorize.errors import CheckpointError, InputError, WeightsMissingError
     from colorize.families import FAMILIES, get_family
+    from colorize.families.gan.colorizer import GANColorizer
     from colorize.loader import load_checkpoint_modules, load_reference_encoder, read_checkpoint_info
     from colorize.pipeline import Colorizer
     from colorize.preprocess import load_image, tensor_to_pil
@@ -73,6 +79,7 @@ __all__ = [
     "Colorizer",
     "ColorizerConfig",
     "EnhanceSettings",
+    "GANColorizer",
     "GenerationSettings",
     "InputError",
     "WeightsMissingError",

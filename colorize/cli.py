@@ -57,6 +57,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE",
+                   help="GAN checkpoints (thesis §4.3): set a tag of the reference, e.g. --tag red_hair=2 (repeatable; "
+                        "values beyond [0, 1] extrapolate; the run prints the reference's predicted tags)")
     p.add_argument("--low-vram", action="store_true",
                    help="keep CLIP and the U-Net on the CPU except while they run, tile large VAE decodes (8 GB cards)")
     p.add_argument("--vae-tiling", choices=("off", "auto", "on"), default=None,
@@ -118,7 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from colorize.families import detect_family
     from colorize.loader import read_header
     from colorize.pipeline import Colorizer
-    from colorize.preprocess import load_image, tensor_to_pil
+    from colorize.preprocess import load_image
     from colorize.progress import ProgressBar
     from colorize.settings import GenerationSettings
     from colorize.weights import default_checkpoint_name, default_clip_name, resolve
@@ -146,6 +149,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         ckpt = resolve(args.checkpoint or default_checkpoint_name(), args.models_dir, download=not args.no_download)
         family = detect_family(read_header(ckpt), source=ckpt.name)
+        if family.standalone:  # the chapter-4 GAN: one file, its own colorizer
+            return _run_standalone(args, family, ckpt, sketch, reference, image_format)
+        if args.tag:
+            from colorize.errors import InputError
+
+            raise InputError(f"--tag edits the tags of a GAN checkpoint; {ckpt.name} is a {family.label} diffusion "
+                             "checkpoint (its reference is edited with text: the Text Edit node)")
         if args.sampler is None:
             settings = replace(settings, sampler=family.default_sampling[0])
             if args.scheduler == "auto":
@@ -184,12 +194,60 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not settings.crop_result:  # the mask is in the sketch's frame: fit it like the sketch
             result_mask = fit_sketch_mask(result_mask, tuple(sketch.shape[-2:]), tuple(image.shape[-2:]))
         image = remove_background(image, result_mask, args.reference_mask_threshold)
+    return _save_result(image, args, image_format)
+
+
+def _save_result(image: torch.Tensor, args: argparse.Namespace, image_format: str) -> int:
+    """Write the first image of ``image`` to ``--out`` atomically."""
     from colorize.atomic import atomic_path
+    from colorize.preprocess import tensor_to_pil
 
     with atomic_path(args.out, overwrite=args.overwrite) as tmp:
         tensor_to_pil(image)[0].save(tmp, format=image_format)
     print(f"wrote {args.out}")
     return 0
+
+
+#: run options that only the diffusion pipeline reads (a GAN run refuses them rather than ignoring them)
+DIFFUSION_ONLY_FLAGS = ("bg_enhance", "fg_enhance", "style_enhance", "injection", "remove_result_bg", "crop_result",
+                        "low_vram")
+
+
+def tag_edits(pairs: list[str]) -> dict[str, float]:
+    """``--tag NAME=VALUE`` options as ``{name: value}`` (a later value of a tag wins)."""
+    import math
+
+    from colorize.errors import InputError
+
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, raw = pair.rpartition("=")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not sep or not name.strip() or not math.isfinite(value):
+            raise InputError(f"--tag {pair!r}: write NAME=VALUE with a number, e.g. --tag red_hair=2")
+        out[name.strip()] = value
+    return out
+
+
+def _run_standalone(args: argparse.Namespace, family: Any, ckpt: Path, sketch: torch.Tensor,
+                    reference: torch.Tensor, image_format: str) -> int:
+    """``run`` with a standalone family's file (the chapter-4 GAN): one forward pass, optional tag edits."""
+    from colorize.errors import InputError
+
+    used = [f"--{f.replace('_', '-')}" for f in DIFFUSION_ONLY_FLAGS if getattr(args, f)]
+    if used:
+        raise InputError(f"{', '.join(used)}: the {family.label} has no such control (diffusion checkpoints only)")
+    edits = tag_edits(args.tag)
+    model = family.open_colorizer(ckpt, args.device)
+    model.check_edits(edits)
+    code = model.encode_reference(reference)
+    print("reference tags: " + ", ".join(f"{name} {p:.2f}" for name, p in model.predicted_tags(code, top_k=10)))
+    image = model.colorize(sketch, model.edit(code, edits), width=args.width, height=args.height,
+                           polarity=args.polarity)
+    return _save_result(image, args, image_format)
 
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}

@@ -64,7 +64,12 @@ def checkpoint_config(family: Family, shapes: Mapping[str, Any], metadata: Mappi
     :func:`~colorize.checkpoint.default_num_head_channels`.
     """
     parts = split_checkpoint(shapes)
-    inferred = family.infer_config(parts, num_head_channels)
+    try:
+        inferred = family.infer_config(parts, num_head_channels)
+    except CheckpointError as e:
+        if not family.standalone:
+            raise
+        raise CheckpointError(f"{what}: {e}") from None  # a standalone family refuses, named with the file
     if metadata and CONFIG_METADATA_KEY in metadata:
         claimed = config_from_metadata(metadata[CONFIG_METADATA_KEY], what)
         cfg = reconcile_config(inferred, claimed, what)

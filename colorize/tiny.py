@@ -38,8 +38,9 @@ from colorize.weights import default_clip_name, load_manifest, manifest_entry
 TINY_METADATA_KEY = "colorize_tiny"
 #: the ISNet mask networks written beside the checkpoints (manifest names)
 ISNET_NAMES: tuple[str, ...] = ("isnet-anime", "isnet-sketch")
-#: family names, in the order the tiny checkpoints are written
-VERSIONS: tuple[str, ...] = tuple(FAMILIES)
+#: the diffusion families, in the order their tiny checkpoints are written (a standalone family such as the
+#: chapter-4 GAN writes its own file: ``write_tiny_weights(versions=("gan",))``)
+VERSIONS: tuple[str, ...] = tuple(name for name, family in FAMILIES.items() if not family.standalone)
 
 
 def checkpoint_name(version: str) -> str:
@@ -132,24 +133,28 @@ def write_tiny_weights(
     """Write tiny checkpoints of ``versions`` and the CLIP file into ``directory`` (ComfyUI models layout).
 
     Returns ``{manifest name: path}``: the checkpoints in ``versions`` order, then the CLIP file and, with ``masks``,
-    the two ISNet mask networks (``python -m colorize make-tiny-weights`` writes them). ``config``
+    the two ISNet mask networks (``python -m colorize make-tiny-weights`` writes them). A standalone family (the
+    chapter-4 GAN: no released file, so no manifest name) writes ``Family.tiny_checkpoint``'s file, listed under
+    its file's stem after the checkpoints. ``config``
     is the v1 base the other versions derive from (:func:`tiny_config`). Existing files that are not tiny
     test files are never overwritten (:class:`FileExistsError`, checked before anything is written).
     """
     directory = Path(directory)
-    unknown = [v for v in versions if v not in VERSIONS]
+    unknown = [v for v in versions if v not in FAMILIES]
     if unknown:
-        raise ValueError(f"unknown version(s) {unknown}; expected some of {', '.join(VERSIONS)}")
-    checkpoints = {v: checkpoint_name(v) for v in dict.fromkeys(versions)}
+        raise ValueError(f"unknown version(s) {unknown}; expected some of {', '.join(FAMILIES)}")
+    standalone = {v: get_family(v).tiny_checkpoint(seed) for v in dict.fromkeys(versions) if get_family(v).standalone}
+    checkpoints = {v: checkpoint_name(v) for v in dict.fromkeys(versions) if v not in standalone}
     own_files = [n for v in checkpoints for n in get_family(v).reference_files]
     names = [*checkpoints.values(), default_clip_name(), *dict.fromkeys(own_files), *(ISNET_NAMES if masks else ())]
     paths = {n: directory / manifest_entry(n)["models_subdir"] / manifest_entry(n)["filename"] for n in names}
-    for path in paths.values():
+    own = {Path(rel).stem: (directory / rel, sd, meta) for rel, sd, meta in standalone.values()}
+    for path in [*paths.values(), *(p for p, _, _ in own.values())]:
         if path.exists() and TINY_METADATA_KEY not in _metadata_or_empty(path):
             raise FileExistsError(f"{path} exists and is not a tiny test file; refusing to overwrite it. "
                                   "Choose an empty folder for make-tiny-weights.")
     clip_sd: dict[str, torch.Tensor] = {}
-    for version in dict.fromkeys(versions):
+    for version in checkpoints:
         cfg = tiny_config(version, config)
         ckpt, version_clip = build_tiny_state_dicts(cfg, seed)
         _save(paths[checkpoints[version]], ckpt, cfg)
@@ -162,7 +167,11 @@ def write_tiny_weights(
         _save_plain(paths[name], sd)
     for offset, name in enumerate(ISNET_NAMES if masks else ()):  # anime and sketch segmenter: one layout
         _save_plain(paths[name], build_tiny_isnet_state_dict(seed + offset))
-    return paths
+    for path, sd, meta in own.values():
+        save_safetensors_atomic(sd, path, metadata={**meta, TINY_METADATA_KEY: "random weights, not for real use"},
+                                overwrite=True)
+    ordered = {checkpoints[v]: paths[checkpoints[v]] for v in checkpoints}
+    return {**ordered, **{name: path for name, (path, _, _) in own.items()}, **paths}
 
 
 def build_tiny_isnet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

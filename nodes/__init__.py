@@ -3,8 +3,8 @@
 Written against ComfyUI's V3 node schema (``io.ComfyNode``, pinned API version in :mod:`nodes.schema`): each
 class declares its node id, display name, inputs and outputs in ``define_schema`` and computes in ``execute``.
 ComfyUI loads them through :func:`comfy_entrypoint` (re-exported by the pack's root ``__init__.py``).
-Importing this package registers its model folders (``models/colorizediffusion``, ``lineart``, ``sams``,
-``isnet``, ``wd_tagger``) with ComfyUI when ComfyUI is running, and nothing else: weights are only read or
+Importing this package registers its model folders (``models/colorizediffusion``, ``colorizediffusion_gan``,
+``lineart``, ``sams``, ``isnet``, ``wd_tagger``) with ComfyUI when ComfyUI is running, and nothing else: weights are only read or
 downloaded when a node that needs them runs.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from .advanced import AttentionInjection, CropToSketch, GuidanceWindow, ReferencePad, RemoveBackground, XLLevelRule
 from .decode import Decode
 from .enhance import BackgroundEncode, StyleEncode
+from .gan import GANColorize, GANLoader, GANReference, GANTagEdit
 from .isnet_masks import AnimeMask, SketchMaskIsnet
 from .lineart import LineExtract
 from .loaders import (
@@ -39,7 +40,7 @@ from .schema import ComfyExtension, io
 from .sketch import SketchHintsNode, SketchPreprocess
 
 #: Every node of the pack, in the order of the node library (loaders, sketch, sampling, edits, masks,
-#: separation, advanced, native bridge).
+#: separation, advanced, native bridge, the chapter-4 GAN).
 NODES: tuple[type[io.ComfyNode], ...] = (
     CheckpointLoader, ReferenceEncoderLoader, ReferenceEncoderFromCLIPVision, XLReferenceEncoderLoader,
     XLReferenceEncoderFromCLIPVision, ReferenceEmbed,
@@ -49,6 +50,7 @@ NODES: tuple[type[io.ComfyNode], ...] = (
     GuidanceWindow, AttentionInjection, XLLevelRule, ReferencePad, CropToSketch, RemoveBackground,
     NativeLoader, NativeConditioning, NativeSketch, NativeReferenceStrength, NativeEnhance, NativeGuider,
     NativeSigmas,
+    GANLoader, GANReference, GANTagEdit, GANColorize,
 )
 
 register_folders()  # before any define_schema: the file pickers list these folders

@@ -25,7 +25,9 @@ from .reference import ClipVisionBigG, ClipVisionReference, OpenClipReference, X
 from .schema import io, output, ui
 from .sockets import ColorizeModel, ModelSocket, ReferenceEncoderSocket
 
-SUPPORTED_VERSIONS = tuple(FAMILIES)  # the checkpoint families the nodes load (v1, v1.5, v2, XL, XL v2)
+#: the diffusion checkpoint families these loaders read (v1, v1.5, v2, XL, XL v2); a standalone family (the chapter-4
+#: GAN) has its own loader (``nodes/gan.py``)
+SUPPORTED_VERSIONS = tuple(name for name, family in FAMILIES.items() if not family.standalone)
 #: The loader's prediction-type choices: auto = what the file or its family says; eps / v override it.
 PARAMETERIZATION_CHOICES = ("auto", "eps", "v")
 #: XL's default reference-encoder files (manifest names): CLIP ViT-bigG/14 vision tower, WD v1.4 SwinV2 tagger.

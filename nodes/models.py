@@ -1,8 +1,9 @@
 """Model folders and weights inside ComfyUI: folder registration, file pickers, first-use downloads.
 
-Checkpoints live in ComfyUI's ``models/colorizediffusion``, line-extractor weights in ``models/lineart`` and the
-ISNet mask networks in ``models/isnet``, the XL tagger in ``models/wd_tagger`` (all registered here, keeping
-any paths users set for ``colorizediffusion:`` / ``lineart:`` / ``isnet:`` / ``wd_tagger:`` in
+Checkpoints live in ComfyUI's ``models/colorizediffusion``, the chapter-4 GAN files in
+``models/colorizediffusion_gan``, line-extractor weights in ``models/lineart`` and the ISNet mask networks in
+``models/isnet``, the XL tagger in ``models/wd_tagger`` (all registered here, keeping any paths users set for
+``colorizediffusion:`` / ``colorizediffusion_gan:`` / ``lineart:`` / ``isnet:`` / ``wd_tagger:`` in
 ``extra_model_paths.yaml``); the reference encoders (OpenCLIP ViT-H/14, XL's CLIP-bigG) live in the core
 ``models/clip_vision`` folder, so the files IPAdapter and SDXL users already have are found too. A manifest
 file (``weights_manifest.json``) that is missing is downloaded on first use of its loader, never at import,
@@ -20,6 +21,7 @@ from typing import Any, Callable
 from torch import nn
 
 from colorize.errors import WeightsMissingError
+from colorize.families.gan import GAN_MODELS_SUBDIR
 from colorize.weights import (
     NO_DOWNLOAD_ENV,
     default_models_dir,
@@ -33,6 +35,9 @@ from colorize.weights import (
 from .host import ManagedModule, Progress, comfy_module
 
 CHECKPOINT_FOLDER = "colorizediffusion"
+#: The chapter-4 GAN files (thesis §4). A folder of their own: the diffusion loaders' picker lists
+#: ``models/colorizediffusion`` recursively, and a GAN file is no diffusion checkpoint.
+GAN_FOLDER = GAN_MODELS_SUBDIR
 CLIP_FOLDER = "clip_vision"
 LINEART_FOLDER = "lineart"
 SAM_FOLDER = "sams"  # segment-anything checkpoints (the folder other packs use for SAM too)
@@ -43,7 +48,7 @@ ISNET_FOLDER = "isnet"
 #: The WD v1.4 SwinV2 tagger that ColorizeDiffusion XL reads beside CLIP-bigG (the folder name tagger packs use).
 TAGGER_FOLDER = "wd_tagger"
 #: the folders this pack adds to ComfyUI
-PACK_FOLDERS = (CHECKPOINT_FOLDER, LINEART_FOLDER, SAM_FOLDER, ISNET_FOLDER, TAGGER_FOLDER)
+PACK_FOLDERS = (CHECKPOINT_FOLDER, GAN_FOLDER, LINEART_FOLDER, SAM_FOLDER, ISNET_FOLDER, TAGGER_FOLDER)
 _EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -195,6 +200,7 @@ def model_links(folder: str, name: str) -> list[dict[str, str]]:
 __all__ = [
     "CHECKPOINT_FOLDER",
     "CLIP_FOLDER",
+    "GAN_FOLDER",
     "ISNET_FOLDER",
     "LINEART_FOLDER",
     "NO_DOWNLOAD_ENV",

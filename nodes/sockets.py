@@ -2,7 +2,8 @@
 node outputs and may hand the same object to several nodes)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -10,7 +11,10 @@ import torch
 from torch import Tensor
 
 from colorize.config import ColorizerConfig
+from colorize.errors import InputError
 from colorize.families import get_family
+from colorize.families.gan import GAN
+from colorize.families.gan.colorizer import GANColorizer, ReferenceCode
 from colorize.sampling.noise_schedule import DiscreteSchedule
 
 from .host import ManagedModule
@@ -22,6 +26,8 @@ COLORIZE_REFERENCE = "COLORIZE_REFERENCE"
 COLORIZE_HINTS = "COLORIZE_HINTS"
 COLORIZE_ENHANCE = "COLORIZE_ENHANCE"
 COLORIZE_ADVANCED = "COLORIZE_ADVANCED"
+COLORIZE_GAN = "COLORIZE_GAN"
+COLORIZE_GAN_REFERENCE = "COLORIZE_GAN_REFERENCE"
 
 # The pack's socket types in the V3 schema (``ModelSocket.Input(...)`` / ``ModelSocket.Output(...)``).
 ModelSocket = io.Custom(COLORIZE_MODEL)
@@ -30,6 +36,8 @@ ReferenceSocket = io.Custom(COLORIZE_REFERENCE)
 HintsSocket = io.Custom(COLORIZE_HINTS)
 EnhanceSocket = io.Custom(COLORIZE_ENHANCE)
 AdvancedSocket = io.Custom(COLORIZE_ADVANCED)
+GANSocket = io.Custom(COLORIZE_GAN)
+GANReferenceSocket = io.Custom(COLORIZE_GAN_REFERENCE)  # carries a colorize.families.gan.ReferenceCode
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,58 @@ class ColorizeModel:
                 }.get(self.parameterization_rule, f" (from the {self.parameterization_rule})")
         return (f"{self.name}: {get_family(self.config.version).title}, {self.config.parameterization}-prediction"
                 f"{rule}, U-Net {dtype}{tiny}")
+
+
+@dataclass(frozen=True)
+class GANModel:
+    """A loaded chapter-4 GAN file (thesis §4): its :class:`GANColorizer` (tag encoder, generator, tag mapper),
+    whose networks ComfyUI places as one model (``networks``), and the compute precision (fp32 weights; fp16 /
+    bf16 run under autocast)."""
+
+    name: str
+    colorizer: GANColorizer
+    networks: ManagedModule
+    dtype: torch.dtype
+
+    def ready(self) -> GANColorizer:
+        """The colorizer with its networks on their compute device (call before every use)."""
+        module = self.networks.ready()
+        device = next(module.parameters()).device
+        return self.colorizer if device == self.colorizer.device else GANColorizer(self.colorizer.modules, device)
+
+    @contextmanager
+    def precision(self, device: torch.device) -> Iterator[None]:
+        """Autocast to :attr:`dtype` on ``device`` (nothing for fp32)."""
+        if self.dtype == torch.float32:
+            yield
+        else:
+            with torch.autocast(device.type, dtype=self.dtype):
+                yield
+
+    def check_code(self, code: ReferenceCode, what: str = "the reference") -> ReferenceCode:
+        """``code`` if this GAN's tag encoder could have made it (its tag count and feature channels), else the
+        named error (a reference encoded by another GAN file)."""
+        config = self.colorizer.modules.config.generator
+        if not isinstance(code, ReferenceCode):
+            raise InputError(f"{what} is not a GAN reference: connect GAN Reference (or GAN Tag Edit)")
+        if code.probabilities.shape[-1] != config.num_tags or code.features.shape[1] != config.reference_channels:
+            raise InputError(f"{what} was encoded by another GAN file ({code.probabilities.shape[-1]} tags, "
+                             f"{code.features.shape[1]} channels; {self.name} has {config.num_tags} tags, "
+                             f"{config.reference_channels} channels): encode it with this model's GAN Reference")
+        return code
+
+    def describe(self) -> str:
+        """One line for the UI: file, stage, tag count, whether tag edits work, precision."""
+        facts = self.colorizer.describe()
+        edits = "tag edits" if facts["can_edit"] else "no tag edits (no tag mapper)"
+        dtype = str(self.dtype).replace("torch.", "")
+        return (f"{self.name}: chapter-4 {GAN.label} (thesis §4), stage {facts['stage']}, {facts['tags']} tags, "
+                f"{edits}, reference {facts['reference_size']} px, {dtype}")
+
+
+def code_on(code: ReferenceCode, device: torch.device) -> ReferenceCode:
+    """The same reference code with its tensors on ``device`` (the edits are plain numbers)."""
+    return ReferenceCode(code.features.to(device), code.probabilities.to(device), dict(code.edits))
 
 
 class ReferenceTokenSource(Protocol):
@@ -117,6 +177,8 @@ def bchw_to_image(x01: Tensor) -> Tensor:
 __all__ = [
     "COLORIZE_ADVANCED",
     "COLORIZE_ENHANCE",
+    "COLORIZE_GAN",
+    "COLORIZE_GAN_REFERENCE",
     "COLORIZE_HINTS",
     "COLORIZE_MODEL",
     "COLORIZE_REFERENCE",
@@ -124,6 +186,9 @@ __all__ = [
     "AdvancedSocket",
     "ColorizeModel",
     "EnhanceSocket",
+    "GANModel",
+    "GANReferenceSocket",
+    "GANSocket",
     "HintsSocket",
     "ModelSocket",
     "ReferenceEncoderSocket",
@@ -132,5 +197,6 @@ __all__ = [
     "ReferenceTokens",
     "SketchHints",
     "bchw_to_image",
+    "code_on",
     "image_to_bchw",
 ]

@@ -22,11 +22,20 @@ sys.path.insert(0, str(HERE.parent))
 
 from nodes import NODE_CLASSES
 from nodes.lineart import AUTO_FILE
-from nodes.models import CHECKPOINT_FOLDER, CLIP_FOLDER, ISNET_FOLDER, LINEART_FOLDER, SAM_FOLDER, TAGGER_FOLDER
+from nodes.models import (
+    CHECKPOINT_FOLDER,
+    CLIP_FOLDER,
+    GAN_FOLDER,
+    ISNET_FOLDER,
+    LINEART_FOLDER,
+    SAM_FOLDER,
+    TAGGER_FOLDER,
+)
 
 # Combo inputs whose choices are the files of a model folder (they differ from machine to machine).
 FILE_INPUTS = {"ckpt_name": CHECKPOINT_FOLDER, "clip_name": CLIP_FOLDER, "sam_name": SAM_FOLDER,
-               "model_file": LINEART_FOLDER, "model_name": ISNET_FOLDER, "tagger_name": TAGGER_FOLDER}
+               "model_file": LINEART_FOLDER, "model_name": ISNET_FOLDER, "tagger_name": TAGGER_FOLDER,
+               "gan_name": GAN_FOLDER}
 SPECIAL_CHOICES = {AUTO_FILE}  # non-file choices listed before the files (model_file's "auto")
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 

@@ -39,6 +39,8 @@ STAGE_OF_TYPE = {
     "KSamplerSelect": "sampling", "RandomNoise": "sampling",
     "ColorizeDiffusionDecode": "output", "VAEDecode": "output", "SaveImage": "output",
     "ColorizeDiffusionCropToSketch": "output", "ColorizeDiffusionRemoveBackground": "output",
+    "ColorizeDiffusionGANLoader": "inputs", "ColorizeDiffusionGANReference": "reference",
+    "ColorizeDiffusionGANTagEdit": "reference", "ColorizeDiffusionGANColorize": "sampling",
 }
 # Nodes that belong with what they show or serve: the stage of their deepest source.
 FOLLOWS_SOURCE = ("PreviewImage", "PreviewAny", "ColorizeDiffusionMaskPreview")

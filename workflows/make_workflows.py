@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from layout import Graph, layout, load_sizes
 
+from colorize.families.gan import TINY_GAN_FILE
 from nodes import NODE_CLASSES
 from nodes.models import CHECKPOINT_FOLDER, CLIP_FOLDER, ISNET_FOLDER, TAGGER_FOLDER, model_links
 from nodes.schema import WIDGET_TYPES
@@ -394,6 +395,48 @@ def native_custom_graph() -> Graph:
     return graph
 
 
+NOTE_GAN = """## Chapter-4 GAN: one-pass colorization with tag edits (thesis §4)
+
+The GAN of the thesis' chapter 4: no CLIP, no VAE, no sampling steps, one forward pass. **GAN Reference** encodes the
+colour reference with the GAN's tag encoder and lists the tags it predicts (**Predicted tags**); **GAN Tag Edit** sets
+tags to new values (thesis §4.3.3: 1 = present, 0 = absent, beyond [0, 1] extrapolates); **GAN Colorize** paints the
+sketch. The second GAN Colorize uses the reference without the edit, for comparison.
+1. **Model**: no GAN weights were released. Put a GAN file exported by the pack's `training/` into
+   `models/colorizediffusion_gan/` and pick it in the loader, or try the nodes with the tiny random test file:
+   `python -m colorize make-tiny-weights DIR --versions gan` writes `colorizediffusion_gan/colorize-gan-tiny.safetensors`
+   (random weights: the picture is a flat colour).
+2. **Images**: copy `colorizediffusion_sketch.png` and `colorizediffusion_reference.png` from the pack's
+   `workflows/` folder into ComfyUI's `input/` folder, or load your own line art and reference.
+3. **Tags**: `red_shape` is a tag of the tiny file. With your own model use the names Predicted tags lists (such as
+   `red_hair`), one per node or several in one as `red_hair=1, blue_eyes=0`; tag edits need a stage-2 file.
+"""
+
+
+def gan_graph() -> Graph:
+    """The chapter-4 GAN: reference → predicted tags and one tag edit → colorization, and one without the edit."""
+    return {
+        "1": {"class_type": "ColorizeDiffusionGANLoader", "_meta": {"title": "GAN"},
+              "inputs": {"gan_name": TINY_GAN_FILE, "precision": "auto"}},
+        "2": {"class_type": "LoadImage", "_meta": {"title": "Sketch (line art)"}, "inputs": {"image": SKETCH}},
+        "3": {"class_type": "LoadImage", "_meta": {"title": "Colour reference"}, "inputs": {"image": REFERENCE}},
+        "4": {"class_type": "ColorizeDiffusionGANReference", "_meta": {"title": "GAN Reference"},
+              "inputs": {"gan": ["1", 0], "image": ["3", 0], "top_k": 20}},
+        "5": {"class_type": "ColorizeDiffusionGANTagEdit", "_meta": {"title": "GAN Tag Edit"},
+              "inputs": {"gan": ["1", 0], "reference": ["4", 0], "tag": "red_shape", "value": 1.0}},
+        "6": {"class_type": "ColorizeDiffusionGANColorize", "_meta": {"title": "GAN Colorize (edited)"},
+              "inputs": {"gan": ["1", 0], "sketch": ["2", 0], "width": 0, "height": 0, "polarity": "auto",
+                         "reference": ["5", 0]}},
+        "7": {"class_type": "SaveImage", "_meta": {"title": "Save colorized"},
+              "inputs": {"images": ["6", 0], "filename_prefix": "ColorizeDiffusion/gan"}},
+        "8": {"class_type": "PreviewAny", "_meta": {"title": "Predicted tags"}, "inputs": {"source": ["4", 1]}},
+        "9": {"class_type": "PreviewAny", "_meta": {"title": "GAN info"}, "inputs": {"source": ["1", 1]}},
+        "10": {"class_type": "ColorizeDiffusionGANColorize", "_meta": {"title": "GAN Colorize (no edit)"},
+               "inputs": {"gan": ["1", 0], "sketch": ["2", 0], "width": 0, "height": 0, "polarity": "auto",
+                          "reference": ["4", 0]}},
+        "11": {"class_type": "PreviewImage", "_meta": {"title": "Without the edit"}, "inputs": {"images": ["10", 0]}},
+    }
+
+
 WORKFLOWS = {
     "v1 - Colorize line art": (v1_graph, NOTE_V1),
     "v1 - Text edits": (text_edits_graph, NOTE_TEXT_EDITS),
@@ -405,6 +448,7 @@ WORKFLOWS = {
     "v2 - Native dual CFG": (native_custom_graph, NOTE_NATIVE_CUSTOM),
     "XL - Colorize line art": (xl_graph, NOTE_XL),
     "XL v2 - Background separation": (xl_v2_graph, NOTE_XL_V2),
+    "GAN - Colorize and edit tags": (gan_graph, NOTE_GAN),
 }
 
 
@@ -575,6 +619,8 @@ def thumbnail_content(name: str) -> tuple[str, str, list[tuple[Any, str]]]:
                                    [sketch, reference]),
         "XL v2 - Background separation": ("XL v2: background separation",
                                           "ISNet masks + ReferenceNet background, 1024 px", [sketch, reference]),
+        "GAN - Colorize and edit tags": ("GAN (thesis ch. 4): colorize, edit tags",
+                                         "one forward pass; predicted tags, tag edits", [sketch, reference]),
     }[name]
 
 

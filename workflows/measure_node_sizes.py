@@ -50,7 +50,7 @@ def measure() -> dict[str, Any]:
     from colorize.tiny import write_tiny_weights
 
     with tempfile.TemporaryDirectory() as d:
-        write_tiny_weights(Path(d), versions=("mult", "switch", "v2", "sdxl", "xlv2"), masks=True)
+        write_tiny_weights(Path(d), versions=("mult", "switch", "v2", "sdxl", "xlv2", "gan"), masks=True)
         with open_frontend(Path(d)) as page:
             sizes = {}
             for kind in sorted(workflow_types() | pack_types(page)):

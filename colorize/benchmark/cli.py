@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isnet", type=int, default=None, metavar="CANVAS",
                    help="run only one forward of the full-size ISNet mask network on a CANVAS² image (1024 in the "
                         "official apps; random weights): the time and memory a mask adds")
+    p.add_argument("--gan", type=int, default=None, metavar="RES",
+                   help="run only one forward of the chapter-4 GAN (tag encoder + generator, random weights; full "
+                        "size, --config tiny for a small one) on a RES² sketch: compare with thesis Tab. 5.5's 57 ms "
+                        "at 1024")
     options.add_arguments(p)
     return p
 
@@ -165,12 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with user_errors() as status:
         status.code = (_report(args) if args.report is not None else _bench_isnet(args) if args.isnet is not None
-                       else _bench(args))
+                       else _bench_gan(args) if args.gan is not None else _bench(args))
     return status.code
 
 
 def _bench_isnet(args: argparse.Namespace) -> int:
-    from colorize.atomic import atomic_path
     from colorize.benchmark.isnet import bench_isnet, format_isnet
     from colorize.benchmark.report import environment
     from colorize.device import resolve_device
@@ -178,16 +181,45 @@ def _bench_isnet(args: argparse.Namespace) -> int:
 
     if not 64 <= args.isnet <= 4096:
         raise InputError(f"--isnet must be a canvas side from 64 to 4096, got {args.isnet}")
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.json} exists; pass --overwrite or choose another --json")
+    _check_json_target(args)
     device = resolve_device(args.device)
     result = bench_isnet(device, args.isnet, max(1, args.runs), max(0, args.warmup), args.seed)
     env = environment(device)
     print(format_isnet(result, str(env.get("device_name") or device)))
+    _write_json(args, {"env": env, "isnet": result})
+    return 0
+
+
+def _bench_gan(args: argparse.Namespace) -> int:
+    from colorize.benchmark.gan import bench_gan, format_gan
+    from colorize.benchmark.report import environment
+    from colorize.device import resolve_device, resolve_dtype
+    from colorize.errors import InputError
+
+    if args.gan < 32 or args.gan % 32 or args.gan > 4096:
+        raise InputError(f"--gan must be a multiple of 32 from 32 to 4096 (the generator's stride), got {args.gan}")
+    _check_json_target(args)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype("fp32" if args.precision == "auto" else args.precision, device)
+    result = bench_gan(device, args.gan, max(1, args.runs), max(0, args.warmup), args.seed, dtype,
+                       "tiny" if args.config == "tiny" else "full")
+    env = environment(device)
+    print(format_gan(result, str(env.get("device_name") or device)))
+    _write_json(args, {"env": env, "gan": result})
+    return 0
+
+
+def _check_json_target(args: argparse.Namespace) -> None:
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.json} exists; pass --overwrite or choose another --json")
+
+
+def _write_json(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    from colorize.atomic import atomic_path
+
     if args.json is not None:
         with atomic_path(args.json, overwrite=args.overwrite) as tmp:
-            tmp.write_text(json.dumps({"env": env, "isnet": result}, indent=1) + "\n", encoding="utf-8")
-    return 0
+            tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -23,6 +23,8 @@
 #   compile   torch.compile (default mode) of the U-Net at 1024² (the U-Net efficiency target), if time is left
 #   injection attention injection (fidelity 0.5) at 512² and 1024²: its cost on CUDA fp16 (compare with baseline)
 #   isnet     one ISNet mask forward on the apps' 1024 canvas
+#   gan       one chapter-4 GAN colorization (tag encoder + generator, random full-size weights) at 1024², fp16
+#             autocast; ganfp32 the same in float32 (thesis Tab. 5.5: 57 ms)
 #   xl        ColorizeDiffusion XL sdxl, 1024², its app's sampler (DPM++ 3M SDE, exponential), fp16, FLOPs: random
 #             full-size weights built on the GPU (U-Net 2.56 B, CLIP-bigG 1.84 B, tagger, VAE fp32)
 #   xlbg      sdxl with background separation (synthetic masks: background tokens, masked split cross-attention)
@@ -44,14 +46,14 @@ if [ -z "${BENCH_SMOKE:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:$PWD
   PY=python3
-  RES="512 768 1024"; BIG=1024; SMALL=512; CANVAS=1024; XLRES=1024
+  RES="512 768 1024"; BIG=1024; SMALL=512; CANVAS=1024; XLRES=1024; GANRES=1024
   COMMON=(--steps 20 --sampler dpmpp_2m --scheduler karras --ref-cfg 4 --sketch-cfg 1 --precision fp16
           --official "$OFFICIAL" --overwrite)
   SCALE=1; COMPILE=(--compile)
 else  # CPU smoke test: tiny model, 2 steps
   PY=${PYTHON:-.venv/bin/python}
   export PYTHONPATH=$PWD
-  RES="64 128"; BIG=128; SMALL=64; CANVAS=128; XLRES=64
+  RES="64 128"; BIG=128; SMALL=64; CANVAS=128; XLRES=64; GANRES=64
   COMMON=(--steps 2 --sampler dpmpp_2m --scheduler karras --ref-cfg 4 --sketch-cfg 1 --device cpu --config tiny
           --official "$OFFICIAL" --overwrite)
   SCALE=0; COMPILE=(--compile --compile-backend eager)  # the plumbing only: inductor on 2 CPU cores takes minutes
@@ -85,6 +87,8 @@ bench best      60 --res $RES --runs 3 --warmup 1 --unet-iters 10 --no-flops --c
 bench compile   90 --res $BIG --runs 3 --warmup 1 --unet-iters 10 --no-flops "${COMPILE[@]}"
 bench injection 60 --res $SMALL $BIG --runs 2 --warmup 1 --unet-iters 2 --no-flops --injection  # attention injection's cost on CUDA
 bench isnet     20 --isnet $CANVAS --runs 5 --warmup 2  # one ISNet mask forward (the apps' 1024 canvas)
+bench gan       20 --gan $GANRES --runs 5 --warmup 2  # one chapter-4 GAN forward (thesis Tab. 5.5)
+bench ganfp32   20 --gan $GANRES --runs 5 --warmup 2 --precision fp32
 XL=(--sampler dpmpp_3m_sde --scheduler auto --res $XLRES)
 bench xl        60 --family sdxl "${XL[@]}" --runs 3 --warmup 1 --unet-iters 10
 bench xlbg      45 --family sdxl --bg-enhance "${XL[@]}" --runs 2 --warmup 1 --unet-iters 5

@@ -50,6 +50,14 @@ def main(run_dir: Path, out_dir: Path, official_path: Path) -> None:
             lines.append(f"| {name} | {r['canvas']}x{r['canvas']} | {r['forward_s'] * 1000:.1f} | | | | | | | "
                          f"{r.get('peak_memory_gib') or 0:.2f} | ISNet mask network forward, float32 |")
             continue
+        if "gan" in doc:  # one chapter-4 GAN colorization (thesis Tab. 5.5: 57 ms at 1024²)
+            r = doc["gan"]
+            ratio = f"{r['total_s'] * 1000 / 57:.3f}" if r["res"] == 1024 and r["config"] == "full" else "n/a"
+            lines.append(f"| {name} | {r['res']}x{r['res']} | {r['total_s'] * 1000:.1f} | {ratio} (thesis 57 ms) | | "
+                         f"| | | | {r.get('peak_memory_gib') or 0:.2f} | chapter-4 GAN forward ({r['config']}, "
+                         f"{r['dtype']}): tag encoder {r['encoder_s'] * 1000:.1f} ms + generator "
+                         f"{r['generator_s'] * 1000:.1f} ms |")
+            continue
         opts = doc.get("options") or {}
         family = (doc.get("model") or {}).get("family", "mult")
         notes = [] if family == "mult" else [f"{family}" + (" + background separation" if

@@ -420,6 +420,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             isnet, ok = isnet_report(header, str(args.path))
             print(json.dumps(isnet, indent=1) if args.json else format_isnet_report(isnet))
             return 0 if ok else 1
+        from colorize.families.gan.checkpoint import is_gan_state_dict
+
+        if is_gan_state_dict(header):  # the chapter-4 GAN: no diffusion components at all
+            from colorize.families.gan.report import format_gan_report, gan_report
+
+            gan, ok = gan_report(header, None if is_layout else read_metadata(args.path), str(args.path))
+            print(json.dumps(gan, indent=1) if args.json else format_gan_report(gan))
+            return 0 if ok else 1
         if xl_model_type(header) is not None:  # asked first: the SD2.1 families' markers also match XL files
             xl, ok = xl_report(header, None if is_layout else read_metadata(args.path), str(args.path))
             print(json.dumps(xl, indent=1) if args.json else format_xl_report(xl))

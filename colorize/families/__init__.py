@@ -12,6 +12,9 @@ name       label       what it is (thesis)                                   fol
 ``sdxl``   XL          ColorizeDiffusion XL: SDXL U-Net, CLIP-bigG + WD       ``families/xl/``
                        tagger tokens, multi-scale sketch encoder (1024 px)
 ``xlv2``   XL v2       + ReferenceNet background encoder, background LoRA     ``families/xl/``
+``gan``    GAN         the chapter-4 GAN: tag-pretrained ResNet-34, attention ``families/gan/``
+                       / RBCA generator, tag edits (§4; standalone: its own
+                       colorizer, no diffusion)
 =========  ==========  ===================================================  ====================
 
 ``name`` is the official checkpoint prefix (``mult-eps-ft``, ``switch-eps``, ``v2-full``) and the
@@ -30,6 +33,7 @@ from typing import Any
 from colorize.checkpoint.keys import COMPONENT_PREFIXES, describe_foreign, split_by_prefix
 from colorize.errors import CheckpointError
 from colorize.families.base import Family, SeparationInputs, TrainingStart, UNetInputs
+from colorize.families.gan import GAN
 from colorize.families.v1 import V1
 from colorize.families.v2 import V2
 from colorize.families.v15 import V15
@@ -37,12 +41,12 @@ from colorize.families.xl import SDXL, XLV2
 
 #: Every family by name (:func:`detect_family` asks them from the last to the first: an XL file also carries
 #: v1's markers, an xlv2 file v2's ``bg_encoder.*``).
-FAMILIES: dict[str, Family] = {f.name: f for f in (V1, V15, V2, SDXL, XLV2)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (V1, V15, V2, SDXL, XLV2, GAN)}
 
 
 def get_family(name: str) -> Family:
-    """The family registered as ``name`` (``mult``, ``switch``, ``v2``, ``sdxl``, ``xlv2``); a clear error for
-    others."""
+    """The family registered as ``name`` (``mult``, ``switch``, ``v2``, ``sdxl``, ``xlv2``, ``gan``); a clear
+    error for others."""
     try:
         return FAMILIES[name]
     except KeyError:

@@ -130,6 +130,9 @@ class Family:
     reference_files: ClassVar[tuple[str, ...]] = ()
     #: what every image side must be a multiple of (the sketch encoder's total stride; training buckets)
     size_multiple: ClassVar[int] = 64
+    #: whether the family's file holds every network it needs and the family brings its own colorizer
+    #: (``open_colorizer``, ``tiny_checkpoint``) instead of the diffusion pipeline (the chapter-4 GAN)
+    standalone: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ detection and config
     def matches(self, keys: Collection[str]) -> bool:
@@ -296,6 +299,16 @@ class Family:
         files are given, for benchmarks), or ``None`` for the SD2.1 OpenCLIP encoder the training folder builds
         (``model.clip``)."""
         return None
+
+    # ------------------------------------------------------------------ standalone families
+    def open_colorizer(self, path: str | Path, device: str | torch.device = "auto") -> Any:
+        """A standalone family's colorizer for its file (``colorize(sketch, reference, width, height, polarity,
+        tags)``); the diffusion families load through :class:`colorize.pipeline.Colorizer`."""
+        raise NotImplementedError(f"{self.label} files load through colorize.Colorizer.from_files")
+
+    def tiny_checkpoint(self, seed: int = 0) -> tuple[str, dict[str, Tensor], dict[str, str]]:
+        """A standalone family's tiny test file: ``(path under the models folder, tensors, metadata)``."""
+        raise NotImplementedError(f"{self.label} tiny files are written from tiny_config / fresh_modules")
 
     def __repr__(self) -> str:
         return f"<family {self.name} ({self.label})>"

@@ -22,14 +22,15 @@ from colorize.tiny import build_tiny_state_dicts, tiny_config
 
 
 def test_names_labels_and_folders_are_one_mapping() -> None:
-    """The official file prefixes / model types (mult, switch, v2, sdxl, xlv2) and the names users see, in one
-    place; both XL model types live in one folder."""
+    """The official file prefixes / model types (mult, switch, v2, sdxl, xlv2), the chapter-4 GAN and the names
+    users see, in one place; both XL model types live in one folder."""
     assert {f.name: f.label for f in FAMILIES.values()} == {"mult": "v1", "switch": "v1.5", "v2": "v2", "sdxl": "XL",
-                                                           "xlv2": "XL v2"}
+                                                           "xlv2": "XL v2", "gan": "GAN"}
     assert {f.name: f.parameterization for f in FAMILIES.values()} == {"mult": "eps", "switch": "eps", "v2": "v",
-                                                                       "sdxl": "v", "xlv2": "v"}
+                                                                       "sdxl": "v", "xlv2": "v", "gan": "none"}
     assert {f.name: f.base_resolution for f in FAMILIES.values()} == {"mult": 512, "switch": 512, "v2": 768,
-                                                                      "sdxl": 1024, "xlv2": 1024}
+                                                                      "sdxl": 1024, "xlv2": 1024, "gan": 512}
+    assert [f.name for f in FAMILIES.values() if f.standalone] == ["gan"]  # its own colorizer, no diffusion
     assert FAMILIES["sdxl"].folder == FAMILIES["xlv2"].folder
     for family in FAMILIES.values():
         assert family.folder.parent == Path(registry.__file__).parent  # colorize/families/<folder>/
@@ -55,7 +56,7 @@ def test_each_released_layout_is_detected_as_its_family(name: str) -> None:
     assert [f.name for f in FAMILIES.values() if f.matches(layout)][-1] == name
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if not f.standalone])
 def test_tiny_weights_round_trip_through_detection_and_config(name: str) -> None:
     config = tiny_config(name, TINY_MULT)
     ckpt, _ = build_tiny_state_dicts(config)

@@ -4,7 +4,7 @@ Needs the harness environment (``harness.py``): skipped without it, failed under
 
 Checks: the pack imports with no error and ``/object_info`` lists all its nodes with the V3 schemas the
 unit tests check; every API workflow in ``workflows/api`` finishes with status success and writes its
-images (run with 2 steps at 256×256 to stay fast: only ``steps`` and the sketch size are changed; a control
+images (run with 2 steps at 256×256 to stay fast: only ``steps`` and the sketch or GAN output size are changed; a control
 heatmap comes at its reference image's size); a long
 sampler run interrupted through ``POST /interrupt`` ends as *interrupted*, not as an error; ComfyUI's own
 ``CLIP_VISION`` model gives the same reference tokens as the pack's encoder (library mode).
@@ -34,7 +34,7 @@ V1_API = REPO / "workflows" / "api" / "v1 - Colorize line art.json"
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny weights in ComfyUI's models layout, under the file names the workflows use."""
     d = tmp_path_factory.mktemp("comfy_models")
-    write_tiny_weights(d, versions=("mult", "switch", "v2", "sdxl", "xlv2"), masks=True)  # every workflow's checkpoint
+    write_tiny_weights(d, versions=("mult", "switch", "v2", "sdxl", "xlv2", "gan"), masks=True)  # every workflow's model
     return d
 
 
@@ -61,7 +61,7 @@ def _smoke_copy(graph: dict[str, Any], steps: int = 2, size: int = 256) -> dict[
     for node in graph.values():
         if node["class_type"] in ("ColorizeDiffusionSampler", "KSampler", "ColorizeDiffusionNativeSigmas"):
             node["inputs"]["steps"] = min(node["inputs"]["steps"], steps)
-        if node["class_type"] == "ColorizeDiffusionSketchPreprocess":
+        if node["class_type"] in ("ColorizeDiffusionSketchPreprocess", "ColorizeDiffusionGANColorize"):
             node["inputs"]["width"] = node["inputs"]["height"] = size
     return graph
 

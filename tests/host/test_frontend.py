@@ -37,8 +37,9 @@ import layout  # noqa: E402  (workflows/layout.py: the sizes the layout reserves
 
 NOTE_TYPES = ("MarkdownNote", "Note")
 DIALOG_KEYS = {"global-load-workflow-warning": "missing nodes", "global-missing-models-warning": "missing models"}
-# what the run shortens, as the API smoke test does: steps, and the sketch size
+# what the run shortens, as the API smoke test does: steps, and the sketch (or GAN output) size
 STEP_NODES = ("ColorizeDiffusionSampler", "KSampler", "ColorizeDiffusionNativeSigmas")
+SIZE_NODES = ("ColorizeDiffusionSketchPreprocess", "ColorizeDiffusionGANColorize")
 SMOKE_STEPS, SMOKE_SIZE = 2, 256
 TOLERANCE = 1  # px
 
@@ -51,8 +52,8 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frontend]:
     from colorize.tiny import write_tiny_weights
 
     models = tmp_path_factory.mktemp("frontend_models")
-    # every workflow's checkpoint
-    write_tiny_weights(models, versions=("mult", "switch", "v2", "sdxl", "xlv2"), masks=True)
+    # every workflow's model
+    write_tiny_weights(models, versions=("mult", "switch", "v2", "sdxl", "xlv2", "gan"), masks=True)
     with open_frontend(models) as frontend:
         yield frontend
 
@@ -171,7 +172,7 @@ def test_run_from_the_ui_succeeds_and_nodes_still_do_not_overlap(page: Frontend,
     for node in page.nodes():
         if node["type"] in STEP_NODES and "steps" in node["widget_names"]:
             page.set_widget(node["id"], "steps", min(SMOKE_STEPS, node["widgets"][node["widget_names"].index("steps")]))
-        if node["type"] == "ColorizeDiffusionSketchPreprocess":
+        if node["type"] in SIZE_NODES:
             page.set_widget(node["id"], "width", SMOKE_SIZE)
             page.set_widget(node["id"], "height", SMOKE_SIZE)
     entry = page.run(timeout=120)

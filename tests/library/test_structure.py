@@ -130,7 +130,7 @@ def test_import_colorize_is_cheap_and_gives_the_public_api() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)
     heavy, names, clip_loaded = out.stdout.strip().splitlines()
     assert heavy.startswith("[] ")  # neither torch nor open_clip nor safetensors on `import colorize`
-    assert names == "Colorizer GenerationSettings EnhanceSettings InputError ['mult', 'sdxl', 'switch', 'v2', 'xlv2']"
+    assert names == "Colorizer GenerationSettings EnhanceSettings InputError ['gan', 'mult', 'sdxl', 'switch', 'v2', 'xlv2']"
     assert clip_loaded == "False"  # the pipeline's names do not pull open_clip in either
 
 
