@@ -1,9 +1,15 @@
 """Small helpers shared by the model tests."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import math
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -58,6 +64,25 @@ def randomize(module: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def cpu_run_config(stage: str, out: object, weights: dict, root: object, steps: int = 2, batch: int = 2,
+                   augmentation: dict | None = None, learning_rate: float = 1e-3, **sections: dict) -> dict:
+    """A tiny one-process CPU run config (``weights``: the model section; data from ``root``; fp32, a log line
+    every step, nothing saved or exported unless asked; a 64² bucket unless ``augmentation`` says otherwise);
+    ``sections`` update its sections (``model={...}`` adds to ``weights``)."""
+    cfg: dict = {
+        "stage": stage,
+        "model": weights,
+        "data": {"root": str(root)},
+        "augment": augmentation or {"buckets": [[64, 64]]},
+        "optim": {"lr": learning_rate},
+        "run": {"out_dir": str(out), "max_steps": steps, "batch_size": batch, "precision": "fp32", "device": "cpu",
+                "log_every": 1, "save_every": 0, "export": False, "resume": "none"},
+    }
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    return cfg
 
 
 def masked_stage_config(stage: str, init: object, clip: object, data: object, out: object, batch_size: int,
@@ -157,3 +182,51 @@ def tiny_colorizer(directory: Path, version: str, **kw: Any) -> Any:
     tagger = path(own[1]) if own else None
     return Colorizer.from_files(directory / "colorizediffusion" / f"{CHECKPOINT_NAMES[version]}.safetensors", clip,
                                 device="cpu", tagger=tagger, **kw)
+
+
+def train_until_killed(cfg: dict, when: str,  # type: ignore[type-arg]
+                       timeout: int = 600) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    """The run of ``cfg`` in a subprocess that kills itself with SIGKILL at ``when`` (``after-step:N``, see
+    ``tests/training/train_until_killed.py``); asserts that it was killed, and returns the process."""
+    path = Path(cfg["run"]["out_dir"]).with_suffix(".json")
+    path.write_text(json.dumps(cfg))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(repo)}
+    driver = repo / "tests" / "training" / "train_until_killed.py"
+    proc = subprocess.run([sys.executable, str(driver), str(path), when], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+def comfy_image(path: Path) -> torch.Tensor:
+    """A file as a ComfyUI IMAGE (1, H, W, 3) in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def tiny_models_folder(tmp_path_factory: pytest.TempPathFactory, versions: tuple[str, ...] | None = None
+                       ) -> Iterator[Path]:
+    """A fresh models folder with the tiny weights of ``versions`` (default: v1 ``mult``), set as the models
+    folder (``$COLORIZE_MODELS_DIR``) while the fixture that yields from this lives."""
+    import colorize.weights as w
+    from colorize.tiny import write_tiny_weights
+
+    d = tmp_path_factory.mktemp("models")
+    write_tiny_weights(d, **({"versions": versions} if versions else {}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(w.MODELS_DIR_ENV, str(d))
+        yield d
+
+
+@contextlib.contextmanager
+def placed_copy(source: Path, target: Path) -> Iterator[Path]:
+    """``source`` copied to ``target`` for the duration of the block (removed afterwards)."""
+    shutil.copy(source, target)
+    try:
+        yield target
+    finally:
+        target.unlink(missing_ok=True)

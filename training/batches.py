@@ -283,6 +283,16 @@ class TripletDataset(Dataset):
         index, parts, passed = self.first_readable(spec.index)
         if index is None:
             return {REPORT_KEY: tuple(passed), FAILED_KEY: True}
+        sample = self.make_sample(spec, index, parts)
+        sample["slot"] = torch.tensor(spec.slot)
+        sample["index"] = torch.tensor(index)
+        if passed:
+            sample[REPORT_KEY] = tuple(passed)
+        return sample
+
+    def make_sample(self, spec: ItemSpec, index: int, parts: list[Tensor]) -> dict[str, Any]:
+        """The training sample of record ``index`` (its parts read by :meth:`read_record`): the augmented
+        triplet and its diffusion noise, drops, thresholds and score."""
         color, sketch = parts[0], parts[1]
         mask = parts[2][:1] if self.masks else None
         sample = augment_triplet(color, sketch, spec.bucket, self.augment,
@@ -296,10 +306,6 @@ class TripletDataset(Dataset):
                                            self.objective))
         score = self.source.records[index].score
         sample["score"] = torch.tensor(self.objective.default_score if score is None else score, dtype=torch.float32)
-        sample["slot"] = torch.tensor(spec.slot)
-        sample["index"] = torch.tensor(index)
-        if passed:
-            sample[REPORT_KEY] = tuple(passed)
         return sample
 
 

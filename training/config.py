@@ -45,6 +45,10 @@ class ModelConfig:
     colorize_config: dict[str, Any] | None = None
     init_seed: int = 0
     gradient_checkpointing: bool = False
+    # chapter-4 GAN stages (training.gan): GANConfig fields over the preset (``preset`` "full" = thesis Table 4.1,
+    # "tiny" = CPU tests), and ManipulationConfig fields of the stage-2 tag mapper (e.g. hidden_widths)
+    gan: dict[str, Any] | None = None
+    manipulation: dict[str, Any] | None = None
 
 
 @dataclass
@@ -64,6 +68,10 @@ class DataConfig:
     # max(min_bad_allowance, max_bad_fraction × dataset size) of them are known (see training.bad_samples)
     max_bad_fraction: float = 0.01
     min_bad_allowance: int = 3
+    # stages that read tags (the GAN tagger): the tags file and its vocabulary (training.tags; default
+    # root/tags.json and root/vocabulary.json, as `training.prepare --tags` and `training.synthetic --tags` write)
+    tags: str | None = None
+    vocabulary: str | None = None
 
 
 @dataclass
@@ -130,6 +138,17 @@ class ObjectiveConfig:
     gram_start_epoch: float | None = None
     gram_token_norm: bool = False
     gram_channel_norm: bool = True
+    # chapter-4 GAN (training.gan.objective): the λ of Eq. 4.3 (thesis: none given; pix2pix's 1 and 100, a small TV
+    # weight), the TV sum (Eq. 4.6) or mean, the tagger's BCE/focal weights and γ (Eq. 4.1-4.2, γ = 2), and the
+    # stage-2 variant: "attention" (M-Attention: ω and L_inv) or "add" (M-Add: neither, thesis §4.3.1)
+    cgan_weight: float = 1.0
+    l1_weight: float = 100.0
+    tv_weight: float = 1e-5
+    tv_reduction: Literal["sum", "mean"] = "sum"
+    bce_weight: float = 1.0
+    focal_weight: float = 1.0
+    focal_gamma: float = 2.0
+    manipulation_mode: Literal["attention", "add"] = "attention"
 
 
 @dataclass
@@ -143,6 +162,8 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0
+    # GAN stage 1: the discriminator's learning rate (null: ``lr``)
+    discriminator_lr: float | None = None
 
 
 @dataclass
@@ -504,6 +525,12 @@ def _size_multiple(stage: str) -> int:
     return get_family(STAGES[stage].version).size_multiple if stage in STAGES else 64
 
 
+def _min_batch_size(stage: str) -> int:
+    from training.stages import STAGES
+
+    return STAGES[stage].min_batch_size if stage in STAGES else 1
+
+
 def validate(cfg: TrainConfig) -> None:
     """Reject values that would fail late or silently do the wrong thing."""
     o, r, a = cfg.objective, cfg.run, cfg.augment
@@ -535,6 +562,14 @@ def validate(cfg: TrainConfig) -> None:
     if a.load_size is not None and a.load_size <= biggest:
         raise TrainingConfigError(f"augment.load_size ({a.load_size}) must exceed the largest bucket side ({biggest}); "
                                   "or set it to null to resize by augment.scale_range (thesis §3.2)")
+    if any(getattr(o, k) < 0 for k in ("cgan_weight", "l1_weight", "tv_weight", "bce_weight", "focal_weight",
+                                       "focal_gamma")):
+        raise TrainingConfigError("the GAN loss weights (objective.cgan_weight, l1_weight, tv_weight, bce_weight, "
+                                  "focal_weight) and objective.focal_gamma must be >= 0")
+    least = _min_batch_size(cfg.stage)
+    if r.batch_size < least:
+        raise TrainingConfigError(f"stage {cfg.stage} needs run.batch_size >= {least} (its pairs come from one "
+                                  f"micro-batch), got {r.batch_size}")
     d = cfg.data
     if not 0.0 <= d.max_bad_fraction <= 1.0 or d.min_bad_allowance < 0:
         raise TrainingConfigError("data.max_bad_fraction must be in [0, 1] and data.min_bad_allowance >= 0, "

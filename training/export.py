@@ -7,7 +7,8 @@
 metadata entry ``colorize_config`` (as ``colorize.tiny`` does), so non-standard sizes and the prediction type are
 recorded; ``colorize_training`` records the stage and step.
 
-``python -m training.export RUN_OR_STATE.pt --out model.safetensors [--no-ema]`` exports a training checkpoint.
+``python -m training.export RUN_OR_STATE.pt --out model.safetensors [--no-ema]`` exports a training checkpoint (a GAN
+stage's as its GAN file, :mod:`training.gan.export`).
 """
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ def export_training_state(state_path: str | Path, out: str | Path, use_ema: bool
     cfg = config_from_dict(json.loads(state["train_config"]))
     from training.stages import get_stage
 
+    if get_stage(cfg.stage).version == "gan":  # the chapter-4 GAN's own file format
+        from training.gan.export import export_gan_state
+
+        return export_gan_state(state, cfg, out, use_ema)
     mods = build_modules(cfg.model, cfg.objective.prediction, version=get_stage(cfg.stage).version)
     sd = dict(state["model"])
     if use_ema and state.get("ema"):

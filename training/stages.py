@@ -11,6 +11,8 @@ present).
 Module groups: ``unet``, ``sketch_encoder`` (trainable in v1), ``vae``, ``clip`` (never trainable); v1.5 adds
 ``unet.lora`` (the fg/bg LoRA pairs inside the U-Net), ``thresh_embedder`` and ``recovery_transformer``; v2 adds
 ``unet.warp`` / ``unet.style`` (the background / style injection modules), ``bg_encoder`` and ``style_encoder``.
+The chapter-4 GAN (``version="gan"``, trained by :mod:`training.gan`) has ``tag_encoder``, ``generator``,
+``discriminator`` and ``tag_mapper``.
 
 Thesis vs official code (``refnet/models/trainer/trainer.py:64-172``, ``configs/training/*.yaml``): the thesis trains
 Stage I with noisy references and a 10 % reference
@@ -50,6 +52,7 @@ class Stage:
     unavailable: str | None = None  # why a placeholder stage cannot run yet
     needs_masks: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)
+    min_batch_size: int = 1  # a stage whose objective pairs the samples of a micro-batch needs more than one
 
     def check_implemented(self) -> None:
         if self.unavailable is not None:
@@ -171,6 +174,45 @@ register(Stage(
     defaults={**_XL_DEFAULTS, "objective": dict(_XL_OBJECTIVE), "run": {"find_unused_parameters": True}},
     needs_masks=True,
     model_options={"separation": "bank"},
+))
+
+
+# The chapter-4 GAN (thesis §4.2-§4.3; no code or weights were released, every open choice is listed in
+# training/gan/objective.py). Three stages, each started from the previous one's export (model.init):
+# gan_tagger fine-tunes the ImageNet ResNet-34 as a multi-label tagger (§4.2.1, BCE + focal, Eq. 4.1-4.2);
+# gan_stage1 trains the generator and the patch discriminator against the frozen tagger's φ(r) (§4.2.2,
+# Eq. 4.3-4.7); gan_stage2 trains only the tag mapper (φ and ω) against the frozen encoder and generator
+# (§4.3, Eq. 4.10-4.18). References are the ground truth deformed by H (§3.1, Fig. 4.2, Eq. 4.7): a horizontal
+# flip half of the time and a TPS warp (training.augment); no rotation (the alternative §3.1 also names) and no
+# colour jitter (it would change the colours the L1 target keeps). No sketch border blanking (the DM's
+# outpainting device, §3.2; the alternative "sides"). The reference is resized to GANConfig.reference_size.
+_GAN_AUGMENT: dict[str, Any] = {"buckets": [[256, 256]], "load_size": None, "scale_range": [1.0, 1.3],
+                                "border_mode": "none", "reference_flip_p": 0.5, "tps_p": 1.0, "tps_strength": 0.1}
+# Adam without weight decay, no clipping; stage 1 takes pix2pix's lr 2e-4 and betas (0.5, 0.999) for G and D.
+_GAN_OPTIM: dict[str, Any] = {"lr": 2e-4, "betas": [0.5, 0.999], "weight_decay": 0.0, "max_grad_norm": None}
+register(Stage(
+    name="gan_tagger",
+    title="GAN reference encoder: ResNet-34 multi-label tag classification (BCE + focal)",
+    version="gan",
+    trainable=("tag_encoder",),
+    # the tagger sees the (flipped) reference only; fine-tuning lr 1e-4 with Adam's usual betas
+    defaults={"augment": {**_GAN_AUGMENT, "tps_p": 0.0}, "optim": {**_GAN_OPTIM, "lr": 1e-4, "betas": [0.9, 0.999]}},
+))
+register(Stage(
+    name="gan_stage1",
+    title="GAN stage 1: generator + patch discriminator (cGAN + L1 + TV), frozen tag encoder",
+    version="gan",
+    trainable=("generator", "discriminator"),
+    defaults={"augment": dict(_GAN_AUGMENT), "optim": dict(_GAN_OPTIM)},
+))
+register(Stage(
+    name="gan_stage2",
+    title="GAN stage 2: tag mapper (L_hybrid + L_inv), frozen tag encoder and generator",
+    version="gan",
+    trainable=("tag_mapper",),
+    # not adversarial: Adam's usual betas; the anchor of each sample is another sample of its micro-batch
+    defaults={"augment": dict(_GAN_AUGMENT), "optim": {**_GAN_OPTIM, "lr": 1e-4, "betas": [0.9, 0.999]}},
+    min_batch_size=2,
 ))
 
 

@@ -17,7 +17,7 @@ from training.errors import TrainingError
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.train", description="Train a ColorizeDiffusion v1 model.")
+    ap = argparse.ArgumentParser(prog="python -m training.train", description="Train a ColorizeDiffusion model (or the chapter-4 GAN).")
     ap.add_argument("--config", required=True, help="a .json config (or a .py file defining CONFIG)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field, e.g. --set run.max_steps=100 (value parsed as JSON when possible)")
@@ -41,12 +41,24 @@ def _fail(e: BaseException) -> int:
     return 2
 
 
+def trainer_class(stage: str) -> type:
+    """The loop of a stage: the chapter-4 GAN's for ``version="gan"`` stages, the diffusion one otherwise."""
+    from training.stages import get_stage
+
+    if get_stage(stage).version == "gan":
+        from training.gan.trainer import GANTrainer
+
+        return GANTrainer
+    from training.engine import Trainer
+
+    return Trainer
+
+
 def _train(cfg) -> int:  # type: ignore[no-untyped-def]
     """Run ``cfg`` to the end (or until a :class:`TrainingError`); 0 when done."""
     from training.distributed import shutdown
-    from training.engine import Trainer
 
-    trainer = Trainer(cfg)
+    trainer = trainer_class(cfg.stage)(cfg)
     try:
         result = trainer.train()
         if trainer.dist.is_main:

@@ -21,7 +21,7 @@ from colorize.checkpoint.common import TensorInfo
 from colorize.checkpoint.files import read_header, read_metadata
 from colorize.checkpoint.infer import CONFIG_METADATA_KEY, TRAINING_METADATA_KEY
 from colorize.checkpoint.keys import OPTIONAL_COMPONENTS
-from colorize.checkpoint.layout import compare_keys
+from colorize.checkpoint.layout import compare_keys, result_line
 from colorize.config import FULL_MULT, ColorizerConfig
 from colorize.errors import CheckpointError
 from colorize.families import component_prefixes, detect_family, get_family, split_checkpoint
@@ -223,12 +223,7 @@ def format_isnet_report(rep: Mapping[str, Any]) -> str:
         f"role:             {rep['role']}" + (f" (manifest {rep['manifest_name']})" if rep["manifest_name"] else ""),
         f"size:             {rep['size']}",
     ]
-    if rep["ok"]:
-        lines.append("result:           OK - matches the ISNetDIS layout of its widths")
-    else:
-        bad = rep["missing"][:5] + rep["unexpected"][:5] + rep["wrong_shape"][:5]
-        lines.append(f"result:           MISMATCH ({len(rep['missing'])} missing, {len(rep['unexpected'])} unexpected, "
-                     f"{len(rep['wrong_shape'])} with the wrong shape), e.g. {', '.join(bad)}")
+    lines.append(result_line(rep, "matches the ISNetDIS layout of its widths"))
     return "\n".join(lines)
 
 

@@ -82,4 +82,13 @@ def validate_keys(
     raise CheckpointError(msg)
 
 
-__all__ = ["KeyMatch", "compare_keys", "validate_keys"]
+__all__ = ["KeyMatch", "compare_keys", "result_line", "validate_keys"]
+
+
+def result_line(rep: Mapping[str, Any], ok_text: str, examples: int = 5) -> str:
+    """The ``result:`` line of a report with ``ok``, ``missing``, ``unexpected`` and ``wrong_shape`` keys."""
+    if rep["ok"]:
+        return f"result:           OK - {ok_text}"
+    bad = rep["missing"][:examples] + rep["unexpected"][:examples] + rep["wrong_shape"][:examples]
+    return (f"result:           MISMATCH ({len(rep['missing'])} missing, {len(rep['unexpected'])} unexpected, "
+            f"{len(rep['wrong_shape'])} with the wrong shape), e.g. {', '.join(bad)}")

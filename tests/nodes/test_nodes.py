@@ -1,7 +1,7 @@
 """The ComfyUI nodes run without ComfyUI, on tiny random weights: schema, chain, sizes, Cancel, downloads."""
 from __future__ import annotations
 
-from _helpers import ProgressRecorder, combo_choices, require_node_api
+from _helpers import ProgressRecorder, combo_choices, comfy_image, require_node_api, tiny_models_folder
 
 require_node_api()  # the nodes import ComfyUI's comfy_api
 
@@ -15,10 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import colorize.weights as w
 import nodes
@@ -27,7 +25,6 @@ from colorize.errors import CheckpointError, InputError, NonFiniteResultError, W
 from colorize.models.clip import ReferenceEncoder
 from colorize.pipeline import Colorizer
 from colorize.settings import GenerationSettings
-from colorize.tiny import write_tiny_weights
 from nodes import DISPLAY_NAMES as NAMES
 from nodes import NODE_CLASSES as M
 from nodes import models as node_models
@@ -39,23 +36,13 @@ REPO = Path(__file__).resolve().parents[2]
 CKPT, CLIP = "mult-eps-ft.safetensors", "open_clip_model.safetensors"
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """A file as a ComfyUI IMAGE (1, H, W, 3) in [0, 1]."""
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
-
-
-SKETCH = load_image(REPO / "workflows" / "colorizediffusion_sketch.png")
-REFERENCE = load_image(REPO / "workflows" / "colorizediffusion_reference.png")
+SKETCH = comfy_image(REPO / "workflows" / "colorizediffusion_sketch.png")
+REFERENCE = comfy_image(REPO / "workflows" / "colorizediffusion_reference.png")
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("models")
-    write_tiny_weights(d)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(w.MODELS_DIR_ENV, str(d))
-        yield d
+    yield from tiny_models_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,15 @@
 refusing files, predicted tags, chained tag edits, colorization, and the one-line errors of wrong inputs."""
 from __future__ import annotations
 
-from _helpers import ProgressRecorder, combo_choices, randomize, require_node_api
+from _helpers import (
+    ProgressRecorder,
+    combo_choices,
+    comfy_image,
+    placed_copy,
+    randomize,
+    require_node_api,
+    tiny_models_folder,
+)
 
 require_node_api()  # the nodes import ComfyUI's comfy_api
 
@@ -14,10 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import colorize.weights as w
 from colorize.errors import CheckpointError, InputError, SizeLimitError, WeightsMissingError
@@ -27,7 +33,6 @@ from colorize.families.gan.checkpoint import GAN_COMPONENTS, GANFileConfig, buil
 from colorize.families.gan.colorizer import GANColorizer, ReferenceCode
 from colorize.families.gan.networks import TINY_GAN
 from colorize.preprocess import target_size
-from colorize.tiny import write_tiny_weights
 from nodes import NODE_CLASSES as M
 from nodes import gan as node_gan
 from nodes.loaders import SUPPORTED_VERSIONS
@@ -40,22 +45,13 @@ LOADER, REFERENCE_NODE = M["ColorizeDiffusionGANLoader"], M["ColorizeDiffusionGA
 EDIT, COLORIZE = M["ColorizeDiffusionGANTagEdit"], M["ColorizeDiffusionGANColorize"]
 
 
-def load_image(path: Path) -> torch.Tensor:
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
-
-
-SKETCH = load_image(REPO / "workflows" / "colorizediffusion_sketch.png")
-REFERENCE = load_image(REPO / "workflows" / "colorizediffusion_reference.png")
+SKETCH = comfy_image(REPO / "workflows" / "colorizediffusion_sketch.png")
+REFERENCE = comfy_image(REPO / "workflows" / "colorizediffusion_reference.png")
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("models")
-    write_tiny_weights(d, versions=("mult", "gan"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(w.MODELS_DIR_ENV, str(d))
-        yield d
+    yield from tiny_models_folder(tmp_path_factory, ("mult", "gan"))
 
 
 @pytest.fixture(scope="module")
@@ -171,37 +167,29 @@ def test_the_loader_keeps_the_file_until_it_changes(tiny_dir: Path, gan: GANMode
 
 
 def test_the_loader_refuses_a_diffusion_checkpoint_naming_its_loader(tiny_dir: Path) -> None:
-    wrong = tiny_dir / "colorizediffusion_gan" / "diffusion.safetensors"
-    shutil.copy(tiny_dir / "colorizediffusion" / CKPT, wrong)
-    try:
-        with pytest.raises(CheckpointError, match=r"diffusion\.safetensors is a ColorizeDiffusion v1 diffusion "
-                                                  r"checkpoint, not a GAN file: load it with Colorize Loader") as e:
-            LOADER.execute(wrong.name, "auto")
-        one_line(str(e.value))
-    finally:
-        wrong.unlink()
+    message = r"diffusion\.safetensors is a ColorizeDiffusion v1 diffusion checkpoint, not a GAN file: load it with " \
+              r"Colorize Loader"
+    target = tiny_dir / "colorizediffusion_gan" / "diffusion.safetensors"
+    with placed_copy(tiny_dir / "colorizediffusion" / CKPT, target) as wrong, \
+            pytest.raises(CheckpointError, match=message) as e:
+        LOADER.execute(wrong.name, "auto")
+    one_line(str(e.value))
 
 
 def test_the_loader_refuses_a_file_of_no_family(tiny_dir: Path) -> None:
-    wrong = tiny_dir / "colorizediffusion_gan" / "clip.safetensors"
-    shutil.copy(tiny_dir / "clip_vision" / "open_clip_model.safetensors", wrong)
-    try:
-        with pytest.raises(CheckpointError, match=r"clip\.safetensors is not a chapter-4 GAN file.*CLIP") as e:
-            LOADER.execute(wrong.name, "auto")
-        one_line(str(e.value))
-    finally:
-        wrong.unlink()
+    with placed_copy(tiny_dir / "clip_vision" / "open_clip_model.safetensors",
+                     tiny_dir / "colorizediffusion_gan" / "clip.safetensors") as wrong, \
+            pytest.raises(CheckpointError, match=r"clip\.safetensors is not a chapter-4 GAN file.*CLIP") as e:
+        LOADER.execute(wrong.name, "auto")
+    one_line(str(e.value))
 
 
 def test_a_diffusion_loader_sends_a_gan_file_to_this_loader(tiny_dir: Path) -> None:
-    wrong = tiny_dir / "colorizediffusion" / "gan.safetensors"
-    shutil.copy(tiny_dir / "colorizediffusion_gan" / TINY_GAN_FILE, wrong)
-    try:
-        with pytest.raises(CheckpointError, match=re.escape(node_gan.LOADER_NAME)) as e:
-            M["ColorizeDiffusionCheckpointLoader"].execute(wrong.name, "auto")
-        one_line(str(e.value))
-    finally:
-        wrong.unlink()
+    target = tiny_dir / "colorizediffusion" / "gan.safetensors"
+    with placed_copy(tiny_dir / "colorizediffusion_gan" / TINY_GAN_FILE, target) as wrong, \
+            pytest.raises(CheckpointError, match=re.escape(node_gan.LOADER_NAME)) as e:
+        M["ColorizeDiffusionCheckpointLoader"].execute(wrong.name, "auto")
+    one_line(str(e.value))
 
 
 def test_a_missing_tiny_file_says_how_to_make_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

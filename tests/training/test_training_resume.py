@@ -9,17 +9,13 @@ tiny model computes bitwise the same either way).
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from _helpers import make_trainer
+from _helpers import make_trainer, train_until_killed
 
 from colorize.config import TINY_MULT
 from training.batches import BatchPlan
@@ -27,7 +23,6 @@ from training.logs import read_log, step_lines
 from training.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-DRIVER = Path(__file__).with_name("train_until_killed.py")
 STEPS, SAVE_EVERY, BATCH, ITEMS = 6, 2, 2, 6  # 6 steps of 2 = two epochs of the 6 items
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -91,17 +86,6 @@ def train_uninterrupted(cfg: dict[str, Any]) -> Export:
     result = make_trainer(cfg).train()
     assert result.step == STEPS and result.export is not None
     return Export(result.export)
-
-
-def train_until_killed(cfg: dict[str, Any], when: str) -> subprocess.CompletedProcess[str]:
-    """The run of ``cfg`` in a subprocess that kills itself with SIGKILL at ``when`` (see the driver)."""
-    path = Path(cfg["run"]["out_dir"]).with_suffix(".json")
-    path.write_text(json.dumps(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(DRIVER), str(path), when], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc
 
 
 def assert_each_step_once(out: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from _helpers import make_trainer, torchrun_training
+from _helpers import cpu_run_config, make_trainer, torchrun_training, train_until_killed
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -34,7 +34,6 @@ from training.stages import XL_BUCKETS
 from training.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-DRIVER = Path(__file__).with_name("train_until_killed.py")
 STAGES = ("xl_base", "xl_adapter_stage1", "xl_adapter_stage2")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -53,22 +52,12 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def xl_config(assets: dict[str, Path], stage: str, out: Path, steps: int = 2, batch: int = 2,
               init: Path | None = None, **sections: dict[str, Any]) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "stage": stage,
-        "model": {"init": str(init or assets["sdxl" if stage == "xl_base" else "xlv2"]), "clip": str(assets["clip"]),
-                  "tagger": str(assets["tagger"])},
-        "data": {"root": str(assets["data"])},
-        "augment": {"buckets": [[64, 64]], "reference_size": 64},
-        "optim": {"lr": 1e-3},
-        "run": {"out_dir": str(out), "max_steps": steps, "batch_size": batch, "precision": "fp32", "device": "cpu",
-                "log_every": 1, "save_every": 0, "export": False, "resume": "none"},
-    }
-    for name, values in sections.items():
-        cfg[name] = {**cfg.get(name, {}), **values}
-    return cfg
+    model = {"init": str(init or assets["sdxl" if stage == "xl_base" else "xlv2"]), "clip": str(assets["clip"]),
+             "tagger": str(assets["tagger"])}
+    return cpu_run_config(stage, out, model, assets["data"], steps, batch,
+                          {"buckets": [[64, 64]], "reference_size": 64}, **sections)
 
 
-# ------------------------------------------------------------------------------------------ stage defaults
 def test_stage_defaults_follow_the_official_configs() -> None:
     base = config_from_dict({"stage": "xl_base"})
     o = base.objective
@@ -311,12 +300,7 @@ def test_killed_run_resumes_bit_for_bit(assets: dict[str, Path], tmp_path: Path)
 
     reference = make_trainer(config(tmp_path / "reference")).train().export
     killed = config(tmp_path / "killed")
-    path = tmp_path / "killed.json"
-    path.write_text(json.dumps(killed))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(DRIVER), str(path), "after-step:3"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-2000:]
+    train_until_killed(killed, "after-step:3")
     resumed = make_trainer(killed).train().export
     a, b = load_file(str(reference)), load_file(str(resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

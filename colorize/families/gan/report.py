@@ -10,7 +10,7 @@ import torch
 
 from colorize.checkpoint.common import TensorInfo, shape_of
 from colorize.checkpoint.infer import TRAINING_METADATA_KEY
-from colorize.checkpoint.layout import compare_keys
+from colorize.checkpoint.layout import compare_keys, result_line
 from colorize.families.gan.checkpoint import build_gan_modules, gan_state_dict, read_gan_config
 from colorize.families.gan.networks import GANConfig
 
@@ -74,12 +74,7 @@ def format_gan_report(rep: Mapping[str, Any]) -> str:
     if rep["trained"]:
         t = rep["trained"]
         lines.append(f"trained:          stage {t.get('stage')}, step {t.get('step')}" + (" (EMA)" if t.get("ema") else ""))
-    if rep["ok"]:
-        lines.append("result:           OK - every key matches the modules of its config")
-    else:
-        bad = rep["missing"][:3] + rep["unexpected"][:3] + rep["wrong_shape"][:3]
-        lines.append(f"result:           MISMATCH ({len(rep['missing'])} missing, {len(rep['unexpected'])} "
-                     f"unexpected, {len(rep['wrong_shape'])} with the wrong shape), e.g. {', '.join(bad)}")
+    lines.append(result_line(rep, "every key matches the modules of its config", examples=3))
     return "\n".join(lines)
 
 
