@@ -329,6 +329,43 @@ def test_export_loads_through_the_library(chain: dict[str, Any], stage: str, com
     assert gan.can_edit == (stage == "gan_stage2")
 
 
+def test_trained_exports_load_through_inspect_the_cli_and_the_nodes(
+        chain: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``inspect`` names the GAN family and each export's stage; ``run --checkpoint`` colorizes with a tag edit of
+    the stage-2 export; the nodes load it from a models folder, list its tags and colorize."""
+    from colorize.cli import main
+
+    for stage in STEPS:
+        assert main(["inspect", str(chain[stage]["export"])]) == 0
+        out = capsys.readouterr().out
+        assert "chapter-4 GAN (family 'gan'" in out and f"stage:            {stage} " in out
+        assert f"trained:          stage {stage}, step {STEPS[stage]}" in out
+    export, png = chain["gan_stage2"]["export"], tmp_path / "out.png"
+    images = sorted((chain["data"] / "color").iterdir())
+    assert main(["run", "--checkpoint", str(export), "--sketch", str(images[0]), "--reference", str(images[1]),
+                 "--out", str(png), "--tag", "red_background=2", "--width", "64", "--height", "64"]) == 0
+    assert "reference tags: " in capsys.readouterr().out and Image.open(png).size == (64, 64)
+
+    from _helpers import require_node_api
+
+    require_node_api()
+    import colorize.weights as w
+    from nodes import NODE_CLASSES
+
+    folder = tmp_path / "models" / "colorizediffusion_gan"
+    folder.mkdir(parents=True)
+    (folder / export.name).write_bytes(export.read_bytes())
+    monkeypatch.setenv(w.MODELS_DIR_ENV, str(tmp_path / "models"))
+    gan = NODE_CLASSES["ColorizeDiffusionGANLoader"].execute(export.name, "fp32").result[0]
+    image = torch.rand(1, 64, 64, 3)
+    code, tags = NODE_CLASSES["ColorizeDiffusionGANReference"].execute(gan, image, 3).result
+    assert len(tags.split(", ")) == 3 and tags.split(" ")[0] in load_vocabulary(chain["data"] / "vocabulary.json").names
+    edited = NODE_CLASSES["ColorizeDiffusionGANTagEdit"].execute(gan, code, "red_background", 2.0)[0]
+    out = NODE_CLASSES["ColorizeDiffusionGANColorize"].execute(gan, image, 64, 64, "auto", reference=edited)[0]
+    assert out.shape == (1, 64, 64, 3) and 0 <= float(out.min()) and float(out.max()) <= 1
+
+
 # ------------------------------------------------------------------------------------------ errors
 def test_tagger_without_tags_is_a_data_error_before_any_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
