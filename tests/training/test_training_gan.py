@@ -213,6 +213,26 @@ def test_tagger_starts_from_a_torchvision_resnet34_file(data: Path, tmp_path: Pa
     assert "\n" not in str(err.value)
 
 
+
+def test_tagger_init_by_manifest_name_goes_through_the_verified_download(data: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model.init = "resnet34-imagenet"`` (the configs' value) is fetched lazily by ``colorize.weights.resolve``
+    (downloads allowed), and the file it gives is what the encoder starts from."""
+    from torchvision.models import resnet34
+
+    import colorize.weights as w
+
+    torch.manual_seed(1)
+    imagenet = resnet34().state_dict()
+    path = tmp_path / "resnet34-b627a593.pth"
+    torch.save(imagenet, path)
+    asked: list[tuple[str, bool]] = []
+    monkeypatch.setattr(w, "resolve", lambda name, *a, download=False, **k: asked.append((name, download)) or path)
+    tr = trainer(gan_config("gan_tagger", data, tmp_path / "run", "resnet34-imagenet", model={"preset": "full"}))
+    assert asked == [("resnet34-imagenet", True)]
+    assert torch.equal(tr.mods.tag_encoder.backbone.state_dict()["conv1.weight"], imagenet["conv1.weight"])
+
+
 def test_manipulation_add_variant_has_no_spatial_factor(chain: dict[str, Any], tmp_path: Path) -> None:
     """``objective.manipulation_mode=add`` trains M-Add: no ω and no L_inv (thesis §4.3.1); its export says so."""
     cfg = gan_config("gan_stage2", chain["data"], tmp_path, chain["gan_stage1"]["export"],

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,13 +125,27 @@ def _load_init(path: str, what: str) -> GANModules:
         raise TrainingConfigError(f"model.init {path} cannot start {what}: {e}") from None
 
 
+def init_file(name: str) -> str:
+    """``model.init`` as a file: an existing path, else a ``weights_manifest.json`` name (``resnet34-imagenet``),
+    fetched on first use with the library's verified, atomic download (``colorize.weights.resolve``)."""
+    from colorize.weights import manifest_entry, resolve
+
+    if Path(name).expanduser().is_file():
+        return name
+    try:
+        manifest_entry(name)
+    except KeyError:
+        return name  # not a manifest name: the file reader's error names the missing path
+    return str(resolve(name, download=True))
+
+
 def tagger_modules(model: ModelConfig, tags: tuple[str, ...]) -> GANTrainModules:
     """gan_tagger: a C-way tag encoder (C = the vocabulary's size) from ``model.init`` (see the module docstring)."""
     config = run_gan_config(model, {"num_tags": len(tags)})
     encoder = _new(lambda: ReferenceTagEncoder(config.num_tags, widths=config.tag_encoder_widths,
                                                depths=config.tag_encoder_depths), model.init_seed)
     if model.init:
-        sd = load_state_dict_file(model.init)
+        sd = load_state_dict_file(init_file(model.init))
         if is_gan_state_dict(sd):
             sd = {k.removeprefix("tag_encoder."): v for k, v in sd.items() if k.startswith("tag_encoder.")}
         try:
