@@ -229,7 +229,7 @@ def test_tagger_init_by_manifest_name_goes_through_the_verified_download(data: P
     asked: list[tuple[str, bool]] = []
     monkeypatch.setattr(w, "resolve", lambda name, *a, download=False, **k: asked.append((name, download)) or path)
     tr = trainer(gan_config("gan_tagger", data, tmp_path / "run", "resnet34-imagenet", model={"preset": "full"}))
-    assert asked == [("resnet34-imagenet", True)]
+    assert asked and set(asked) == {("resnet34-imagenet", True)}  # the main process fetches it before the build
     assert torch.equal(tr.mods.tag_encoder.backbone.state_dict()["conv1.weight"], imagenet["conv1.weight"])
 
 

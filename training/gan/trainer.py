@@ -40,9 +40,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from colorize.families.gan.losses import focal_alpha_from_counts
+from training.distributed import barrier
 from training.gan.data import GANDataset, optional_tags, read_record_tags, tag_table, tagged_records, tags_path
 from training.gan.export import save_gan_export
-from training.gan.model import GANTrainModules, stage_modules
+from training.gan.model import GANTrainModules, init_file, stage_modules
 from training.gan.objective import (
     ManipulationObjective,
     anchor_pairs,
@@ -86,6 +87,10 @@ class GANTrainer(RunBase):
 
     def build(self) -> None:
         cfg = self.cfg
+        if cfg.model.init:  # a manifest name (resnet34-imagenet) is downloaded once, by the main process
+            if self.dist.is_main:
+                init_file(cfg.model.init)
+            barrier(self.dist)
         self.mods: GANTrainModules = stage_modules(self.stage.trainable, cfg, self.vocabulary_names)
         groups = self.mods.groups()
         apply_trainable(self.stage, groups)
