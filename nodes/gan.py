@@ -352,16 +352,19 @@ class GANColorize(io.ComfyNode):
         size = gan.colorizer.output_size((int(sketch01.shape[-2]), int(sketch01.shape[-1])), width or None,
                                          height or None)
         check_output_size(*size, output_limits(GAN))  # before any work
+        if reference is not None:
+            gan.check_code(reference)
+        references = reference.batch if reference is not None else int(reference_image.shape[0])  # type: ignore
+        if references not in (1, batch):
+            raise InputError(f"{references} references for {batch} sketches: give one reference, or one per sketch")
         colorizer = gan.ready()
         device = colorizer.device
         if reference is not None:
-            code = code_on(gan.check_code(reference), device)
+            code = code_on(reference, device)
         else:
             check_interrupted()
             with torch.inference_mode(), gan.precision(device):
                 code = colorizer.encode_reference(image_to_bchw(reference_image))  # type: ignore[arg-type]
-        if code.batch not in (1, batch):
-            raise InputError(f"{code.batch} references for {batch} sketches: give one reference, or one per sketch")
         progress, images = Progress(batch), []
         for i in range(batch):
             check_interrupted()  # Cancel stops between sketches

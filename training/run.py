@@ -62,12 +62,15 @@ def autocast_context(device: torch.device, dtype: torch.dtype) -> Any:
     return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
-def wrap_ddp(module: nn.Module, dist: DistInfo, find_unused_parameters: bool = False) -> nn.Module:
-    """``module`` in :class:`DistributedDataParallel` when the run has several processes, else itself."""
+def wrap_ddp(module: nn.Module, dist: DistInfo, find_unused_parameters: bool = False,
+             broadcast_buffers: bool = True) -> nn.Module:
+    """``module`` in :class:`DistributedDataParallel` when the run has several processes, else itself
+    (``broadcast_buffers=False``: each process keeps its own BatchNorm statistics, as the GAN stages do)."""
     if not dist.enabled:
         return module
     ids = [dist.device.index] if dist.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters,
+                                   broadcast_buffers=broadcast_buffers)
 
 
 def sync_context(model: nn.Module, sync: bool) -> Any:

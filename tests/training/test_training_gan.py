@@ -287,6 +287,19 @@ def test_killed_stage1_run_resumes_bit_for_bit(chain: dict[str, Any], tmp_path: 
     assert [r["step"] for r in step_lines(read_log(tmp_path / "killed"))] == [1, 2, 3, 4, 5, 6]
 
 
+def test_checkpoint_export_of_a_continued_generator_uses_its_ema(chain: dict[str, Any], tmp_path: Path) -> None:
+    """A stage-1 run continuing the generator of a stage-1 file, with an EMA: ``python -m training.export`` of its
+    checkpoint writes the averaged generator, equal to the run's own export."""
+    cfg = gan_config("gan_stage1", chain["data"], tmp_path / "run", chain["gan_stage1"]["export"], steps=2)
+    cfg["run"].update(save_every=2, export=True, ema_decay=0.5)
+    result = trainer(cfg).train()
+    cli = export_training_state(result.checkpoint, tmp_path / "cli.safetensors")
+    own, again = load_file(str(result.export)), load_file(str(cli))
+    assert own.keys() == again.keys() and all(torch.equal(own[k], again[k]) for k in own)
+    raw = torch.load(result.checkpoint, weights_only=True)["model"]["generator"]
+    assert not torch.equal(own["generator.to_image.weight"], raw["to_image.weight"])  # the EMA, not the raw weights
+
+
 @pytest.mark.parametrize("stage", ["gan_tagger", "gan_stage2"])
 def test_stopped_run_resumes_bit_for_bit(chain: dict[str, Any], tmp_path: Path, stage: str) -> None:
     """The tagger and stage 2: 3 steps, then a new run to 6 from the checkpoint of step 3, equal the 6-step run."""

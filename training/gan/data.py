@@ -47,14 +47,24 @@ def vocabulary_path(cfg: DataConfig) -> Path:
 
 @dataclass(frozen=True)
 class TagTable:
-    """The tag vector of every record, over ``names`` (index order = the tag head's)."""
+    """The tags of every record as head indices over ``names`` (index order = the tag head's); the 0/1 vector
+    of a sample is built when it is drawn, so a 6000-tag vocabulary costs no N x C table."""
 
     names: tuple[str, ...]
-    vectors: Tensor  # (N, C) float 0/1
+    indices: tuple[tuple[int, ...], ...]  # per record, the heads of its tags (unique)
+
+    def vector(self, record: int) -> Tensor:
+        """(C,) float 0/1 over ``names``."""
+        out = torch.zeros(len(self.names))
+        out[list(self.indices[record])] = 1.0
+        return out
 
     def counts(self) -> Tensor:
         """(C,) how many of the records carry each tag (the focal loss's α, Eq. 4.2)."""
-        return self.vectors.sum(0)
+        out = torch.zeros(len(self.names))
+        for heads in self.indices:
+            out[list(heads)] += 1.0
+        return out
 
 
 def read_record_tags(cfg: DataConfig) -> tuple[dict[str, list[str]], Vocabulary]:
@@ -81,10 +91,14 @@ def tagged_records(records: list[Record], tags: dict[str, list[str]], where: Pat
 
 
 def tag_table(records: list[Record], tags: dict[str, list[str]] | None, names: tuple[str, ...]) -> TagTable:
-    """Every record's tag vector over ``names`` (zeros without ``tags`` or for an unlisted image)."""
+    """Every record's tags over ``names`` (none without ``tags`` or for an unlisted image; tags outside ``names``
+    are ignored, as :meth:`training.tags.Vocabulary.multi_hot` does)."""
     vocab = Vocabulary(names, (0,) * len(names), 0)
-    rows = [vocab.multi_hot(tags_for(tags, rec.name) or []) if tags else torch.zeros(len(names)) for rec in records]
-    return TagTable(names, torch.stack(rows) if rows else torch.zeros(0, len(names)))
+    rows = []
+    for rec in records:
+        found = (vocab.index(t) for t in (tags_for(tags, rec.name) or [] if tags else []))
+        rows.append(tuple(sorted({i for i in found if i is not None})))
+    return TagTable(names, tuple(rows))
 
 
 def optional_tags(cfg: DataConfig) -> dict[str, list[str]] | None:
@@ -109,7 +123,7 @@ class GANDataset(TripletDataset):
         sample = augment_triplet(color, sketch, spec.bucket, self.augment,
                                  keyed_generator(self.seed, STREAM_AUGMENT, spec.step, spec.slot))
         return {"sketch": sample["sketch"], "color": sample["color"],
-                "reference": ((sample["reference"] + 1) / 2).clamp(0, 1), "tags": self.table.vectors[index]}
+                "reference": ((sample["reference"] + 1) / 2).clamp(0, 1), "tags": self.table.vector(index)}
 
 
 __all__ = ["GANDataset", "TAGS_FILE", "TagTable", "optional_tags", "read_record_tags", "tag_table", "tagged_records",

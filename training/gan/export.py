@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from colorize.checkpoint.infer import TRAINING_METADATA_KEY
 from colorize.families.gan.checkpoint import STAGE_COMPONENTS, save_gan_checkpoint
 from training.config import TrainConfig
-from training.ema import EMA
 from training.gan.model import GANTrainModules, stage_modules
 from training.stages import get_stage
 
@@ -52,10 +51,8 @@ def export_gan_state(state: dict[str, Any], cfg: TrainConfig, out: str | Path, u
     main = stage.trainable[0]
     ema = state.get("ema") if use_ema else None
     trained = {}
-    if ema:
-        average = EMA(groups[main], float(ema["decay"]))
-        average.load_state_dict(ema)
-        trained[main] = average.averaged_state_dict(groups[main])
+    if ema:  # the averaged parameters over the raw state (buffers stay the network's), as training/export.py
+        trained[main] = {**state["model"][main], **ema["shadow"]}
     info = {"stage": stage.name, "step": int(state["step"]), "ema": bool(ema)}
     return save_gan_export(out, mods, stage.name, trained, info)
 

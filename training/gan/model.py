@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from colorize.checkpoint import load_state_dict_file
+from colorize.download import DownloadError
 from colorize.errors import CheckpointError
 from colorize.families.gan import TINY_MANIPULATION
 from colorize.families.gan.checkpoint import GANModules, config_to_dict, is_gan_state_dict, load_gan_checkpoint
@@ -145,7 +146,10 @@ def tagger_modules(model: ModelConfig, tags: tuple[str, ...]) -> GANTrainModules
     encoder = _new(lambda: ReferenceTagEncoder(config.num_tags, widths=config.tag_encoder_widths,
                                                depths=config.tag_encoder_depths), model.init_seed)
     if model.init:
-        sd = load_state_dict_file(init_file(model.init))
+        try:
+            sd = load_state_dict_file(init_file(model.init))
+        except (CheckpointError, OSError, DownloadError) as e:  # a missing file, a failed download, a foreign file
+            raise TrainingConfigError(f"model.init {model.init} cannot start gan_tagger: {e}") from None
         if is_gan_state_dict(sd):
             sd = {k.removeprefix("tag_encoder."): v for k, v in sd.items() if k.startswith("tag_encoder.")}
         try:

@@ -101,7 +101,10 @@ class GANTrainer(RunBase):
         if self.mods.tag_mapper is not None and self.mods.generator is not None:
             # stage 2 trains through its objective module (DDP syncs what a module's forward computed)
             trained["tag_mapper"] = ManipulationObjective(self.mods.tag_mapper, self.mods.generator)
-        self.models = {g: wrap_ddp(m, self.dist, cfg.run.find_unused_parameters) for g, m in trained.items()}
+        # per-process BatchNorm statistics: D runs twice per step (real, fake), and a buffer broadcast between a
+        # forward and its backward would modify tensors autograd saved
+        self.models = {g: wrap_ddp(m, self.dist, cfg.run.find_unused_parameters, broadcast_buffers=False)
+                       for g, m in trained.items()}
         o = cfg.optim
         self.slots = {g: OptimizerSlot([p for p in groups[g].parameters() if p.requires_grad], o, self.device,
                                        self.dtype, lr=o.discriminator_lr if g == "discriminator" else None)
