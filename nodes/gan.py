@@ -151,6 +151,13 @@ def gan_input(what: str) -> Any:
     return GANSocket.Input("gan", tooltip=f"The GAN from {LOADER_NAME}{what}.")
 
 
+def gan_schema(node_id: str, display_name: str, description: str, gan: str, inputs: list[Any],
+               outputs: list[Any]) -> io.Schema:
+    """A GAN node's schema: the GAN category, the ``COLORIZE_GAN`` input (``gan`` says what it is used for) first."""
+    return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY, description=description,
+                     inputs=[gan_input(gan), *inputs], outputs=outputs)
+
+
 def tags_text(colorizer: GANColorizer, code: ReferenceCode, top_k: int) -> str:
     """``name probability`` pairs, most probable first (``red_hair 0.93, ...``); one line per image of a batch."""
     lines = []
@@ -176,20 +183,20 @@ class GANReference(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ColorizeDiffusionGANReference", display_name="GAN Reference", category=CATEGORY,
-            description=(
+        return gan_schema(
+            "ColorizeDiffusionGANReference", "GAN Reference",
+            (
                 "Encodes a colour reference with the GAN's tag encoder for GAN Colorize and GAN Tag Edit, and lists "
                 "the tags it predicts with their probabilities (the names GAN Tag Edit takes)."
             ),
-            inputs=[
-                gan_input(""),
+            "",
+            [
                 io.Image.Input("image", tooltip="Colour reference (any size: resized to the tag encoder's square). "
                                                 "A batch gives one reference per image."),
                 io.Int.Input("top_k", default=20, min=1, max=1000,
                              tooltip="How many of the most probable tags predicted_tags lists."),
             ],
-            outputs=[
+            [
                 output(GANReferenceSocket, "reference",
                        "The encoded reference: feed it to GAN Tag Edit or GAN Colorize."),
                 output(io.String, "predicted_tags",
@@ -247,14 +254,14 @@ class GANTagEdit(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ColorizeDiffusionGANTagEdit", display_name="GAN Tag Edit", category=CATEGORY,
-            description=(
+        return gan_schema(
+            "ColorizeDiffusionGANTagEdit", "GAN Tag Edit",
+            (
                 "Edits the reference by its tags (thesis §4.3.3): sets tags such as red_hair to new values before GAN "
                 "Colorize. Chain nodes for several edits. Needs a GAN file with the tag mapper (training stage 2)."
             ),
-            inputs=[
-                gan_input(" (its tag names and tag mapper)"),
+            " (its tag names and tag mapper)",
+            [
                 GANReferenceSocket.Input("reference", tooltip="The reference from GAN Reference or a previous GAN "
                                                               "Tag Edit (edits add up in chain order)."),
                 io.String.Input("tag", default="", multiline=False,
@@ -265,7 +272,7 @@ class GANTagEdit(io.ComfyNode):
                                tooltip="The tag's new value: 1 = present, 0 = absent (the predicted probabilities "
                                        "are in between). Beyond [0, 1] extrapolates (thesis §4.3.3)."),
             ],
-            outputs=[output(GANReferenceSocket, "reference",
+            [output(GANReferenceSocket, "reference",
                             "The edited reference: feed it to GAN Colorize or another GAN Tag Edit.",
                             id="edited_reference")],
         )
@@ -319,14 +326,14 @@ class GANColorize(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ColorizeDiffusionGANColorize", display_name="GAN Colorize", category=CATEGORY,
-            description=(
+        return gan_schema(
+            "ColorizeDiffusionGANColorize", "GAN Colorize",
+            (
                 "Colorizes line art with the chapter-4 GAN in one forward pass, from a GAN reference (with its tag "
                 "edits) or a reference image."
             ),
-            inputs=[
-                gan_input(""),
+            "",
+            [
                 io.Image.Input("sketch", tooltip="Line art (black lines on white, or white on black); a batch gives "
                                                  "one output per sketch."),
                 *size_inputs(),
@@ -340,7 +347,7 @@ class GANColorize(io.ComfyNode):
                                tooltip="A colour reference IMAGE, encoded without tag edits (connect this or "
                                        "reference)."),
             ],
-            outputs=[output(io.Image, "image", "The colorized image at the output size.")],
+            [output(io.Image, "image", "The colorized image at the output size.")],
         )
 
     @classmethod
