@@ -233,6 +233,28 @@ def test_tagger_init_by_manifest_name_goes_through_the_verified_download(data: P
     assert torch.equal(tr.mods.tag_encoder.backbone.state_dict()["conv1.weight"], imagenet["conv1.weight"])
 
 
+def test_a_continued_tagger_keeps_its_head_only_for_the_vocabularys_tags(chain: dict[str, Any], tmp_path: Path
+                                                                        ) -> None:
+    """Continuing a gan_tagger file: its head is kept when the vocabulary names the same tags in the same order;
+    for the same tags in another order the backbone is kept and the head starts new (no tag trains under another
+    tag's name)."""
+    from training.tags import Vocabulary, write_vocabulary
+
+    export = chain["gan_tagger"]["export"]
+    saved = load_gan_checkpoint(export).tag_encoder
+    same = trainer(gan_config("gan_tagger", chain["data"], tmp_path / "same", export)).mods.tag_encoder
+    assert torch.equal(same.fc.weight, saved.fc.weight)
+    vocab = load_vocabulary(chain["data"] / "vocabulary.json")
+    flipped = tmp_path / "flipped.json"
+    write_vocabulary(Vocabulary(vocab.names[::-1], vocab.counts[::-1], vocab.images), flipped)
+    cfg = gan_config("gan_tagger", chain["data"], tmp_path / "other", export)
+    cfg["data"]["vocabulary"] = str(flipped)
+    other = trainer(cfg).mods.tag_encoder
+    assert not torch.equal(other.fc.weight, saved.fc.weight)
+    assert not torch.equal(other.fc.weight, saved.fc.weight.flip(0))  # a new head, not the old one reordered
+    assert torch.equal(other.backbone.conv1.weight, saved.backbone.conv1.weight)
+
+
 def test_manipulation_add_variant_has_no_spatial_factor(chain: dict[str, Any], tmp_path: Path) -> None:
     """``objective.manipulation_mode=add`` trains M-Add: no ω and no L_inv (thesis §4.3.1); its export says so."""
     cfg = gan_config("gan_stage2", chain["data"], tmp_path, chain["gan_stage1"]["export"],
@@ -285,6 +307,7 @@ def test_killed_stage1_run_resumes_bit_for_bit(chain: dict[str, Any], tmp_path: 
     assert all(f.keys() == files[0].keys() and all(torch.equal(f[k], files[0][k]) for k in f) for f in files)
     assert json.loads(read_metadata(cli)[TRAINING_METADATA_KEY]) == {"stage": "gan_stage1", "step": 6, "ema": True}
     assert [r["step"] for r in step_lines(read_log(tmp_path / "killed"))] == [1, 2, 3, 4, 5, 6]
+    assert all(r["d_lr"] > 0 and r["lr"] > 0 for r in step_lines(read_log(tmp_path / "killed")))  # G's and D's
 
 
 def test_checkpoint_export_of_a_continued_generator_uses_its_ema(chain: dict[str, Any], tmp_path: Path) -> None:

@@ -140,6 +140,20 @@ def init_file(name: str) -> str:
     return str(resolve(name, download=True))
 
 
+def _head_for_vocabulary(sd: dict[str, Any], path: str, tags: tuple[str, ...]) -> dict[str, Any]:
+    """A GAN file's tag encoder for continuing the tagger: its head only when it names the vocabulary's tags in
+    the vocabulary's order (a head of other tags, or of the same tags in another order, would train under the
+    wrong names), else the backbone alone with a new head and a warning."""
+    from colorize.checkpoint import read_header, read_metadata
+    from colorize.families.gan.checkpoint import read_gan_config
+
+    if read_gan_config(read_header(path), read_metadata(path), os.path.basename(path)).tags == tags:
+        return sd
+    warn(f"{os.path.basename(path)} names other tags (or another order) than the vocabulary: its tag head is left "
+         "out and a new one starts")
+    return {k: v for k, v in sd.items() if not k.startswith("backbone.fc.")}
+
+
 def tagger_modules(model: ModelConfig, tags: tuple[str, ...]) -> GANTrainModules:
     """gan_tagger: a C-way tag encoder (C = the vocabulary's size) from ``model.init`` (see the module docstring)."""
     config = run_gan_config(model, {"num_tags": len(tags)})
@@ -152,6 +166,7 @@ def tagger_modules(model: ModelConfig, tags: tuple[str, ...]) -> GANTrainModules
             raise TrainingConfigError(f"model.init {model.init} cannot start gan_tagger: {e}") from None
         if is_gan_state_dict(sd):
             sd = {k.removeprefix("tag_encoder."): v for k, v in sd.items() if k.startswith("tag_encoder.")}
+            sd = _head_for_vocabulary(sd, init_file(model.init), tags)
         try:
             encoder.load_weights(sd)
         except (KeyError, RuntimeError) as e:

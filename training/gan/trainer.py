@@ -147,6 +147,8 @@ class GANTrainer(RunBase):
                 self.ema.update(self.mods.groups()[name])
             prefix = f"{name[0]}_" if len(self.slots) > 1 else ""
             out.update({prefix + k: v for k, v in metrics.items()})
+            if name != self.main:  # the log line's "lr" is the main network's; the others' beside it
+                out[f"{prefix}lr"] = slot.lr()
         self.step += 1
         return out
 
