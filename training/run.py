@@ -379,8 +379,9 @@ class RunBase:
 
     def load_state_dict(self, state: dict[str, Any], path: str | Path = "the checkpoint") -> None:
         if state["colorize_config"] != self.config_json():
-            raise TrainingCheckpointError(f"{path} was written for a different model configuration; resume it with "
-                                          "the config it was trained with, or start a new run folder (run.out_dir)")
+            raise TrainingCheckpointError(f"{path} was written for a different model configuration (or other frozen "
+                                          "networks from model.init); resume it with the config and files it was "
+                                          "trained with, or start a new run folder (run.out_dir)")
         self.load_model_state(state)
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])

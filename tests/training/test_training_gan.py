@@ -23,7 +23,7 @@ from colorize.families.gan.colorizer import GANColorizer
 from colorize.families.gan.losses import focal_alpha_from_counts, tag_classification_loss
 from colorize.preprocess import pil_to_tensor
 from training.config import config_from_dict
-from training.errors import TrainingConfigError, TrainingDataError
+from training.errors import TrainingCheckpointError, TrainingConfigError, TrainingDataError
 from training.export import export_training_state
 from training.gan.trainer import GANTrainer
 from training.logs import read_log, step_lines
@@ -321,6 +321,24 @@ def test_checkpoint_export_of_a_continued_generator_uses_its_ema(chain: dict[str
     assert own.keys() == again.keys() and all(torch.equal(own[k], again[k]) for k in own)
     raw = torch.load(result.checkpoint, weights_only=True)["model"]["generator"]
     assert not torch.equal(own["generator.to_image.weight"], raw["to_image.weight"])  # the EMA, not the raw weights
+
+
+def test_a_run_does_not_resume_against_other_frozen_networks(chain: dict[str, Any], tmp_path: Path) -> None:
+    """Stage 1 saved against one tagger file refuses to resume once that file holds other weights (the frozen
+    encoder's digest is part of what a checkpoint was written for)."""
+    from safetensors.torch import save_file
+
+    init = tmp_path / "tagger.safetensors"
+    init.write_bytes(chain["gan_tagger"]["export"].read_bytes())
+    cfg = gan_config("gan_stage1", chain["data"], tmp_path / "run", init, steps=2)
+    cfg["run"].update(save_every=2, resume="auto")
+    trainer(cfg).train()
+    assert trainer({**cfg, "run": {**cfg["run"], "max_steps": 3}}).step == 2  # same file: resumes
+    sd = load_file(str(init))
+    sd["tag_encoder.backbone.conv1.weight"] = sd["tag_encoder.backbone.conv1.weight"] + 1e-3
+    save_file(sd, str(init), metadata=read_metadata(init))
+    with pytest.raises(TrainingCheckpointError, match="other frozen networks from model.init"):
+        trainer({**cfg, "run": {**cfg["run"], "max_steps": 3}})
 
 
 @pytest.mark.parametrize("stage", ["gan_tagger", "gan_stage2"])

@@ -31,6 +31,8 @@ from the checkpoint, which holds the trained ones).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,15 @@ from training.stages import apply_trainable
 
 #: metrics averaged over a log window (besides the ``*loss`` ones)
 _LOSS_PARTS = ("bce", "focal", "cgan", "l1", "tv", "d_real", "d_fake", "hybrid", "inv")
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (names and raw bytes, in state-dict order)."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class GANTrainer(RunBase):
@@ -189,7 +200,10 @@ class GANTrainer(RunBase):
 
     # ------------------------------------------------------------------ state
     def config_json(self) -> str:
-        return self.mods.config_json()
+        """The configs and tag names, and a digest of every frozen network (the ``model.init`` file the run was
+        trained against): a checkpoint resumes only against the same frozen weights."""
+        frozen = {g: state_digest(m) for g, m in self.mods.groups().items() if g not in self.stage.trainable}
+        return json.dumps({**json.loads(self.mods.config_json()), "frozen": frozen})
 
     def model_state(self) -> dict[str, Any]:
         groups = self.mods.groups()
