@@ -170,8 +170,8 @@ def write_tiny_weights(
     for path, sd, meta in own.values():
         save_safetensors_atomic(sd, path, metadata={**meta, TINY_METADATA_KEY: "random weights, not for real use"},
                                 overwrite=True)
-    ordered = {checkpoints[v]: paths[checkpoints[v]] for v in checkpoints}
-    return {**ordered, **{name: path for name, (path, _, _) in own.items()}, **paths}
+    first = dict(list(paths.items())[:len(checkpoints)])  # the checkpoints lead ``names``
+    return {**first, **{name: path for name, (path, _, _) in own.items()}, **paths}
 
 
 def build_tiny_isnet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Sub-module configs inferred from checkpoint shapes, and the config our own files store in their metadata."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import replace
@@ -165,3 +166,13 @@ __all__ = [
     "infer_unet_config",
     "infer_vae_config",
 ]
+
+
+def training_info(metadata: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """What a ``training/`` export says of its run (:data:`TRAINING_METADATA_KEY`: stage, step, EMA), or ``None``."""
+    raw = (metadata or {}).get(TRAINING_METADATA_KEY)
+    try:
+        info = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None

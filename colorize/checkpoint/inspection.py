@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from colorize.checkpoint.claims import check_weight_dtypes
 from colorize.checkpoint.common import TensorInfo
 from colorize.checkpoint.files import read_header, read_metadata
-from colorize.checkpoint.infer import CONFIG_METADATA_KEY, TRAINING_METADATA_KEY
+from colorize.checkpoint.infer import CONFIG_METADATA_KEY, training_info
 from colorize.checkpoint.keys import OPTIONAL_COMPONENTS
 from colorize.checkpoint.layout import compare_keys, result_line
 from colorize.config import FULL_MULT, ColorizerConfig
@@ -301,19 +301,9 @@ def xl_report(header: Mapping[str, TensorInfo], metadata: Mapping[str, str] | No
                    f"{cfg.sketch.attention_width}; ClusterConcat {cfg.proj.input_dim}+{cfg.proj.c_dim} -> "
                    f"{cfg.proj.output_dim}" + ("; ReferenceNet (bg_encoder)" if cfg.has_bg_encoder else "")
                    + (f"; background LoRA rank {cfg.background_lora_rank}" if cfg.background_lora_rank else "")),
-        "components": components, "ok": ok, "trained": _training_info(metadata),
+        "components": components, "ok": ok, "trained": training_info(metadata),
     }
     return report, ok
-
-
-def _training_info(metadata: Mapping[str, str] | None) -> dict[str, Any] | None:
-    """What a ``training/`` export says of its run (stage, step, EMA), or ``None``."""
-    raw = (metadata or {}).get(TRAINING_METADATA_KEY)
-    try:
-        info = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    return info if isinstance(info, dict) else None
 
 
 def format_xl_report(rep: Mapping[str, Any]) -> str:

@@ -1,7 +1,6 @@
 """What ``python -m colorize inspect`` says of a GAN file: its stage, its configs and its keys (header only)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,7 +8,7 @@ from typing import Any
 import torch
 
 from colorize.checkpoint.common import TensorInfo, shape_of
-from colorize.checkpoint.infer import TRAINING_METADATA_KEY
+from colorize.checkpoint.infer import training_info
 from colorize.checkpoint.layout import compare_keys, result_line
 from colorize.families.gan.checkpoint import build_gan_modules, gan_state_dict, read_gan_config
 from colorize.families.gan.networks import GANConfig
@@ -33,13 +32,6 @@ def gan_report(header: Mapping[str, TensorInfo], metadata: Mapping[str, str] | N
     g, m = config.generator, config.manipulation
     full = (g.encoder_widths, g.tag_encoder_widths, g.tag_encoder_depths) == (
         GANConfig().encoder_widths, GANConfig().tag_encoder_widths, GANConfig().tag_encoder_depths)
-    trained = None
-    raw = (metadata or {}).get(TRAINING_METADATA_KEY)
-    if raw:
-        try:
-            trained = json.loads(raw)
-        except ValueError:
-            trained = None
     report = {
         "path": path, "kind": "colorize-gan", "family": "gan", "stage": config.stage,
         "components": list(config.components), "size": "full" if full else "custom",
@@ -53,7 +45,7 @@ def gan_report(header: Mapping[str, TensorInfo], metadata: Mapping[str, str] | N
         "tag_mapper": (f"{'M-Attention' if m.mode == 'attention' else 'M-Add'}, MLP "
                        f"{'/'.join(map(str, m.hidden_widths))}" if m else None),
         "missing": match.missing, "unexpected": match.unexpected,
-        "wrong_shape": [k for k, _, _ in match.mismatched], "ok": match.ok, "trained": trained,
+        "wrong_shape": [k for k, _, _ in match.mismatched], "ok": match.ok, "trained": training_info(metadata),
     }
     return report, match.ok
 
